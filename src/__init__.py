@@ -1,0 +1,1 @@
+"""RSNA 2024 Lumbar Spine Degenerative Classification: data, models, training and inference."""

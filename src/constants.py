@@ -1,0 +1,82 @@
+"""Competition constants: conditions, levels, label columns, series types and the row_id format.
+
+Everything that names a piece of the RSNA 2024 competition lives here, so no other module spells it out.
+"""
+from __future__ import annotations
+
+CONDITIONS: tuple[str, ...] = (
+    "Spinal Canal Stenosis",
+    "Left Neural Foraminal Narrowing",
+    "Right Neural Foraminal Narrowing",
+    "Left Subarticular Stenosis",
+    "Right Subarticular Stenosis",
+)
+LEVELS: tuple[str, ...] = ("L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1")
+
+SEVERITIES: tuple[str, ...] = ("Normal/Mild", "Moderate", "Severe")
+TARGETS: tuple[str, ...] = ("normal_mild", "moderate", "severe")  # submission columns, same order
+SEVERITY_TO_INDEX: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
+SAMPLE_WEIGHTS: tuple[float, ...] = (1.0, 2.0, 4.0)  # metric weight by true class
+
+SAGITTAL_T1 = "Sagittal T1"
+SAGITTAL_T2 = "Sagittal T2/STIR"
+AXIAL_T2 = "Axial T2"
+SERIES_DESCRIPTIONS: tuple[str, ...] = (SAGITTAL_T1, SAGITTAL_T2, AXIAL_T2)
+
+# The series type each condition is annotated on in train_label_coordinates.csv.
+CONDITION_SERIES: dict[str, str] = {
+    "Spinal Canal Stenosis": SAGITTAL_T2,
+    "Left Neural Foraminal Narrowing": SAGITTAL_T1,
+    "Right Neural Foraminal Narrowing": SAGITTAL_T1,
+    "Left Subarticular Stenosis": AXIAL_T2,
+    "Right Subarticular Stenosis": AXIAL_T2,
+}
+
+# Metric groups (the competition scores each group separately, then an any-severe-spinal term).
+GROUPS: tuple[str, ...] = ("spinal", "foraminal", "subarticular")
+ANY_SEVERE_SCALAR = 1.0
+
+# Left/right mirror of each condition (a horizontal flip of an axial image swaps them).
+MIRROR_CONDITION: dict[str, str] = {
+    "Spinal Canal Stenosis": "Spinal Canal Stenosis",
+    "Left Neural Foraminal Narrowing": "Right Neural Foraminal Narrowing",
+    "Right Neural Foraminal Narrowing": "Left Neural Foraminal Narrowing",
+    "Left Subarticular Stenosis": "Right Subarticular Stenosis",
+    "Right Subarticular Stenosis": "Left Subarticular Stenosis",
+}
+
+
+def slug(text: str) -> str:
+    """'Left Neural Foraminal Narrowing' -> 'left_neural_foraminal_narrowing', 'L1/L2' -> 'l1_l2'."""
+    return text.lower().replace("/", "_").replace(" ", "_")
+
+
+def label_column(condition: str, level: str) -> str:
+    """Column of train.csv for a condition and level, e.g. 'spinal_canal_stenosis_l1_l2'."""
+    return f"{slug(condition)}_{slug(level)}"
+
+
+# train.csv column order: condition-major, level-minor.
+LABEL_COLUMNS: tuple[str, ...] = tuple(label_column(c, lv) for c in CONDITIONS for lv in LEVELS)
+COLUMN_TO_CONDITION_LEVEL: dict[str, tuple[str, str]] = {
+    label_column(c, lv): (c, lv) for c in CONDITIONS for lv in LEVELS
+}
+
+
+def row_id(study_id: int, condition: str, level: str) -> str:
+    """Submission row id: '{study_id}_{condition}_{level}' in slug form."""
+    return f"{int(study_id)}_{label_column(condition, level)}"
+
+
+def split_row_id(rid: str) -> tuple[int, str]:
+    """'123_spinal_canal_stenosis_l1_l2' -> (123, 'spinal_canal_stenosis_l1_l2')."""
+    study, _, column = rid.partition("_")
+    return int(study), column
+
+
+def group_of(column_or_row_id: str) -> str:
+    """Metric group ('spinal', 'foraminal' or 'subarticular') of a label column or row_id."""
+    for group in GROUPS:
+        if group in column_or_row_id:
+            return group
+    raise ValueError(f"no condition group in {column_or_row_id!r}")

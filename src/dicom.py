@@ -1,0 +1,202 @@
+"""Reading one DICOM series into a volume with per-slice geometry; the one decode+normalize path.
+
+Training (the preprocessing cache) and inference both call read_series, so intensities and geometry are
+computed the same way everywhere.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+from pydicom.pixels import apply_rescale
+
+from . import geometry
+
+
+class DicomError(RuntimeError):
+    """A series has no readable slice at all."""
+
+
+class DicomWarning(UserWarning):
+    """A slice was skipped or repaired while reading a series."""
+
+
+# Normals closer than this (cosine) belong to one orientation group (about 1.1 degrees).
+_SAME_ORIENTATION_COS = 0.9998
+
+
+@dataclass
+class Series:
+    """One series as a (N, H, W) float32 volume ordered along the slice normal, plus each slice's geometry."""
+
+    path: Path
+    volume: np.ndarray
+    instance_numbers: np.ndarray
+    positions: np.ndarray  # (N, 3) ImagePositionPatient, mm
+    orientations: np.ndarray  # (N, 6) ImageOrientationPatient
+    spacings: np.ndarray  # (N, 2) PixelSpacing (row, column), mm
+    thickness: float | None = None
+    description: str | None = None
+    n_orientation_groups: int = 1
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.volume)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.volume.shape[1]), int(self.volume.shape[2])
+
+    @property
+    def normal(self) -> np.ndarray:
+        """Mean slice normal of the series (unit vector)."""
+        n = geometry.slice_normal(self.orientations).mean(0)
+        return n / np.linalg.norm(n)
+
+    def index_of_instance(self, instance_number: int) -> int:
+        """Position in the volume of the slice with this InstanceNumber; KeyError if absent."""
+        hits = np.flatnonzero(self.instance_numbers == int(instance_number))
+        if len(hits) == 0:
+            raise KeyError(f"{self.path}: no instance {instance_number}")
+        return int(hits[0])
+
+    def pixel_to_patient(self, index: int, x: np.ndarray | float, y: np.ndarray | float) -> np.ndarray:
+        """Pixel (x, y) on slice `index` -> patient coordinates (mm)."""
+        return geometry.pixel_to_patient(x, y, self.positions[index], self.orientations[index], self.spacings[index])
+
+    def patient_to_pixel(self, index: int, point: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Patient point(s) -> (x, y, distance to the plane) on slice `index`."""
+        return geometry.patient_to_pixel(point, self.positions[index], self.orientations[index], self.spacings[index])
+
+    def nearest_slice(self, point: np.ndarray) -> tuple[int, float]:
+        """Index of the slice nearest a patient point whose image contains it, and the distance in mm."""
+        shapes = np.tile(np.asarray(self.shape), (len(self), 1))
+        return geometry.nearest_slice(point, self.positions, self.orientations, self.spacings, shapes)
+
+
+def decode(ds: pydicom.Dataset) -> np.ndarray:
+    """Pixel data of one dataset as float32 with RescaleSlope/Intercept applied (any transfer syntax)."""
+    arr = ds.pixel_array
+    if arr.ndim != 2:
+        raise ValueError(f"expected one 2D frame, got shape {arr.shape}")
+    return np.asarray(apply_rescale(arr, ds), dtype=np.float32)
+
+
+def normalize_intensity(volume: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Percentile window of a whole series mapped to [0, 1] (robust to MR's arbitrary units and hot pixels)."""
+    volume = np.asarray(volume, dtype=np.float32)
+    if volume.size == 0:
+        return volume
+    lo, hi = np.percentile(volume, [low, high])
+    if hi <= lo:
+        return np.zeros_like(volume)
+    return np.clip((volume - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def _optional_float(ds: pydicom.Dataset, keyword: str) -> float | None:
+    value = ds.get(keyword)
+    try:
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _resize_slice(image: np.ndarray, shape: tuple[int, int], position, orientation, spacing):
+    """Resize a slice to `shape` and return the geometry that keeps its physical field of view."""
+    h, w = image.shape
+    new_h, new_w = shape
+    sy, sx = h / new_h, w / new_w
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    new_spacing = np.array([spacing[0] * sy, spacing[1] * sx])
+    # cv2 maps new pixel centre i to old coordinate (i + 0.5) * s - 0.5, so pixel 0 moves by 0.5 * s - 0.5.
+    new_position = geometry.pixel_to_patient(0.5 * sx - 0.5, 0.5 * sy - 0.5, position, orientation, spacing)
+    return resized, new_position, new_spacing
+
+
+def read_series(series_dir: str | Path, normalize: bool = True, description: str | None = None) -> Series:
+    """Read {series_dir}/*.dcm into a Series ordered by position along the slice normal.
+
+    Survives, with a DicomWarning: unreadable or truncated files and files without image geometry
+    (skipped), slices of another shape (resized to the most common shape, geometry adjusted), several
+    orientation groups (kept, ordered along the mean normal), missing optional tags. Raises DicomError
+    only when no slice can be read. normalize=True maps intensities to [0, 1] (normalize_intensity).
+    """
+    series_dir = Path(series_dir)
+    files = sorted(series_dir.glob("*.dcm"))
+    if not files:
+        raise DicomError(f"{series_dir}: no .dcm files")
+    notes: list[str] = []
+
+    def note(message: str) -> None:
+        notes.append(message)
+        warnings.warn(message, DicomWarning, stacklevel=3)
+
+    images, positions, orientations, spacings, instances, thickness = [], [], [], [], [], []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f)
+            image = decode(ds)
+            position = np.array([float(v) for v in ds.ImagePositionPatient], dtype=float)
+            orientation = np.array([float(v) for v in ds.ImageOrientationPatient], dtype=float)
+            spacing = np.array([float(v) for v in ds.PixelSpacing], dtype=float)
+            if position.shape != (3,) or orientation.shape != (6,) or spacing.shape != (2,):
+                raise ValueError("malformed geometry tags")
+        except Exception as err:  # noqa: BLE001 - any broken file is skipped, never fatal
+            note(f"{f}: skipped unreadable slice ({type(err).__name__}: {err})")
+            continue
+        instance = ds.get("InstanceNumber")
+        images.append(image)
+        positions.append(position)
+        orientations.append(orientation)
+        spacings.append(spacing)
+        instances.append(int(instance) if instance not in (None, "") else -1)
+        thickness.append(_optional_float(ds, "SliceThickness"))
+    if not images:
+        raise DicomError(f"{series_dir}: none of {len(files)} files could be read")
+
+    shape = Counter(im.shape for im in images).most_common(1)[0][0]
+    for i, im in enumerate(images):
+        if im.shape != shape:
+            note(f"{series_dir}: instance {instances[i]} has shape {im.shape}, resized to {shape}")
+            images[i], positions[i], spacings[i] = _resize_slice(im, shape, positions[i], orientations[i], spacings[i])
+
+    positions_a = np.stack(positions)
+    orientations_a = np.stack(orientations)
+    normals = geometry.slice_normal(orientations_a)
+    # Orientation groups: greedy clustering of normals (sign-agnostic).
+    reps: list[np.ndarray] = []
+    for n in normals:
+        if not any(abs(float(n @ r)) >= _SAME_ORIENTATION_COS for r in reps):
+            reps.append(n)
+    if len(reps) > 1:
+        note(f"{series_dir}: {len(reps)} orientation groups; slices ordered along the mean normal")
+    signs = np.sign(normals @ normals[0])
+    signs[signs == 0] = 1
+    mean_normal = (normals * signs[:, None]).mean(0)
+    order = np.argsort(positions_a @ mean_normal, kind="stable")
+
+    if any(i < 0 for i in instances):
+        note(f"{series_dir}: missing InstanceNumber replaced by position rank")
+        ranks = np.empty(len(order), dtype=int)
+        ranks[order] = np.arange(1, len(order) + 1)
+        instances = [inst if inst >= 0 else int(ranks[k]) for k, inst in enumerate(instances)]
+
+    volume = np.stack([images[i] for i in order]).astype(np.float32)
+    known_thickness = [t for t in thickness if t is not None]
+    return Series(
+        path=series_dir,
+        volume=normalize_intensity(volume) if normalize else volume,
+        instance_numbers=np.asarray(instances, dtype=np.int64)[order],
+        positions=positions_a[order],
+        orientations=orientations_a[order],
+        spacings=np.stack(spacings)[order],
+        thickness=float(np.median(known_thickness)) if known_thickness else None,
+        description=description,
+        n_orientation_groups=len(reps),
+        warnings=notes,
+    )

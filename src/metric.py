@@ -1,0 +1,112 @@
+"""The competition metric: sample-weighted log loss per condition group plus an any-severe-spinal term."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import log_loss
+
+from .constants import ANY_SEVERE_SCALAR, GROUPS, TARGETS, group_of
+
+
+class MetricError(ValueError):
+    """The submission cannot be scored (non-numeric, non-finite, negative or missing rows)."""
+
+
+def _check_predictions(frame: pd.DataFrame, what: str) -> np.ndarray:
+    missing = [c for c in TARGETS if c not in frame.columns]
+    if missing:
+        raise MetricError(f"{what} lacks column(s) {missing}")
+    for col in TARGETS:
+        if not pd.api.types.is_numeric_dtype(frame[col]):
+            raise MetricError(f"{what}: column '{col}' is not numeric")
+    values = frame[list(TARGETS)].to_numpy(dtype=float)
+    if not np.isfinite(values).all():
+        bad = frame.iloc[int(np.flatnonzero(~np.isfinite(values).all(1))[0])]
+        raise MetricError(f"{what}: non-finite value in row {bad.get('row_id', bad.name)!r}")
+    if (values < 0).any():
+        bad = frame.iloc[int(np.flatnonzero((values < 0).any(1))[0])]
+        raise MetricError(f"{what}: negative value in row {bad.get('row_id', bad.name)!r}")
+    return values
+
+
+def score_parts(
+    solution: pd.DataFrame,
+    submission: pd.DataFrame,
+    row_id_column_name: str = "row_id",
+    any_severe_scalar: float = ANY_SEVERE_SCALAR,
+) -> dict[str, float]:
+    """The competition score and its four parts: spinal, foraminal, subarticular, any_severe_spinal.
+
+    Submission rows are matched to solution rows by row_id; extra submission rows are ignored, a solution
+    row without a prediction raises. Probabilities are renormalised per row and clipped as sklearn does.
+    """
+    truth = _check_predictions(solution, "solution")
+    if (truth < 0).any():
+        raise MetricError("solution: labels must be at least zero")
+    if "sample_weight" not in solution.columns:
+        raise MetricError("solution lacks column 'sample_weight'")
+    _check_predictions(submission, "submission")
+    sub = submission.drop_duplicates(row_id_column_name).set_index(row_id_column_name)
+    ids = solution[row_id_column_name].astype(str)
+    missing = ~ids.isin(sub.index)
+    if missing.any():
+        raise MetricError(f"submission lacks {int(missing.sum())} scored row(s), e.g. {ids[missing].iloc[0]!r}")
+    pred = sub.loc[ids, list(TARGETS)].to_numpy(dtype=float)
+    weight = solution["sample_weight"].to_numpy(dtype=float)
+    label = truth.argmax(1)
+    group = ids.map(group_of).to_numpy()
+    study = ids.str.split("_", n=1).str[0].to_numpy()
+
+    parts: dict[str, float] = {}
+    for g in GROUPS:
+        m = group == g
+        if not m.any():
+            raise MetricError(f"solution has no '{g}' rows")
+        parts[g] = float(log_loss(label[m], pred[m], sample_weight=weight[m], labels=[0, 1, 2]))
+
+    spinal = pd.DataFrame(
+        {
+            "study": study[group == "spinal"],
+            "label": (label[group == "spinal"] == 2).astype(int),
+            "weight": weight[group == "spinal"],
+            "pred": pred[group == "spinal", 2],  # as the official metric: the raw severe column
+        }
+    ).groupby("study").max()
+    parts["any_severe_spinal"] = float(
+        log_loss(spinal["label"], spinal["pred"].clip(0, 1), sample_weight=spinal["weight"], labels=[0, 1])
+    )
+    weights = [1.0, 1.0, 1.0, any_severe_scalar]
+    values = [parts[g] for g in GROUPS] + [parts["any_severe_spinal"]]
+    parts["score"] = float(np.average(values, weights=weights))
+    return parts
+
+
+def score(
+    solution: pd.DataFrame,
+    submission: pd.DataFrame,
+    row_id_column_name: str = "row_id",
+    any_severe_scalar: float = ANY_SEVERE_SCALAR,
+) -> float:
+    """The competition score (lower is better); see score_parts for the pieces."""
+    return score_parts(solution, submission, row_id_column_name, any_severe_scalar)["score"]
+
+
+def prior_submission(train_solution: pd.DataFrame, row_ids: list[str], weighted: bool = True) -> pd.DataFrame:
+    """A constant prediction per condition group, fitted on training labels: the floor any model must beat.
+
+    weighted=True returns class frequencies times the metric weights (renormalised), which is the constant
+    that minimises the weighted log loss; weighted=False returns the plain frequencies.
+    """
+    ids = train_solution["row_id"].astype(str)
+    groups = ids.map(group_of)
+    truth = train_solution[list(TARGETS)].to_numpy(dtype=float)
+    table = {}
+    for g in GROUPS:
+        freq = truth[(groups == g).to_numpy()].mean(0)
+        if weighted:
+            freq = freq * np.asarray([1.0, 2.0, 4.0])
+        table[g] = freq / freq.sum()
+    rows = np.stack([table[group_of(r)] for r in row_ids])
+    out = pd.DataFrame(rows, columns=list(TARGETS))
+    out.insert(0, "row_id", list(row_ids))
+    return out

@@ -1,0 +1,14 @@
+"""Default locations, all relative to the repository; every script takes flags to override them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+INPUT_DIR = REPO / "input"
+SYNTH_DIR = INPUT_DIR / "synth"  # the embedded default dataset
+FOLDS_FILE = REPO / "folds" / "folds.csv"
+RUNS_DIR = REPO / "runs"
+SUBMISSION_DIR = REPO / "submission"
+# The real competition labels, beside the repository in this project's layout (never copied into it);
+# the synthetic generator copies label patterns from it when present.
+DEFAULT_PATTERNS = REPO.parent / "shared" / "rsna2024" / "train.csv"

@@ -1,0 +1,697 @@
+"""Synthetic RSNA-format lumbar MRI dataset with planted graded pathology and a known optimum.
+
+`python -m src.synth --out input/synth --studies 200 --test-studies 40 --seed 0`
+
+Each study is a small anatomical model (vertebrae, discs, spinal canal, neural foramina, lateral recesses)
+rasterised with soft edges into a 1 mm voxel grid in a study-local frame (x: patient left, y: posterior,
+z: head), then resampled into real DICOM series (Sagittal T1, Sagittal T2/STIR, one or more Axial T2)
+with patient-specific tilt, position, field of view, pixel spacing, slice count and intensity.
+
+Every (condition, level) has a latent severity s in [0, 1] that sets how much the structure is narrowed.
+The written label is drawn from p(label | s), an ordinal logistic model (readers disagree near the
+thresholds), so no model can score 0. {split}_oracle.csv holds the Bayes-optimal submission: p(label | s)
+reweighted by the metric's class weights 1/2/4 (the minimiser of the expected weighted log loss). The joint
+label pattern of each study is copied from a row of the real train.csv when one is given (--patterns).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import multiprocessing as mp
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import JPEG2000Lossless, ExplicitVRLittleEndian, MRImageStorage, RLELossless, generate_uid
+from pydicom.valuerep import DSfloat
+from scipy.ndimage import gaussian_filter, map_coordinates
+from tqdm import tqdm
+
+from . import geometry
+from .constants import (
+    AXIAL_T2,
+    CONDITION_SERIES,
+    CONDITIONS,
+    LABEL_COLUMNS,
+    LEVELS,
+    SAGITTAL_T1,
+    SAGITTAL_T2,
+    SAMPLE_WEIGHTS,
+    SEVERITIES,
+    TARGETS,
+    label_column,
+    row_id,
+)
+from .paths import DEFAULT_PATTERNS, SYNTH_DIR
+from .tables import load_train, solution_frame, submission_row_ids
+
+# Class frequencies per condition group of the real train.csv, used only when no pattern file is given.
+FALLBACK_MARGINALS = {
+    "spinal": (0.878, 0.075, 0.047),
+    "foraminal": (0.780, 0.181, 0.039),
+    "subarticular": (0.714, 0.190, 0.096),
+}
+# Tissue intensities (T1, T2) on a 0..1 scale.
+TISSUE = {
+    "muscle": (0.35, 0.25),
+    "fat": (0.90, 0.55),
+    "marrow": (0.62, 0.45),
+    "disc": (0.38, 0.72),
+    "bone": (0.50, 0.32),
+    "ligament": (0.22, 0.16),
+    "csf": (0.15, 0.95),
+    "nerve": (0.32, 0.30),
+}
+
+
+@dataclass
+class SynthConfig:
+    """Everything the generator draws from; the defaults are the embedded benchmark."""
+
+    out: Path = SYNTH_DIR
+    studies: int = 200
+    test_studies: int = 40
+    seed: int = 0
+    image_size: int = 256  # base rows/columns of an image; series vary around it
+    voxel_mm: float = 1.0
+    sag_slices: tuple[int, int] = (15, 19)
+    axial_per_level: tuple[int, int] = (3, 5)
+    thresholds: tuple[float, float] = (0.4, 0.7)  # latent severity where moderate / severe become likely
+    reader_noise: float = 0.05  # logistic scale of p(label | s): readers' disagreement near a threshold
+    patterns: Path | None = DEFAULT_PATTERNS
+    p_missing_series: dict[str, float] = field(
+        default_factory=lambda: {SAGITTAL_T1: 0.01, SAGITTAL_T2: 0.005, AXIAL_T2: 0.005}
+    )
+    p_axial_series: tuple[float, float, float] = (0.83, 0.155, 0.015)  # 1, 2 or 3 axial series (real rates)
+    p_missing_coordinate: float = 0.003
+    p_compressed: float = 0.06
+    p_missing_optional_tags: float = 0.1
+    p_rescaled: float = 0.1
+    noise: tuple[float, float] = (0.015, 0.035)
+    workers: int = 2
+
+
+# ----------------------------------------------------------------------------------------------------
+# Labels
+
+
+def label_probabilities(severity: np.ndarray, thresholds=(0.4, 0.7), reader_noise: float = 0.05) -> np.ndarray:
+    """p(written label | latent severity) as (..., 3): ordinal logistic with two thresholds."""
+    s = np.asarray(severity, dtype=float)[..., None]
+    t = np.asarray(thresholds, dtype=float)
+    above = 1.0 / (1.0 + np.exp(-(s - t) / reader_noise))  # P(label >= moderate), P(label >= severe)
+    p = np.concatenate([1 - above[..., :1], above[..., :1] - above[..., 1:], above[..., 1:]], axis=-1)
+    return np.clip(p, 0.0, 1.0)
+
+
+def metric_optimal(p: np.ndarray) -> np.ndarray:
+    """Posterior class probabilities -> the prediction minimising the expected 1/2/4-weighted log loss."""
+    q = np.asarray(p, dtype=float) * np.asarray(SAMPLE_WEIGHTS)
+    return q / q.sum(-1, keepdims=True)
+
+
+def draw_severities(
+    pattern: np.ndarray, rng: np.random.Generator, thresholds=(0.4, 0.7)
+) -> np.ndarray:
+    """Latent severity per label column, uniform inside the band of the pattern's class (NaN: normal band)."""
+    edges = np.array([0.0, thresholds[0], thresholds[1], 1.0])
+    cls = np.where(np.isnan(pattern), 0, pattern).astype(int)
+    return rng.uniform(edges[cls], edges[cls + 1])
+
+
+def fallback_patterns(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Independent labels per column from the real group marginals, for when no train.csv is at hand."""
+    out = np.empty((n, len(LABEL_COLUMNS)))
+    for j, col in enumerate(LABEL_COLUMNS):
+        group = next(g for g in FALLBACK_MARGINALS if g in col)
+        out[:, j] = rng.choice(3, size=n, p=FALLBACK_MARGINALS[group])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Anatomy
+
+
+@dataclass
+class Anatomy:
+    """One study's spine in its local frame (mm): level heights, lordosis and structure sizes."""
+
+    scale: float
+    level_gap: float
+    lordosis: float
+    severity: dict[str, float]  # label column -> latent severity
+
+    @property
+    def disc_z(self) -> np.ndarray:
+        return (2 - np.arange(5)) * self.level_gap  # L1/L2 at the top, L3/L4 at z = 0
+
+    def f(self, z):
+        """AP offset of the vertebral bodies at height z (lordosis: mid-lumbar most anterior)."""
+        return -self.lordosis * (1 - (np.asarray(z) / (2.8 * self.level_gap)) ** 2)
+
+    @property
+    def body_half(self) -> tuple[float, float]:
+        return 21.0 * self.scale, 16.0 * self.scale
+
+    @property
+    def canal(self) -> tuple[float, float]:
+        return 11.0 * self.scale, 7.5 * self.scale  # LR and AP semi-axes
+
+    def canal_y(self, z):
+        return self.f(z) + self.body_half[1] + 2.5 + self.canal[1]
+
+    def structure_point(self, condition: str, level_index: int) -> np.ndarray:
+        """Local-frame point an annotator would click for a condition at a level."""
+        z = self.disc_z[level_index]
+        r_lr, r_ap = self.canal
+        if condition == "Spinal Canal Stenosis":
+            return np.array([0.0, self.canal_y(z), z])
+        side = 1.0 if condition.startswith("Left") else -1.0  # patient left is +x
+        if "Foraminal" in condition:
+            return np.array([side * (r_lr + 8.0 * self.scale), self.canal_y(z) - 2.0, z + 3.0 * self.scale])
+        return np.array([side * (r_lr + 1.0), self.canal_y(z) + 0.3 * r_ap, z])
+
+
+class Grid:
+    """Voxel grid over the study-local frame holding T1 and T2 intensities, painted with soft edges."""
+
+    def __init__(self, lo: np.ndarray, hi: np.ndarray, voxel: float):
+        self.lo = np.asarray(lo, dtype=float)
+        self.voxel = voxel
+        self.shape = tuple(int(np.ceil((h - l) / voxel)) + 1 for l, h in zip(self.lo, hi))
+        self.t1 = np.zeros(self.shape, dtype=np.float32)
+        self.t2 = np.zeros(self.shape, dtype=np.float32)
+
+    def axes(self, box_lo, box_hi):
+        """Index slices and coordinate vectors (broadcastable) of the voxels inside a box."""
+        i0 = np.clip(np.floor((np.asarray(box_lo) - self.lo) / self.voxel).astype(int), 0, self.shape)
+        i1 = np.clip(np.ceil((np.asarray(box_hi) - self.lo) / self.voxel).astype(int) + 1, 0, self.shape)
+        sl = tuple(slice(a, b) for a, b in zip(i0, i1))
+        x = self.lo[0] + np.arange(i0[0], i1[0]) * self.voxel
+        y = self.lo[1] + np.arange(i0[1], i1[1]) * self.voxel
+        z = self.lo[2] + np.arange(i0[2], i1[2]) * self.voxel
+        return sl, x[:, None, None], y[None, :, None], z[None, None, :]
+
+    def paint(self, sl, alpha: np.ndarray, tissue: str) -> None:
+        a = np.clip(alpha, 0.0, 1.0).astype(np.float32)
+        v1, v2 = TISSUE[tissue]
+        self.t1[sl] += a * (v1 - self.t1[sl])
+        self.t2[sl] += a * (v2 - self.t2[sl])
+
+    def soft(self, distance: np.ndarray) -> np.ndarray:
+        """Occupancy from a signed distance in mm (negative inside), one voxel of anti-aliasing."""
+        return np.clip(0.5 - distance / self.voxel, 0.0, 1.0)
+
+    def ellipsoid(self, center, radii, tissue: str, power: float = 2.0) -> None:
+        center, radii = np.asarray(center, float), np.maximum(np.asarray(radii, float), 1e-3)
+        sl, x, y, z = self.axes(center - radii - 2, center + radii + 2)
+        if any(s.stop <= s.start for s in sl):
+            return
+        qx, qy, qz = (x - center[0]), (y - center[1]), (z - center[2])
+        rho = (np.abs(qx / radii[0]) ** power + np.abs(qy / radii[1]) ** power + np.abs(qz / radii[2]) ** power) ** (
+            1.0 / power
+        )
+        dist = np.sqrt(qx**2 + qy**2 + qz**2)
+        sd = dist * (1.0 - 1.0 / np.maximum(rho, 1e-6))  # distance to the surface along the ray from the centre
+        self.paint(sl, self.soft(sd), tissue)
+
+
+def render_anatomy(anat: Anatomy, voxel: float) -> Grid:
+    """Rasterise one study's spine into T1/T2 intensity volumes."""
+    gap = anat.level_gap
+    zs = anat.disc_z
+    lo = np.array([-100.0, -110.0, zs[-1] - 1.5 * gap - 30])
+    hi = np.array([100.0, 85.0, zs[0] + 1.5 * gap + 30])
+    g = Grid(lo, hi, voxel)
+    s = anat.scale
+    wb, db = anat.body_half
+    r_lr, r_ap = anat.canal
+    disc_h = 4.5 * s
+
+    # Body outline: subcutaneous fat ring around muscle.
+    sl, x, y, z = g.axes(lo, hi)
+    outline = np.sqrt((x / 96.0) ** 2 + ((y + 12.0) / 92.0) ** 2)
+    g.paint(sl, g.soft((outline - 1.0) * 92.0) * np.ones_like(z), "fat")
+    g.paint(sl, g.soft((outline - 0.87) * 92.0) * np.ones_like(z), "muscle")
+
+    # Vertebral bodies L1..L5 and S1 between the discs, then the discs.
+    centers = np.concatenate([[zs[0] + gap / 2], zs - gap / 2])
+    half_h = gap / 2 - disc_h - 0.5
+    for k, zc in enumerate(centers):
+        grow = 1.15 if k == len(centers) - 1 else 1.0
+        g.ellipsoid([0, anat.f(zc), zc], [wb * grow, db * grow, half_h], "marrow", power=4.0)
+    # Posterior elements (laminae, pedicles, facets) as a bone block following the curve.
+    sl, x, y, z = g.axes([-26 * s, -60, lo[2]], [26 * s, 80, hi[2]])
+    yc = anat.canal_y(z)
+    inside_z = np.clip((z - (zs[-1] - gap)) * (zs[0] + gap - z), -1, 1) > 0
+    block = (np.abs(x) < 26 * s) & (y > yc - r_ap - 3) & (y < yc + r_ap + 14 * s) & inside_z
+    g.paint(sl, block.astype(np.float32), "bone")
+    for zc in centers[:-1]:  # spinous processes
+        g.ellipsoid([0, anat.canal_y(zc) + r_ap + 30 * s, zc], [3.5 * s, 20 * s, 10 * s], "bone")
+
+    for k, zk in enumerate(zs):
+        sev = anat.severity[label_column("Spinal Canal Stenosis", LEVELS[k])]
+        # Disc with a posterior bulge that grows with canal stenosis.
+        g.ellipsoid([0, anat.f(zk), zk], [wb, db, disc_h], "disc", power=3.0)
+        g.ellipsoid([0, anat.f(zk) + db * 0.6, zk], [wb * 0.55, db * 0.4 + 1.3 * r_ap * sev, disc_h], "disc")
+
+    # Spinal canal CSF tube; at each disc level the anterior wall moves back and the posterior wall
+    # (ligamentum flavum) forward in proportion to that level's spinal canal severity.
+    sl, x, y, z = g.axes([-r_lr - 2, -80, lo[2]], [r_lr + 2, 80, hi[2]])
+    front = np.zeros_like(z)
+    back = np.zeros_like(z)
+    for k, zk in enumerate(zs):
+        sev = anat.severity[label_column("Spinal Canal Stenosis", LEVELS[k])]
+        bump = np.exp(-0.5 * ((z - zk) / (4.5 * s)) ** 2)
+        front = front + 1.25 * r_ap * sev * bump
+        back = back + 0.45 * r_ap * sev * bump
+    yc = anat.canal_y(z)
+    y0, y1 = yc - r_ap + front, yc + r_ap - back
+    cy, ry = (y0 + y1) / 2, np.maximum((y1 - y0) / 2, 0.2)
+    rho = np.sqrt((x / r_lr) ** 2 + ((y - cy) / ry) ** 2)
+    g.paint(sl, g.soft((rho - 1.0) * np.minimum(ry, r_lr)), "csf")
+
+    for k, zk in enumerate(zs):
+        for side, name in ((1.0, "Left"), (-1.0, "Right")):
+            # Neural foramen: fat-filled ovoid with the exiting nerve root; it closes with severity.
+            sev_f = anat.severity[label_column(f"{name} Neural Foraminal Narrowing", LEVELS[k])]
+            p = anat.structure_point(f"{name} Neural Foraminal Narrowing", k)
+            rz = 6.5 * s * (1 - 0.72 * sev_f)
+            g.ellipsoid(p, [4.0 * s, 4.5 * s * (1 - 0.3 * sev_f), rz], "fat")
+            g.ellipsoid(p + [0, -0.5, 0.45 * rz], [1.6 * s, 1.6 * s, 1.6 * s * (1 - 0.4 * sev_f)], "nerve")
+            # Lateral recess (subarticular zone): a CSF pocket that the facet and ligament fill with severity.
+            sev_s = anat.severity[label_column(f"{name} Subarticular Stenosis", LEVELS[k])]
+            q = anat.structure_point(f"{name} Subarticular Stenosis", k)
+            g.ellipsoid(q, [4.0 * s, 3.2 * s, 7.0 * s], "csf")
+            g.ellipsoid(q + [side * 1.5, 2.2, 0], [0.8 + 4.6 * sev_s * s, 0.8 + 4.0 * sev_s * s, 6.0 * s], "ligament")
+    return g
+
+
+# ----------------------------------------------------------------------------------------------------
+# Series geometry and rendering
+
+
+def rotation(rng: np.random.Generator, max_deg: tuple[float, float, float]) -> np.ndarray:
+    """Random rotation from small angles about x, y and z (degrees)."""
+    ax, ay, az = (np.deg2rad(rng.uniform(-m, m)) for m in max_deg)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+@dataclass
+class SliceSpec:
+    """One slice in the study-local frame: top-left pixel centre, row/column directions, spacing, size."""
+
+    position: np.ndarray
+    row_dir: np.ndarray
+    col_dir: np.ndarray
+    spacing: float
+    rows: int
+    cols: int
+
+
+def plane(center, row_dir, col_dir, fov: float, rows: int, cols: int) -> SliceSpec:
+    spacing = fov / max(rows, cols)
+    pos = np.asarray(center) - (cols - 1) / 2 * spacing * row_dir - (rows - 1) / 2 * spacing * col_dir
+    return SliceSpec(pos, np.asarray(row_dir, float), np.asarray(col_dir, float), spacing, rows, cols)
+
+
+def sagittal_slices(anat: Anatomy, rng: np.random.Generator, cfg: SynthConfig) -> tuple[list[SliceSpec], float]:
+    n = int(rng.integers(cfg.sag_slices[0], cfg.sag_slices[1] + 1))
+    gap = rng.uniform(3.3, 4.2)
+    size = int(round(cfg.image_size * rng.choice([1.0, 1.25])))
+    fov = rng.uniform(190, 240)
+    tilt = rotation(rng, (3, 0, 3))  # series-specific obliquity on top of the study pose
+    row_dir, col_dir = tilt @ np.array([0.0, 1.0, 0.0]), tilt @ np.array([0.0, 0.0, -1.0])
+    normal = np.cross(row_dir, col_dir)
+    center = np.array([rng.uniform(-3, 3), anat.f(0) + 25 + rng.uniform(-8, 8), -12 + rng.uniform(-8, 8)])
+    offsets = (np.arange(n) - (n - 1) / 2) * gap
+    if rng.random() < 0.5:
+        offsets = offsets[::-1]  # instance 1 on the patient's left in some series, right in others
+    return [plane(center + o * normal, row_dir, col_dir, fov, size, size) for o in offsets], gap
+
+
+def axial_slices(
+    anat: Anatomy, rng: np.random.Generator, cfg: SynthConfig, levels: list[int]
+) -> tuple[list[SliceSpec], float]:
+    """Either one contiguous stack over the levels or a tilted block of a few slices per disc."""
+    size = int(round(cfg.image_size * rng.choice([0.75, 1.0])))
+    fov = rng.uniform(150, 200)
+    zs = anat.disc_z[levels]
+    specs: list[SliceSpec] = []
+    gap = rng.uniform(3.0, 4.0)
+    y_center = anat.canal_y(0) - 5 + rng.uniform(-8, 8)
+    x_center = rng.uniform(-6, 6)
+    if rng.random() < 0.5:
+        tilt = rotation(rng, (5, 2, 2))
+        row_dir, col_dir = tilt @ np.array([1.0, 0, 0]), tilt @ np.array([0, 1.0, 0])
+        normal = np.cross(row_dir, col_dir)
+        top, bottom = zs.max() + 14, zs.min() - 14
+        gap = rng.uniform(3.5, 5.0)
+        n = int((top - bottom) / gap) + 1
+        for i in range(n):
+            z = top - i * gap
+            specs.append(plane(np.array([x_center, y_center, 0]) + z * normal, row_dir, col_dir, fov, size, size))
+    else:
+        per_level = int(rng.integers(cfg.axial_per_level[0], cfg.axial_per_level[1] + 1))
+        for zk in zs:
+            # Each block is angled to its disc, so the series holds several orientation groups.
+            tilt = rotation(rng, (7, 2, 1))
+            row_dir, col_dir = tilt @ np.array([1.0, 0, 0]), tilt @ np.array([0, 1.0, 0])
+            normal = np.cross(row_dir, col_dir)
+            centre = np.array([x_center, y_center, zk]) + rng.uniform(-1.0, 1.0) * normal
+            for o in (np.arange(per_level) - (per_level - 1) / 2)[::-1] * gap:
+                specs.append(plane(centre + o * normal, row_dir, col_dir, fov, size, size))
+    return specs, gap
+
+
+def render_slice(grid: Grid, volume: np.ndarray, spec: SliceSpec, thickness: float) -> np.ndarray:
+    """Sample the local-frame volume on one slice, averaging three depths across the slice thickness."""
+    jj, ii = np.mgrid[0 : spec.rows, 0 : spec.cols]
+    pts = spec.position + (ii[..., None] * spec.row_dir + jj[..., None] * spec.col_dir) * spec.spacing
+    normal = np.cross(spec.row_dir, spec.col_dir)
+    out = np.zeros((spec.rows, spec.cols), dtype=np.float32)
+    for depth in (-thickness / 3, 0.0, thickness / 3):
+        idx = ((pts + depth * normal - grid.lo) / grid.voxel).reshape(-1, 3).T
+        out += map_coordinates(volume, idx, order=1, cval=0.0, mode="constant").reshape(out.shape)
+    return out / 3
+
+
+def finish_image(image: np.ndarray, rng: np.random.Generator, noise: float, gain: float) -> np.ndarray:
+    """Bias field, Rician noise and scanner gain -> stored uint16 values."""
+    h, w = image.shape
+    coarse = rng.normal(0, 1, (4, 4))
+    bias = 1.0 + 0.12 * cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    img = gaussian_filter(image * bias, 0.5)
+    real = img + rng.normal(0, noise, img.shape)
+    imag = rng.normal(0, noise, img.shape)
+    return np.sqrt(real**2 + imag**2) * gain
+
+
+# ----------------------------------------------------------------------------------------------------
+# DICOM writing
+
+
+def _ds(values) -> list:
+    return [DSfloat(float(v), auto_format=True) for v in values]
+
+
+def write_series(
+    directory: Path,
+    images: list[np.ndarray],
+    specs: list[SliceSpec],
+    pose: tuple[np.ndarray, np.ndarray],
+    meta: dict,
+    rng: np.random.Generator,
+    cfg: SynthConfig,
+) -> list[dict]:
+    """Write one series as {instance}.dcm files; returns each slice's patient-space geometry."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rot, shift = pose
+    slope, intercept = (2.0, -100.0) if rng.random() < cfg.p_rescaled else (1.0, 0.0)
+    drop_optional = rng.random() < cfg.p_missing_optional_tags
+    compress = None
+    if rng.random() < cfg.p_compressed:
+        compress = RLELossless if rng.random() < 0.5 or min(images[0].shape) < 32 else JPEG2000Lossless
+    series_uid = generate_uid(entropy_srcs=[str(meta["series_id"])])
+    base = Dataset()
+    base.SOPClassUID = MRImageStorage
+    base.Modality = "MR"
+    base.PatientID = str(meta["study_id"])
+    base.StudyInstanceUID = generate_uid(entropy_srcs=[str(meta["study_id"])])
+    base.SeriesInstanceUID = series_uid
+    base.SeriesNumber = meta["series_number"]
+    base.SeriesDescription = meta["description"]
+    base.SamplesPerPixel = 1
+    base.PhotometricInterpretation = "MONOCHROME2"
+    base.BitsAllocated = 16
+    base.BitsStored = 16
+    base.HighBit = 15
+    base.PixelRepresentation = 0
+    if slope != 1.0:
+        base.RescaleSlope = DSfloat(slope, auto_format=True)
+        base.RescaleIntercept = DSfloat(intercept, auto_format=True)
+    geometry_rows = []
+    for instance, (image, spec) in enumerate(zip(images, specs), start=1):
+        ds = copy.deepcopy(base)
+        sop = generate_uid(entropy_srcs=[str(meta["series_id"]), str(instance)])
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPInstanceUID = sop
+        ds.InstanceNumber = instance
+        position = rot @ spec.position + shift
+        orientation = np.concatenate([rot @ spec.row_dir, rot @ spec.col_dir])
+        ds.ImagePositionPatient = _ds(position)
+        ds.ImageOrientationPatient = _ds(orientation)
+        ds.PixelSpacing = _ds([spec.spacing, spec.spacing])
+        if not drop_optional:
+            ds.SliceThickness = DSfloat(meta["thickness"], auto_format=True)
+            ds.SpacingBetweenSlices = DSfloat(meta["gap"], auto_format=True)
+        stored = np.clip(np.round((image - intercept) / slope), 0, 65535).astype(np.uint16)
+        ds.Rows, ds.Columns = stored.shape
+        ds.PixelData = stored.tobytes()
+        if compress is not None:
+            ds.compress(compress)
+        ds.save_as(directory / f"{instance}.dcm", enforce_file_format=True)
+        # Geometry as the reader will see it (after DS rounding), for placing the labels.
+        geometry_rows.append(
+            {
+                "instance": instance,
+                "position": np.array([float(v) for v in ds.ImagePositionPatient]),
+                "orientation": np.array([float(v) for v in ds.ImageOrientationPatient]),
+                "spacing": np.array([float(v) for v in ds.PixelSpacing]),
+                "shape": stored.shape,
+            }
+        )
+    return geometry_rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# One study
+
+
+def make_study(args: tuple) -> dict:
+    """Render and write one study; returns its table rows (series, coordinates, latent truth)."""
+    study_id, pattern, split, seed, cfg = args
+    rng = np.random.default_rng(seed)
+    severity = draw_severities(pattern, rng, cfg.thresholds)
+    p = label_probabilities(severity, cfg.thresholds, cfg.reader_noise)
+    written = np.array([rng.choice(3, p=pi / pi.sum()) for pi in p], dtype=float)
+    written[np.isnan(pattern)] = np.nan
+    anat = Anatomy(
+        scale=rng.uniform(0.95, 1.05),
+        level_gap=rng.uniform(34, 38),
+        lordosis=rng.uniform(4, 12),
+        severity=dict(zip(LABEL_COLUMNS, severity)),
+    )
+    grid = render_anatomy(anat, cfg.voxel_mm)
+    pose = (rotation(rng, (6, 4, 8)), rng.uniform(-40, 40, 3) + np.array([0, 0, rng.uniform(-300, 0)]))
+    gain = rng.uniform(300, 3000)
+    noise = rng.uniform(*cfg.noise)
+
+    # Which series this study has.
+    n_axial = int(rng.choice(3, p=cfg.p_axial_series)) + 1
+    plan: list[tuple[str, list[int] | None]] = []
+    for desc in (SAGITTAL_T2, SAGITTAL_T1):
+        if rng.random() >= cfg.p_missing_series[desc]:
+            plan.append((desc, None))
+    if rng.random() >= cfg.p_missing_series[AXIAL_T2]:
+        all_levels = list(range(5))
+        if n_axial == 1:
+            plan.append((AXIAL_T2, all_levels))
+        else:
+            cut = int(rng.integers(1, 4))
+            parts = [all_levels[: cut + 1], all_levels[cut:]]  # upper and lower stacks overlapping at one level
+            if n_axial == 3:
+                parts.append(all_levels)  # a repeated acquisition
+            plan.extend((AXIAL_T2, part) for part in parts)
+    rng.shuffle(plan)
+
+    root = cfg.out / f"{split}_images" / str(study_id)
+    series_rows, series_geometry = [], []
+    used_ids: set[int] = set()
+    for number, (desc, levels) in enumerate(plan, start=1):
+        series_id = int(rng.integers(10**7, 4 * 10**9))
+        while series_id in used_ids:
+            series_id = int(rng.integers(10**7, 4 * 10**9))
+        used_ids.add(series_id)
+        if desc == AXIAL_T2:
+            specs, gap = axial_slices(anat, rng, cfg, levels)
+            volume = grid.t2
+        else:
+            specs, gap = sagittal_slices(anat, rng, cfg)
+            volume = grid.t1 if desc == SAGITTAL_T1 else grid.t2
+        thickness = float(gap * rng.uniform(0.85, 1.0))
+        images = [finish_image(render_slice(grid, volume, sp, thickness), rng, noise, gain) for sp in specs]
+        meta = dict(study_id=study_id, series_id=series_id, series_number=number, description=desc,
+                    thickness=round(thickness, 2), gap=round(gap, 2))
+        geo = write_series(root / str(series_id), images, specs, pose, meta, rng, cfg)
+        series_rows.append({"study_id": study_id, "series_id": series_id, "series_description": desc})
+        series_geometry.append((series_id, desc, geo))
+
+    coords, latent = [], []
+    rot, shift = pose
+    for j, col in enumerate(LABEL_COLUMNS):
+        condition, level = CONDITIONS[j // 5], LEVELS[j % 5]
+        point = rot @ anat.structure_point(condition, j % 5) + shift
+        latent.append(
+            {
+                "row_id": row_id(study_id, condition, level),
+                "study_id": study_id,
+                "condition": condition,
+                "level": level,
+                "severity": severity[j],
+                "label": written[j],
+                **{f"p_{t}": p[j, i] for i, t in enumerate(TARGETS)},
+                "px": point[0],
+                "py": point[1],
+                "pz": point[2],
+            }
+        )
+        if np.isnan(written[j]) or rng.random() < cfg.p_missing_coordinate:
+            continue
+        best = None
+        for series_id, desc, geo in series_geometry:
+            if desc != CONDITION_SERIES[condition]:
+                continue
+            pos = np.stack([g["position"] for g in geo])
+            ori = np.stack([g["orientation"] for g in geo])
+            spa = np.stack([g["spacing"] for g in geo])
+            shp = np.stack([g["shape"] for g in geo])
+            i, dist = geometry.nearest_slice(point, pos, ori, spa, shp)
+            if i >= 0 and (best is None or dist < best[0]):
+                best = (dist, series_id, geo[i])
+        if best is None:
+            continue
+        dist, series_id, g = best
+        x, y, _ = geometry.patient_to_pixel(point, g["position"], g["orientation"], g["spacing"])
+        jitter = rng.normal(0, 0.5, 2) / g["spacing"][::-1]  # annotators click within about half a mm
+        coords.append(
+            {
+                "study_id": study_id,
+                "series_id": series_id,
+                "instance_number": g["instance"],
+                "condition": condition,
+                "level": level,
+                "x": float(x + jitter[0]),
+                "y": float(y + jitter[1]),
+            }
+        )
+    labels = {"study_id": study_id, **{c: (SEVERITIES[int(v)] if not np.isnan(v) else "") for c, v in zip(LABEL_COLUMNS, written)}}
+    return {"split": split, "labels": labels, "series": series_rows, "coords": coords, "latent": latent}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Whole dataset
+
+
+def _study_ids(n: int, rng: np.random.Generator) -> list[int]:
+    ids: set[int] = set()
+    while len(ids) < n:
+        ids.update(int(v) for v in rng.integers(10**6, 4_300_000_000, n - len(ids)))
+    return sorted(ids)
+
+
+def generate(cfg: SynthConfig) -> dict[str, Path]:
+    """Write the whole synthetic dataset under cfg.out; returns the paths of the tables written."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(cfg.seed)
+    n_total = cfg.studies + cfg.test_studies
+    if cfg.patterns is not None and Path(cfg.patterns).is_file():
+        real = load_train(cfg.patterns)[list(LABEL_COLUMNS)].to_numpy()
+        pick = rng.choice(len(real), size=n_total, replace=n_total > len(real))
+        patterns = real[pick]
+    else:
+        patterns = fallback_patterns(n_total, rng)
+    ids = _study_ids(n_total, rng)
+    rng.shuffle(ids)
+    splits = ["train"] * cfg.studies + ["test"] * cfg.test_studies
+    seeds = np.random.SeedSequence(cfg.seed).spawn(n_total)
+    jobs = [(sid, patterns[i], splits[i], seeds[i], cfg) for i, sid in enumerate(ids)]
+
+    if cfg.workers > 1 and n_total > 1:
+        with mp.get_context("spawn").Pool(cfg.workers) as pool:
+            results = list(tqdm(pool.imap(make_study, jobs), total=n_total, desc="synth studies"))
+    else:
+        results = [make_study(j) for j in tqdm(jobs, desc="synth studies")]
+
+    paths: dict[str, Path] = {}
+    for split in ("train", "test"):
+        part = [r for r in results if r["split"] == split]
+        part.sort(key=lambda r: r["labels"]["study_id"])
+        series = pd.DataFrame([s for r in part for s in r["series"]], columns=["study_id", "series_id", "series_description"])
+        latent = pd.DataFrame([row for r in part for row in r["latent"]])
+        paths[f"{split}_series"] = out / f"{split}_series_descriptions.csv"
+        series.to_csv(paths[f"{split}_series"], index=False)
+        study_ids = [r["labels"]["study_id"] for r in part]
+        oracle = pd.DataFrame({"row_id": latent["row_id"]})
+        oracle[list(TARGETS)] = metric_optimal(latent[[f"p_{t}" for t in TARGETS]].to_numpy())
+        oracle = oracle.set_index("row_id").loc[submission_row_ids(study_ids)].reset_index()
+        paths[f"{split}_oracle"] = out / f"{split}_oracle.csv"
+        oracle.to_csv(paths[f"{split}_oracle"], index=False)
+        paths[f"{split}_latent"] = out / f"{split}_latent.csv"
+        latent.to_csv(paths[f"{split}_latent"], index=False)
+        labels = pd.DataFrame([r["labels"] for r in part], columns=["study_id", *LABEL_COLUMNS])
+        if split == "train":
+            paths["train"] = out / "train.csv"
+            labels.to_csv(paths["train"], index=False)
+            coords = pd.DataFrame(
+                [c for r in part for c in r["coords"]],
+                columns=["study_id", "series_id", "instance_number", "condition", "level", "x", "y"],
+            )
+            paths["coordinates"] = out / "train_label_coordinates.csv"
+            coords.to_csv(paths["coordinates"], index=False)
+        else:
+            (out / "test_images").mkdir(exist_ok=True)
+            sample = pd.DataFrame({"row_id": submission_row_ids(study_ids)})
+            for t in TARGETS:
+                sample[t] = 1.0 / 3.0
+            paths["sample_submission"] = out / "sample_submission.csv"
+            sample.to_csv(paths["sample_submission"], index=False)
+            numeric = labels.copy()
+            for c in LABEL_COLUMNS:
+                numeric[c] = numeric[c].map({s: i for i, s in enumerate(SEVERITIES)}).astype(float)
+            paths["test_solution"] = out / "test_solution.csv"
+            solution_frame(numeric).to_csv(paths["test_solution"], index=False)
+    (out / "synth_config.json").write_text(pd.Series(asdict(cfg)).to_json(default_handler=str, indent=1))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    d = SynthConfig()
+    ap.add_argument("--out", type=Path, default=d.out)
+    ap.add_argument("--studies", type=int, default=d.studies, help="train studies")
+    ap.add_argument("--test-studies", type=int, default=d.test_studies)
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--image-size", type=int, default=d.image_size, help="base image rows/columns")
+    ap.add_argument("--voxel-mm", type=float, default=d.voxel_mm, help="resolution of the rendered anatomy")
+    ap.add_argument("--sag-slices", type=int, nargs=2, default=d.sag_slices, metavar=("MIN", "MAX"))
+    ap.add_argument("--axial-per-level", type=int, nargs=2, default=d.axial_per_level, metavar=("MIN", "MAX"))
+    ap.add_argument("--reader-noise", type=float, default=d.reader_noise, help="label noise near the thresholds")
+    ap.add_argument("--patterns", type=Path, default=d.patterns, help="a real train.csv to copy label patterns from")
+    ap.add_argument("--p-compressed", type=float, default=d.p_compressed)
+    ap.add_argument("--workers", type=int, default=d.workers)
+    a = ap.parse_args(argv)
+    cfg = SynthConfig(
+        out=a.out, studies=a.studies, test_studies=a.test_studies, seed=a.seed, image_size=a.image_size,
+        voxel_mm=a.voxel_mm, sag_slices=tuple(a.sag_slices), axial_per_level=tuple(a.axial_per_level),
+        reader_noise=a.reader_noise, patterns=a.patterns, p_compressed=a.p_compressed, workers=a.workers,
+    )
+    paths = generate(cfg)
+    print(f"wrote {cfg.studies} train and {cfg.test_studies} test studies to {cfg.out}")
+    for name, path in paths.items():
+        print(f"  {name}: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Loaders for the competition CSVs, validated against the real schemas.
+
+Every loader raises DataError naming the file, the line and the column of the first bad cell,
+so a user with a broken download sees what to fix instead of a KeyError deep in training.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .constants import (
+    COLUMN_TO_CONDITION_LEVEL,
+    CONDITIONS,
+    LABEL_COLUMNS,
+    LEVELS,
+    SAMPLE_WEIGHTS,
+    SERIES_DESCRIPTIONS,
+    SEVERITIES,
+    SEVERITY_TO_INDEX,
+    TARGETS,
+    row_id,
+)
+
+
+class DataError(ValueError):
+    """A competition file is missing, malformed or holds a value outside the schema."""
+
+
+def _read(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a readable CSV ({err})") from err
+
+
+def _require_columns(df: pd.DataFrame, columns: tuple[str, ...] | list[str], path: Path) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
+
+
+def _fail(path: Path, index: int, column: str, message: str) -> DataError:
+    # index is the 0-based data row; line numbers count the header as line 1.
+    return DataError(f"{path}: line {index + 2}, column '{column}': {message}")
+
+
+def _to_int(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
+    text = df[column].str.strip()
+    ok = text.str.fullmatch(r"[+-]?\d+")
+    if not ok.all():
+        i = int(np.flatnonzero(~ok.to_numpy())[0])
+        raise _fail(path, i, column, f"expected an integer, got {df[column].iloc[i]!r}")
+    return text.astype(np.int64)
+
+
+def _to_float(df: pd.DataFrame, column: str, path: Path, allow_nan: bool = False) -> pd.Series:
+    values = pd.to_numeric(df[column].str.strip(), errors="coerce")
+    bad = ~np.isfinite(values.to_numpy(dtype=float))
+    if allow_nan:
+        bad &= df[column].str.strip().ne("").to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise _fail(path, i, column, f"expected a finite number, got {df[column].iloc[i]!r}")
+    return values.astype(float)
+
+
+def _check_allowed(df: pd.DataFrame, column: str, allowed: tuple[str, ...], path: Path, what: str) -> None:
+    bad = ~df[column].isin(allowed)
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise _fail(path, i, column, f"unknown {what} {df[column].iloc[i]!r}; expected one of {list(allowed)}")
+
+
+def _check_unique(df: pd.DataFrame, keys: list[str], path: Path) -> None:
+    dup = df.duplicated(keys)
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        raise _fail(path, i, keys[-1], f"duplicate key {tuple(df[keys].iloc[i])}")
+
+
+def load_train(path: str | Path) -> pd.DataFrame:
+    """train.csv -> study_id plus the 25 label columns as float class indices (0, 1, 2; NaN when unlabelled)."""
+    path = Path(path)
+    raw = _read(path)
+    _require_columns(raw, ["study_id", *LABEL_COLUMNS], path)
+    out = pd.DataFrame({"study_id": _to_int(raw, "study_id", path)})
+    for col in LABEL_COLUMNS:
+        _check_allowed(raw, col, (*SEVERITIES, ""), path, "label")
+        out[col] = raw[col].map(SEVERITY_TO_INDEX).astype(float)
+    _check_unique(out, ["study_id"], path)
+    return out
+
+
+def load_series_descriptions(path: str | Path, unknown: str = "raise") -> pd.DataFrame:
+    """{split}_series_descriptions.csv -> study_id, series_id, series_description.
+
+    unknown: 'raise' (training data must be clean) or 'warn' (inference keeps going and drops the row).
+    """
+    path = Path(path)
+    raw = _read(path)
+    _require_columns(raw, ["study_id", "series_id", "series_description"], path)
+    out = pd.DataFrame(
+        {
+            "study_id": _to_int(raw, "study_id", path),
+            "series_id": _to_int(raw, "series_id", path),
+            "series_description": raw["series_description"].str.strip(),
+        }
+    )
+    known = out["series_description"].isin(SERIES_DESCRIPTIONS)
+    if not known.all():
+        if unknown == "raise":
+            _check_allowed(out, "series_description", SERIES_DESCRIPTIONS, path, "series description")
+        warnings.warn(
+            f"{path}: dropping {int((~known).sum())} series with an unknown description "
+            f"{sorted(out.loc[~known, 'series_description'].unique())}",
+            stacklevel=2,
+        )
+        out = out[known].reset_index(drop=True)
+    _check_unique(out, ["study_id", "series_id"], path)
+    return out
+
+
+def load_coordinates(path: str | Path) -> pd.DataFrame:
+    """train_label_coordinates.csv (or predicted coordinates in its format), validated."""
+    path = Path(path)
+    raw = _read(path)
+    cols = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y"]
+    _require_columns(raw, cols, path)
+    _check_allowed(raw, "condition", CONDITIONS, path, "condition")
+    _check_allowed(raw, "level", LEVELS, path, "level")
+    out = pd.DataFrame(
+        {
+            "study_id": _to_int(raw, "study_id", path),
+            "series_id": _to_int(raw, "series_id", path),
+            "instance_number": _to_int(raw, "instance_number", path),
+            "condition": raw["condition"],
+            "level": raw["level"],
+            "x": _to_float(raw, "x", path),
+            "y": _to_float(raw, "y", path),
+        }
+    )
+    for extra in raw.columns.difference(cols):  # e.g. a localizer's confidence column
+        out[extra] = raw[extra]
+    return out
+
+
+def load_submission(path: str | Path) -> pd.DataFrame:
+    """A submission (or sample_submission / oracle) file: row_id plus the three probabilities."""
+    path = Path(path)
+    raw = _read(path)
+    _require_columns(raw, ["row_id", *TARGETS], path)
+    out = pd.DataFrame({"row_id": raw["row_id"]})
+    for col in TARGETS:
+        out[col] = _to_float(raw, col, path)
+    _check_unique(out, ["row_id"], path)
+    return out
+
+
+def load_solution(path: str | Path) -> pd.DataFrame:
+    """A solution file: row_id, one-hot normal_mild/moderate/severe and sample_weight."""
+    path = Path(path)
+    raw = _read(path)
+    _require_columns(raw, ["row_id", *TARGETS, "sample_weight"], path)
+    out = pd.DataFrame({"row_id": raw["row_id"]})
+    for col in [*TARGETS, "sample_weight"]:
+        out[col] = _to_float(raw, col, path)
+    _check_unique(out, ["row_id"], path)
+    return out
+
+
+def labels_long(train: pd.DataFrame) -> pd.DataFrame:
+    """Wide train labels -> one row per (study, column) with row_id and the class index; NaN rows dropped."""
+    long = train.melt(id_vars="study_id", value_vars=list(LABEL_COLUMNS), var_name="column", value_name="label")
+    long = long.dropna(subset=["label"])
+    long["label"] = long["label"].astype(int)
+    long["row_id"] = long["study_id"].astype(str) + "_" + long["column"]
+    return long.reset_index(drop=True)
+
+
+def solution_frame(train: pd.DataFrame, study_ids: list[int] | np.ndarray | None = None) -> pd.DataFrame:
+    """Labels in the metric's solution format (row_id, one-hot targets, sample_weight), NaN labels left out.
+
+    With study_ids (e.g. one fold's validation studies) only those studies are kept, so out-of-fold
+    predictions can be scored.
+    """
+    if study_ids is not None:
+        train = train[train["study_id"].isin(set(int(s) for s in study_ids))]
+    long = labels_long(train)
+    onehot = np.eye(len(TARGETS))[long["label"].to_numpy()]
+    sol = pd.DataFrame(onehot, columns=list(TARGETS))
+    sol.insert(0, "row_id", long["row_id"].to_numpy())
+    sol["sample_weight"] = np.asarray(SAMPLE_WEIGHTS)[long["label"].to_numpy()]
+    return sol.sort_values("row_id").reset_index(drop=True)
+
+
+def submission_row_ids(study_ids: list[int] | np.ndarray) -> list[str]:
+    """All 25 row_ids of each study, in sample_submission's order (row_id sorted within a study)."""
+    out = []
+    for sid in study_ids:
+        out.extend(sorted(row_id(sid, c, lv) for c, lv in COLUMN_TO_CONDITION_LEVEL.values()))
+    return out
