@@ -58,6 +58,13 @@ class Series:
         n = geometry.slice_normal(self.orientations).mean(0)
         return n / np.linalg.norm(n)
 
+    @property
+    def slice_gap(self) -> float:
+        """Median distance (mm) between neighbouring slices along the normal; 0 for one slice."""
+        if len(self) < 2:
+            return 0.0
+        return float(np.median(np.abs(np.diff(self.positions @ self.normal))))
+
     def index_of_instance(self, instance_number: int) -> int:
         """Position in the volume of the slice with this InstanceNumber; KeyError if absent."""
         hits = np.flatnonzero(self.instance_numbers == int(instance_number))

@@ -52,6 +52,10 @@ def score_parts(
     if missing.any():
         raise MetricError(f"submission lacks {int(missing.sum())} scored row(s), e.g. {ids[missing].iloc[0]!r}")
     pred = sub.loc[ids, list(TARGETS)].to_numpy(dtype=float)
+    # Renormalise rows as older sklearn's log_loss did (newer releases refuse rows not summing to 1);
+    # an all-zero row becomes uniform. The any-severe term below reads the raw severe column, as upstream.
+    totals = pred.sum(1, keepdims=True)
+    norm = np.where(totals > 0, pred / np.where(totals > 0, totals, 1.0), 1.0 / len(TARGETS))
     weight = solution["sample_weight"].to_numpy(dtype=float)
     label = truth.argmax(1)
     group = ids.map(group_of).to_numpy()
@@ -62,7 +66,7 @@ def score_parts(
         m = group == g
         if not m.any():
             raise MetricError(f"solution has no '{g}' rows")
-        parts[g] = float(log_loss(label[m], pred[m], sample_weight=weight[m], labels=[0, 1, 2]))
+        parts[g] = float(log_loss(label[m], norm[m], sample_weight=weight[m], labels=[0, 1, 2]))
 
     spinal = pd.DataFrame(
         {

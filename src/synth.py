@@ -56,6 +56,9 @@ FALLBACK_MARGINALS = {
     "subarticular": (0.714, 0.190, 0.096),
 }
 # Tissue intensities (T1, T2) on a 0..1 scale.
+LATENT_COLUMNS = [
+    "row_id", "study_id", "condition", "level", "severity", "label", *(f"p_{t}" for t in TARGETS), "px", "py", "pz"
+]
 TISSUE = {
     "muscle": (0.35, 0.25),
     "fat": (0.90, 0.55),
@@ -629,7 +632,7 @@ def generate(cfg: SynthConfig) -> dict[str, Path]:
         part = [r for r in results if r["split"] == split]
         part.sort(key=lambda r: r["labels"]["study_id"])
         series = pd.DataFrame([s for r in part for s in r["series"]], columns=["study_id", "series_id", "series_description"])
-        latent = pd.DataFrame([row for r in part for row in r["latent"]])
+        latent = pd.DataFrame([row for r in part for row in r["latent"]], columns=LATENT_COLUMNS)
         paths[f"{split}_series"] = out / f"{split}_series_descriptions.csv"
         series.to_csv(paths[f"{split}_series"], index=False)
         study_ids = [r["labels"]["study_id"] for r in part]

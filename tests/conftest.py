@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny synthetic dataset and the real competition CSVs beside the repo."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from src.constants import AXIAL_T2, SAGITTAL_T1, SAGITTAL_T2  # noqa: E402
+from src.paths import DEFAULT_PATTERNS  # noqa: E402
+from src.synth import SynthConfig, generate  # noqa: E402
+
+SHARED = DEFAULT_PATTERNS.parent  # ../shared/rsna2024
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not (SHARED / "train.csv").is_file():
+        pytest.skip(f"real competition CSVs not found at {SHARED}")
+    return SHARED
+
+
+def tiny_config(out: Path, **overrides) -> SynthConfig:
+    """A few small studies: 64 px images, 2 mm voxels, short stacks; seconds to generate."""
+    base = dict(
+        out=out, studies=8, test_studies=4, seed=3, image_size=64, voxel_mm=2.0, sag_slices=(7, 9),
+        axial_per_level=(2, 3), workers=1,
+        # Exercise the rare paths: compressed series, rescaled pixels, dropped optional tags, 2-3 axials.
+        p_compressed=0.3, p_rescaled=0.3, p_missing_optional_tags=0.3, p_axial_series=(0.4, 0.4, 0.2),
+        p_missing_series={SAGITTAL_T1: 0.1, SAGITTAL_T2: 0.0, AXIAL_T2: 0.0},
+    )
+    base.update(overrides)
+    return SynthConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def tiny() -> "callable":
+    """The tiny_config factory, for tests that generate a dataset of their own."""
+    return tiny_config
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    generate(tiny_config(out))
+    return out

@@ -1,0 +1,111 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from src.constants import LABEL_COLUMNS, TARGETS
+from src.tables import (
+    DataError,
+    load_coordinates,
+    load_series_descriptions,
+    load_solution,
+    load_submission,
+    load_train,
+    solution_frame,
+    submission_row_ids,
+)
+
+
+def test_real_files_load(shared):
+    train = load_train(shared / "train.csv")
+    assert train.shape == (1975, 26)
+    assert int(train[list(LABEL_COLUMNS)].isna().sum().sum()) == 572
+    assert set(np.unique(train[list(LABEL_COLUMNS)].to_numpy()[~np.isnan(train[list(LABEL_COLUMNS)].to_numpy())])) == {0, 1, 2}
+    assert len(load_series_descriptions(shared / "train_series_descriptions.csv")) == 6294
+    coords = load_coordinates(shared / "train_label_coordinates.csv")
+    assert len(coords) == 48809 and coords["study_id"].nunique() == 1974
+    assert len(load_series_descriptions(shared / "test_series_descriptions.csv")) == 3
+    sample = load_submission(shared / "sample_submission.csv")
+    assert len(sample) == 25 and np.allclose(sample[list(TARGETS)].sum(1), 1)
+
+
+def _write(tmp_path, text, name="bad.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _train_text(cell="Normal/Mild", study="1"):
+    header = ",".join(["study_id", *LABEL_COLUMNS])
+    cells = [cell] + ["Normal/Mild"] * (len(LABEL_COLUMNS) - 1)
+    good = ",".join(["2", *(["Moderate"] * len(LABEL_COLUMNS))])
+    return f"{header}\n{good}\n{study},{','.join(cells)}\n"
+
+
+def test_train_bad_label_names_file_line_and_column(tmp_path):
+    path = _write(tmp_path, _train_text(cell="Mild"))
+    with pytest.raises(DataError) as err:
+        load_train(path)
+    msg = str(err.value)
+    assert str(path) in msg and "line 3" in msg and LABEL_COLUMNS[0] in msg and "'Mild'" in msg
+
+
+def test_train_non_integer_id(tmp_path):
+    with pytest.raises(DataError, match=r"line 3, column 'study_id': expected an integer, got '12a'"):
+        load_train(_write(tmp_path, _train_text(study="12a")))
+
+
+def test_train_missing_column(tmp_path):
+    text = _train_text().replace(",spinal_canal_stenosis_l1_l2", ",something_else", 1)
+    with pytest.raises(DataError, match="missing column.*spinal_canal_stenosis_l1_l2"):
+        load_train(_write(tmp_path, text))
+
+
+def test_train_nan_labels_allowed(tmp_path):
+    train = load_train(_write(tmp_path, _train_text(cell="")))
+    assert np.isnan(train.loc[1, LABEL_COLUMNS[0]]) and train.loc[0, LABEL_COLUMNS[0]] == 1
+
+
+def test_coordinates_bad_condition_and_level(tmp_path):
+    head = "study_id,series_id,instance_number,condition,level,x,y\n"
+    ok = "1,2,3,Spinal Canal Stenosis,L1/L2,10.5,20\n"
+    with pytest.raises(DataError, match=r"line 3, column 'condition': unknown condition 'Spinal Stenosis'"):
+        load_coordinates(_write(tmp_path, head + ok + "1,2,3,Spinal Stenosis,L1/L2,1,2\n"))
+    with pytest.raises(DataError, match=r"line 2, column 'level': unknown level 'L1-L2'"):
+        load_coordinates(_write(tmp_path, head + "1,2,3,Spinal Canal Stenosis,L1-L2,1,2\n"))
+    with pytest.raises(DataError, match=r"column 'instance_number': expected an integer, got '3.5'"):
+        load_coordinates(_write(tmp_path, head + "1,2,3.5,Spinal Canal Stenosis,L1/L2,1,2\n"))
+    with pytest.raises(DataError, match=r"column 'x': expected a finite number"):
+        load_coordinates(_write(tmp_path, head + "1,2,3,Spinal Canal Stenosis,L1/L2,nan,2\n"))
+
+
+def test_series_descriptions_unknown(tmp_path):
+    path = _write(tmp_path, "study_id,series_id,series_description\n1,2,Sagittal T1\n1,3,Coronal T2\n")
+    with pytest.raises(DataError, match="line 3.*unknown series description 'Coronal T2'"):
+        load_series_descriptions(path)
+    with pytest.warns(UserWarning, match="Coronal T2"):
+        kept = load_series_descriptions(path, unknown="warn")
+    assert kept["series_id"].tolist() == [2]
+
+
+def test_missing_file_and_garbage(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        load_train(tmp_path / "nope.csv")
+    with pytest.raises(DataError, match="missing column"):
+        load_submission(_write(tmp_path, "a,b\n1,2\n"))
+
+
+def test_solution_frame_and_row_order(tmp_path):
+    train = pd.DataFrame({"study_id": [5, 7]})
+    for i, col in enumerate(LABEL_COLUMNS):
+        train[col] = [i % 3, np.nan if i == 0 else 2]
+    sol = solution_frame(train)
+    assert len(sol) == 49  # one NaN label left out
+    assert set(sol["sample_weight"]) == {1.0, 2.0, 4.0}
+    assert np.allclose(sol[list(TARGETS)].sum(1), 1)
+    row = sol.set_index("row_id").loc["7_spinal_canal_stenosis_l2_l3"]
+    assert row["severe"] == 1 and row["sample_weight"] == 4
+    assert len(solution_frame(train, [7])) == 24
+    ids = submission_row_ids([7, 5])
+    assert len(ids) == 50 and ids[0].startswith("7_left_neural") and ids[25].startswith("5_")
+    sol.to_csv(tmp_path / "sol.csv", index=False)
+    assert load_solution(tmp_path / "sol.csv").equals(sol)
