@@ -6,6 +6,7 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from .constants import LABEL_COLUMNS, SEVERITIES
+from .tables import solution_frame
 
 
 def onehot_labels(train: pd.DataFrame) -> np.ndarray:
@@ -107,3 +108,11 @@ def load_folds(path) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
     return folds.astype({"study_id": np.int64, "fold": int})
+
+
+def fold_solution(train: pd.DataFrame, folds: pd.DataFrame, fold: int) -> pd.DataFrame:
+    """Solution frame (metric format) of one fold's validation studies, to score that fold's oof.csv."""
+    ids = folds.loc[folds["fold"] == fold, "study_id"].to_numpy()
+    if len(ids) == 0:
+        raise ValueError(f"fold {fold} has no studies (folds present: {sorted(folds['fold'].unique())})")
+    return solution_frame(train, ids)

@@ -59,11 +59,9 @@ def _to_int(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
     return text.astype(np.int64)
 
 
-def _to_float(df: pd.DataFrame, column: str, path: Path, allow_nan: bool = False) -> pd.Series:
+def _to_float(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
     values = pd.to_numeric(df[column].str.strip(), errors="coerce")
     bad = ~np.isfinite(values.to_numpy(dtype=float))
-    if allow_nan:
-        bad &= df[column].str.strip().ne("").to_numpy()
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise _fail(path, i, column, f"expected a finite number, got {df[column].iloc[i]!r}")

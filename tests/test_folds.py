@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 
 import make_folds as make_folds_script
-from src.folds import fold_class_counts, load_folds, make_folds, max_share_deviation, onehot_labels
+from src.folds import fold_class_counts, fold_solution, load_folds, make_folds, max_share_deviation, onehot_labels
 from src.tables import load_train
 
 
@@ -41,3 +41,16 @@ def test_cli_writes_disjoint_folds(synth_dir, tmp_path, capsys):
     counts = fold_class_counts(train, folds)
     assert counts["studies"].sum() == len(train)
     assert "Normal/Mild" in capsys.readouterr().out
+
+
+def test_fold_solution_scores_oof(synth_dir):
+    from src.metric import score
+    from src.tables import load_submission
+
+    train = load_train(synth_dir / "train.csv")
+    folds = make_folds(train, n_folds=2, seed=0)
+    sol = fold_solution(train, folds, 1)
+    studies = set(sol["row_id"].str.split("_").str[0].astype(int))
+    assert studies == set(folds.loc[folds["fold"] == 1, "study_id"])
+    oracle = load_submission(synth_dir / "train_oracle.csv")
+    assert 0 < score(sol, oracle) < 1.0
