@@ -12,3 +12,9 @@ SUBMISSION_DIR = REPO / "submission"
 # The real competition labels, beside the repository in this project's layout (never copied into it);
 # the synthetic generator copies label patterns from it when present.
 DEFAULT_PATTERNS = REPO.parent / "shared" / "rsna2024" / "train.csv"
+CACHE_ROOT = INPUT_DIR / "cache"
+
+
+def default_cache_dir(data_dir: Path) -> Path:
+    """Where the preprocessing cache of a dataset goes unless --cache-dir says otherwise."""
+    return CACHE_ROOT / Path(data_dir).resolve().name

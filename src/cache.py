@@ -1,0 +1,115 @@
+"""Preprocessing cache: every series decoded once (read_series) into a compressed .npz with its geometry.
+
+Layout: {cache_dir}/{split}_images/{study_id}/{series_id}.npz. Writing is atomic (temporary file, then
+rename), so an interrupted run leaves only whole files and a rerun picks up where it stopped.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .dicom import DicomError, Series, read_series
+from .tables import load_series_descriptions
+
+
+def series_cache_path(cache_dir: Path, split: str, study_id: int, series_id: int) -> Path:
+    return Path(cache_dir) / f"{split}_images" / str(int(study_id)) / f"{int(series_id)}.npz"
+
+
+def save_series(series: Series, path: Path) -> None:
+    """Write a Series to `path` atomically (volume as float16: [0, 1] intensities lose nothing that matters)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(
+        tmp,
+        volume=series.volume.astype(np.float16),
+        instance_numbers=series.instance_numbers,
+        positions=series.positions,
+        orientations=series.orientations,
+        spacings=series.spacings,
+        thickness=np.float64(np.nan if series.thickness is None else series.thickness),
+        description=np.str_(series.description or ""),
+        n_orientation_groups=np.int64(series.n_orientation_groups),
+    )
+    os.replace(tmp, path)
+
+
+def load_series(path: Path) -> Series:
+    """Read a cached Series back (volume as float32)."""
+    with np.load(path) as z:
+        thickness = float(z["thickness"])
+        return Series(
+            path=Path(path),
+            volume=z["volume"].astype(np.float32),
+            instance_numbers=z["instance_numbers"],
+            positions=z["positions"],
+            orientations=z["orientations"],
+            spacings=z["spacings"],
+            thickness=None if np.isnan(thickness) else thickness,
+            description=str(z["description"]) or None,
+            n_orientation_groups=int(z["n_orientation_groups"]),
+        )
+
+
+@dataclass
+class _Job:
+    src: Path
+    dst: Path
+    description: str
+
+
+def _run(job: _Job) -> tuple[str, str]:
+    if job.dst.is_file():
+        return "cached", ""
+    if not job.src.is_dir():
+        return "missing", f"{job.src}: series folder not found"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # kept in series.warnings; printed once in the summary
+            series = read_series(job.src, normalize=True, description=job.description)
+    except DicomError as err:
+        return "failed", str(err)
+    save_series(series, job.dst)
+    return "written", "; ".join(series.warnings)
+
+
+def prepare(data_dir: Path, cache_dir: Path, split: str = "train", workers: int = 2) -> dict[str, int]:
+    """Decode every series listed in {split}_series_descriptions.csv into the cache; returns counts.
+
+    Idempotent (series already cached are skipped) and safe to interrupt. A series that cannot be read is
+    reported and left out; it never stops the run.
+    """
+    data_dir, cache_dir = Path(data_dir), Path(cache_dir)
+    series = load_series_descriptions(data_dir / f"{split}_series_descriptions.csv", unknown="warn")
+    jobs = [
+        _Job(
+            data_dir / f"{split}_images" / str(r.study_id) / str(r.series_id),
+            series_cache_path(cache_dir, split, r.study_id, r.series_id),
+            r.series_description,
+        )
+        for r in series.itertuples()
+    ]
+    counts = {"written": 0, "cached": 0, "missing": 0, "failed": 0}
+    notes: list[str] = []
+    todo = [j for j in jobs if not j.dst.is_file()]
+    counts["cached"] = len(jobs) - len(todo)
+    if todo:
+        if workers > 1 and len(todo) > 1:
+            with mp.get_context("spawn").Pool(workers) as pool:
+                results = list(tqdm(pool.imap_unordered(_run, todo, chunksize=4), total=len(todo), desc=f"cache {split}"))
+        else:
+            results = [_run(j) for j in tqdm(todo, desc=f"cache {split}")]
+        for status, note in results:
+            counts[status] += 1
+            if note:
+                notes.append(note)
+    if notes:
+        shown = "\n  ".join(notes[:3])
+        warnings.warn(f"{len(notes)} series read with warnings, e.g.\n  {shown}", stacklevel=2)
+    return counts
