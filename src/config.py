@@ -1,0 +1,153 @@
+"""One default config; models, presets, config files and `--key value` flags are small overrides of it.
+
+Resolution order: DEFAULTS <- MODEL_DEFAULTS[model] <- PRESETS[preset] <- --config FILE <- --key value.
+Nested keys use dots on the command line: `--crop.size_px 96`. Values are parsed as YAML (`--lr 3e-4`,
+`--amp none`, `--model_kwargs "{channels: [16, 32, 64, 128]}"`).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .paths import FOLDS_FILE, RUNS_DIR, SYNTH_DIR
+
+DEFAULTS: dict[str, Any] = {
+    "model": "attn_resnext",
+    "task": "classify",
+    "preset": None,
+    "name": None,  # run folder name under runs/; defaults to the model name
+    "fold": 0,
+    "seed": 42,
+    "data_dir": str(SYNTH_DIR),
+    "cache_dir": None,  # default: input/cache/<data_dir name>
+    "folds": str(FOLDS_FILE),
+    "runs": str(RUNS_DIR),
+    "coords": None,  # default: <data_dir>/train_label_coordinates.csv
+    "crop": {
+        "n_slices": 5,
+        "size_px": 128,
+        "size_mm": {"spinal": 40.0, "foraminal": 32.0, "subarticular": 32.0},
+        "context": 1.25,
+    },
+    "backbone": "resnext50_32x4d",
+    "pretrained": None,  # a local weights file for the backbone (nothing is downloaded)
+    "model_kwargs": {},  # passed to timm.create_model
+    "embed_dim": 32,
+    "hidden": 256,
+    "drop": 0.2,
+    "lstm_hidden": 128,
+    "bidirectional": True,
+    "epochs": 15,
+    "batch_size": 32,
+    "lr": 1.0e-3,
+    "min_lr": 1.0e-6,
+    "weight_decay": 1.0e-2,
+    "warmup_epochs": 1.0,
+    "grad_clip": 1.0,
+    "class_weights": [1.0, 2.0, 4.0],
+    "patience": 5,
+    "amp": "bf16",  # bf16 | fp16 | none; only used on CUDA
+    "device": "auto",
+    "workers": 2,
+    "resume": False,
+    "aug": {
+        "rotate": 10.0,
+        "translate": 0.1,
+        "scale": [0.8, 1.0],
+        "hflip": 0.5,
+        "noise_std": [0.01, 0.05],
+        "noise_p": 0.5,
+        "affine_p": 0.8,
+    },
+}
+
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "attn_resnext": {},
+    "cnn_lstm": {"backbone": "resnet18"},
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Minutes on 2 CPU cores for the synthetic benchmark; tests and `make demo` use it.
+    "tiny": {
+        "backbone": "resnet10t",
+        "model_kwargs": {"channels": [16, 32, 64, 128]},
+        "crop": {"n_slices": 3, "size_px": 64},
+        "hidden": 64,
+        "embed_dim": 16,
+        "lstm_hidden": 32,
+        "epochs": 12,
+        "batch_size": 64,
+        "lr": 2.0e-3,
+        "patience": 4,
+    },
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Recursive dict update returning a new dict."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """['--lr', '3e-4', '--crop.size_px', '96'] -> {'lr': 0.0003, 'crop': {'size_px': 96}}."""
+    out: dict = {}
+    i = 0
+    while i < len(pairs):
+        key = pairs[i]
+        if not key.startswith("--") or i + 1 >= len(pairs):
+            raise ValueError(f"expected '--key value' pairs, got {pairs[i:]!r}")
+        value = yaml.safe_load(pairs[i + 1])
+        node = out
+        parts = key[2:].replace("-", "_").split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+        i += 2
+    return out
+
+
+def _check_keys(override: dict, base: dict, where: str, prefix: str = "") -> None:
+    for key, value in override.items():
+        if key not in base:
+            raise KeyError(f"{where}: unknown config key '{prefix}{key}'")
+        if isinstance(value, dict) and isinstance(base[key], dict) and key not in ("model_kwargs", "size_mm"):
+            _check_keys(value, base[key], where, f"{prefix}{key}.")
+
+
+def resolve(model: str | None = None, preset: str | None = None, config_file: str | Path | None = None,
+            overrides: dict | None = None) -> dict:
+    """The full config of one run."""
+    overrides = overrides or {}
+    file_cfg = yaml.safe_load(Path(config_file).read_text()) or {} if config_file else {}
+    model = model or overrides.get("model") or file_cfg.get("model") or DEFAULTS["model"]
+    if model not in MODEL_DEFAULTS:
+        raise KeyError(f"unknown model '{model}'; known: {sorted(MODEL_DEFAULTS)}")
+    if preset is not None and preset not in PRESETS:
+        raise KeyError(f"unknown preset '{preset}'; known: {sorted(PRESETS)}")
+    cfg = merge(DEFAULTS, MODEL_DEFAULTS[model])
+    if preset:
+        cfg = merge(cfg, PRESETS[preset])
+    _check_keys(file_cfg, DEFAULTS, str(config_file))
+    _check_keys(overrides, DEFAULTS, "command line")
+    cfg = merge(merge(cfg, file_cfg), overrides)
+    cfg["model"] = model
+    cfg["preset"] = preset
+    cfg["name"] = cfg["name"] or model
+    return cfg
+
+
+def save(cfg: dict, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(Path(path).read_text())

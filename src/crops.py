@@ -1,0 +1,161 @@
+"""Level-wise ROI crops: a 2.5D stack of slices around a (series, instance, x, y) point, fixed size in mm.
+
+The same code cuts crops at labelled coordinates (training) and at predicted ones (test-time localization),
+since both come as tables in the train_label_coordinates.csv format.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from .cache import load_series, series_cache_path
+from .constants import CONDITIONS, LEVELS, group_of, label_column, row_id
+from .dicom import Series
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """How crops are cut: slices per stack, output pixels, physical side per condition group (mm)."""
+
+    n_slices: int = 5
+    size_px: int = 128
+    size_mm: dict = field(default_factory=lambda: {"spinal": 40.0, "foraminal": 32.0, "subarticular": 32.0})
+    context: float = 1.25  # cut this much wider so augmentation never pulls in empty borders
+
+    @property
+    def stored_px(self) -> int:
+        return int(round(self.size_px * self.context))
+
+    def mm(self, condition: str) -> float:
+        return float(self.size_mm[group_of(label_column(condition, LEVELS[0]))])
+
+
+def normalize_crop(stack: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Percentile window of one crop stack mapped to [0, 1]."""
+    lo, hi = np.percentile(stack, [low, high])
+    if hi <= lo:
+        return np.zeros_like(stack, dtype=np.float32)
+    return np.clip((stack - lo) / (hi - lo), 0, 1).astype(np.float32)
+
+
+def cut_crop(series: Series, index: int, x: float, y: float, size_mm: float, size_px: int, n_slices: int) -> np.ndarray:
+    """(n_slices, size_px, size_px) crop centred on pixel (x, y) of slice `index`, normalised to [0, 1].
+
+    Neighbouring slices are sampled where the same 3D point projects onto them (exact for tilted stacks);
+    slices past either end of the series repeat the end slice; areas outside the image are zero.
+    """
+    centre = series.pixel_to_patient(index, x, y)
+    half = n_slices // 2
+    out = np.zeros((n_slices, size_px, size_px), dtype=np.float32)
+    for k, j in enumerate(range(index - half, index - half + n_slices)):
+        j = min(max(j, 0), len(series) - 1)
+        xj, yj, _ = series.patient_to_pixel(j, centre)
+        row_mm, col_mm = series.spacings[j]
+        sx, sy = size_mm / (size_px * col_mm), size_mm / (size_px * row_mm)
+        # Output pixel u samples source x = xj + ((u + 0.5) / P - 0.5) * size_mm / col_mm.
+        m = np.array([[sx, 0.0, xj + (0.5 / size_px - 0.5) * size_mm / col_mm],
+                      [0.0, sy, yj + (0.5 / size_px - 0.5) * size_mm / row_mm]])
+        out[k] = cv2.warpAffine(
+            series.volume[j], m, (size_px, size_px),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0,
+        )
+    return normalize_crop(out)
+
+
+def crop_table(coords: pd.DataFrame) -> pd.DataFrame:
+    """Coordinates -> the rows crops are cut for, with row_id and condition/level indices, one per row_id."""
+    table = coords.copy()
+    table["row_id"] = [row_id(s, c, lv) for s, c, lv in zip(table["study_id"], table["condition"], table["level"])]
+    table["condition_idx"] = table["condition"].map({c: i for i, c in enumerate(CONDITIONS)}).astype(int)
+    table["level_idx"] = table["level"].map({lv: i for i, lv in enumerate(LEVELS)}).astype(int)
+    # A few real studies have the same point twice (or on two series): keep the first per row_id.
+    table = table.drop_duplicates("row_id").sort_values(["study_id", "condition_idx", "level_idx"])
+    return table.reset_index(drop=True)
+
+
+def _cut_study(args) -> tuple[list[int], np.ndarray, list[str]]:
+    rows, cache_dir, split, spec = args
+    loaded: dict[int, Series | None] = {}
+    out = np.zeros((len(rows), spec.n_slices, spec.stored_px, spec.stored_px), dtype=np.float16)
+    ok, problems = [], []
+    for k, r in enumerate(rows):
+        if r["series_id"] not in loaded:
+            path = series_cache_path(cache_dir, split, r["study_id"], r["series_id"])
+            loaded[r["series_id"]] = load_series(path) if path.is_file() else None
+        series = loaded[r["series_id"]]
+        if series is None:
+            problems.append(f"{r['row_id']}: series {r['series_id']} not in the cache")
+            continue
+        try:
+            index = series.index_of_instance(r["instance_number"])
+        except KeyError:
+            problems.append(f"{r['row_id']}: instance {r['instance_number']} not in series {r['series_id']}")
+            continue
+        mm = spec.mm(r["condition"]) * spec.context
+        out[k] = cut_crop(series, index, r["x"], r["y"], mm, spec.stored_px, spec.n_slices)
+        ok.append(k)
+    return ok, out, problems
+
+
+def build_crops(
+    coords: pd.DataFrame, cache_dir: Path, split: str, spec: CropSpec, out_dir: Path, workers: int = 2
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Cut (or reuse) the crops of every coordinate row; returns a read-only memmap and its index table.
+
+    The crops are stored once per (coordinates, spec) under out_dir as a .npy (float16) plus an index
+    .csv, keyed by a hash, written atomically; rows whose series or instance is missing are dropped with
+    a note in the index file's companion .log.
+    """
+    table = crop_table(coords)
+    key = hashlib.md5(
+        (pd.util.hash_pandas_object(table[["row_id", "series_id", "instance_number", "x", "y"]], index=False).values.tobytes()
+         + json.dumps(asdict(spec), sort_keys=True).encode() + split.encode() + str(Path(cache_dir).resolve()).encode())
+    ).hexdigest()[:12]
+    out_dir = Path(out_dir)
+    npy, csv = out_dir / f"crops_{split}_{key}.npy", out_dir / f"crops_{split}_{key}.csv"
+    if npy.is_file() and csv.is_file():
+        return np.load(npy, mmap_mode="r"), pd.read_csv(csv)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups = [(g.to_dict("records"), cache_dir, split, spec) for _, g in table.groupby("study_id", sort=True)]
+    tmp = npy.with_name(f".{npy.stem}.{os.getpid()}.tmp.npy")
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
+                                    shape=(len(table), spec.n_slices, spec.stored_px, spec.stored_px))
+    keep = np.zeros(len(table), dtype=bool)
+    problems: list[str] = []
+    start = 0
+    starts = []
+    for g in groups:
+        starts.append(start)
+        start += len(g[0])
+    if workers > 1 and len(groups) > 1:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            results = pool.imap(_cut_study, groups, chunksize=2)
+            for s0, (ok, crops, notes) in tqdm(zip(starts, results), total=len(groups), desc=f"crops {split}"):
+                arr[s0 : s0 + len(crops)] = crops
+                keep[[s0 + k for k in ok]] = True
+                problems += notes
+    else:
+        for s0, g in tqdm(list(zip(starts, groups)), desc=f"crops {split}"):
+            ok, crops, notes = _cut_study(g)
+            arr[s0 : s0 + len(crops)] = crops
+            keep[[s0 + k for k in ok]] = True
+            problems += notes
+    arr.flush()
+    del arr
+    index = table.assign(crop=np.arange(len(table)))[keep].reset_index(drop=True)
+    tmp_csv = csv.with_name(f".{csv.stem}.{os.getpid()}.tmp.csv")
+    index.to_csv(tmp_csv, index=False)
+    if problems:
+        (out_dir / f"crops_{split}_{key}.log").write_text("\n".join(problems) + "\n")
+    os.replace(tmp, npy)
+    os.replace(tmp_csv, csv)
+    return np.load(npy, mmap_mode="r"), index

@@ -1,0 +1,122 @@
+"""The two papers' models, chosen by name from a registry; both return (B, 3) severity logits.
+
+Both know which condition and level a crop shows through a learned embedding of the 25 (condition, level)
+pairs, concatenated to the image features before the head; one model serves all conditions.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import timm
+import torch
+from timm.layers import SEModule
+from torch import nn
+
+from .constants import CONDITIONS, LEVELS
+
+N_PAIRS = len(CONDITIONS) * len(LEVELS)
+
+
+def create_backbone(name: str, pretrained: str | None, in_chans: int, **kwargs) -> nn.Module:
+    """A timm model without classifier; weights come from a local file when `pretrained` is given."""
+    extra = {}
+    if pretrained:
+        extra["pretrained_cfg_overlay"] = dict(file=str(pretrained))
+    return timm.create_model(name, pretrained=bool(pretrained), in_chans=in_chans, num_classes=0, **extra, **kwargs)
+
+
+class SpatialAttention(nn.Module):
+    """Sigmoid of a 7x7 conv over the channel-wise mean and max maps (CBAM's spatial branch)."""
+
+    def __init__(self, kernel_size: int = 7):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        self.last_map: torch.Tensor | None = None  # (B, 1, H, W), kept for the explanation sheets
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        attn = torch.sigmoid(self.conv(torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)))
+        self.last_map = attn.detach()
+        return x * attn
+
+
+class DualAttention(nn.Module):
+    """The paper's module: SE channel attention (avg-pool squeeze, r = 16) then spatial attention."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        self.channel = SEModule(channels, rd_ratio=1.0 / reduction)
+        self.spatial = SpatialAttention(7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spatial(self.channel(x))
+
+
+def _head(in_features: int, hidden: int, drop: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(drop), nn.Linear(hidden, 3))
+
+
+class AttnResNeXt(nn.Module):
+    """ResNeXt (any timm ResNet-family model) with dual attention after the stem and the last stage.
+
+    Input (B, S, H, W): the S slices of a crop enter as channels.
+    """
+
+    def __init__(self, backbone: str = "resnext50_32x4d", in_chans: int = 5, pretrained: str | None = None,
+                 model_kwargs: dict | None = None, embed_dim: int = 32, hidden: int = 256, drop: float = 0.2):
+        super().__init__()
+        self.net = create_backbone(backbone, pretrained, in_chans, global_pool="", **(model_kwargs or {}))
+        for part in ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+            if not hasattr(self.net, part):
+                raise ValueError(f"backbone '{backbone}' is not a timm ResNet/ResNeXt (no '{part}')")
+        self.att_stem = DualAttention(self.net.bn1.num_features)
+        self.att_last = DualAttention(self.net.num_features)
+        self.embed = nn.Embedding(N_PAIRS, embed_dim)
+        self.head = _head(self.net.num_features + embed_dim, hidden, drop)
+
+    def forward(self, image: torch.Tensor, condition: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        x = self.att_stem(n.act1(n.bn1(n.conv1(image))))
+        x = n.layer4(n.layer3(n.layer2(n.layer1(n.maxpool(x)))))
+        x = self.att_last(x).mean((2, 3))
+        return self.head(torch.cat([x, self.embed(condition * len(LEVELS) + level)], 1))
+
+
+class CNNLSTM(nn.Module):
+    """A CNN over every slice (time-distributed, global average pooled), an LSTM over the slices, a dense
+    ReLU layer and 3 logits (softmax gives the severities)."""
+
+    def __init__(self, backbone: str = "resnet18", pretrained: str | None = None, model_kwargs: dict | None = None,
+                 lstm_hidden: int = 128, bidirectional: bool = True, embed_dim: int = 32, hidden: int = 256,
+                 drop: float = 0.2):
+        super().__init__()
+        self.encoder = create_backbone(backbone, pretrained, 1, **(model_kwargs or {}))
+        self.lstm = nn.LSTM(self.encoder.num_features, lstm_hidden, batch_first=True, bidirectional=bidirectional)
+        self.embed = nn.Embedding(N_PAIRS, embed_dim)
+        self.head = _head(lstm_hidden * (2 if bidirectional else 1) + embed_dim, hidden, drop)
+
+    def forward(self, image: torch.Tensor, condition: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        b, s, h, w = image.shape
+        feats = self.encoder(image.reshape(b * s, 1, h, w)).reshape(b, s, -1)
+        _, (h_n, _) = self.lstm(feats)
+        seq = torch.cat(list(h_n[-2:]) if self.lstm.bidirectional else [h_n[-1]], 1)  # last layer, both directions
+        return self.head(torch.cat([seq, self.embed(condition * len(LEVELS) + level)], 1))
+
+
+def _attn_resnext(cfg: dict) -> nn.Module:
+    return AttnResNeXt(cfg["backbone"], cfg["crop"]["n_slices"], cfg["pretrained"], cfg["model_kwargs"],
+                       cfg["embed_dim"], cfg["hidden"], cfg["drop"])
+
+
+def _cnn_lstm(cfg: dict) -> nn.Module:
+    return CNNLSTM(cfg["backbone"], cfg["pretrained"], cfg["model_kwargs"], cfg["lstm_hidden"], cfg["bidirectional"],
+                   cfg["embed_dim"], cfg["hidden"], cfg["drop"])
+
+
+MODELS: dict[str, Callable[[dict], nn.Module]] = {"attn_resnext": _attn_resnext, "cnn_lstm": _cnn_lstm}
+
+
+def build_model(cfg: dict) -> nn.Module:
+    """Instantiate the model a config names."""
+    if cfg["model"] not in MODELS:
+        raise KeyError(f"unknown model '{cfg['model']}'; known: {sorted(MODELS)}")
+    return MODELS[cfg["model"]](cfg)

@@ -1,0 +1,105 @@
+"""What the generic train loop trains: a task builds the data, the loss and the validation numbers.
+
+The loop (engine.fit) only calls a task's methods and the model's forward, so adding a model or a whole
+stage (the localizers) is a registry entry, never a copy of the loop.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .augment import eval_transform, train_transform
+from .cache import prepare
+from .constants import TARGETS
+from .crops import CropSpec, build_crops
+from .datasets import CropDataset
+from .folds import fold_solution, load_folds, make_folds
+from .metric import prior_submission, score_parts
+from .paths import default_cache_dir
+from .tables import labels_long, load_coordinates, load_train, solution_frame
+
+
+def _cache_dir(cfg: dict) -> Path:
+    return Path(cfg["cache_dir"]) if cfg.get("cache_dir") else default_cache_dir(cfg["data_dir"])
+
+
+def ensure_folds(cfg: dict, train: pd.DataFrame) -> pd.DataFrame:
+    """The folds file named in the config; written with the default settings when it does not exist yet."""
+    path = Path(cfg["folds"])
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folds(train).to_csv(path, index=False)
+        print(f"no folds file at {path}: wrote one (5 folds, seed 42)")
+    folds = load_folds(path)
+    unknown = set(train["study_id"]) - set(folds["study_id"])
+    if unknown:
+        raise ValueError(f"{path}: {len(unknown)} studies of train.csv have no fold (e.g. {sorted(unknown)[0]})")
+    return folds
+
+
+class ClassifyTask:
+    """Severity classification of level-wise crops cut at the labelled coordinates."""
+
+    input_keys = ("image", "condition", "level")
+
+    def __init__(self, cfg: dict, is_main: bool = True):
+        self.cfg = cfg
+        data_dir = Path(cfg["data_dir"])
+        cache_dir = _cache_dir(cfg)
+        if is_main:  # decode any series not cached yet (a no-op once prepare.py has run)
+            prepare(data_dir, cache_dir, "train", workers=cfg["workers"])
+        self.train = load_train(data_dir / "train.csv")
+        self.folds = ensure_folds(cfg, self.train)
+        coords = load_coordinates(Path(cfg["coords"]) if cfg.get("coords") else data_dir / "train_label_coordinates.csv")
+        self.spec = CropSpec(**cfg["crop"])
+        self.crops, index = build_crops(coords, cache_dir, "train", self.spec, cache_dir / "crops", cfg["workers"])
+        labels = labels_long(self.train)[["row_id", "label"]]
+        index = index.merge(labels, on="row_id", how="left")
+        fold_of = dict(zip(self.folds["study_id"], self.folds["fold"]))
+        index["fold"] = index["study_id"].map(fold_of)
+        self.train_index = index[(index["fold"] != cfg["fold"]) & index["label"].notna()].reset_index(drop=True)
+        self.val_index = index[index["fold"] == cfg["fold"]].reset_index(drop=True)
+        if self.train_index.empty or self.val_index.empty:
+            raise ValueError(f"fold {cfg['fold']}: {len(self.train_index)} training and {len(self.val_index)} validation crops")
+        self.val_solution = fold_solution(self.train, self.folds, cfg["fold"])
+        train_studies = self.folds.loc[self.folds["fold"] != cfg["fold"], "study_id"]
+        self.prior = prior_submission(solution_frame(self.train, train_studies), self.val_solution["row_id"].tolist())
+        self.class_weights = torch.tensor(cfg["class_weights"], dtype=torch.float32)
+
+    def train_dataset(self) -> CropDataset:
+        return CropDataset(self.crops, self.train_index, train_transform(self.cfg["aug"], self.spec.size_px))
+
+    def val_dataset(self) -> CropDataset:
+        return CropDataset(self.crops, self.val_index, eval_transform(self.spec.size_px))
+
+    def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Cross-entropy with the metric's class weights 1/2/4; unknown labels (-1) are ignored."""
+        label = batch["label"].to(logits.device)
+        return F.cross_entropy(logits.float(), label, weight=self.class_weights.to(logits.device), ignore_index=-1)
+
+    def evaluate(self, logits: torch.Tensor, rows: torch.Tensor) -> tuple[dict, pd.DataFrame]:
+        """Validation loss, competition score and accuracy of one pass; returns them and the oof frame.
+
+        Validation rows without a crop (no coordinate or series) get the training prior, so oof.csv has
+        every row of the fold and scores against the fold's full solution.
+        """
+        index = self.val_index.iloc[rows.numpy()]
+        probs = torch.softmax(logits.float(), 1).numpy()
+        labelled = index["label"].notna().to_numpy()
+        label = torch.tensor(index["label"].fillna(-1).to_numpy(), dtype=torch.long)
+        val_loss = float(F.cross_entropy(logits.float()[labelled], label[labelled], weight=self.class_weights))
+        pred = pd.DataFrame(probs, columns=list(TARGETS))
+        pred.insert(0, "row_id", index["row_id"].to_numpy())
+        oof = self.prior.set_index("row_id")
+        oof.loc[pred["row_id"].to_numpy(), list(TARGETS)] = pred[list(TARGETS)].to_numpy()
+        oof = oof.reset_index()
+        parts = score_parts(self.val_solution, oof)
+        acc = float((probs[labelled].argmax(1) == label[labelled].numpy()).mean())
+        return {"val_loss": val_loss, "score": parts["score"], "acc": acc,
+                **{f"score_{k}": v for k, v in parts.items() if k != "score"}}, oof
+
+
+TASKS = {"classify": ClassifyTask}

@@ -1,0 +1,43 @@
+"""Train one fold of one model: python train.py --fold N --model attn_resnext|cnn_lstm [--preset tiny] [--key value ...]
+
+Several GPUs: torchrun --nproc_per_node=K train.py --fold N ...
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from src import config as config_lib  # noqa: E402
+from src.engine import fit  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, epilog="Any other config key: --key value (nested: --crop.size_px 96).")
+    ap.add_argument("--fold", type=int, default=0)
+    ap.add_argument("--model", default=None, help=f"one of {sorted(config_lib.MODEL_DEFAULTS)}")
+    ap.add_argument("--preset", default=None, help=f"one of {sorted(config_lib.PRESETS)}")
+    ap.add_argument("--config", default=None, help="a YAML file of overrides")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--folds", default=None)
+    ap.add_argument("--runs", default=None)
+    ap.add_argument("--pretrained", default=None, help="local backbone weights file")
+    ap.add_argument("--resume", action="store_true", help="continue from the fold's last.pt")
+    args, rest = ap.parse_known_args(argv)
+    overrides = config_lib.parse_overrides(rest)
+    overrides["fold"] = args.fold
+    for key in ("data_dir", "folds", "runs", "pretrained"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if args.resume:
+        overrides["resume"] = True
+    cfg = config_lib.resolve(args.model, args.preset, args.config, overrides)
+    result = fit(cfg)
+    if result:
+        print(f"best epoch {result.get('best_epoch')}: score {result.get('score', float('nan')):.4f} -> {result['run_dir']}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
