@@ -9,7 +9,7 @@ IMAGE_SIZE ?= 256
 SEED ?= 0
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo test data folds baselines clean
+.PHONY: install demo test data folds baselines prepare train clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,17 @@ baselines: data
 	$(PY) score.py --solution $(DATA)/test_solution.csv --prior $(DATA)/train.csv
 	$(PY) score.py --solution $(DATA)/test_solution.csv --submission $(DATA)/test_oracle.csv
 
-demo: install data folds baselines
+PRESET ?= tiny
+FOLD ?= 0
+
+prepare: data
+	$(PY) prepare.py --data-dir $(DATA)
+
+train: prepare folds
+	$(PY) train.py --fold $(FOLD) --model attn_resnext --preset $(PRESET) --data-dir $(DATA)
+	$(PY) train.py --fold $(FOLD) --model cnn_lstm --preset $(PRESET) --data-dir $(DATA)
+
+demo: install data folds baselines train
 
 test: install
 	$(PY) -m pytest -q tests

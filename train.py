@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> dict:
         overrides["resume"] = True
     cfg = config_lib.resolve(args.model, args.preset, args.config, overrides)
     result = fit(cfg)
-    if result:
-        print(f"best epoch {result.get('best_epoch')}: score {result.get('score', float('nan')):.4f} -> {result['run_dir']}")
+    refs = "".join(f", {k} {v:.4f}" for k, v in result.get("references", {}).items())
+    print(f"{cfg['name']} fold {cfg['fold']}: best epoch {result.get('best_epoch')}, "
+          f"score {result.get('score', float('nan')):.4f}{refs} -> {result['run_dir']}")
     return result
 
 

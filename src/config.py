@@ -73,7 +73,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Minutes on 2 CPU cores for the synthetic benchmark; tests and `make demo` use it.
     "tiny": {
         "backbone": "resnet10t",
-        "model_kwargs": {"channels": [16, 32, 64, 128]},
+        "model_kwargs": {"channels": [16, 32, 64, 128], "stem_width": 16},
         "crop": {"n_slices": 3, "size_px": 64},
         "hidden": 64,
         "embed_dim": 16,

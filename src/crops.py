@@ -158,4 +158,4 @@ def build_crops(
         (out_dir / f"crops_{split}_{key}.log").write_text("\n".join(problems) + "\n")
     os.replace(tmp, npy)
     os.replace(tmp_csv, csv)
-    return np.load(npy, mmap_mode="r"), index
+    return np.load(npy, mmap_mode="r"), pd.read_csv(csv)

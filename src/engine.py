@@ -195,4 +195,5 @@ def fit(cfg: dict) -> dict:
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return {**best_metrics, "best_epoch": state["best_epoch"], "run_dir": str(out_dir)}
+    refs = task.references() if hasattr(task, "references") else {}
+    return {**best_metrics, "best_epoch": state["best_epoch"], "run_dir": str(out_dir), "references": refs}

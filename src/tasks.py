@@ -19,7 +19,7 @@ from .datasets import CropDataset
 from .folds import fold_solution, load_folds, make_folds
 from .metric import prior_submission, score_parts
 from .paths import default_cache_dir
-from .tables import labels_long, load_coordinates, load_train, solution_frame
+from .tables import labels_long, load_coordinates, load_submission, load_train, solution_frame
 
 
 def _cache_dir(cfg: dict) -> Path:
@@ -68,6 +68,14 @@ class ClassifyTask:
         train_studies = self.folds.loc[self.folds["fold"] != cfg["fold"], "study_id"]
         self.prior = prior_submission(solution_frame(self.train, train_studies), self.val_solution["row_id"].tolist())
         self.class_weights = torch.tensor(cfg["class_weights"], dtype=torch.float32)
+
+    def references(self) -> dict[str, float]:
+        """Scores of the constant prior and, on synthetic data, of the oracle on this fold's studies."""
+        refs = {"prior": score_parts(self.val_solution, self.prior)["score"]}
+        oracle = Path(self.cfg["data_dir"]) / "train_oracle.csv"
+        if oracle.is_file():
+            refs["oracle"] = score_parts(self.val_solution, load_submission(oracle))["score"]
+        return refs
 
     def train_dataset(self) -> CropDataset:
         return CropDataset(self.crops, self.train_index, train_transform(self.cfg["aug"], self.spec.size_px))

@@ -1,0 +1,122 @@
+"""Benchmarks (not tests): python bench.py [--data-dir DIR] [--preset tiny] [--what crops train]
+
+crops: crops/s served from the crop cache with augmentation, against decoding the DICOM series each time.
+train: training samples/s of each model (AMP and peak GPU memory on CUDA).
+Prints a Markdown table to paste into docs/BENCHMARKS.md, with the machine it ran on.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from src import config as config_lib  # noqa: E402
+from src.augment import train_transform  # noqa: E402
+from src.cache import prepare  # noqa: E402
+from src.crops import CropSpec, build_crops, cut_crop  # noqa: E402
+from src.datasets import CropDataset  # noqa: E402
+from src.dicom import read_series  # noqa: E402
+from src.engine import amp_settings, pick_device  # noqa: E402
+from src.models import build_model  # noqa: E402
+from src.paths import SYNTH_DIR, default_cache_dir  # noqa: E402
+from src.tables import load_coordinates  # noqa: E402
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}"
+
+
+def bench_crops(data_dir: Path, cfg: dict, n: int, workers: int) -> list[tuple[str, str]]:
+    cache_dir = default_cache_dir(data_dir)
+    prepare(data_dir, cache_dir, "train", workers=workers)
+    coords = load_coordinates(data_dir / "train_label_coordinates.csv")
+    spec = CropSpec(**cfg["crop"])
+    crops, index = build_crops(coords, cache_dir, "train", spec, cache_dir / "crops", workers)
+    index = index.assign(label=0)
+    ds = CropDataset(crops, index, train_transform(cfg["aug"], spec.size_px))
+    rows = []
+    for w in sorted({0, workers}):
+        loader = DataLoader(ds, batch_size=32, shuffle=True, num_workers=w)
+        start, seen = time.perf_counter(), 0
+        for batch in loader:
+            seen += len(batch["image"])
+            if seen >= n:
+                break
+        rows.append((f"crops from the cache + augmentation, {w} workers", f"{seen / (time.perf_counter() - start):.0f} crops/s"))
+    sample = coords.sample(min(n // 10, len(coords)), random_state=0)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for r in sample.itertuples():
+            s = read_series(data_dir / "train_images" / str(r.study_id) / str(r.series_id))
+            cut_crop(s, s.index_of_instance(r.instance_number), r.x, r.y, spec.mm(r.condition), spec.size_px, spec.n_slices)
+    rows.append(("crops decoding the DICOM series each time", f"{len(sample) / (time.perf_counter() - start):.1f} crops/s"))
+    return rows
+
+
+def bench_train(cfg: dict, steps: int) -> list[tuple[str, str]]:
+    device = pick_device("auto")
+    amp_dtype, _ = amp_settings(cfg, device)
+    model = build_model(cfg).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    b, s, p = cfg["batch_size"], cfg["crop"]["n_slices"], cfg["crop"]["size_px"]
+    x = torch.rand(b, s, p, p, device=device)
+    c = torch.randint(0, 5, (b,), device=device)
+    lv = torch.randint(0, 5, (b,), device=device)
+    y = torch.randint(0, 3, (b,), device=device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(steps + 2):
+        if i == 2:  # warm-up steps excluded
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else torch.autocast("cpu", enabled=False):
+            loss = torch.nn.functional.cross_entropy(model(x, c, lv).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    rate = steps * b / (time.perf_counter() - start)
+    what = f"train {cfg['model']} ({cfg['backbone']}, {s}x{p}px, batch {b}, {amp_dtype or 'fp32'})"
+    result = f"{rate:.0f} samples/s"
+    if device.type == "cuda":
+        result += f", peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    return [(what, result)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--data-dir", type=Path, default=SYNTH_DIR)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--what", nargs="+", default=["crops", "train"], choices=["crops", "train"])
+    ap.add_argument("--crops", type=int, default=2000, help="crops to time from the cache")
+    ap.add_argument("--steps", type=int, default=10, help="training steps to time per model")
+    ap.add_argument("--workers", type=int, default=2)
+    a = ap.parse_args(argv)
+    preset = None if a.preset in ("none", "full") else a.preset
+    rows = []
+    if "crops" in a.what:
+        rows += bench_crops(a.data_dir, config_lib.resolve("attn_resnext", preset), a.crops, a.workers)
+    if "train" in a.what:
+        for model in ("attn_resnext", "cnn_lstm"):
+            rows += bench_train(config_lib.resolve(model, preset), a.steps)
+    print(f"machine: {machine()}\n\n| what | result |\n| --- | --- |")
+    for what, result in rows:
+        print(f"| {what} | {result} |")
+
+
+if __name__ == "__main__":
+    main()

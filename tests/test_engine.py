@@ -1,0 +1,70 @@
+import pandas as pd
+import pytest
+import torch
+
+import train as train_script
+from src import config as config_lib
+from src.constants import TARGETS
+from src.engine import fit
+from src.folds import fold_solution, load_folds
+from src.metric import score
+from src.models import build_model
+from src.tables import load_submission, load_train
+
+
+@pytest.fixture(scope="module")
+def base_args(synth_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine")
+    return [
+        "--preset", "tiny", "--data-dir", str(synth_dir), "--folds", str(root / "folds.csv"),
+        "--cache_dir", str(root / "cache"), "--workers", "0", "--batch_size", "16",
+        "--crop.size_px", "32", "--crop.n_slices", "3",
+    ], root
+
+
+def test_train_cli_writes_the_run_folder(base_args, synth_dir):
+    args, root = base_args
+    result = train_script.main(["--fold", "0", "--model", "attn_resnext", "--runs", str(root / "runs"), "--epochs", "2", *args])
+    run = root / "runs" / "attn_resnext" / "fold0"
+    for name in ("config.yaml", "best.pt", "last.pt", "oof.csv", "log.csv"):
+        assert (run / name).is_file(), name
+    log = pd.read_csv(run / "log.csv")
+    assert log["epoch"].tolist() == [1, 2]
+    assert {"train_loss", "val_loss", "score", "acc", "lr", "seconds"} <= set(log.columns)
+    # oof.csv covers every scored row of the fold and reproduces the logged best score.
+    train = load_train(synth_dir / "train.csv")
+    solution = fold_solution(train, load_folds(root / "folds.csv"), 0)
+    oof = load_submission(run / "oof.csv")
+    assert set(solution["row_id"]) <= set(oof["row_id"])
+    assert (oof[list(TARGETS)].sum(1) - 1).abs().max() < 1e-5
+    assert score(solution, oof) == pytest.approx(log["score"].min(), abs=1e-6) == pytest.approx(result["score"], abs=1e-6)
+    # Inference rebuilds the model from the saved config alone.
+    cfg = config_lib.load(run / "config.yaml")
+    model = build_model(cfg)
+    model.load_state_dict(torch.load(run / "best.pt", map_location="cpu", weights_only=True)["model"])
+    assert cfg["crop"]["size_px"] == 32 and cfg["fold"] == 0
+
+
+def test_resume_continues_exactly(base_args):
+    args, root = base_args
+    overrides = config_lib.parse_overrides(args[2:])
+    common = dict(overrides, model="cnn_lstm", epochs=2)
+
+    def cfg_for(runs, **extra):
+        return config_lib.resolve("cnn_lstm", "tiny", None, dict(common, runs=str(root / runs), **extra))
+
+    straight = fit(cfg_for("straight"))
+    fit(cfg_for("killed", epochs=2) | {"epochs": 1})  # as if killed after the first epoch
+    run = root / "killed" / "cnn_lstm" / "fold0"
+    assert torch.load(run / "last.pt", weights_only=True)["state"]["epoch"] == 1
+    resumed = fit(cfg_for("killed", resume=True))
+    assert pd.read_csv(run / "log.csv")["epoch"].tolist() == [1, 2]
+    a = torch.load(root / "straight" / "cnn_lstm" / "fold0" / "last.pt", weights_only=True)["model"]
+    b = torch.load(run / "last.pt", weights_only=True)["model"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+    assert resumed["score"] == pytest.approx(straight["score"], abs=1e-5)
+
+
+def test_no_temporary_files_left(base_args):
+    _, root = base_args
+    assert not list(root.rglob("*.tmp")) and not list(root.rglob(".*.tmp*"))
