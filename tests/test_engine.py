@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -68,3 +70,19 @@ def test_resume_continues_exactly(base_args):
 def test_no_temporary_files_left(base_args):
     _, root = base_args
     assert not list(root.rglob("*.tmp")) and not list(root.rglob(".*.tmp*"))
+
+
+def test_torchrun_ddp_two_processes(base_args):
+    """torchrun with 2 CPU processes (gloo): DistributedSampler, one writer, same files as one process."""
+    import subprocess
+    import sys
+
+    args, root = base_args
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "train.py",
+           "--fold", "1", "--model", "attn_resnext", "--runs", str(root / "ddp"), "--epochs", "1", *args]
+    done = subprocess.run(cmd, cwd=str(Path(train_script.__file__).parent),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = root / "ddp" / "attn_resnext" / "fold1"
+    assert pd.read_csv(run / "log.csv")["epoch"].tolist() == [1]
+    assert done.stdout.count("epoch 1:") == 1  # only rank 0 reports
