@@ -16,7 +16,8 @@ from src.engine import fit  # noqa: E402
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, epilog="Any other config key: --key value (nested: --crop.size_px 96).")
     ap.add_argument("--fold", type=int, default=0)
-    ap.add_argument("--model", default=None, help=f"one of {sorted(config_lib.MODEL_DEFAULTS)}")
+    ap.add_argument("--model", default=None,
+                    help=f"one of {sorted(config_lib.MODEL_DEFAULTS)}, or 'localizer' for all three heatmap models")
     ap.add_argument("--preset", default=None, help=f"one of {sorted(config_lib.PRESETS)}")
     ap.add_argument("--config", default=None, help="a YAML file of overrides")
     ap.add_argument("--data-dir", default=None)
@@ -32,7 +33,16 @@ def main(argv: list[str] | None = None) -> dict:
             overrides[key] = getattr(args, key)
     if args.resume:
         overrides["resume"] = True
-    cfg = config_lib.resolve(args.model, args.preset, args.config, overrides)
+    if args.model == "localizer":  # stage 1: one heatmap model per series type, same loop
+        results = {}
+        for part in config_lib.LOCALIZER_PARTS:
+            part_overrides = dict(overrides, series_type=part, name=overrides.get("name") or f"localizer_{part}")
+            results[part] = _fit(config_lib.resolve("heatmap", args.preset, args.config, part_overrides))
+        return results
+    return _fit(config_lib.resolve(args.model, args.preset, args.config, overrides))
+
+
+def _fit(cfg: dict) -> dict:
     result = fit(cfg)
     refs = "".join(f", {k} {v:.4f}" for k, v in result.get("references", {}).items())
     print(f"{cfg['name']} fold {cfg['fold']}: best epoch {result.get('best_epoch')}, "

@@ -53,6 +53,9 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "workers": 2,
     "resume": False,
+    "series_type": None,  # localizer sub-models: sagittal_t2 | sagittal_t1 | axial
+    "loc": {"size_px": 256, "sigma": 2.0, "neighbour_weight": 0.5, "decoder_channels": 64, "pos_weight": 20.0,
+            "negative_ratio": 1.0},
     "aug": {
         "rotate": 10.0,
         "translate": 0.1,
@@ -67,7 +70,10 @@ DEFAULTS: dict[str, Any] = {
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "attn_resnext": {},
     "cnn_lstm": {"backbone": "resnet18"},
+    # One heatmap model per series type; `train.py --model localizer` trains the three of them.
+    "heatmap": {"task": "localize", "backbone": "resnet18", "batch_size": 16, "epochs": 20, "patience": 6},
 }
+LOCALIZER_PARTS = ("sagittal_t2", "sagittal_t1", "axial")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Minutes on 2 CPU cores for the synthetic benchmark; tests and `make demo` use it.
@@ -82,6 +88,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 64,
         "lr": 2.0e-3,
         "patience": 4,
+        "loc": {"size_px": 128, "decoder_channels": 32},
     },
 }
 

@@ -13,6 +13,7 @@ from timm.layers import SEModule
 from torch import nn
 
 from .constants import CONDITIONS, LEVELS
+from .localization import CHANNELS
 
 N_PAIRS = len(CONDITIONS) * len(LEVELS)
 
@@ -102,6 +103,35 @@ class CNNLSTM(nn.Module):
         return self.head(torch.cat([seq, self.embed(condition * len(LEVELS) + level)], 1))
 
 
+class HeatmapNet(nn.Module):
+    """Keypoint heatmaps: a timm encoder (features_only) and a small U-Net decoder to stride 2."""
+
+    def __init__(self, backbone: str = "resnet18", in_chans: int = 3, out_channels: int = 5, pretrained: str | None = None,
+                 model_kwargs: dict | None = None, decoder_channels: int = 64):
+        super().__init__()
+        extra = {"pretrained_cfg_overlay": dict(file=str(pretrained))} if pretrained else {}
+        self.encoder = timm.create_model(backbone, pretrained=bool(pretrained), features_only=True, in_chans=in_chans,
+                                         **extra, **(model_kwargs or {}))
+        chans = self.encoder.feature_info.channels()
+        if self.encoder.feature_info.reduction()[0] != 2:
+            raise ValueError(f"backbone '{backbone}' has no stride-2 feature map")
+        self.lateral = nn.ModuleList(nn.Conv2d(c, decoder_channels, 1) for c in chans)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(decoder_channels, decoder_channels, 3, padding=1, bias=False),
+                          nn.BatchNorm2d(decoder_channels), nn.ReLU(inplace=True))
+            for _ in chans[:-1]
+        )
+        self.out = nn.Conv2d(decoder_channels, out_channels, 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        feats = self.encoder(image)
+        x = self.lateral[-1](feats[-1])
+        for i in range(len(feats) - 2, -1, -1):  # coarse to fine, adding each skip
+            x = nn.functional.interpolate(x, size=feats[i].shape[-2:], mode="bilinear", align_corners=False)
+            x = self.blocks[i](x + self.lateral[i](feats[i]))
+        return self.out(x)
+
+
 def _attn_resnext(cfg: dict) -> nn.Module:
     return AttnResNeXt(cfg["backbone"], cfg["crop"]["n_slices"], cfg["pretrained"], cfg["model_kwargs"],
                        cfg["embed_dim"], cfg["hidden"], cfg["drop"])
@@ -112,7 +142,12 @@ def _cnn_lstm(cfg: dict) -> nn.Module:
                    cfg["embed_dim"], cfg["hidden"], cfg["drop"])
 
 
-MODELS: dict[str, Callable[[dict], nn.Module]] = {"attn_resnext": _attn_resnext, "cnn_lstm": _cnn_lstm}
+def _heatmap(cfg: dict) -> nn.Module:
+    return HeatmapNet(cfg["backbone"], 3, CHANNELS[cfg["series_type"]], cfg["pretrained"], cfg["model_kwargs"],
+                      cfg["loc"]["decoder_channels"])
+
+
+MODELS: dict[str, Callable[[dict], nn.Module]] = {"attn_resnext": _attn_resnext, "cnn_lstm": _cnn_lstm, "heatmap": _heatmap}
 
 
 def build_model(cfg: dict) -> nn.Module:
