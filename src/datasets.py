@@ -58,7 +58,7 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     info = torch.utils.data.get_worker_info()
-    if info is not None and hasattr(info.dataset, "transform"):
+    if info is not None and getattr(info.dataset, "transform", None) is not None:
         info.dataset.transform.set_random_seed(seed)
 
 

@@ -147,7 +147,7 @@ def fit(cfg: dict) -> dict:
         seed_everything(cfg["seed"] + 1000 * epoch + rank)  # worker seeds and dropout follow the epoch
         if sampler is not None:
             sampler.set_epoch(epoch)
-        if train_loader.num_workers == 0:
+        if train_loader.num_workers == 0 and getattr(train_ds, "transform", None) is not None:
             train_ds.transform.set_random_seed(cfg["seed"] + epoch)
         net.train()
         losses = []

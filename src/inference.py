@@ -1,11 +1,18 @@
 """Rebuilding trained models from their run folders, and running them."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 
 from . import config as config_lib
+from .augment import eval_transform
+from .constants import TARGETS
+from .datasets import CropDataset, flip_condition
 from .models import build_model
 
 
@@ -25,3 +32,32 @@ def load_model(run_dir: Path, device: torch.device) -> tuple[torch.nn.Module, di
     state = torch.load(Path(run_dir) / "best.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), cfg
+
+
+@torch.no_grad()
+def predict_crops(model: torch.nn.Module, cfg: dict, crops: np.ndarray, index: pd.DataFrame, device: torch.device,
+                  batch_size: int = 64, hflip_tta: bool = False) -> pd.DataFrame:
+    """Severity probabilities (row_id + TARGETS) of a classifier for every crop of an index table.
+
+    hflip_tta averages with the horizontally flipped crop, shown to the model with its mirrored condition
+    where the flip swaps sides (axial crops), exactly as in training augmentation.
+    """
+    size = cfg["crop"]["size_px"]
+    loader = DataLoader(CropDataset(crops, index, eval_transform(size)), batch_size=batch_size, shuffle=False)
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    probs = []
+    for batch in loader:
+        image = batch["image"].to(device)
+        condition, level = batch["condition"].to(device), batch["level"].to(device)
+        views = [(image, condition)]
+        if hflip_tta:
+            flipped = torch.tensor([flip_condition(int(c)) for c in batch["condition"]], device=device)
+            views.append((image.flip(-1), flipped))
+        p = 0
+        for img, cond in views:
+            with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+                p = p + torch.softmax(model(img, cond, level).float(), 1)
+        probs.append((p / len(views)).cpu().numpy())
+    out = pd.DataFrame(np.concatenate(probs) if probs else np.zeros((0, 3)), columns=list(TARGETS))
+    out.insert(0, "row_id", index["row_id"].to_numpy())
+    return out

@@ -146,12 +146,15 @@ def gaussian_heatmaps(points: np.ndarray, channels: int, size: int, sigma: float
     return out
 
 
-def loc_transform(train: bool, rotate: float = 8.0, scale: tuple = (0.9, 1.1), translate: float = 0.06) -> A.Compose:
-    steps = []
-    if train:
-        steps.append(A.Affine(rotate=(-rotate, rotate), scale=scale, translate_percent=(-translate, translate),
-                              border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.7))
-    return A.Compose(steps, keypoint_params=A.KeypointParams(format="xy", remove_invisible=False), strict=True)
+def loc_transform(train: bool, rotate: float = 8.0, scale: tuple = (0.9, 1.1), translate: float = 0.06) -> A.Compose | None:
+    """Mild affine augmentation moving image and keypoints together (None: no augmentation)."""
+    if not train:
+        return None
+    return A.Compose(
+        [A.Affine(rotate=(-rotate, rotate), scale=scale, translate_percent=(-translate, translate),
+                  border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.7)],
+        keypoint_params=A.KeypointParams(format="xy", remove_invisible=False), strict=True,
+    )
 
 
 class SliceDataset(Dataset):
@@ -177,11 +180,15 @@ class SliceDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         r = int(self.rows[i])
         pts = self._pts.get(r, np.zeros((0, 4)))
-        out = self.transform(image=self._stack(r).transpose(1, 2, 0), keypoints=pts[:, 1:3] if len(pts) else np.zeros((0, 2)))
-        moved = np.concatenate([pts[:, :1], np.asarray(out["keypoints"]).reshape(-1, 2), pts[:, 3:]], 1) if len(pts) else pts
+        image = self._stack(r)
+        if self.transform is not None:
+            out = self.transform(image=image.transpose(1, 2, 0), keypoints=pts[:, 1:3] if len(pts) else np.zeros((0, 2)))
+            image = out["image"].transpose(2, 0, 1)
+            if len(pts):
+                pts = np.concatenate([pts[:, :1], np.asarray(out["keypoints"]).reshape(-1, 2), pts[:, 3:]], 1)
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))),
-            "target": torch.from_numpy(gaussian_heatmaps(moved, self.channels, self.size, self.sigma)),
+            "image": torch.from_numpy(np.ascontiguousarray(image)),
+            "target": torch.from_numpy(gaussian_heatmaps(pts, self.channels, self.size, self.sigma)),
             "row": torch.tensor(i),
         }
 
@@ -253,45 +260,46 @@ def axial_side(series: Series, index: int, x: float, y: float, other_x: float, o
 COORD_COLUMNS = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y", "confidence"]
 
 
-def level_candidates(heat: np.ndarray, candidates: np.ndarray, n: int, min_dist: float) -> list[tuple[int, float, float, float]]:
-    """Up to n peaks (slice, y, x, value) of one level's heatmaps (N, h, w) over candidate slices, min_dist apart."""
-    sub = heat[candidates]
-    proj, best = sub.max(0), sub.argmax(0)
-    work = proj.copy()
-    yy, xx = np.mgrid[0 : proj.shape[0], 0 : proj.shape[1]]
+def disc_peaks(heat: np.ndarray, candidates: np.ndarray, n: int, min_dist: float) -> list[tuple[int, int]]:
+    """Up to n peaks (y, x) of the all-levels map (max over candidate slices and channels), min_dist apart."""
+    work = heat[candidates].max(axis=(0, 1))
+    yy, xx = np.mgrid[0 : work.shape[0], 0 : work.shape[1]]
     out = []
     for _ in range(n):
         y, x = np.unravel_index(int(np.argmax(work)), work.shape)
         if not np.isfinite(work[y, x]):
             break
-        k = int(best[y, x])
-        ry, rx = refine_peak(sub[k], y, x)
-        out.append((int(candidates[k]), ry, rx, float(proj[y, x])))
+        out.append((int(y), int(x)))
         work[(yy - y) ** 2 + (xx - x) ** 2 < min_dist**2] = -np.inf
     return out
 
 
-def ordered_levels(cands: list[list[tuple]], inferior: list[list[float]], min_gap: float) -> list[int]:
-    """Pick one candidate per level (top to bottom) maximising the summed log-confidence, with each level
-    at least min_gap mm below the one above; falls back to each level's best peak when no order fits."""
-    best, best_score = [0] * len(cands), -np.inf
-    for combo in itertools.product(*(range(len(c)) for c in cands)):
-        z = [inferior[i][j] for i, j in enumerate(combo)]
-        if any(z[i + 1] - z[i] < min_gap for i in range(len(z) - 1)):
+def assign_levels(scores: np.ndarray, inferior: np.ndarray, min_gap: float) -> list[int] | None:
+    """Peaks for the levels, top to bottom: scores (levels, peaks) are each level's heat at each peak.
+
+    Chooses one peak per level, in head-to-feet order with at least min_gap mm between neighbours,
+    maximising the summed log-heat; None when fewer peaks than levels fit.
+    """
+    n_levels, n_peaks = scores.shape
+    order = np.argsort(inferior)
+    best, best_total = None, -np.inf
+    for combo in itertools.combinations(order, n_levels):  # combinations keep the head-to-feet order
+        z = inferior[list(combo)]
+        if np.any(np.diff(z) < min_gap):
             continue
-        total = sum(np.log(cands[i][j][3] + 1e-6) for i, j in enumerate(combo))
-        if total > best_score:
-            best, best_score = list(combo), total
+        total = float(np.log(scores[np.arange(n_levels), list(combo)] + 1e-6).sum())
+        if total > best_total:
+            best, best_total = [int(c) for c in combo], total
     return best
 
 
 def decode_sagittal(series_type: str, series: Series, heat: np.ndarray, ks: np.ndarray, size: int,
                     study_id: int, series_id: int, midline: np.ndarray | None = None,
-                    n_candidates: int = 3, min_gap_mm: float = 15.0) -> list[dict]:
+                    n_candidates: int = 8, min_gap_mm: float = 15.0) -> list[dict]:
     """Rows for every level from per-slice heatmaps (len(ks), C, h, w) of a sagittal series.
 
-    Each level's heatmap gives a few candidate peaks; the levels are then chosen jointly so that they run
-    from head to feet in order, which fixes a level whose channel also fires on the neighbouring disc.
+    The discs are found on the map of all levels together; levels are then assigned to those peaks jointly,
+    in head-to-feet order, so a level whose own channel also fires on the neighbouring disc cannot take it.
     """
     rows = []
     if series_type == "sagittal_t2":
@@ -304,13 +312,23 @@ def decode_sagittal(series_type: str, series: Series, heat: np.ndarray, ks: np.n
     for condition, candidates in sides:
         if len(candidates) == 0:
             continue
-        cands = [level_candidates(heat[:, c], candidates, n_candidates, min_gap_mm / mm_per_cell) for c in range(len(LEVELS))]
-        found = [[(j, *to_pixels((y, x), size, series.shape), v) for j, y, x, v in c] for c in cands]
-        inferior = [[-float(series.pixel_to_patient(ks[j], px, py)[2]) for j, px, py, _ in c] for c in found]
-        for c, pick in enumerate(ordered_levels(found, inferior, min_gap_mm)):
-            j, px, py, value = found[c][pick]
-            rows.append({"study_id": study_id, "series_id": series_id, "instance_number": int(series.instance_numbers[ks[j]]),
-                         "condition": condition, "level": LEVELS[c], "x": px, "y": py, "confidence": value})
+        peaks = disc_peaks(heat, candidates, n_candidates, min_gap_mm / mm_per_cell)
+        sub = heat[candidates]  # (K, C, h, w)
+        scores = np.array([[sub[:, c, y, x].max() for y, x in peaks] for c in range(len(LEVELS))])
+        inferior = np.array([-series.pixel_to_patient(ks[candidates[0]], *to_pixels((y, x), size, series.shape))[2]
+                             for y, x in peaks])
+        picks = assign_levels(scores, inferior, min_gap_mm) if len(peaks) >= len(LEVELS) else None
+        for c, level in enumerate(LEVELS):
+            if picks is not None:
+                y, x = peaks[picks[c]]
+            else:  # too few separate peaks: each level's own maximum
+                y, x = np.unravel_index(int(np.argmax(sub[:, c].max(0))), sub.shape[-2:])
+            j = int(np.argmax(sub[:, c, y, x]))
+            ry, rx = refine_peak(sub[j, c], y, x)
+            px, py = to_pixels((ry, rx), size, series.shape)
+            rows.append({"study_id": study_id, "series_id": series_id,
+                         "instance_number": int(series.instance_numbers[ks[candidates[j]]]), "condition": condition,
+                         "level": level, "x": px, "y": py, "confidence": float(sub[j, c, y, x])})
     return rows
 
 
