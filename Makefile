@@ -49,3 +49,48 @@ test: install
 
 clean:
 	rm -rf $(DATA) folds/folds.csv runs reports
+
+# ---- Kaggle (needs the kaggle CLI credentials: ~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY) ----
+COMPETITION := rsna-2024-lumbar-spine-degenerative-classification
+REAL_DATA ?= input/$(COMPETITION)
+KAGGLE := $(VENV)/bin/kaggle
+BUILD := build
+
+.PHONY: kaggle-check kaggle-download kaggle-wheels kaggle-dataset kaggle-upload kaggle-push kaggle-submit
+
+kaggle-check: install
+	@if [ -z "$$KAGGLE_USERNAME" ] && [ ! -f "$$HOME/.kaggle/kaggle.json" ]; then \
+	  echo "No Kaggle credentials: put kaggle.json in ~/.kaggle/ (Kaggle > Settings > API > Create New Token)"; \
+	  echo "or export KAGGLE_USERNAME and KAGGLE_KEY, then run this target again."; exit 1; fi
+
+kaggle-download: kaggle-check
+	$(KAGGLE) competitions download -c $(COMPETITION) -p input/
+	cd input && unzip -q -o $(COMPETITION).zip -d $(COMPETITION)
+
+# Wheels the offline notebook installs (the Kaggle image has torch, numpy, pandas, scikit-learn).
+kaggle-wheels: install
+	rm -rf $(BUILD)/wheels && mkdir -p $(BUILD)/wheels
+	$(VENV)/bin/pip download --no-deps --only-binary=:all: --python-version 3.10 --platform manylinux2014_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d $(BUILD)/wheels -r kaggle/requirements-kaggle.txt
+	$(PY) -m src.kaggle_meta kaggle/wheels-metadata.json $(BUILD)/wheels/dataset-metadata.json
+
+# Code and weights as one dataset: src/, the scripts, and each run's config.yaml + best.pt + ensemble.json.
+kaggle-dataset: install
+	rm -rf $(BUILD)/kaggle_dataset && mkdir -p $(BUILD)/kaggle_dataset
+	cp -r src infer.py localize.py requirements.txt $(BUILD)/kaggle_dataset/
+	$(PY) -m src.kaggle_meta --copy-runs runs $(BUILD)/kaggle_dataset/runs
+	$(PY) -m src.kaggle_meta kaggle/dataset-metadata.json $(BUILD)/kaggle_dataset/dataset-metadata.json
+
+kaggle-upload: kaggle-check kaggle-wheels kaggle-dataset
+	$(KAGGLE) datasets create -p $(BUILD)/wheels --dir-mode zip -q || $(KAGGLE) datasets version -p $(BUILD)/wheels -m "wheels" --dir-mode zip -q
+	$(KAGGLE) datasets create -p $(BUILD)/kaggle_dataset --dir-mode zip -q || $(KAGGLE) datasets version -p $(BUILD)/kaggle_dataset -m "code and weights" --dir-mode zip -q
+
+kaggle-push: kaggle-check
+	rm -rf $(BUILD)/kaggle_kernel && mkdir -p $(BUILD)/kaggle_kernel
+	cp notebooks/kaggle_inference.ipynb $(BUILD)/kaggle_kernel/
+	$(PY) -m src.kaggle_meta kaggle/kernel-metadata.json $(BUILD)/kaggle_kernel/kernel-metadata.json
+	$(KAGGLE) kernels push -p $(BUILD)/kaggle_kernel
+
+VERSION ?= 1
+kaggle-submit: kaggle-check
+	$(KAGGLE) competitions submit -c $(COMPETITION) -k "$$KAGGLE_USERNAME/rsna2024-lumbar-inference" -v $(VERSION) -f submission.csv -m "rsna2024 lumbar ensemble"

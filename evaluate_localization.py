@@ -40,6 +40,7 @@ def classifier_scores(runs: Path, fold: int, predicted: pd.DataFrame, data_dir: 
             crops, index = build_crops(predicted, cache_dir, "train", CropSpec(**cfg["crop"]), cache_dir / "crops")
             probs = predict_crops(model, cfg, crops, index, device)
             sub = prior.set_index("row_id")
+            probs = probs[probs["row_id"].isin(sub.index)]  # unlabelled rows are not scored
             sub.loc[probs["row_id"].to_numpy(), probs.columns[1:]] = probs.iloc[:, 1:].to_numpy()
             out.append({"model": name, "fold": fold, "score_labelled": score(solution, load_submission(run / "oof.csv")),
                         "score_predicted": score(solution, sub.reset_index())})

@@ -32,6 +32,13 @@ CONDITION_SERIES: dict[str, str] = {
     "Right Subarticular Stenosis": AXIAL_T2,
 }
 
+# Class frequencies (normal/mild, moderate, severe) per group in the real train.csv: the fallback prior.
+REAL_CLASS_FREQUENCIES: dict[str, tuple[float, float, float]] = {
+    "spinal": (0.878, 0.075, 0.047),
+    "foraminal": (0.780, 0.181, 0.039),
+    "subarticular": (0.714, 0.190, 0.096),
+}
+
 # Metric groups (the competition scores each group separately, then an any-severe-spinal term).
 GROUPS: tuple[str, ...] = ("spinal", "foraminal", "subarticular")
 ANY_SEVERE_SCALAR = 1.0

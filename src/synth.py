@@ -38,6 +38,7 @@ from .constants import (
     CONDITIONS,
     LABEL_COLUMNS,
     LEVELS,
+    REAL_CLASS_FREQUENCIES,
     SAGITTAL_T1,
     SAGITTAL_T2,
     SAMPLE_WEIGHTS,
@@ -49,12 +50,6 @@ from .constants import (
 from .paths import DEFAULT_PATTERNS, SYNTH_DIR
 from .tables import load_train, solution_frame, submission_row_ids
 
-# Class frequencies per condition group of the real train.csv, used only when no pattern file is given.
-FALLBACK_MARGINALS = {
-    "spinal": (0.878, 0.075, 0.047),
-    "foraminal": (0.780, 0.181, 0.039),
-    "subarticular": (0.714, 0.190, 0.096),
-}
 # Tissue intensities (T1, T2) on a 0..1 scale.
 LATENT_COLUMNS = [
     "row_id", "study_id", "condition", "level", "severity", "label", *(f"p_{t}" for t in TARGETS), "px", "py", "pz"
@@ -130,8 +125,8 @@ def fallback_patterns(n: int, rng: np.random.Generator) -> np.ndarray:
     """Independent labels per column from the real group marginals, for when no train.csv is at hand."""
     out = np.empty((n, len(LABEL_COLUMNS)))
     for j, col in enumerate(LABEL_COLUMNS):
-        group = next(g for g in FALLBACK_MARGINALS if g in col)
-        out[:, j] = rng.choice(3, size=n, p=FALLBACK_MARGINALS[group])
+        group = next(g for g in REAL_CLASS_FREQUENCIES if g in col)
+        out[:, j] = rng.choice(3, size=n, p=REAL_CLASS_FREQUENCIES[group])
     return out
 
 

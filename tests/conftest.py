@@ -47,3 +47,24 @@ def synth_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     generate(tiny_config(out))
     return out
+
+
+def make_fake_runs(root: Path, classifiers: bool = True) -> Path:
+    """Untrained (random) localizer and classifier runs with real configs: the pipeline's plumbing only."""
+    import torch
+
+    from src import config as config_lib
+    from src.models import build_model
+
+    torch.manual_seed(0)
+    cfgs = [config_lib.resolve("heatmap", "tiny", None, {"series_type": part, "loc": {"size_px": 32},
+                                                          "name": f"localizer_{part}"})
+            for part in config_lib.LOCALIZER_PARTS]
+    if classifiers:
+        cfgs += [config_lib.resolve(m, "tiny", None, {"crop": {"size_px": 16}}) for m in ("attn_resnext", "cnn_lstm")]
+    for cfg in cfgs:
+        run = root / cfg["name"] / "fold0"
+        run.mkdir(parents=True, exist_ok=True)
+        config_lib.save(cfg, run / "config.yaml")
+        torch.save({"model": build_model(cfg).state_dict()}, run / "best.pt")
+    return root

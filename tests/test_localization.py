@@ -3,7 +3,6 @@ import pandas as pd
 import pytest
 import torch
 
-from src import config as config_lib
 from src.crops import CropSpec, build_crops
 from src.dicom import Series
 from src.localization import (
@@ -17,8 +16,9 @@ from src.localization import (
     side_of_slices,
     to_pixels,
 )
-from src.models import HeatmapNet, build_model
+from src.models import HeatmapNet
 from src.tables import load_coordinates, load_series_descriptions
+from conftest import make_fake_runs
 
 
 def _sagittal(n=5, gap=4.0):
@@ -122,15 +122,6 @@ def test_tiny_heatmap_net_learns_planted_keypoints():
     assert np.median(errors) < 1.5, np.median(errors)
 
 
-def _fake_localizer_runs(root, **over):
-    for part in config_lib.LOCALIZER_PARTS:
-        cfg = config_lib.resolve("heatmap", "tiny", None, {"series_type": part, "loc": {"size_px": 32}, **over})
-        run = root / f"localizer_{part}" / "fold0"
-        run.mkdir(parents=True)
-        config_lib.save(cfg, run / "config.yaml")
-        torch.save({"model": build_model(cfg).state_dict()}, run / "best.pt")
-
-
 @pytest.mark.filterwarnings("ignore")
 def test_localize_output_round_trips_and_survives_a_missing_series(synth_dir, tmp_path):
     import shutil
@@ -142,7 +133,7 @@ def test_localize_output_round_trips_and_survives_a_missing_series(synth_dir, tm
     series = load_series_descriptions(data / "test_series_descriptions.csv")
     victim = series[series["series_description"] == "Sagittal T1"].iloc[0]
     shutil.rmtree(data / "test_images" / str(victim.study_id) / str(victim.series_id))
-    _fake_localizer_runs(tmp_path / "runs")
+    make_fake_runs(tmp_path / "runs", classifiers=False)
     out = tmp_path / "pred.csv"
     localize_script.main(["--data-dir", str(data), "--split", "test", "--runs", str(tmp_path / "runs"),
                           "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--workers", "1"])

@@ -1,0 +1,107 @@
+"""The fold x model ensemble: weights per model and a temperature per condition group, fitted on OOF."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize, minimize_scalar
+
+from .constants import GROUPS, REAL_CLASS_FREQUENCIES, SAMPLE_WEIGHTS, TARGETS, group_of
+from .inference import find_runs
+from .metric import score
+from .tables import load_submission
+
+CLASSIFIERS = ("attn_resnext", "cnn_lstm")
+
+
+def sharpen(probs: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
+    """Temperature on probabilities: p^(1/T), renormalised (T > 1 softens, T < 1 sharpens)."""
+    t = np.asarray(temperature, dtype=float)
+    if t.ndim == 1:
+        t = t[:, None]
+    logp = np.log(np.clip(probs, 1e-12, 1.0)) / t
+    logp -= logp.max(1, keepdims=True)
+    p = np.exp(logp)
+    return p / p.sum(1, keepdims=True)
+
+
+def blend(frames: dict[str, pd.DataFrame], weights: dict[str, float], temperature: dict[str, float]) -> pd.DataFrame:
+    """Weighted mean of the models' probabilities on their common rows, then the group temperatures."""
+    names = [n for n in frames if weights.get(n, 0) > 0]
+    if not names:
+        raise ValueError("no model has a positive weight")
+    ids = frames[names[0]]["row_id"]
+    for n in names[1:]:
+        ids = ids[ids.isin(set(frames[n]["row_id"]))]
+    total = sum(weights[n] for n in names)
+    probs = sum(weights[n] / total * frames[n].set_index("row_id").loc[ids, list(TARGETS)].to_numpy() for n in names)
+    t = np.array([temperature.get(group_of(r), 1.0) for r in ids])
+    out = pd.DataFrame(sharpen(probs, t), columns=list(TARGETS))
+    out.insert(0, "row_id", ids.to_numpy())
+    return out
+
+
+def collect_oof(runs: Path, names=CLASSIFIERS) -> dict[str, pd.DataFrame]:
+    """Each model's out-of-fold predictions over all of its folds found under runs/."""
+    out = {}
+    for name in names:
+        dirs = find_runs(runs, name)
+        frames = [load_submission(d / "oof.csv") for d in dirs if (d / "oof.csv").is_file()]
+        if frames:
+            out[name] = pd.concat(frames, ignore_index=True).drop_duplicates("row_id")
+    return out
+
+
+def fit(frames: dict[str, pd.DataFrame], solution: pd.DataFrame) -> dict:
+    """Model weights (non-negative, summing to 1) and group temperatures minimising the OOF score."""
+    names = sorted(frames)
+    common = solution[solution["row_id"].isin(set.intersection(*(set(f["row_id"]) for f in frames.values())))]
+    if common.empty:
+        raise ValueError("the models' out-of-fold predictions share no scored row")
+    temps = {g: 1.0 for g in GROUPS}
+
+    def weights_of(z: np.ndarray) -> dict[str, float]:
+        w = np.exp(z - z.max())
+        return {n: float(v) for n, v in zip(names, w / w.sum())}
+
+    def objective(z: np.ndarray) -> float:
+        return score(common, blend(frames, weights_of(z), temps))
+
+    z = np.zeros(len(names))
+    if len(names) > 1:
+        z = minimize(objective, z, method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-5, "maxiter": 200}).x
+    weights = weights_of(z)
+    for _ in range(2):  # coordinate descent over the groups (the any-severe term couples them a little)
+        for g in GROUPS:
+            def by_t(t: float, g=g) -> float:
+                return score(common, blend(frames, weights, {**temps, g: t}))
+            temps[g] = float(minimize_scalar(by_t, bounds=(0.5, 2.0), method="bounded", options={"xatol": 1e-3}).x)
+    final = score(common, blend(frames, weights, temps))
+    singles = {n: score(common, frames[n]) for n in names}
+    return {"weights": weights, "temperature": temps, "oof_score": final, "oof_single": singles,
+            "rows": int(len(common))}
+
+
+def prior_table(solution: pd.DataFrame | None = None) -> dict[str, list[float]]:
+    """Constant prior per group (class frequencies x metric weights, renormalised); real-data rates if no labels."""
+    out = {}
+    for g in GROUPS:
+        if solution is not None and len(solution):
+            freq = solution.loc[solution["row_id"].map(group_of) == g, list(TARGETS)].to_numpy().mean(0)
+        else:
+            freq = np.asarray(REAL_CLASS_FREQUENCIES[g])
+        q = freq * np.asarray(SAMPLE_WEIGHTS)
+        out[g] = (q / q.sum()).tolist()
+    return out
+
+
+def load(path: Path | None) -> dict:
+    """ensemble.json, or equal weights and no temperature when there is none."""
+    if path is not None and Path(path).is_file():
+        return json.loads(Path(path).read_text())
+    if path is not None:
+        warnings.warn(f"no ensemble file at {path}: equal weights, no temperature", stacklevel=2)
+    return {"weights": {}, "temperature": {}}

@@ -1,0 +1,58 @@
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import infer as infer_script
+from conftest import make_fake_runs
+from src.constants import TARGETS
+from src.tables import load_series_descriptions, load_submission
+
+
+@pytest.fixture()
+def broken_data(synth_dir, tmp_path):
+    """The tiny test split with a corrupt DICOM, a deleted series and a listed study that has no images."""
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    series = load_series_descriptions(data / "test_series_descriptions.csv")
+    first, second = series["study_id"].unique()[:2]
+    victim = next((data / "test_images" / str(first)).glob("*/*.dcm"))
+    victim.write_bytes(victim.read_bytes()[:200])
+    gone = series[series["study_id"] == second].iloc[0]
+    shutil.rmtree(data / "test_images" / str(second) / str(gone.series_id))
+    ghost = 999_999_999
+    rows = pd.concat([pd.read_csv(data / "test_series_descriptions.csv"),
+                      pd.DataFrame([[ghost, 1234, "Sagittal T1"], [ghost, 1235, "Axial T2"]], columns=series.columns)])
+    rows.to_csv(data / "test_series_descriptions.csv", index=False)
+    sample = pd.read_csv(data / "sample_submission.csv")
+    extra = sample.iloc[:25].copy()
+    extra["row_id"] = extra["row_id"].str.replace(str(first), str(ghost), regex=False)
+    pd.concat([sample, extra]).to_csv(data / "sample_submission.csv", index=False)
+    return data
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_submission_complete_and_valid_despite_bad_input(broken_data, tmp_path):
+    runs = make_fake_runs(tmp_path / "runs")
+    out = tmp_path / "sub" / "submission.csv"
+    code = infer_script.main(["--data-dir", str(broken_data), "--runs", str(runs), "--out", str(out),
+                              "--cache-dir", str(tmp_path / "cache"), "--workers", "1"])
+    assert code == 0
+    sub = load_submission(out)
+    sample = load_submission(broken_data / "sample_submission.csv")
+    assert sub["row_id"].tolist() == sample["row_id"].tolist()
+    values = sub[list(TARGETS)].to_numpy()
+    assert np.isfinite(values).all() and (values >= 0).all() and np.allclose(values.sum(1), 1)
+    # The study without images gets the prior; the others get model predictions (not all equal to the prior).
+    ghost = sub[sub["row_id"].str.startswith("999999999_")]
+    assert len(ghost) == 25
+    others = sub[~sub["row_id"].str.startswith("999999999_")]
+    assert others[list(TARGETS)].round(6).drop_duplicates().shape[0] > 3
+
+
+def test_nothing_written_gives_nonzero_exit(tmp_path, capsys):
+    code = infer_script.main(["--data-dir", str(tmp_path / "nowhere"), "--runs", str(tmp_path), "--out",
+                              str(tmp_path / "s.csv"), "--cache-dir", str(tmp_path / "c")])
+    assert code == 1 and not (tmp_path / "s.csv").exists()
+    assert "nothing written" in capsys.readouterr().err
