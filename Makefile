@@ -9,7 +9,7 @@ IMAGE_SIZE ?= 256
 SEED ?= 0
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo test data folds baselines prepare train clean
+.PHONY: install demo test data folds baselines prepare train localizer submission clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,15 @@ train: prepare folds
 	$(PY) train.py --fold $(FOLD) --model attn_resnext --preset $(PRESET) --data-dir $(DATA)
 	$(PY) train.py --fold $(FOLD) --model cnn_lstm --preset $(PRESET) --data-dir $(DATA)
 
-demo: install data folds baselines train
+localizer: prepare folds
+	$(PY) train.py --fold $(FOLD) --model localizer --preset $(PRESET) --data-dir $(DATA)
+
+submission: install
+	$(PY) ensemble.py --runs runs --data-dir $(DATA)
+	$(PY) infer.py --data-dir $(DATA) --runs runs --out submission/submission.csv
+	$(PY) score.py --solution $(DATA)/test_solution.csv --submission submission/submission.csv
+
+demo: install data folds baselines train localizer submission
 
 test: install
 	$(PY) -m pytest -q tests

@@ -72,7 +72,9 @@ def fit(frames: dict[str, pd.DataFrame], solution: pd.DataFrame) -> dict:
 
     z = np.zeros(len(names))
     if len(names) > 1:
-        z = minimize(objective, z, method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-5, "maxiter": 200}).x
+        simplex = np.vstack([z, np.eye(len(names))])  # unit steps: weights from 1/2 to about 1/4..3/4 at once
+        z = minimize(objective, z, method="Nelder-Mead",
+                     options={"xatol": 1e-3, "fatol": 1e-6, "maxiter": 300, "initial_simplex": simplex}).x
     weights = weights_of(z)
     for _ in range(2):  # coordinate descent over the groups (the any-severe term couples them a little)
         for g in GROUPS:
