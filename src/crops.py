@@ -131,11 +131,7 @@ def build_crops(
                                     shape=(len(table), spec.n_slices, spec.stored_px, spec.stored_px))
     keep = np.zeros(len(table), dtype=bool)
     problems: list[str] = []
-    start = 0
-    starts = []
-    for g in groups:
-        starts.append(start)
-        start += len(g[0])
+    starts = np.concatenate([[0], np.cumsum([len(g[0]) for g in groups])[:-1]]).astype(int).tolist()
     if workers > 1 and len(groups) > 1:
         with mp.get_context("spawn").Pool(workers) as pool:
             results = pool.imap(_cut_study, groups, chunksize=2)

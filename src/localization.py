@@ -96,10 +96,11 @@ def build_slice_store(
         s = load_series(path)
         h, w = s.shape
         labelled = by_series.get(r.series_id)
+        present = set(s.instance_numbers.tolist())
         if series_type == "axial":
             if labelled is None:
                 continue
-            ks = sorted({s.index_of_instance(i) for i in labelled["instance_number"] if i in set(s.instance_numbers)})
+            ks = sorted({s.index_of_instance(i) for i in labelled["instance_number"] if i in present})
         else:
             ks = list(range(len(s)))
         slot = {}
@@ -111,7 +112,7 @@ def build_slice_store(
         if labelled is None:
             continue
         for p in labelled.itertuples():
-            if p.instance_number not in set(s.instance_numbers):
+            if p.instance_number not in present:
                 continue
             k0 = s.index_of_instance(p.instance_number)
             for dk, amp in ((0, 1.0), (-1, neighbour_weight), (1, neighbour_weight)):

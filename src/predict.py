@@ -89,11 +89,13 @@ def run(data_dir: Path, split: str, runs: Path, out: Path, cache_dir: Path, ense
         warnings.warn(f"localization failed ({type(err).__name__}: {err}); every row gets the prior", stacklevel=2)
         coords = pd.DataFrame(columns=COORD_COLUMNS)
     frames = classifier_predictions(coords, runs, cache_dir, split, device, tta=tta, workers=workers) if len(coords) else {}
+    n_model_rows = 0
     if frames:
         weights = {n: ensemble["weights"].get(n, 1.0) for n in frames} if ensemble["weights"] else {n: 1.0 for n in frames}
         blended = ensemble_lib.blend(frames, weights, ensemble.get("temperature", {}))
         blended = blended[blended["row_id"].isin(submission.index)]
         submission.loc[blended["row_id"].to_numpy(), list(TARGETS)] = blended[list(TARGETS)].to_numpy()
+        n_model_rows = len(blended)
     values = submission[list(TARGETS)].to_numpy(dtype=float)
     bad = ~np.isfinite(values).all(1) | (values < 0).any(1) | (values.sum(1) <= 0)
     if bad.any():
@@ -106,6 +108,6 @@ def run(data_dir: Path, split: str, runs: Path, out: Path, cache_dir: Path, ense
     covered = len(set(coords["study_id"])) if len(coords) else 0
     seconds = time.time() - started
     print(f"wrote {out}: {len(result)} rows for {len(studies)} studies ({covered} localized, "
-          f"{sum(1 for r in row_ids if frames and r in set(blended['row_id']))} rows from the models); "
+          f"{n_model_rows} rows from the models); "
           f"{seconds / max(len(studies), 1):.2f} s per study")
     return result

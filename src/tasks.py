@@ -167,7 +167,7 @@ class LocalizeTask:
                              f"{len(self.val_rows)} validation slices")
         val_series = set(self.store.index["series_id"].iloc[self.val_rows])
         self.val_coords = coords[coords["series_id"].isin(val_series) & coords["condition"].isin(CONDITIONS_OF[self.series_type])]
-        self._val = self.val_dataset()
+        self._val = self._dataset(self.val_rows, False)
 
     def _dataset(self, rows: np.ndarray, train: bool) -> SliceDataset:
         return SliceDataset(self.store, rows, CHANNELS[self.series_type], self.cfg["loc"]["sigma"], loc_transform(train))
@@ -176,7 +176,7 @@ class LocalizeTask:
         return self._dataset(self.train_rows, True)
 
     def val_dataset(self) -> SliceDataset:
-        return self._dataset(self.val_rows, False)
+        return self._val
 
     def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         """Binary cross-entropy on Gaussian targets, weighted up where the target is high."""
