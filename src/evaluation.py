@@ -1,0 +1,203 @@
+"""Out-of-fold evaluation: the competition score, the two papers' metrics and plots, prior and oracle."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    ConfusionMatrixDisplay,
+    accuracy_score,
+    average_precision_score,
+    classification_report,
+    f1_score,
+    precision_recall_curve,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+    roc_curve,
+)
+
+from . import ensemble as ensemble_lib  # noqa: E402
+from .constants import GROUPS, SEVERITIES, TARGETS, group_of  # noqa: E402
+from .inference import find_runs  # noqa: E402
+from .metric import prior_submission, score_parts  # noqa: E402
+from .tables import load_submission, solution_frame  # noqa: E402
+
+# The attention paper's own results (lumbar disc herniation, its private data): a reference, not a target.
+PAPER = {"acc": 0.9486, "auc": 0.969, "f1": 0.938, "precision": 0.935, "recall": 0.9412, "auprc": 0.981}
+
+
+def paper_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, dict[str, float]]:
+    """ACC, AUC, F1, precision, recall, AUPRC: 3-class (macro, one-vs-rest) and 'moderate or severe' binary."""
+    pred = probs.argmax(1)
+    out = {"three_class": {
+        "acc": accuracy_score(labels, pred),
+        "f1": f1_score(labels, pred, average="macro", labels=[0, 1, 2], zero_division=0),
+        "precision": precision_score(labels, pred, average="macro", labels=[0, 1, 2], zero_division=0),
+        "recall": recall_score(labels, pred, average="macro", labels=[0, 1, 2], zero_division=0),
+    }}
+    present = [k for k in range(3) if 0 < (labels == k).sum() < len(labels)]
+    onehot = np.eye(3)[labels]
+    out["three_class"]["auc"] = float(np.mean([roc_auc_score(onehot[:, k], probs[:, k]) for k in present])) if present else np.nan
+    out["three_class"]["auprc"] = float(np.mean([average_precision_score(onehot[:, k], probs[:, k]) for k in present])) if present else np.nan
+    y = (labels > 0).astype(int)
+    p = probs[:, 1:].sum(1)
+    both = 0 < y.sum() < len(y)
+    out["binary"] = {
+        "acc": accuracy_score(y, p >= 0.5), "f1": f1_score(y, p >= 0.5, zero_division=0),
+        "precision": precision_score(y, p >= 0.5, zero_division=0), "recall": recall_score(y, p >= 0.5, zero_division=0),
+        "auc": roc_auc_score(y, p) if both else np.nan, "auprc": average_precision_score(y, p) if both else np.nan,
+    }
+    return {k: {m: float(v) for m, v in d.items()} for k, d in out.items()}
+
+
+def fold_prior(train: pd.DataFrame, folds: pd.DataFrame, solution: pd.DataFrame) -> pd.DataFrame:
+    """Each fold's rows get the prior fitted on the other folds (what a model of that fold could know)."""
+    fold_of = dict(zip(folds["study_id"], folds["fold"]))
+    study = solution["row_id"].str.split("_").str[0].astype(int).map(fold_of)
+    parts = []
+    for f in sorted(study.dropna().unique()):
+        ids = solution.loc[study == f, "row_id"].tolist()
+        parts.append(prior_submission(solution_frame(train, folds.loc[folds["fold"] != f, "study_id"]), ids))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _aligned(solution: pd.DataFrame, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    sub = frame.set_index("row_id").loc[solution["row_id"], list(TARGETS)].to_numpy()
+    labels = solution[list(TARGETS)].to_numpy().argmax(1)
+    groups = solution["row_id"].map(group_of).to_numpy()
+    return labels, sub / sub.sum(1, keepdims=True), groups
+
+
+def plot_confusion(name: str, labels, probs, groups, path: Path) -> None:
+    fig, axes = plt.subplots(1, len(GROUPS), figsize=(4.2 * len(GROUPS), 4))
+    for ax, g in zip(axes, GROUPS):
+        m = groups == g
+        ConfusionMatrixDisplay.from_predictions(labels[m], probs[m].argmax(1), labels=[0, 1, 2], display_labels=["N/M", "Mod", "Sev"],
+                                                ax=ax, colorbar=False, cmap="Blues")
+        ax.set_title(f"{g}")
+    fig.suptitle(f"{name}: confusion matrices (out of fold)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_roc_pr(curves: dict[str, tuple], path: Path) -> None:
+    """ROC and precision-recall of 'moderate or severe' per group, one line per model."""
+    fig, axes = plt.subplots(2, len(GROUPS), figsize=(4.2 * len(GROUPS), 8))
+    for j, g in enumerate(GROUPS):
+        for name, (labels, probs, groups) in curves.items():
+            m = groups == g
+            y, p = (labels[m] > 0).astype(int), probs[m, 1:].sum(1)
+            if 0 < y.sum() < len(y):
+                fpr, tpr, _ = roc_curve(y, p)
+                prec, rec, _ = precision_recall_curve(y, p)
+                axes[0, j].plot(fpr, tpr, label=f"{name} AUC {roc_auc_score(y, p):.3f}")
+                axes[1, j].plot(rec, prec, label=f"{name} AP {average_precision_score(y, p):.3f}")
+        axes[0, j].plot([0, 1], [0, 1], "k:", lw=0.8)
+        axes[0, j].set(title=f"{g}: ROC", xlabel="false positive rate", ylabel="true positive rate")
+        axes[1, j].set(title=f"{g}: precision-recall", xlabel="recall", ylabel="precision")
+        for ax in axes[:, j]:
+            ax.legend(fontsize=7)
+    fig.suptitle("moderate or severe vs normal/mild (out of fold)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_curves(name: str, logs: list[tuple[str, pd.DataFrame]], path: Path) -> None:
+    """Training and validation loss and accuracy per epoch (the CNN-LSTM paper's curves), every fold."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for fold, log in logs:
+        a.plot(log["epoch"], log["train_loss"], "-", label=f"{fold} train")
+        a.plot(log["epoch"], log["val_loss"], "--", label=f"{fold} val")
+        b.plot(log["epoch"], log["acc"], "-", label=f"{fold} val accuracy")
+    a.set(title=f"{name}: loss", xlabel="epoch", ylabel="weighted cross-entropy")
+    b.set(title=f"{name}: validation accuracy", xlabel="epoch", ylabel="accuracy")
+    a.legend(fontsize=7)
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def evaluate(runs: Path, train: pd.DataFrame, folds: pd.DataFrame, out_dir: Path, oracle: pd.DataFrame | None = None) -> dict:
+    """Write metrics.json, report.md and the PNGs for every classifier (and the ensemble) under runs/."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frames = ensemble_lib.collect_oof(runs)
+    if not frames:
+        raise SystemExit(f"no oof.csv under {runs}: train some folds first")
+    covered = set.intersection(*(set(f["row_id"]) for f in frames.values()))
+    solution = solution_frame(train)
+    solution = solution[solution["row_id"].isin(covered)].reset_index(drop=True)
+    fitted = ensemble_lib.load(runs / "ensemble.json") if (runs / "ensemble.json").is_file() else {"weights": {}, "temperature": {}}
+    weights = {n: fitted["weights"].get(n, 1.0) for n in frames} if fitted["weights"] else {n: 1.0 for n in frames}
+    if len(frames) > 1:
+        frames = {**frames, "ensemble": ensemble_lib.blend(frames, weights, fitted.get("temperature", {}))}
+    prior = fold_prior(train, folds, solution)
+    rows = {"prior": score_parts(solution, prior)}
+    rows.update({n: score_parts(solution, f) for n, f in frames.items()})
+    if oracle is not None:
+        rows["oracle"] = score_parts(solution, oracle)
+    metrics: dict = {"rows": len(solution), "studies": int(solution["row_id"].str.split("_").str[0].nunique()),
+                     "scores": rows, "paper": {}, "paper_reference": PAPER}
+    if "oracle" in rows:
+        span = rows["prior"]["score"] - rows["oracle"]["score"]
+        metrics["signal_captured"] = {n: (rows["prior"]["score"] - rows[n]["score"]) / span for n in frames}
+    curves, reports = {}, {}
+    for name, frame in frames.items():
+        labels, probs, groups = _aligned(solution, frame)
+        curves[name] = (labels, probs, groups)
+        metrics["paper"][name] = {g: paper_metrics(labels[groups == g], probs[groups == g]) for g in GROUPS}
+        metrics["paper"][name]["all"] = paper_metrics(labels, probs)
+        reports[name] = {g: classification_report(labels[groups == g], probs[groups == g].argmax(1), labels=[0, 1, 2],
+                                                  target_names=list(SEVERITIES), zero_division=0, digits=3) for g in GROUPS}
+        plot_confusion(name, labels, probs, groups, out_dir / f"confusion_{name}.png")
+        logs = [(d.name, pd.read_csv(d / "log.csv")) for d in find_runs(runs, name) if (d / "log.csv").is_file()]
+        if logs:
+            plot_curves(name, logs, out_dir / f"curves_{name}.png")
+    plot_roc_pr(curves, out_dir / "roc_pr.png")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out_dir / "report.md").write_text(render(metrics, reports, sorted(p.name for p in out_dir.glob("*.png"))))
+    return metrics
+
+
+def render(metrics: dict, reports: dict, pictures: list[str]) -> str:
+    """report.md from the metrics."""
+    lines = ["# Out-of-fold evaluation", "",
+             f"{metrics['studies']} studies, {metrics['rows']} scored rows (every fold with predictions from every model).", "",
+             "## Competition score (lower is better)", "",
+             "| submission | score | spinal | foraminal | subarticular | any severe spinal |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, p in metrics["scores"].items():
+        lines.append(f"| {name} | {p['score']:.4f} | {p['spinal']:.4f} | {p['foraminal']:.4f} | {p['subarticular']:.4f} | {p['any_severe_spinal']:.4f} |")
+    if "ensemble" in metrics["scores"]:
+        lines += ["", "The ensemble's weights and temperatures were fitted on these same out-of-fold predictions, so its "
+                  "row is optimistic; a held-out test split scores it honestly."]
+    if "signal_captured" in metrics:
+        lines += ["", "Share of the learnable signal captured, (prior - model) / (prior - oracle): "
+                  + ", ".join(f"{n} {100 * v:.1f}%" for n, v in metrics["signal_captured"].items()) + "."]
+    lines += ["", "## The attention paper's metrics", "",
+              "Per condition group; `3-class` is macro-averaged (AUC and AUPRC one-vs-rest), `binary` is moderate or "
+              "severe against normal/mild at p >= 0.5. The paper's own numbers (ACC 0.9486, AUC 0.969, F1 0.938, "
+              "precision 0.935, recall 0.9412, AUPRC 0.981) are on a different dataset and task (lumbar disc "
+              "herniation, its private data) and are shown for reference only.", "",
+              "| model | group | view | ACC | AUC | F1 | precision | recall | AUPRC |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, by_group in metrics["paper"].items():
+        for g, views in by_group.items():
+            for view, m in views.items():
+                lines.append(f"| {name} | {g} | {view.replace('three_class', '3-class')} | {m['acc']:.3f} | {m['auc']:.3f} | "
+                             f"{m['f1']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['auprc']:.3f} |")
+    ref = metrics["paper_reference"]
+    lines.append(f"| paper (herniation, other data) | - | binary | {ref['acc']} | {ref['auc']} | {ref['f1']} | {ref['precision']} | {ref['recall']} | {ref['auprc']} |")
+    lines += ["", "## The CNN-LSTM paper's outputs: classification reports", ""]
+    for name, by_group in reports.items():
+        for g, text in by_group.items():
+            lines += [f"### {name}, {g}", "", "```", text.rstrip(), "```", ""]
+    lines += ["## Pictures", ""] + [f"![{p}]({p})" for p in pictures]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,54 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import evaluate as evaluate_script
+from src.constants import TARGETS
+from src.evaluation import paper_metrics
+from src.tables import load_train, solution_frame
+
+
+def test_paper_metrics_by_hand():
+    labels = np.array([0, 0, 1, 2])
+    probs = np.array([[0.8, 0.1, 0.1], [0.4, 0.5, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7]])
+    m = paper_metrics(labels, probs)
+    assert m["three_class"]["acc"] == pytest.approx(0.75)
+    # Binary view: p(moderate or severe) = 0.2, 0.6, 0.8, 0.9 against 0, 0, 1, 1.
+    assert m["binary"]["acc"] == pytest.approx(0.75) and m["binary"]["precision"] == pytest.approx(2 / 3)
+    assert m["binary"]["recall"] == pytest.approx(1.0) and m["binary"]["auc"] == pytest.approx(1.0)
+
+
+def test_evaluate_writes_report_metrics_and_pictures(synth_dir, tmp_path):
+    train = load_train(synth_dir / "train.csv")
+    studies = train["study_id"].tolist()
+    folds = pd.DataFrame({"study_id": studies, "fold": [i % 2 for i in range(len(studies))]})
+    folds.to_csv(tmp_path / "folds.csv", index=False)
+    sol = solution_frame(train)
+    rng = np.random.default_rng(0)
+    for name, mix in (("attn_resnext", 0.7), ("cnn_lstm", 0.4)):
+        for fold in (0, 1):
+            ids = set(folds.loc[folds["fold"] == fold, "study_id"].astype(str))
+            part = sol[sol["row_id"].str.split("_").str[0].isin(ids)]
+            run = tmp_path / "runs" / name / f"fold{fold}"
+            run.mkdir(parents=True)
+            (run / "best.pt").write_bytes(b"")
+            p = mix * part[list(TARGETS)].to_numpy() + (1 - mix) * rng.dirichlet([1, 1, 1], len(part))
+            frame = pd.DataFrame(p, columns=list(TARGETS))
+            frame.insert(0, "row_id", part["row_id"].to_numpy())
+            frame.to_csv(run / "oof.csv", index=False)
+            pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.8], "val_loss": [1.1, 0.9], "acc": [0.5, 0.6]}).to_csv(
+                run / "log.csv", index=False)
+    out = tmp_path / "reports"
+    metrics = evaluate_script.main(["--runs", str(tmp_path / "runs"), "--data-dir", str(synth_dir),
+                                    "--folds", str(tmp_path / "folds.csv"), "--out", str(out)])
+    saved = json.loads((out / "metrics.json").read_text())
+    assert set(saved["scores"]) == {"prior", "attn_resnext", "cnn_lstm", "ensemble", "oracle"}
+    assert saved["scores"]["attn_resnext"]["score"] < saved["scores"]["cnn_lstm"]["score"] < saved["scores"]["prior"]["score"]
+    assert saved["scores"]["oracle"]["score"] < saved["scores"]["prior"]["score"]
+    assert 0 < metrics["signal_captured"]["attn_resnext"] <= 1.5
+    for png in ("confusion_attn_resnext.png", "curves_cnn_lstm.png", "roc_pr.png"):
+        assert (out / png).stat().st_size > 1000
+    report = (out / "report.md").read_text()
+    assert "0.9486" in report and "different dataset" in report and "precision" in report and "roc_pr.png" in report
