@@ -30,10 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ensemble", type=Path, default=None, help="default: <runs>/ensemble.json if present")
     ap.add_argument("--no-tta", action="store_true")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--studies", type=int, nargs="+", default=None, help="only these studies' rows")
+    ap.add_argument("--explain", type=int, nargs="+", default=None, metavar="STUDY_ID",
+                    help="also write a plain-language reading and a PNG sheet of crops and attention for these studies")
+    ap.add_argument("--explain-dir", type=Path, default=None, help="default: <out folder>/explain")
     a = ap.parse_args(argv)
     try:
         run(a.data_dir, a.split, a.runs, a.out, a.cache_dir or default_cache_dir(a.data_dir), a.ensemble,
-            tta=not a.no_tta, workers=a.workers)
+            tta=not a.no_tta, workers=a.workers, studies=a.studies, explain_studies=a.explain,
+            explain_dir=a.explain_dir)
     except Exception as err:  # only when not even the prior could be written
         print(f"infer.py: nothing written: {type(err).__name__}: {err}", file=sys.stderr)
         return 1

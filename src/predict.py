@@ -73,12 +73,19 @@ def write_atomic(frame: pd.DataFrame, path: Path) -> None:
 
 
 def run(data_dir: Path, split: str, runs: Path, out: Path, cache_dir: Path, ensemble_file: Path | None = None,
-        tta: bool = True, workers: int = 2, device: torch.device | None = None) -> pd.DataFrame:
-    """The whole offline pipeline; returns the submission written to `out` (every expected row, valid)."""
+        tta: bool = True, workers: int = 2, device: torch.device | None = None, studies: list[int] | None = None,
+        explain_studies: list[int] | None = None, explain_dir: Path | None = None) -> pd.DataFrame:
+    """The whole offline pipeline; returns the submission written to `out` (every expected row, valid).
+
+    studies limits the rows to those studies; explain_studies also writes their reading and PNG sheet.
+    """
     started = time.time()
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data_dir, runs, cache_dir = Path(data_dir), Path(runs), Path(cache_dir)
     row_ids = expected_rows(data_dir, split)
+    if studies is not None:
+        keep = {str(int(s)) for s in studies}
+        row_ids = [r for r in row_ids if r.split("_")[0] in keep]
     ensemble = ensemble_lib.load(ensemble_file if ensemble_file is not None else runs / "ensemble.json")
     submission = prior_frame(row_ids, data_dir, ensemble).set_index("row_id")
     studies = sorted({int(r.split("_")[0]) for r in row_ids})
@@ -110,4 +117,9 @@ def run(data_dir: Path, split: str, runs: Path, out: Path, cache_dir: Path, ense
     print(f"wrote {out}: {len(result)} rows for {len(studies)} studies ({covered} localized, "
           f"{n_model_rows} rows from the models); "
           f"{seconds / max(len(studies), 1):.2f} s per study")
+    if explain_studies:
+        from .explain import explain
+
+        explain([int(s) for s in explain_studies], coords, result, runs, cache_dir, split,
+                Path(explain_dir or Path(out).parent / "explain"), device)
     return result

@@ -1,0 +1,121 @@
+"""Per-study reading: a short plain-language text and a PNG sheet of what the models looked at."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from .cache import load_series, series_cache_path  # noqa: E402
+from .constants import CONDITIONS, LEVELS, SEVERITIES, TARGETS, row_id  # noqa: E402
+from .crops import CropSpec, build_crops  # noqa: E402
+from .inference import find_runs, load_model  # noqa: E402
+
+
+def _phrase(condition: str) -> str:
+    return condition.lower()
+
+
+def reading(study_id: int, probs: pd.DataFrame) -> str:
+    """Findings of one study in the CNN-LSTM paper's manner, most severe first, e.g.
+    'Severe left subarticular stenosis at L4/L5 (p = 0.83).'"""
+    table = probs.set_index("row_id")
+    findings = []
+    for condition in CONDITIONS:
+        for level in LEVELS:
+            rid = row_id(study_id, condition, level)
+            if rid not in table.index:
+                continue
+            p = table.loc[rid, list(TARGETS)].to_numpy(dtype=float)
+            k = int(np.argmax(p))
+            if k > 0:
+                findings.append((-k, -p[k], f"{SEVERITIES[k]} {_phrase(condition)} at {level} (p = {p[k]:.2f})."))
+    lines = [f"Study {study_id}:"]
+    if findings:
+        lines += [text for _, _, text in sorted(findings)]
+    else:
+        lines.append("No moderate or severe narrowing at any level; every condition reads as normal or mild.")
+    return "\n".join(lines) + "\n"
+
+
+@torch.no_grad()
+def attention_maps(runs: Path, coords: pd.DataFrame, cache_dir: Path, split: str, device: torch.device):
+    """Middle crop slices and the attention-ResNeXt's stem spatial-attention maps (upsampled) per row_id."""
+    dirs = find_runs(runs, "attn_resnext")
+    if not dirs:
+        return {}
+    model, cfg = load_model(dirs[0], device)
+    spec = CropSpec(**cfg["crop"])
+    crops, index = build_crops(coords, cache_dir, split, spec, Path(cache_dir) / "crops", workers=1)
+    out = {}
+    lo = (spec.stored_px - spec.size_px) // 2
+    for r in index.itertuples():
+        stack = np.asarray(crops[r.crop], dtype=np.float32)[:, lo : lo + spec.size_px, lo : lo + spec.size_px]
+        x = torch.from_numpy(stack)[None].to(device)
+        model(x, torch.tensor([r.condition_idx], device=device), torch.tensor([r.level_idx], device=device))
+        att = model.att_stem.spatial.last_map.float()
+        att = torch.nn.functional.interpolate(att, size=stack.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+        out[r.row_id] = (stack[len(stack) // 2], att.cpu().numpy())
+    return out
+
+
+def sheet(study_id: int, coords: pd.DataFrame, probs: pd.DataFrame, maps: dict, cache_dir: Path, split: str, path: Path) -> Path:
+    """PNG: the source slices with the predicted level points, then each crop with its attention overlay."""
+    points = coords[coords["study_id"] == study_id]
+    slices = list(points.groupby(["series_id", "instance_number"], sort=False))[:8]
+    table = probs.set_index("row_id")
+    n_cols = 5
+    n_rows = int(np.ceil(len(slices) / n_cols)) + len(CONDITIONS)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3 * n_cols, 3 * n_rows))
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, ((series_id, instance), g) in enumerate(slices):
+        s = load_series(series_cache_path(cache_dir, split, study_id, series_id))
+        ax = axes.ravel()[i]
+        ax.imshow(s.volume[s.index_of_instance(instance)], cmap="gray")
+        for r in g.itertuples():
+            ax.plot(r.x, r.y, "r+", ms=8)
+            ax.text(r.x + 4, r.y, f"{r.condition.split()[0][0]}{r.level}", color="yellow", fontsize=6)
+        ax.set_title(f"{s.description} #{instance}", fontsize=8)
+    first = int(np.ceil(len(slices) / n_cols))
+    for ci, condition in enumerate(CONDITIONS):
+        for li, level in enumerate(LEVELS):
+            ax = axes[first + ci, li]
+            rid = row_id(study_id, condition, level)
+            if rid in maps:
+                crop, att = maps[rid]
+                ax.imshow(crop, cmap="gray")
+                ax.imshow(att, cmap="jet", alpha=0.35, vmin=0, vmax=1)
+            if rid in table.index:
+                p = table.loc[rid, list(TARGETS)].to_numpy(dtype=float)
+                k = int(np.argmax(p))
+                ax.set_title(f"{condition.replace('Neural Foraminal Narrowing', 'NFN').replace('Subarticular Stenosis', 'SS').replace('Spinal Canal Stenosis', 'SCS')} "
+                             f"{level}\n{SEVERITIES[k]} {p[k]:.2f}", fontsize=7, color="red" if k == 2 else ("darkorange" if k == 1 else "black"))
+    fig.suptitle(f"study {study_id}: predicted points and the attention-ResNeXt's spatial attention", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def explain(study_ids: list[int], coords: pd.DataFrame, probs: pd.DataFrame, runs: Path, cache_dir: Path, split: str,
+            out_dir: Path, device: torch.device | None = None) -> list[Path]:
+    """Write reading_{study}.txt and sheet_{study}.png for each study; returns the paths written."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    written = []
+    for study_id in study_ids:
+        text = reading(study_id, probs)
+        txt = Path(out_dir) / f"reading_{study_id}.txt"
+        txt.parent.mkdir(parents=True, exist_ok=True)
+        txt.write_text(text)
+        print(text, end="")
+        study_coords = coords[coords["study_id"] == study_id]
+        maps = attention_maps(runs, study_coords, cache_dir, split, device) if len(study_coords) else {}
+        written += [txt, sheet(study_id, study_coords, probs, maps, cache_dir, split, Path(out_dir) / f"sheet_{study_id}.png")]
+    return written

@@ -1,0 +1,31 @@
+import pandas as pd
+import pytest
+
+import infer as infer_script
+from conftest import make_fake_runs
+from src.constants import TARGETS
+from src.explain import reading
+
+
+def test_reading_in_plain_language():
+    rows = pd.DataFrame({"row_id": ["7_left_subarticular_stenosis_l4_l5", "7_spinal_canal_stenosis_l1_l2",
+                                    "7_right_neural_foraminal_narrowing_l5_s1"]})
+    rows[list(TARGETS)] = [[0.07, 0.10, 0.83], [0.9, 0.05, 0.05], [0.2, 0.6, 0.2]]
+    text = reading(7, rows)
+    assert text.splitlines() == ["Study 7:", "Severe left subarticular stenosis at L4/L5 (p = 0.83).",
+                                 "Moderate right neural foraminal narrowing at L5/S1 (p = 0.60)."]
+    calm = reading(7, rows.iloc[[1]])
+    assert "No moderate or severe" in calm
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_infer_explain_writes_text_and_sheet(synth_dir, tmp_path):
+    runs = make_fake_runs(tmp_path / "runs")
+    study = int(pd.read_csv(synth_dir / "test_series_descriptions.csv")["study_id"].iloc[0])
+    out = tmp_path / "sub.csv"
+    assert infer_script.main(["--data-dir", str(synth_dir), "--runs", str(runs), "--out", str(out), "--cache-dir",
+                              str(tmp_path / "cache"), "--studies", str(study), "--explain", str(study), "--workers", "1"]) == 0
+    assert len(pd.read_csv(out)) == 25
+    text = (tmp_path / "explain" / f"reading_{study}.txt").read_text()
+    assert text.startswith(f"Study {study}:")
+    assert (tmp_path / "explain" / f"sheet_{study}.png").stat().st_size > 10_000
