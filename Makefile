@@ -47,8 +47,8 @@ localizer: prepare folds
 
 submission: install
 	$(PY) ensemble.py --runs runs --data-dir $(DATA)
-	$(PY) infer.py --data-dir $(DATA) --runs runs --out submission/submission.csv
-	$(PY) score.py --solution $(DATA)/test_solution.csv --submission submission/submission.csv
+	$(PY) infer.py --data-dir $(DATA) --runs runs --out submission/submission.csv --per-model
+	$(PY) evaluate.py --runs runs --data-dir $(DATA) --submissions submission
 
 demo: install data folds baselines train localizer submission
 

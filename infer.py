@@ -34,11 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--explain", type=int, nargs="+", default=None, metavar="STUDY_ID",
                     help="also write a plain-language reading and a PNG sheet of crops and attention for these studies")
     ap.add_argument("--explain-dir", type=Path, default=None, help="default: <out folder>/explain")
+    ap.add_argument("--per-model", action="store_true", help="also write submission_{model}.csv per classifier")
     a = ap.parse_args(argv)
     try:
         run(a.data_dir, a.split, a.runs, a.out, a.cache_dir or default_cache_dir(a.data_dir), a.ensemble,
             tta=not a.no_tta, workers=a.workers, studies=a.studies, explain_studies=a.explain,
-            explain_dir=a.explain_dir)
+            explain_dir=a.explain_dir, per_model=a.per_model)
     except Exception as err:  # only when not even the prior could be written
         print(f"infer.py: nothing written: {type(err).__name__}: {err}", file=sys.stderr)
         return 1

@@ -27,7 +27,7 @@ from . import ensemble as ensemble_lib  # noqa: E402
 from .constants import GROUPS, SEVERITIES, TARGETS, group_of  # noqa: E402
 from .inference import find_runs  # noqa: E402
 from .metric import prior_submission, score_parts  # noqa: E402
-from .tables import load_submission, solution_frame  # noqa: E402
+from .tables import load_solution, load_submission, load_train, solution_frame  # noqa: E402
 
 # The attention paper's own results (lumbar disc herniation, its private data): a reference, not a target.
 PAPER = {"acc": 0.9486, "auc": 0.969, "f1": 0.938, "precision": 0.935, "recall": 0.9412, "auprc": 0.981}
@@ -201,3 +201,22 @@ def render(metrics: dict, reports: dict, pictures: list[str]) -> str:
             lines += [f"### {name}, {g}", "", "```", text.rstrip(), "```", ""]
     lines += ["## Pictures", ""] + [f"![{p}]({p})" for p in pictures]
     return "\n".join(lines) + "\n"
+
+
+def test_table(submissions: Path, data_dir: Path) -> pd.DataFrame:
+    """Scores on a held-out split with an answer key (the synthetic test_solution.csv): the training prior,
+    every submission*.csv in a folder (submission.csv is the ensemble), the oracle, and the share of signal."""
+    solution = load_solution(Path(data_dir) / "test_solution.csv")
+    ids = solution["row_id"].tolist()
+    rows = [("prior", score_parts(solution, prior_submission(solution_frame(load_train(Path(data_dir) / "train.csv")), ids)))]
+    for path in sorted(Path(submissions).glob("submission*.csv")):
+        name = "ensemble" if path.stem == "submission" else path.stem.replace("submission_", "")
+        rows.append((name, score_parts(solution, load_submission(path))))
+    oracle = Path(data_dir) / "test_oracle.csv"
+    if oracle.is_file():
+        rows.append(("oracle", score_parts(solution, load_submission(oracle))))
+    table = pd.DataFrame([{"submission": n, **p} for n, p in rows])
+    if oracle.is_file():
+        prior, best = table["score"].iloc[0], table["score"].iloc[-1]
+        table["signal_captured"] = (prior - table["score"]) / (prior - best)
+    return table

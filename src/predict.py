@@ -65,6 +65,18 @@ def classifier_predictions(coords: pd.DataFrame, runs: Path, cache_dir: Path, sp
     return out
 
 
+def finalize(submission: pd.DataFrame, row_ids: list[str], data_dir: Path, ensemble: dict) -> pd.DataFrame:
+    """Rows in the expected order; any invalid row replaced by the prior; every row summing to 1."""
+    values = submission.loc[row_ids, list(TARGETS)].to_numpy(dtype=float)
+    bad = ~np.isfinite(values).all(1) | (values < 0).any(1) | (values.sum(1) <= 0)
+    if bad.any():
+        warnings.warn(f"{int(bad.sum())} rows had invalid predictions; they get the prior", stacklevel=2)
+        values[bad] = prior_frame([r for r, b in zip(row_ids, bad) if b], data_dir, ensemble)[list(TARGETS)].to_numpy()
+    result = pd.DataFrame(values / values.sum(1, keepdims=True), columns=list(TARGETS))
+    result.insert(0, "row_id", row_ids)
+    return result
+
+
 def write_atomic(frame: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -74,10 +86,11 @@ def write_atomic(frame: pd.DataFrame, path: Path) -> None:
 
 def run(data_dir: Path, split: str, runs: Path, out: Path, cache_dir: Path, ensemble_file: Path | None = None,
         tta: bool = True, workers: int = 2, device: torch.device | None = None, studies: list[int] | None = None,
-        explain_studies: list[int] | None = None, explain_dir: Path | None = None) -> pd.DataFrame:
+        explain_studies: list[int] | None = None, explain_dir: Path | None = None, per_model: bool = False) -> pd.DataFrame:
     """The whole offline pipeline; returns the submission written to `out` (every expected row, valid).
 
-    studies limits the rows to those studies; explain_studies also writes their reading and PNG sheet.
+    studies limits the rows to those studies; explain_studies also writes their reading and PNG sheet;
+    per_model also writes each model's own submission (its folds averaged) as submission_{model}.csv beside out.
     """
     started = time.time()
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -103,15 +116,14 @@ def run(data_dir: Path, split: str, runs: Path, out: Path, cache_dir: Path, ense
         blended = blended[blended["row_id"].isin(submission.index)]
         submission.loc[blended["row_id"].to_numpy(), list(TARGETS)] = blended[list(TARGETS)].to_numpy()
         n_model_rows = len(blended)
-    values = submission[list(TARGETS)].to_numpy(dtype=float)
-    bad = ~np.isfinite(values).all(1) | (values < 0).any(1) | (values.sum(1) <= 0)
-    if bad.any():
-        warnings.warn(f"{int(bad.sum())} rows had invalid predictions; they get the prior", stacklevel=2)
-        values[bad] = prior_frame(list(submission.index[bad]), data_dir, ensemble)[list(TARGETS)].to_numpy()
-    values = values / values.sum(1, keepdims=True)
-    result = pd.DataFrame(values, columns=list(TARGETS))
-    result.insert(0, "row_id", row_ids)
+    result = finalize(submission, row_ids, data_dir, ensemble)
     write_atomic(result, Path(out))
+    if per_model:
+        for name, frame in frames.items():
+            own = prior_frame(row_ids, data_dir, ensemble).set_index("row_id")
+            frame = frame[frame["row_id"].isin(own.index)]
+            own.loc[frame["row_id"].to_numpy(), list(TARGETS)] = frame[list(TARGETS)].to_numpy()
+            write_atomic(finalize(own, row_ids, data_dir, ensemble), Path(out).with_name(f"submission_{name}.csv"))
     covered = len(set(coords["study_id"])) if len(coords) else 0
     seconds = time.time() - started
     print(f"wrote {out}: {len(result)} rows for {len(studies)} studies ({covered} localized, "

@@ -52,3 +52,18 @@ def test_evaluate_writes_report_metrics_and_pictures(synth_dir, tmp_path):
         assert (out / png).stat().st_size > 1000
     report = (out / "report.md").read_text()
     assert "0.9486" in report and "different dataset" in report and "precision" in report and "roc_pr.png" in report
+
+
+def test_test_table_scores_every_submission(synth_dir, tmp_path):
+    import shutil
+
+    from src.evaluation import test_table
+
+    shutil.copy(synth_dir / "test_oracle.csv", tmp_path / "submission.csv")
+    shutil.copy(synth_dir / "sample_submission.csv", tmp_path / "submission_uniform.csv")
+    table = test_table(tmp_path, synth_dir).set_index("submission")
+    assert list(table.index) == ["prior", "ensemble", "uniform", "oracle"]
+    assert table.loc["ensemble", "score"] == pytest.approx(table.loc["oracle", "score"])
+    assert table.loc["ensemble", "signal_captured"] == pytest.approx(1.0)
+    assert table.loc["prior", "signal_captured"] == pytest.approx(0.0)
+    assert table.loc["uniform", "score"] > table.loc["prior", "score"]
