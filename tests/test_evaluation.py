@@ -66,4 +66,4 @@ def test_test_table_scores_every_submission(synth_dir, tmp_path):
     assert table.loc["ensemble", "score"] == pytest.approx(table.loc["oracle", "score"])
     assert table.loc["ensemble", "signal_captured"] == pytest.approx(1.0)
     assert table.loc["prior", "signal_captured"] == pytest.approx(0.0)
-    assert table.loc["uniform", "score"] > table.loc["prior", "score"]
+    assert table.loc["uniform", "spinal"] == pytest.approx(np.log(3))  # 1/3 everywhere: log 3 per group
