@@ -32,18 +32,23 @@ baselines: data
 	$(PY) score.py --solution $(DATA)/test_solution.csv --prior $(DATA)/train.csv
 	$(PY) score.py --solution $(DATA)/test_solution.csv --submission $(DATA)/test_oracle.csv
 
-PRESET ?= tiny
+# `make demo FULL=1`: the full-size models (for a GPU machine) instead of the tiny CPU preset.
+ifeq ($(FULL),1)
+PRESET_FLAG :=
+else
+PRESET_FLAG := --preset tiny
+endif
 FOLD ?= 0
 
 prepare: data
 	$(PY) prepare.py --data-dir $(DATA)
 
 train: prepare folds
-	$(PY) train.py --fold $(FOLD) --model attn_resnext --preset $(PRESET) --data-dir $(DATA)
-	$(PY) train.py --fold $(FOLD) --model cnn_lstm --preset $(PRESET) --data-dir $(DATA)
+	$(PY) train.py --fold $(FOLD) --model attn_resnext $(PRESET_FLAG) --data-dir $(DATA)
+	$(PY) train.py --fold $(FOLD) --model cnn_lstm $(PRESET_FLAG) --data-dir $(DATA)
 
 localizer: prepare folds
-	$(PY) train.py --fold $(FOLD) --model localizer --preset $(PRESET) --data-dir $(DATA)
+	$(PY) train.py --fold $(FOLD) --model localizer $(PRESET_FLAG) --data-dir $(DATA)
 
 submission: install
 	$(PY) ensemble.py --runs runs --data-dir $(DATA)

@@ -1,7 +1,9 @@
-"""Benchmarks (not tests): python bench.py [--data-dir DIR] [--preset tiny] [--what crops train]
+"""Benchmarks (not tests): python bench.py [--data-dir DIR] [--preset tiny] [--what decode crops train infer]
 
+decode: DICOM series/s through read_series (decode, order, normalise).
 crops: crops/s served from the crop cache with augmentation, against decoding the DICOM series each time.
 train: training samples/s of each model (AMP and peak GPU memory on CUDA).
+infer: seconds per study of the whole offline pipeline (infer.py) over the trained runs, cache warm.
 Prints a Markdown table to paste into docs/BENCHMARKS.md, with the machine it ran on.
 """
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -27,8 +30,8 @@ from src.datasets import CropDataset  # noqa: E402
 from src.dicom import read_series  # noqa: E402
 from src.engine import amp_settings, pick_device  # noqa: E402
 from src.models import build_model  # noqa: E402
-from src.paths import SYNTH_DIR, default_cache_dir  # noqa: E402
-from src.tables import load_coordinates  # noqa: E402
+from src.paths import RUNS_DIR, SYNTH_DIR, default_cache_dir  # noqa: E402
+from src.tables import load_coordinates, load_series_descriptions  # noqa: E402
 
 
 def machine() -> str:
@@ -63,6 +66,32 @@ def bench_crops(data_dir: Path, cfg: dict, n: int, workers: int) -> list[tuple[s
             cut_crop(s, s.index_of_instance(r.instance_number), r.x, r.y, spec.mm(r.condition), spec.size_px, spec.n_slices)
     rows.append(("crops decoding the DICOM series each time", f"{len(sample) / (time.perf_counter() - start):.1f} crops/s"))
     return rows
+
+
+def bench_decode(data_dir: Path, n: int) -> list[tuple[str, str]]:
+    series = load_series_descriptions(data_dir / "train_series_descriptions.csv").head(n)
+    start, slices = time.perf_counter(), 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for r in series.itertuples():
+            slices += len(read_series(data_dir / "train_images" / str(r.study_id) / str(r.series_id)))
+    dt = time.perf_counter() - start
+    return [(f"DICOM decode ({len(series)} series)", f"{len(series) / dt:.1f} series/s, {slices / dt:.0f} slices/s")]
+
+
+def bench_infer(data_dir: Path, runs: Path, workers: int) -> list[tuple[str, str]]:
+    from src.predict import run
+
+    if not list(runs.glob("*/fold*/best.pt")):
+        return [("inference", f"skipped: no trained runs under {runs}")]
+    cache_dir = default_cache_dir(data_dir)
+    out = Path(tempfile.gettempdir()) / "bench_submission.csv"
+    run(data_dir, "test", runs, out, cache_dir, workers=workers)  # warms the cache
+    start = time.perf_counter()
+    result = run(data_dir, "test", runs, out, cache_dir, workers=workers)
+    studies = result["row_id"].str.split("_").str[0].nunique()
+    return [(f"inference, whole pipeline, warm cache ({studies} studies, runs: {runs})",
+             f"{(time.perf_counter() - start) / studies:.2f} s/study")]
 
 
 def bench_train(cfg: dict, steps: int) -> list[tuple[str, str]]:
@@ -101,18 +130,24 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data-dir", type=Path, default=SYNTH_DIR)
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--what", nargs="+", default=["crops", "train"], choices=["crops", "train"])
+    ap.add_argument("--what", nargs="+", default=["decode", "crops", "train", "infer"],
+                    choices=["decode", "crops", "train", "infer"])
+    ap.add_argument("--runs", type=Path, default=RUNS_DIR)
     ap.add_argument("--crops", type=int, default=2000, help="crops to time from the cache")
     ap.add_argument("--steps", type=int, default=10, help="training steps to time per model")
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args(argv)
     preset = None if a.preset in ("none", "full") else a.preset
     rows = []
+    if "decode" in a.what:
+        rows += bench_decode(a.data_dir, 60)
     if "crops" in a.what:
         rows += bench_crops(a.data_dir, config_lib.resolve("attn_resnext", preset), a.crops, a.workers)
     if "train" in a.what:
         for model in ("attn_resnext", "cnn_lstm"):
             rows += bench_train(config_lib.resolve(model, preset), a.steps)
+    if "infer" in a.what:
+        rows += bench_infer(a.data_dir, a.runs, a.workers)
     print(f"machine: {machine()}\n\n| what | result |\n| --- | --- |")
     for what, result in rows:
         print(f"| {what} | {result} |")
