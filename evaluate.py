@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = evaluate(a.runs, load_train(a.data_dir / "train.csv"), load_folds(a.folds), a.out,
                        load_submission(oracle_file) if oracle_file.is_file() else None)
     print(f"wrote {a.out / 'report.md'} and {a.out / 'metrics.json'}")
-    print(f"\n| submission | out-of-fold score |\n| --- | --- |")
+    print("\n| submission | out-of-fold score |\n| --- | --- |")
     for name, parts in metrics["scores"].items():
         share = metrics.get("signal_captured", {}).get(name)
         print(f"| {name} | {parts['score']:.4f}" + (f" ({100 * share:.0f}% of signal)" if share is not None else "") + " |")

@@ -24,7 +24,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import JPEG2000Lossless, ExplicitVRLittleEndian, MRImageStorage, RLELossless, generate_uid
 from pydicom.valuerep import DSfloat

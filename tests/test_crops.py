@@ -1,5 +1,4 @@
 import numpy as np
-import pandas as pd
 import pytest
 
 from src.cache import load_series, prepare, series_cache_path
