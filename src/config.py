@@ -89,8 +89,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr": 2.0e-3,
         "patience": 4,
         "loc": {"size_px": 128, "decoder_channels": 32},
-        # Per-model overrides inside a preset: the CPU demo's time goes mostly to these two.
-        "per_model": {"heatmap": {"epochs": 7}, "cnn_lstm": {"epochs": 10}},
     },
 }
 
@@ -144,8 +142,7 @@ def resolve(model: str | None = None, preset: str | None = None, config_file: st
         raise KeyError(f"unknown preset '{preset}'; known: {sorted(PRESETS)}")
     cfg = merge(DEFAULTS, MODEL_DEFAULTS[model])
     if preset:
-        common = {k: v for k, v in PRESETS[preset].items() if k != "per_model"}
-        cfg = merge(merge(cfg, common), PRESETS[preset].get("per_model", {}).get(model, {}))
+        cfg = merge(cfg, PRESETS[preset])
     _check_keys(file_cfg, DEFAULTS, str(config_file))
     _check_keys(overrides, DEFAULTS, "command line")
     cfg = merge(merge(cfg, file_cfg), overrides)
