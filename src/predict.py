@@ -14,6 +14,7 @@ from . import ensemble as ensemble_lib
 from .cache import prepare
 from .constants import TARGETS, group_of
 from .crops import CropSpec, build_crops
+from .explain import explain
 from .inference import find_runs, load_model, predict_crops
 from .localization import COORD_COLUMNS
 from .localize import localize
@@ -108,14 +109,20 @@ def run(data_dir: Path, split: str, runs: Path, out: Path, cache_dir: Path, ense
     except Exception as err:  # noqa: BLE001 - the prior still gives a complete submission
         warnings.warn(f"localization failed ({type(err).__name__}: {err}); every row gets the prior", stacklevel=2)
         coords = pd.DataFrame(columns=COORD_COLUMNS)
-    frames = classifier_predictions(coords, runs, cache_dir, split, device, tta=tta, workers=workers) if len(coords) else {}
+    frames: dict[str, pd.DataFrame] = {}
     n_model_rows = 0
-    if frames:
-        weights = {n: ensemble["weights"].get(n, 1.0) for n in frames} if ensemble["weights"] else {n: 1.0 for n in frames}
-        blended = ensemble_lib.blend(frames, weights, ensemble.get("temperature", {}))
-        blended = blended[blended["row_id"].isin(submission.index)]
-        submission.loc[blended["row_id"].to_numpy(), list(TARGETS)] = blended[list(TARGETS)].to_numpy()
-        n_model_rows = len(blended)
+    try:
+        if len(coords):
+            frames = classifier_predictions(coords, runs, cache_dir, split, device, tta=tta, workers=workers)
+        if frames:
+            weights = {n: ensemble["weights"].get(n, 1.0) for n in frames} if ensemble["weights"] else {n: 1.0 for n in frames}
+            blended = ensemble_lib.blend(frames, weights, ensemble.get("temperature", {}))
+            blended = blended[blended["row_id"].isin(submission.index)]
+            submission.loc[blended["row_id"].to_numpy(), list(TARGETS)] = blended[list(TARGETS)].to_numpy()
+            n_model_rows = len(blended)
+    except Exception as err:  # noqa: BLE001 - the prior still gives a complete submission
+        warnings.warn(f"classification failed ({type(err).__name__}: {err}); the rows keep the prior", stacklevel=2)
+        frames = {}
     result = finalize(submission, row_ids, data_dir, ensemble)
     write_atomic(result, Path(out))
     if per_model:
@@ -130,8 +137,6 @@ def run(data_dir: Path, split: str, runs: Path, out: Path, cache_dir: Path, ense
           f"{n_model_rows} rows from the models); "
           f"{seconds / max(len(studies), 1):.2f} s per study")
     if explain_studies:
-        from .explain import explain
-
         explain([int(s) for s in explain_studies], coords, result, runs, cache_dir, split,
                 Path(explain_dir or Path(out).parent / "explain"), device)
     return result

@@ -56,3 +56,17 @@ def test_nothing_written_gives_nonzero_exit(tmp_path, capsys):
                               str(tmp_path / "s.csv"), "--cache-dir", str(tmp_path / "c")])
     assert code == 1 and not (tmp_path / "s.csv").exists()
     assert "nothing written" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_broken_classifier_run_still_gives_every_row(synth_dir, tmp_path):
+    runs = make_fake_runs(tmp_path / "runs")
+    (runs / "attn_resnext" / "fold0" / "best.pt").write_bytes(b"not a checkpoint")
+    out = tmp_path / "submission.csv"
+    with pytest.warns(UserWarning, match="classification failed"):
+        code = infer_script.main(["--data-dir", str(synth_dir), "--runs", str(runs), "--out", str(out),
+                                  "--cache-dir", str(tmp_path / "cache"), "--workers", "1"])
+    assert code == 0
+    sub = load_submission(out)
+    assert sub["row_id"].tolist() == load_submission(synth_dir / "sample_submission.csv")["row_id"].tolist()
+    assert np.allclose(sub[list(TARGETS)].sum(1), 1)
