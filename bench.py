@@ -28,7 +28,7 @@ from src.crops import CropSpec, build_crops, cut_crop  # noqa: E402
 from src.datasets import CropDataset  # noqa: E402
 from src.dicom import read_series  # noqa: E402
 from src.engine import amp_settings, pick_device  # noqa: E402
-from src.models import build_model  # noqa: E402
+from src.models import autocast, build_model  # noqa: E402
 from src.paths import RUNS_DIR, SYNTH_DIR, default_cache_dir  # noqa: E402
 from src.tables import load_coordinates, load_series_descriptions  # noqa: E402
 
@@ -110,7 +110,7 @@ def bench_train(cfg: dict, steps: int) -> list[tuple[str, str]]:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else torch.autocast("cpu", enabled=False):
+        with autocast(device, amp_dtype):
             loss = torch.nn.functional.cross_entropy(model(x, c, lv).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

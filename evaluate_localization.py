@@ -22,7 +22,7 @@ from src.folds import fold_solution, load_folds  # noqa: E402
 from src.inference import find_runs, load_model, predict_crops  # noqa: E402
 from src.localization import point_errors  # noqa: E402
 from src.localize import localize, summarize_errors  # noqa: E402
-from src.metric import prior_submission, score  # noqa: E402
+from src.metric import overlay, prior_submission, score  # noqa: E402
 from src.paths import FOLDS_FILE, RUNS_DIR, SYNTH_DIR, default_cache_dir  # noqa: E402
 from src.tables import load_coordinates, load_submission, load_train, solution_frame  # noqa: E402
 
@@ -39,11 +39,8 @@ def classifier_scores(runs: Path, fold: int, predicted: pd.DataFrame, data_dir: 
             model, cfg = load_model(run, device)
             crops, index = build_crops(predicted, cache_dir, "train", CropSpec(**cfg["crop"]), cache_dir / "crops")
             probs = predict_crops(model, cfg, crops, index, device)
-            sub = prior.set_index("row_id")
-            probs = probs[probs["row_id"].isin(sub.index)]  # unlabelled rows are not scored
-            sub.loc[probs["row_id"].to_numpy(), probs.columns[1:]] = probs.iloc[:, 1:].to_numpy()
             out.append({"model": name, "fold": fold, "score_labelled": score(solution, load_submission(run / "oof.csv")),
-                        "score_predicted": score(solution, sub.reset_index())})
+                        "score_predicted": score(solution, overlay(prior, probs))})
     return out
 
 

@@ -9,7 +9,6 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from tqdm import tqdm
 
 from . import config as config_lib
 from .datasets import seed_worker
-from .models import build_model
+from .models import autocast, build_model
 from .tasks import TASKS
 
 
@@ -82,7 +81,7 @@ def predict(model: torch.nn.Module, loader: DataLoader, input_keys, device, amp_
     outs, rows = [], []
     for batch in loader:
         inputs = {k: batch[k].to(device, non_blocking=True) for k in input_keys}
-        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+        with autocast(device, amp_dtype):
             outs.append(model(**inputs).float().cpu())
         rows.append(batch["row"])
     return torch.cat(outs), torch.cat(rows)
@@ -155,7 +154,7 @@ def fit(cfg: dict) -> dict:
                    disable=not main, leave=False)
         for step, batch in enumerate(bar):
             inputs = {k: batch[k].to(device, non_blocking=True) for k in task.input_keys}
-            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+            with autocast(device, amp_dtype):
                 out = net(**inputs)
             loss = task.loss(out, batch)
             optimizer.zero_grad(set_to_none=True)

@@ -1,7 +1,6 @@
 """Rebuilding trained models from their run folders, and running them."""
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from . import config as config_lib
 from .augment import eval_transform
 from .constants import TARGETS
 from .datasets import CropDataset, flip_condition
-from .models import build_model
+from .models import autocast, build_model
 
 
 def find_runs(runs: Path, name: str, folds: list[int] | None = None) -> list[Path]:
@@ -55,7 +54,7 @@ def predict_crops(model: torch.nn.Module, cfg: dict, crops: np.ndarray, index: p
             views.append((image.flip(-1), flipped))
         p = 0
         for img, cond in views:
-            with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+            with autocast(device, amp):
                 p = p + torch.softmax(model(img, cond, level).float(), 1)
         probs.append((p / len(views)).cpu().numpy())
     out = pd.DataFrame(np.concatenate(probs) if probs else np.zeros((0, 3)), columns=list(TARGETS))

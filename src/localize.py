@@ -19,8 +19,14 @@ from .config import LOCALIZER_PARTS
 from .constants import LEVELS
 from .dicom import Series
 from .inference import find_runs, load_model
+from .models import autocast
 from .localization import COORD_COLUMNS, SERIES_TYPES, decode_axial, decode_sagittal, stack_of
 from .tables import load_series_descriptions
+
+
+def patient_points(series: Series, rows: list[dict]) -> list[np.ndarray]:
+    """Patient-space (mm) position of each coordinate row on its slice of `series`."""
+    return [series.pixel_to_patient(series.index_of_instance(r["instance_number"]), r["x"], r["y"]) for r in rows]
 
 
 class Localizer:
@@ -42,7 +48,7 @@ class Localizer:
         for model, cfg in self.models[part]:
             size = cfg["loc"]["size_px"]
             x = torch.from_numpy(np.stack([stack_of(series, k, size) for k in ks])).to(self.device)
-            with torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else torch.autocast("cpu", enabled=False):
+            with autocast(self.device, torch.bfloat16 if self.device.type == "cuda" else None):
                 heat = torch.sigmoid(model(x).float()).cpu().numpy()
             out = heat if out is None else out + heat
         return out / len(self.models[part])
@@ -61,8 +67,7 @@ class Localizer:
             found = decode_sagittal("sagittal_t2", s, self.heatmaps("sagittal_t2", s, list(ks)), ks,
                                     self.size("sagittal_t2"), study_id, sid)
             rows += found
-            for r in found:
-                level_points[r["level"]] = s.pixel_to_patient(s.index_of_instance(r["instance_number"]), r["x"], r["y"])
+            level_points = {r["level"]: p for r, p in zip(found, patient_points(s, found))}
         sag_t1 = series.get(SERIES_TYPES["sagittal_t1"], [])
         if sag_t1 and self.models["sagittal_t1"]:
             sid, s = sag_t1[0]
@@ -73,9 +78,8 @@ class Localizer:
             rows += found
             if not level_points:  # no sagittal T2: the levels' 3D points are midway between the foramina
                 by_level: dict[str, list[np.ndarray]] = {}
-                for r in found:
-                    by_level.setdefault(r["level"], []).append(
-                        s.pixel_to_patient(s.index_of_instance(r["instance_number"]), r["x"], r["y"]))
+                for r, p in zip(found, patient_points(s, found)):
+                    by_level.setdefault(r["level"], []).append(p)
                 level_points = {lv: np.mean(p, 0) for lv, p in by_level.items()}
         axials = series.get(SERIES_TYPES["axial"], [])
         if axials and self.models["axial"]:

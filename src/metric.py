@@ -95,6 +95,15 @@ def score(
     return score_parts(solution, submission, row_id_column_name, any_severe_scalar)["score"]
 
 
+def overlay(base: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
+    """base (row_id + TARGETS, e.g. the prior) with the rows that predictions also has replaced by them;
+    prediction rows base lacks (e.g. unlabelled rows when base is a solution's prior) are ignored."""
+    out = base.set_index("row_id")
+    predictions = predictions[predictions["row_id"].isin(out.index)]
+    out.loc[predictions["row_id"].to_numpy(), list(TARGETS)] = predictions[list(TARGETS)].to_numpy()
+    return out.reset_index()
+
+
 def prior_submission(train_solution: pd.DataFrame, row_ids: list[str], weighted: bool = True) -> pd.DataFrame:
     """A constant prediction per condition group, fitted on training labels: the floor any model must beat.
 

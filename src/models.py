@@ -5,6 +5,7 @@ pairs, concatenated to the image features before the head; one model serves all 
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable
 
 import timm
@@ -16,6 +17,11 @@ from .constants import CONDITIONS, LEVELS
 from .localization import CHANNELS
 
 N_PAIRS = len(CONDITIONS) * len(LEVELS)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed-precision context for a forward pass: autocast to dtype, or nothing when dtype is None."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def create_backbone(name: str, pretrained: str | None, in_chans: int, **kwargs) -> nn.Module:

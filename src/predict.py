@@ -18,6 +18,7 @@ from .explain import explain
 from .inference import find_runs, load_model, predict_crops
 from .localization import COORD_COLUMNS
 from .localize import localize
+from .metric import overlay
 from .tables import DataError, load_series_descriptions, load_submission, load_train, solution_frame, submission_row_ids
 
 
@@ -68,7 +69,7 @@ def classifier_predictions(coords: pd.DataFrame, runs: Path, cache_dir: Path, sp
 
 def finalize(submission: pd.DataFrame, row_ids: list[str], data_dir: Path, ensemble: dict) -> pd.DataFrame:
     """Rows in the expected order; any invalid row replaced by the prior; every row summing to 1."""
-    values = submission.loc[row_ids, list(TARGETS)].to_numpy(dtype=float)
+    values = submission.set_index("row_id").loc[row_ids, list(TARGETS)].to_numpy(dtype=float)
     bad = ~np.isfinite(values).all(1) | (values < 0).any(1) | (values.sum(1) <= 0)
     if bad.any():
         warnings.warn(f"{int(bad.sum())} rows had invalid predictions; they get the prior", stacklevel=2)
@@ -101,7 +102,8 @@ def run(data_dir: Path, split: str, runs: Path, out: Path, cache_dir: Path, ense
         keep = {str(int(s)) for s in studies}
         row_ids = [r for r in row_ids if r.split("_")[0] in keep]
     ensemble = ensemble_lib.load(ensemble_file if ensemble_file is not None else runs / "ensemble.json")
-    submission = prior_frame(row_ids, data_dir, ensemble).set_index("row_id")
+    prior = prior_frame(row_ids, data_dir, ensemble)
+    submission = prior
     studies = sorted({int(r.split("_")[0]) for r in row_ids})
     try:
         prepare(data_dir, cache_dir, split, workers=workers)
@@ -117,9 +119,8 @@ def run(data_dir: Path, split: str, runs: Path, out: Path, cache_dir: Path, ense
         if frames:
             weights = {n: ensemble["weights"].get(n, 1.0) for n in frames} if ensemble["weights"] else {n: 1.0 for n in frames}
             blended = ensemble_lib.blend(frames, weights, ensemble.get("temperature", {}))
-            blended = blended[blended["row_id"].isin(submission.index)]
-            submission.loc[blended["row_id"].to_numpy(), list(TARGETS)] = blended[list(TARGETS)].to_numpy()
-            n_model_rows = len(blended)
+            submission = overlay(prior, blended)
+            n_model_rows = int(blended["row_id"].isin(set(row_ids)).sum())
     except Exception as err:  # noqa: BLE001 - the prior still gives a complete submission
         warnings.warn(f"classification failed ({type(err).__name__}: {err}); the rows keep the prior", stacklevel=2)
         frames = {}
@@ -127,9 +128,7 @@ def run(data_dir: Path, split: str, runs: Path, out: Path, cache_dir: Path, ense
     write_atomic(result, Path(out))
     if per_model:
         for name, frame in frames.items():
-            own = prior_frame(row_ids, data_dir, ensemble).set_index("row_id")
-            frame = frame[frame["row_id"].isin(own.index)]
-            own.loc[frame["row_id"].to_numpy(), list(TARGETS)] = frame[list(TARGETS)].to_numpy()
+            own = overlay(prior, frame)
             write_atomic(finalize(own, row_ids, data_dir, ensemble), Path(out).with_name(f"submission_{name}.csv"))
     covered = len(set(coords["study_id"])) if len(coords) else 0
     seconds = time.time() - started

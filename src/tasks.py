@@ -13,14 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from .augment import eval_transform, train_transform
-from .cache import prepare
+from .cache import load_series, prepare, series_cache_path
 from .constants import TARGETS
 from .crops import CropSpec, build_crops
 from .datasets import CropDataset
 from .folds import fold_solution, load_folds, make_folds
-from .metric import prior_submission, score_parts
-from .paths import default_cache_dir
-from .cache import load_series, series_cache_path
 from .localization import (
     CHANNELS,
     CONDITIONS_OF,
@@ -31,6 +28,8 @@ from .localization import (
     loc_transform,
     point_errors,
 )
+from .metric import overlay, prior_submission, score_parts
+from .paths import default_cache_dir
 from .tables import (
     labels_long,
     load_coordinates,
@@ -59,6 +58,19 @@ def ensure_folds(cfg: dict, train: pd.DataFrame) -> pd.DataFrame:
     return folds
 
 
+def training_tables(cfg: dict, is_main: bool) -> tuple[Path, Path, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """What every task starts from: data and cache folders (series decoded on the main process), train
+    labels, folds and the coordinates (cfg['coords'] or the data's train_label_coordinates.csv)."""
+    data_dir = Path(cfg["data_dir"])
+    cache_dir = _cache_dir(cfg)
+    if is_main:  # decode any series not cached yet (a no-op once prepare.py has run)
+        prepare(data_dir, cache_dir, "train", workers=cfg["workers"])
+    train = load_train(data_dir / "train.csv")
+    folds = ensure_folds(cfg, train)
+    coords = load_coordinates(Path(cfg["coords"]) if cfg.get("coords") else data_dir / "train_label_coordinates.csv")
+    return data_dir, cache_dir, train, folds, coords
+
+
 class ClassifyTask:
     """Severity classification of level-wise crops cut at the labelled coordinates."""
 
@@ -66,13 +78,7 @@ class ClassifyTask:
 
     def __init__(self, cfg: dict, is_main: bool = True):
         self.cfg = cfg
-        data_dir = Path(cfg["data_dir"])
-        cache_dir = _cache_dir(cfg)
-        if is_main:  # decode any series not cached yet (a no-op once prepare.py has run)
-            prepare(data_dir, cache_dir, "train", workers=cfg["workers"])
-        self.train = load_train(data_dir / "train.csv")
-        self.folds = ensure_folds(cfg, self.train)
-        coords = load_coordinates(Path(cfg["coords"]) if cfg.get("coords") else data_dir / "train_label_coordinates.csv")
+        _, cache_dir, self.train, self.folds, coords = training_tables(cfg, is_main)
         self.spec = CropSpec(**cfg["crop"])
         self.crops, index = build_crops(coords, cache_dir, "train", self.spec, cache_dir / "crops", cfg["workers"])
         labels = labels_long(self.train)[["row_id", "label"]]
@@ -120,15 +126,11 @@ class ClassifyTask:
         val_loss = float(F.cross_entropy(logits.float()[labelled], label[labelled], weight=self.class_weights))
         pred = pd.DataFrame(probs, columns=list(TARGETS))
         pred.insert(0, "row_id", index["row_id"].to_numpy())
-        oof = self.prior.set_index("row_id")
-        oof.loc[pred["row_id"].to_numpy(), list(TARGETS)] = pred[list(TARGETS)].to_numpy()
-        oof = oof.reset_index()
+        oof = overlay(self.prior, pred)
         parts = score_parts(self.val_solution, oof)
         acc = float((probs[labelled].argmax(1) == label[labelled].numpy()).mean())
         return {"val_loss": val_loss, "score": parts["score"], "acc": acc,
                 **{f"score_{k}": v for k, v in parts.items() if k != "score"}}, oof
-
-
 
 
 class LocalizeTask:
@@ -141,13 +143,7 @@ class LocalizeTask:
         self.series_type = cfg["series_type"]
         if self.series_type not in CHANNELS:
             raise ValueError(f"series_type must be one of {sorted(CHANNELS)}, not {self.series_type!r}")
-        data_dir = Path(cfg["data_dir"])
-        self.cache_dir = _cache_dir(cfg)
-        if is_main:
-            prepare(data_dir, self.cache_dir, "train", workers=cfg["workers"])
-        train = load_train(data_dir / "train.csv")
-        folds = ensure_folds(cfg, train)
-        coords = load_coordinates(Path(cfg["coords"]) if cfg.get("coords") else data_dir / "train_label_coordinates.csv")
+        data_dir, self.cache_dir, _, folds, coords = training_tables(cfg, is_main)
         series = load_series_descriptions(data_dir / "train_series_descriptions.csv")
         loc = cfg["loc"]
         self.store = build_slice_store(series, coords, self.cache_dir, self.series_type, loc["size_px"],
