@@ -5,16 +5,15 @@ rename), so an interrupted run leaves only whole files and a rerun picks up wher
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from .dicom import DicomError, Series, read_series
+from .parallel import progress_map
 from .tables import load_series_descriptions
 
 
@@ -100,12 +99,7 @@ def prepare(data_dir: Path, cache_dir: Path, split: str = "train", workers: int 
     todo = [j for j in jobs if not j.dst.is_file()]
     counts["cached"] = len(jobs) - len(todo)
     if todo:
-        if workers > 1 and len(todo) > 1:
-            with mp.get_context("spawn").Pool(workers) as pool:
-                results = list(tqdm(pool.imap_unordered(_run, todo, chunksize=4), total=len(todo), desc=f"cache {split}"))
-        else:
-            results = [_run(j) for j in tqdm(todo, desc=f"cache {split}")]
-        for status, note in results:
+        for status, note in progress_map(_run, todo, workers, f"cache {split}", chunksize=4):
             counts[status] += 1
             if note:
                 notes.append(note)

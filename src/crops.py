@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,11 +14,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from .cache import load_series, series_cache_path
 from .constants import CONDITIONS, LEVELS, group_of, label_column, row_id
 from .dicom import Series
+from .parallel import progress_map
 
 
 @dataclass(frozen=True)
@@ -132,19 +131,10 @@ def build_crops(
     keep = np.zeros(len(table), dtype=bool)
     problems: list[str] = []
     starts = np.concatenate([[0], np.cumsum([len(g[0]) for g in groups])[:-1]]).astype(int).tolist()
-    if workers > 1 and len(groups) > 1:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            results = pool.imap(_cut_study, groups, chunksize=2)
-            for s0, (ok, crops, notes) in tqdm(zip(starts, results), total=len(groups), desc=f"crops {split}"):
-                arr[s0 : s0 + len(crops)] = crops
-                keep[[s0 + k for k in ok]] = True
-                problems += notes
-    else:
-        for s0, g in tqdm(list(zip(starts, groups)), desc=f"crops {split}"):
-            ok, crops, notes = _cut_study(g)
-            arr[s0 : s0 + len(crops)] = crops
-            keep[[s0 + k for k in ok]] = True
-            problems += notes
+    for s0, (ok, crops, notes) in zip(starts, progress_map(_cut_study, groups, workers, f"crops {split}", chunksize=2)):
+        arr[s0 : s0 + len(crops)] = crops
+        keep[[s0 + k for k in ok]] = True
+        problems += notes
     arr.flush()
     del arr
     index = table.assign(crop=np.arange(len(table)))[keep].reset_index(drop=True)

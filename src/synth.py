@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import multiprocessing as mp
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,7 +27,6 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import JPEG2000Lossless, ExplicitVRLittleEndian, MRImageStorage, RLELossless, generate_uid
 from pydicom.valuerep import DSfloat
 from scipy.ndimage import gaussian_filter, map_coordinates
-from tqdm import tqdm
 
 from . import geometry
 from .constants import (
@@ -46,6 +44,7 @@ from .constants import (
     label_column,
     row_id,
 )
+from .parallel import progress_map
 from .paths import DEFAULT_PATTERNS, SYNTH_DIR
 from .tables import load_train, solution_frame, submission_row_ids
 
@@ -615,11 +614,7 @@ def generate(cfg: SynthConfig) -> dict[str, Path]:
     seeds = np.random.SeedSequence(cfg.seed).spawn(n_total)
     jobs = [(sid, patterns[i], splits[i], seeds[i], cfg) for i, sid in enumerate(ids)]
 
-    if cfg.workers > 1 and n_total > 1:
-        with mp.get_context("spawn").Pool(cfg.workers) as pool:
-            results = list(tqdm(pool.imap(make_study, jobs), total=n_total, desc="synth studies"))
-    else:
-        results = [make_study(j) for j in tqdm(jobs, desc="synth studies")]
+    results = list(progress_map(make_study, jobs, cfg.workers, "synth studies"))
 
     paths: dict[str, Path] = {}
     for split in ("train", "test"):

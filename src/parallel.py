@@ -1,0 +1,19 @@
+"""Mapping a function over items with a progress bar, in worker processes when there is more than one."""
+from __future__ import annotations
+
+import multiprocessing as mp
+from typing import Callable, Iterator, Sequence, TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def progress_map(fn: Callable[[T], R], items: Sequence[T], workers: int, desc: str, chunksize: int = 1) -> Iterator[R]:
+    """fn over items, results in order, with a tqdm bar; spawned worker processes when workers > 1."""
+    if workers > 1 and len(items) > 1:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            yield from tqdm(pool.imap(fn, items, chunksize=chunksize), total=len(items), desc=desc)
+    else:
+        yield from (fn(item) for item in tqdm(items, desc=desc))
