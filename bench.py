@@ -29,6 +29,7 @@ from src.datasets import CropDataset  # noqa: E402
 from src.dicom import read_series  # noqa: E402
 from src.engine import amp_settings, pick_device  # noqa: E402
 from src.models import autocast, build_model  # noqa: E402
+from src.parallel import default_workers  # noqa: E402
 from src.paths import RUNS_DIR, SYNTH_DIR, default_cache_dir  # noqa: E402
 from src.tables import load_coordinates, load_series_descriptions  # noqa: E402
 
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", type=Path, default=RUNS_DIR)
     ap.add_argument("--crops", type=int, default=2000, help="crops to time from the cache")
     ap.add_argument("--steps", type=int, default=10, help="training steps to time per model")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=default_workers(), help="processes (default: usable CPUs, at most 8)")
     a = ap.parse_args(argv)
     preset = None if a.preset in ("none", "full") else a.preset
     rows = []

@@ -16,6 +16,7 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from src.parallel import default_workers  # noqa: E402
 from src.paths import RUNS_DIR, SUBMISSION_DIR, SYNTH_DIR, default_cache_dir  # noqa: E402
 from src.predict import run  # noqa: E402
 
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", type=Path, default=None, help="writable; default input/cache/<data-dir name>")
     ap.add_argument("--ensemble", type=Path, default=None, help="default: <runs>/ensemble.json if present")
     ap.add_argument("--no-tta", action="store_true")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=default_workers(), help="processes (default: usable CPUs, at most 8)")
     ap.add_argument("--studies", type=int, nargs="+", default=None, help="only these studies' rows")
     ap.add_argument("--explain", type=int, nargs="+", default=None, metavar="STUDY_ID",
                     help="also write a plain-language reading and a PNG sheet of crops and attention for these studies")

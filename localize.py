@@ -13,6 +13,7 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from src.localize import localize  # noqa: E402
+from src.parallel import default_workers  # noqa: E402
 from src.paths import RUNS_DIR, SYNTH_DIR, default_cache_dir  # noqa: E402
 
 
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None):
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("--folds", type=int, nargs="*", default=None, help="localizer folds to use (default: all found)")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=default_workers(), help="processes (default: usable CPUs, at most 8)")
     a = ap.parse_args(argv)
     coords = localize(a.data_dir, a.split, a.runs, a.cache_dir or default_cache_dir(a.data_dir), folds=a.folds,
                       workers=a.workers)

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from .parallel import default_workers
 from .paths import FOLDS_FILE, RUNS_DIR, SYNTH_DIR
 
 DEFAULTS: dict[str, Any] = {
@@ -51,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "patience": 5,
     "amp": "bf16",  # bf16 | fp16 | none; only used on CUDA
     "device": "auto",
-    "workers": 2,
+    "workers": "auto",  # data loader / decoding processes; auto = the usable CPUs, at most 8
     "resume": False,
     "series_type": None,  # localizer sub-models: sagittal_t2 | sagittal_t1 | axial
     "loc": {"size_px": 256, "sigma": 2.0, "neighbour_weight": 0.5, "decoder_channels": 64, "pos_weight": 20.0,
@@ -149,6 +150,8 @@ def resolve(model: str | None = None, preset: str | None = None, config_file: st
     cfg["model"] = model
     cfg["preset"] = preset
     cfg["name"] = cfg["name"] or model
+    if cfg["workers"] == "auto":
+        cfg["workers"] = default_workers()
     return cfg
 
 

@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from typing import Callable, Iterator, Sequence, TypeVar
 
 from tqdm import tqdm
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def default_workers(cap: int = 8) -> int:
+    """Worker processes for loaders and decoding: the CPUs this process may use, at most `cap`."""
+    return max(1, min(cap, len(os.sched_getaffinity(0))))
 
 
 def progress_map(fn: Callable[[T], R], items: Sequence[T], workers: int, desc: str, chunksize: int = 1) -> Iterator[R]:

@@ -23,3 +23,11 @@ def test_unknown_keys_and_names_fail():
         resolve("attn_resnext", "huge")
     with pytest.raises(ValueError, match="--key value"):
         parse_overrides(["--lr"])
+
+
+def test_workers_auto_follows_the_machine(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(32)))
+    assert resolve("attn_resnext")["workers"] == 8  # capped
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
+    assert resolve("attn_resnext")["workers"] == 1
+    assert resolve("attn_resnext", overrides={"workers": 0})["workers"] == 0  # an explicit count is kept

@@ -21,6 +21,23 @@ def test_shapes_and_finite_outputs():
         assert torch.allclose(probs.sum(1), torch.ones(4))
 
 
+def test_full_size_configs_build_and_run():
+    """The default (full-size) configs that `make demo FULL=1` trains: resnext50_32x4d, resnet18, 256 px heatmaps."""
+    for name in ("attn_resnext", "cnn_lstm"):
+        cfg = resolve(name)
+        assert cfg["crop"]["n_slices"] == 5 and cfg["crop"]["size_px"] == 128
+        model = build_model(cfg).eval()
+        with torch.no_grad():
+            logits = model(*_batch(cfg, 2))
+        assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+    assert resolve("attn_resnext")["backbone"] == "resnext50_32x4d"
+    cfg = resolve("heatmap", overrides={"series_type": "sagittal_t2"})
+    size = cfg["loc"]["size_px"]
+    with torch.no_grad():
+        heat = build_model(cfg).eval()(torch.rand(1, 3, size, size))
+    assert heat.shape == (1, 5, size // 2, size // 2)
+
+
 def test_attention_maps_kept_and_in_unit_range():
     cfg = resolve("attn_resnext", "tiny")
     model = build_model(cfg).eval()
