@@ -1,7 +1,9 @@
 """Fit the ensemble on out-of-fold predictions: python ensemble.py --runs runs/ [--data-dir DIR]
 
-Writes <runs>/ensemble.json: a weight per model, a temperature per condition group (fitted against the
-competition metric on every fold's oof.csv) and the training prior; infer.py reads it.
+Every folder under --runs holding a trained classifier takes part (the two models, and any experiment run
+with `train.py --name`), unless --names picks some. Writes <runs>/ensemble.json: a weight per run and a
+temperature per condition group (fitted against the competition metric on every fold's oof.csv) and the
+training prior; infer.py reads it and blends the runs it names.
 """
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--runs", type=Path, default=RUNS_DIR)
     ap.add_argument("--data-dir", type=Path, default=SYNTH_DIR, help="holds the train.csv the OOF is scored on")
     ap.add_argument("--out", type=Path, default=None, help="default: <runs>/ensemble.json")
+    ap.add_argument("--names", nargs="+", default=None,
+                    help="the classifier runs (folders under --runs) to blend; default: every one with an oof.csv")
     a = ap.parse_args(argv)
-    frames = ensemble_lib.collect_oof(a.runs)
+    frames = ensemble_lib.collect_oof(a.runs, a.names)
     if not frames:
         raise SystemExit(f"no oof.csv under {a.runs}: train some folds first")
     solution = solution_frame(load_train(a.data_dir / "train.csv"))

@@ -19,22 +19,19 @@ import torch  # noqa: E402
 
 from src.crops import CropSpec, build_crops  # noqa: E402
 from src.folds import fold_solution, load_folds  # noqa: E402
-from src.inference import find_runs, load_model, predict_crops  # noqa: E402
+from src.inference import classifier_runs, find_runs, load_model, predict_crops  # noqa: E402
 from src.localization import point_errors  # noqa: E402
 from src.localize import localize, summarize_errors  # noqa: E402
 from src.metric import overlay, prior_submission, score  # noqa: E402
 from src.paths import FOLDS_FILE, RUNS_DIR, SYNTH_DIR, default_cache_dir  # noqa: E402
 from src.tables import load_coordinates, load_submission, load_train, solution_frame  # noqa: E402
 
-CLASSIFIERS = ("attn_resnext", "cnn_lstm")
-
-
 def classifier_scores(runs: Path, fold: int, predicted: pd.DataFrame, data_dir: Path, cache_dir: Path,
                       train: pd.DataFrame, folds: pd.DataFrame, device: torch.device) -> list[dict]:
     solution = fold_solution(train, folds, fold)
     prior = prior_submission(solution_frame(train, folds.loc[folds["fold"] != fold, "study_id"]), solution["row_id"].tolist())
     out = []
-    for name in CLASSIFIERS:
+    for name in classifier_runs(runs):
         for run in find_runs(runs, name, [fold]):
             model, cfg = load_model(run, device)
             crops, index = build_crops(predicted, cache_dir, "train", CropSpec(**cfg["crop"]), cache_dir / "crops")

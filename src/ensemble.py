@@ -10,12 +10,9 @@ import pandas as pd
 from scipy.optimize import minimize, minimize_scalar
 
 from .constants import GROUPS, REAL_CLASS_FREQUENCIES, SAMPLE_WEIGHTS, TARGETS, group_of
-from .inference import find_runs
+from .inference import classifier_runs, find_runs
 from .metric import score
 from .tables import load_submission
-
-CLASSIFIERS = ("attn_resnext", "cnn_lstm")
-
 
 def sharpen(probs: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
     """Temperature on probabilities: p^(1/T), renormalised (T > 1 softens, T < 1 sharpens)."""
@@ -44,10 +41,10 @@ def blend(frames: dict[str, pd.DataFrame], weights: dict[str, float], temperatur
     return out
 
 
-def collect_oof(runs: Path, names=CLASSIFIERS) -> dict[str, pd.DataFrame]:
-    """Each model's out-of-fold predictions over all of its folds found under runs/."""
+def collect_oof(runs: Path, names: list[str] | None = None) -> dict[str, pd.DataFrame]:
+    """Each classifier run's out-of-fold predictions over all of its folds (every classifier run by default)."""
     out = {}
-    for name in names:
+    for name in classifier_runs(runs) if names is None else names:
         dirs = find_runs(runs, name)
         frames = [load_submission(d / "oof.csv") for d in dirs if (d / "oof.csv").is_file()]
         if frames:

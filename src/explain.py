@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from .cache import load_series, series_cache_path  # noqa: E402
 from .constants import CONDITIONS, LEVELS, SEVERITIES, TARGETS, row_id  # noqa: E402
 from .crops import CropSpec, build_crops  # noqa: E402
-from .inference import find_runs, load_model  # noqa: E402
+from .inference import classifier_runs, find_runs, load_model  # noqa: E402
 
 
 def _phrase(condition: str) -> str:
@@ -46,10 +46,10 @@ def reading(study_id: int, probs: pd.DataFrame) -> str:
 @torch.no_grad()
 def attention_maps(runs: Path, coords: pd.DataFrame, cache_dir: Path, split: str, device: torch.device):
     """Middle crop slices and the attention-ResNeXt's stem spatial-attention maps (upsampled) per row_id."""
-    dirs = find_runs(runs, "attn_resnext")
-    if not dirs:
+    names = sorted(classifier_runs(runs, "attn_resnext"), key=lambda n: n != "attn_resnext")  # the default run first
+    if not names:
         return {}
-    model, cfg = load_model(dirs[0], device)
+    model, cfg = load_model(find_runs(runs, names[0])[0], device)
     spec = CropSpec(**cfg["crop"])
     crops, index = build_crops(coords, cache_dir, split, spec, Path(cache_dir) / "crops", workers=1)
     out = {}

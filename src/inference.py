@@ -23,6 +23,19 @@ def find_runs(runs: Path, name: str, folds: list[int] | None = None) -> list[Pat
     return found
 
 
+def classifier_runs(runs: Path, model: str | None = None) -> list[str]:
+    """Names of the run folders under runs/ holding trained classifiers (any --name; of one model if given), sorted."""
+    names = []
+    for folder in sorted(p for p in Path(runs).glob("*") if p.is_dir()):
+        trained = [d for d in find_runs(runs, folder.name) if (d / "config.yaml").is_file()]
+        if not trained:
+            continue
+        cfg = config_lib.load(trained[0] / "config.yaml")
+        if cfg.get("task", "classify") == "classify" and model in (None, cfg.get("model")):
+            names.append(folder.name)
+    return names
+
+
 def load_model(run_dir: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """The model of a run folder, rebuilt from its config.yaml with its best weights, in eval mode."""
     cfg = config_lib.load(Path(run_dir) / "config.yaml")

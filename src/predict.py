@@ -15,7 +15,7 @@ from .cache import prepare
 from .constants import TARGETS, group_of
 from .crops import CropSpec, build_crops
 from .explain import explain
-from .inference import find_runs, load_model, predict_crops
+from .inference import classifier_runs, find_runs, load_model, predict_crops
 from .localization import COORD_COLUMNS
 from .localize import localize
 from .metric import overlay
@@ -49,10 +49,10 @@ def prior_frame(row_ids: list[str], data_dir: Path, ensemble: dict) -> pd.DataFr
 
 
 def classifier_predictions(coords: pd.DataFrame, runs: Path, cache_dir: Path, split: str, device: torch.device,
-                           names=ensemble_lib.CLASSIFIERS, tta: bool = True, workers: int = 2) -> dict[str, pd.DataFrame]:
-    """Per classifier: the mean over its folds of the crop probabilities (rows with a crop only)."""
+                           names: list[str] | None = None, tta: bool = True, workers: int = 2) -> dict[str, pd.DataFrame]:
+    """Per classifier run (every one under runs/ by default): its folds' mean crop probabilities (rows with a crop)."""
     out: dict[str, pd.DataFrame] = {}
-    for name in names:
+    for name in classifier_runs(runs) if names is None else names:
         fold_preds = []
         for run in find_runs(runs, name):
             model, cfg = load_model(run, device)
@@ -115,7 +115,9 @@ def run(data_dir: Path, split: str, runs: Path, out: Path, cache_dir: Path, ense
     n_model_rows = 0
     try:
         if len(coords):
-            frames = classifier_predictions(coords, runs, cache_dir, split, device, tta=tta, workers=workers)
+            # The fitted ensemble names its members; without one, every classifier run takes part.
+            names = list(ensemble["weights"]) or None
+            frames = classifier_predictions(coords, runs, cache_dir, split, device, names, tta=tta, workers=workers)
         if frames:
             weights = {n: ensemble["weights"].get(n, 1.0) for n in frames} if ensemble["weights"] else {n: 1.0 for n in frames}
             blended = ensemble_lib.blend(frames, weights, ensemble.get("temperature", {}))

@@ -49,8 +49,10 @@ def synth_dir(tmp_path_factory) -> Path:
     return out
 
 
-def make_fake_runs(root: Path, classifiers: bool = True) -> Path:
-    """Untrained (random) localizer and classifier runs with real configs: the pipeline's plumbing only."""
+def make_fake_runs(root: Path, classifiers: bool = True, experiments: tuple[str, ...] = ()) -> Path:
+    """Untrained (random) localizer and classifier runs with real configs: the pipeline's plumbing only.
+
+    experiments: extra attn_resnext runs under these names (as `train.py --name NAME` writes them)."""
     import torch
 
     from src import config as config_lib
@@ -62,6 +64,7 @@ def make_fake_runs(root: Path, classifiers: bool = True) -> Path:
             for part in config_lib.LOCALIZER_PARTS]
     if classifiers:
         cfgs += [config_lib.resolve(m, "tiny", None, {"crop": {"size_px": 16}}) for m in ("attn_resnext", "cnn_lstm")]
+    cfgs += [config_lib.resolve("attn_resnext", "tiny", None, {"crop": {"size_px": 16}, "name": n}) for n in experiments]
     for cfg in cfgs:
         run = root / cfg["name"] / "fold0"
         run.mkdir(parents=True, exist_ok=True)

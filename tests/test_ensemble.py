@@ -59,17 +59,26 @@ def test_cli_writes_ensemble_json(synth_dir, tmp_path):
     from src.tables import load_train, solution_frame
 
     sol = solution_frame(load_train(synth_dir / "train.csv"))
+    from src import config as config_lib
+
     rng = np.random.default_rng(1)
-    for name in ("attn_resnext", "cnn_lstm"):
+    # Two models and an experiment under its own --name; a localizer run is never a member.
+    for name, model in (("attn_resnext", "attn_resnext"), ("cnn_lstm", "cnn_lstm"), ("wide", "attn_resnext"),
+                        ("localizer_axial", "heatmap")):
         for fold, part in enumerate([sol.iloc[: len(sol) // 2], sol.iloc[len(sol) // 2 :]]):
             run = tmp_path / name / f"fold{fold}"
             run.mkdir(parents=True)
             (run / "best.pt").write_bytes(b"")
+            config_lib.save(config_lib.resolve(model, overrides={"name": name}), run / "config.yaml")
             p = 0.5 * part[list(TARGETS)].to_numpy() + 0.5 * rng.dirichlet([1, 1, 1], len(part))
             frame = pd.DataFrame(p, columns=list(TARGETS))
             frame.insert(0, "row_id", part["row_id"].to_numpy())
             frame.to_csv(run / "oof.csv", index=False)
     ensemble_script.main(["--runs", str(tmp_path), "--data-dir", str(synth_dir)])
+    saved = json.loads((tmp_path / "ensemble.json").read_text())
+    assert set(saved["weights"]) == {"attn_resnext", "cnn_lstm", "wide"}
+    assert abs(sum(saved["weights"].values()) - 1) < 1e-6
+    ensemble_script.main(["--runs", str(tmp_path), "--data-dir", str(synth_dir), "--names", "attn_resnext", "cnn_lstm"])
     saved = json.loads((tmp_path / "ensemble.json").read_text())
     assert set(saved["weights"]) == {"attn_resnext", "cnn_lstm"} and abs(sum(saved["weights"].values()) - 1) < 1e-6
     assert saved["rows"] == len(sol) and set(saved["prior"]) == {"spinal", "foraminal", "subarticular"}

@@ -34,11 +34,14 @@ def broken_data(synth_dir, tmp_path):
 
 @pytest.mark.filterwarnings("ignore")
 def test_submission_complete_and_valid_despite_bad_input(broken_data, tmp_path):
-    runs = make_fake_runs(tmp_path / "runs")
+    runs = make_fake_runs(tmp_path / "runs", experiments=("attn_resnext_wide",))
     out = tmp_path / "sub" / "submission.csv"
     code = infer_script.main(["--data-dir", str(broken_data), "--runs", str(runs), "--out", str(out),
-                              "--cache-dir", str(tmp_path / "cache"), "--workers", "1"])
+                              "--cache-dir", str(tmp_path / "cache"), "--workers", "1", "--per-model"])
     assert code == 0
+    # Without an ensemble.json every classifier run takes part, an experiment under its own --name too.
+    assert sorted(p.name for p in out.parent.glob("submission_*.csv")) == [
+        "submission_attn_resnext.csv", "submission_attn_resnext_wide.csv", "submission_cnn_lstm.csv"]
     sub = load_submission(out)
     sample = load_submission(broken_data / "sample_submission.csv")
     assert sub["row_id"].tolist() == sample["row_id"].tolist()
