@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 import evaluate as evaluate_script
+from src import config as config_lib
 from src.constants import TARGETS
 from src.evaluation import paper_metrics
 from src.tables import load_train, solution_frame
@@ -34,6 +35,7 @@ def test_evaluate_writes_report_metrics_and_pictures(synth_dir, tmp_path):
             run = tmp_path / "runs" / name / f"fold{fold}"
             run.mkdir(parents=True)
             (run / "best.pt").write_bytes(b"")
+            config_lib.save(config_lib.resolve(name), run / "config.yaml")
             p = mix * part[list(TARGETS)].to_numpy() + (1 - mix) * rng.dirichlet([1, 1, 1], len(part))
             frame = pd.DataFrame(p, columns=list(TARGETS))
             frame.insert(0, "row_id", part["row_id"].to_numpy())
