@@ -26,6 +26,7 @@ from src.metric import overlay, prior_submission, score  # noqa: E402
 from src.paths import FOLDS_FILE, RUNS_DIR, SYNTH_DIR, default_cache_dir  # noqa: E402
 from src.tables import load_coordinates, load_submission, load_train, solution_frame  # noqa: E402
 
+
 def classifier_scores(runs: Path, fold: int, predicted: pd.DataFrame, data_dir: Path, cache_dir: Path,
                       train: pd.DataFrame, folds: pd.DataFrame, device: torch.device) -> list[dict]:
     solution = fold_solution(train, folds, fold)

@@ -14,6 +14,7 @@ from .inference import classifier_runs, find_runs
 from .metric import score
 from .tables import load_submission
 
+
 def sharpen(probs: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
     """Temperature on probabilities: p^(1/T), renormalised (T > 1 softens, T < 1 sharpens)."""
     t = np.asarray(temperature, dtype=float)
