@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 import ensemble as ensemble_script
+from src import config as config_lib
 from src.constants import TARGETS
 from src.ensemble import blend, fit, load, prior_table, sharpen
 
@@ -59,8 +60,6 @@ def test_cli_writes_ensemble_json(synth_dir, tmp_path):
     from src.tables import load_train, solution_frame
 
     sol = solution_frame(load_train(synth_dir / "train.csv"))
-    from src import config as config_lib
-
     rng = np.random.default_rng(1)
     # Two models and an experiment under its own --name; a localizer run is never a member.
     for name, model in (("attn_resnext", "attn_resnext"), ("cnn_lstm", "cnn_lstm"), ("wide", "attn_resnext"),
