@@ -58,7 +58,7 @@ localizer: prepare folds
 submission: install
 	$(PY) ensemble.py --runs runs --data-dir $(DATA)
 	$(PY) infer.py --data-dir $(DATA) --runs runs --out submission/submission.csv --per-model
-	$(PY) evaluate.py --runs runs --data-dir $(DATA) --submissions submission
+	$(PY) evaluate.py --runs runs --data-dir $(DATA) --submissions submission --out-dir reports
 
 demo: install data folds baselines train localizer submission
 
@@ -90,14 +90,14 @@ kaggle-wheels: install
 	rm -rf $(BUILD)/wheels && mkdir -p $(BUILD)/wheels
 	$(VENV)/bin/pip download --no-deps --only-binary=:all: --python-version 3.10 --platform manylinux2014_x86_64 \
 	  --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d $(BUILD)/wheels -r kaggle/requirements-kaggle.txt
-	$(PY) -m src.kaggle_meta kaggle/wheels-metadata.json $(BUILD)/wheels/dataset-metadata.json
+	$(PY) kaggle/meta.py fill kaggle/wheels-metadata.json $(BUILD)/wheels/dataset-metadata.json
 
-# Code and weights as one dataset: src/, the scripts, and each run's config.yaml + best.pt + ensemble.json.
+# Code and weights as one dataset: the inference scripts, only the src/ modules they import, and each run's
+# config.yaml + best.pt + ensemble.json.
 kaggle-dataset: install
-	rm -rf $(BUILD)/kaggle_dataset && mkdir -p $(BUILD)/kaggle_dataset
-	cp -r src infer.py localize.py requirements.txt $(BUILD)/kaggle_dataset/
-	$(PY) -m src.kaggle_meta --copy-runs runs $(BUILD)/kaggle_dataset/runs
-	$(PY) -m src.kaggle_meta kaggle/dataset-metadata.json $(BUILD)/kaggle_dataset/dataset-metadata.json
+	rm -rf $(BUILD)/kaggle_dataset
+	$(PY) kaggle/meta.py package --runs runs $(BUILD)/kaggle_dataset
+	$(PY) kaggle/meta.py fill kaggle/dataset-metadata.json $(BUILD)/kaggle_dataset/dataset-metadata.json
 
 kaggle-upload: kaggle-check kaggle-wheels kaggle-dataset
 	$(KAGGLE) datasets create -p $(BUILD)/wheels --dir-mode zip -q || $(KAGGLE) datasets version -p $(BUILD)/wheels -m "wheels" --dir-mode zip -q
@@ -106,7 +106,7 @@ kaggle-upload: kaggle-check kaggle-wheels kaggle-dataset
 kaggle-push: kaggle-check
 	rm -rf $(BUILD)/kaggle_kernel && mkdir -p $(BUILD)/kaggle_kernel
 	cp notebooks/kaggle_inference.ipynb $(BUILD)/kaggle_kernel/
-	$(PY) -m src.kaggle_meta kaggle/kernel-metadata.json $(BUILD)/kaggle_kernel/kernel-metadata.json
+	$(PY) kaggle/meta.py fill kaggle/kernel-metadata.json $(BUILD)/kaggle_kernel/kernel-metadata.json
 	$(KAGGLE) kernels push -p $(BUILD)/kaggle_kernel
 
 VERSION ?= 1

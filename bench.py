@@ -8,7 +8,6 @@ Prints a Markdown table to paste into docs/BENCHMARKS.md, with the machine it ra
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import tempfile
@@ -21,16 +20,17 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from src import cli  # noqa: E402
 from src import config as config_lib  # noqa: E402
 from src.augment import train_transform  # noqa: E402
 from src.cache import prepare  # noqa: E402
+from src.constants import row_study_ids  # noqa: E402
 from src.crops import CropSpec, build_crops, cut_crop  # noqa: E402
 from src.datasets import CropDataset  # noqa: E402
 from src.dicom import read_series  # noqa: E402
-from src.engine import amp_settings, pick_device  # noqa: E402
-from src.models import autocast, build_model  # noqa: E402
-from src.parallel import default_workers  # noqa: E402
-from src.paths import RUNS_DIR, SYNTH_DIR, default_cache_dir  # noqa: E402
+from src.device import autocast, pick_device, training_amp  # noqa: E402
+from src.models import build_model  # noqa: E402
+from src.paths import cache_dir_for  # noqa: E402
 from src.tables import load_coordinates, load_series_descriptions  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def machine() -> str:
 
 
 def bench_crops(data_dir: Path, cfg: dict, n: int, workers: int) -> list[tuple[str, str]]:
-    cache_dir = default_cache_dir(data_dir)
+    cache_dir = cache_dir_for(data_dir)
     prepare(data_dir, cache_dir, "train", workers=workers)
     coords = load_coordinates(data_dir / "train_label_coordinates.csv")
     spec = CropSpec(**cfg["crop"])
@@ -80,23 +80,23 @@ def bench_decode(data_dir: Path, n: int) -> list[tuple[str, str]]:
 
 
 def bench_infer(data_dir: Path, runs: Path, workers: int) -> list[tuple[str, str]]:
-    from src.predict import run
+    from src.pipeline import make_submission
 
     if not list(runs.glob("*/fold*/best.pt")):
         return [("inference", f"skipped: no trained runs under {runs}")]
-    cache_dir = default_cache_dir(data_dir)
+    cache_dir = cache_dir_for(data_dir)
     out = Path(tempfile.gettempdir()) / "bench_submission.csv"
-    run(data_dir, "test", runs, out, cache_dir, workers=workers)  # warms the cache
+    make_submission(data_dir, "test", runs, out, cache_dir, workers=workers)  # warms the cache
     start = time.perf_counter()
-    result = run(data_dir, "test", runs, out, cache_dir, workers=workers)
-    studies = result["row_id"].str.split("_").str[0].nunique()
+    result = make_submission(data_dir, "test", runs, out, cache_dir, workers=workers)
+    studies = len(set(row_study_ids(result["row_id"]).tolist()))
     return [(f"inference, whole pipeline, warm cache ({studies} studies, runs: {runs})",
              f"{(time.perf_counter() - start) / studies:.2f} s/study")]
 
 
 def bench_train(cfg: dict, steps: int) -> list[tuple[str, str]]:
     device = pick_device("auto")
-    amp_dtype, _ = amp_settings(cfg, device)
+    amp_dtype, _ = training_amp(cfg["amp"], device)
     model = build_model(cfg).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     b, s, p = cfg["batch_size"], cfg["crop"]["n_slices"], cfg["crop"]["size_px"]
@@ -127,15 +127,15 @@ def bench_train(cfg: dict, steps: int) -> list[tuple[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--data-dir", type=Path, default=SYNTH_DIR)
-    ap.add_argument("--preset", default="tiny")
+    ap = cli.parser(__doc__)
+    cli.add_data_dir(ap)
+    ap.add_argument("--preset", default="tiny", help="tiny, or full for the default (full-size) models")
     ap.add_argument("--what", nargs="+", default=["decode", "crops", "train", "infer"],
-                    choices=["decode", "crops", "train", "infer"])
-    ap.add_argument("--runs", type=Path, default=RUNS_DIR)
+                    choices=["decode", "crops", "train", "infer"], help="what to measure")
+    cli.add_runs(ap)
     ap.add_argument("--crops", type=int, default=2000, help="crops to time from the cache")
     ap.add_argument("--steps", type=int, default=10, help="training steps to time per model")
-    ap.add_argument("--workers", type=int, default=default_workers(), help="processes (default: usable CPUs, at most 8)")
+    cli.add_workers(ap)
     a = ap.parse_args(argv)
     preset = None if a.preset in ("none", "full") else a.preset
     rows = []

@@ -6,34 +6,37 @@ and level where the needed series exists, so stage 2 cuts crops from it exactly 
 """
 from __future__ import annotations
 
-import argparse
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from src.localize import localize  # noqa: E402
-from src.parallel import default_workers  # noqa: E402
-from src.paths import RUNS_DIR, SYNTH_DIR, default_cache_dir  # noqa: E402
+from src import cli  # noqa: E402
+from src.atomic import write_csv  # noqa: E402
+from src.cache import prepare  # noqa: E402
+from src.localizer.infer import Localizer, localize  # noqa: E402
+from src.paths import cache_dir_for  # noqa: E402
+from src.pipeline import series_table  # noqa: E402
 
 
 def main(argv: list[str] | None = None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", type=Path, default=SYNTH_DIR)
-    ap.add_argument("--split", choices=["train", "test"], default="test")
-    ap.add_argument("--runs", type=Path, default=RUNS_DIR)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--cache-dir", type=Path, default=None)
-    ap.add_argument("--folds", type=int, nargs="*", default=None, help="localizer folds to use (default: all found)")
-    ap.add_argument("--workers", type=int, default=default_workers(), help="processes (default: usable CPUs, at most 8)")
+    ap = cli.parser(__doc__)
+    cli.add_data_dir(ap)
+    ap.add_argument("--split", choices=["train", "test"], default="test", help="which split's images")
+    cli.add_runs(ap)
+    ap.add_argument("--out", type=Path, required=True, help="the coordinates CSV to write")
+    cli.add_cache_dir(ap)
+    cli.add_fold_ids(ap, help="the localizer folds to use (default: every fold found)")
+    cli.add_workers(ap)
     a = ap.parse_args(argv)
-    coords = localize(a.data_dir, a.split, a.runs, a.cache_dir or default_cache_dir(a.data_dir), folds=a.folds,
-                      workers=a.workers)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    coords.to_csv(a.out, index=False)
+    cache_dir = cache_dir_for(a.data_dir, a.cache_dir)
+    prepare(a.data_dir, cache_dir, a.split, workers=a.workers)
+    coords = localize(series_table(a.data_dir, a.split), cache_dir, a.split, Localizer.from_runs(a.runs, a.fold_ids))
+    write_csv(coords, a.out)
     print(f"wrote {a.out}: {len(coords)} points for {coords['study_id'].nunique()} studies")
     return coords
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.guard(main))

@@ -1,16 +1,17 @@
 """Score a submission: python score.py --solution S --submission P  (or --prior TRAIN_CSV for the floor)"""
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 from pathlib import Path
 
+from src import cli
 from src.metric import prior_submission, score_parts
 from src.tables import load_solution, load_submission, load_train, solution_frame
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = cli.parser(__doc__)
     ap.add_argument("--solution", type=Path, required=True, help="row_id, one-hot targets, sample_weight")
     what = ap.add_mutually_exclusive_group(required=True)
     what.add_argument("--submission", type=Path, help="row_id, normal_mild, moderate, severe")
@@ -35,4 +36,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.guard(main))

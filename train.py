@@ -1,28 +1,31 @@
-"""Train one fold of one model: python train.py --fold N --model attn_resnext|cnn_lstm [--preset tiny] [--key value ...]
+"""Train one fold of one model: python train.py --fold N --model attn_resnext|cnn_lstm|localizer [--preset tiny] [--key value ...]
 
-Several GPUs: torchrun --nproc_per_node=K train.py --fold N ...
+`--model localizer` trains the localizer of every series type in turn (runs/localizer_{series type}/);
+`--series_type sagittal_t2` trains one. Several GPUs: torchrun --nproc_per_node=K train.py --fold N ...
 """
 from __future__ import annotations
 
-import argparse
 import os
+import sys
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from src import cli  # noqa: E402
 from src import config as config_lib  # noqa: E402
 from src.engine import fit  # noqa: E402
+from src.localizer.plan import PLAN  # noqa: E402
+from src.runs import localizer_run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, epilog="Any other config key: --key value (nested: --crop.size_px 96).")
-    ap.add_argument("--fold", type=int, default=0)
-    ap.add_argument("--model", default=None,
-                    help=f"one of {sorted(config_lib.MODEL_DEFAULTS)}, or 'localizer' for all three heatmap models")
+    ap = cli.parser(__doc__, epilog="Any other config key: --key value (nested: --crop.size_px 96).")
+    ap.add_argument("--fold", type=int, default=0, help="the fold to hold out")
+    ap.add_argument("--model", default=None, help=f"one of {sorted(config_lib.MODEL_DEFAULTS)} (default: the config's)")
     ap.add_argument("--preset", default=None, help=f"one of {sorted(config_lib.PRESETS)}")
     ap.add_argument("--config", default=None, help="a YAML file of overrides")
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--folds", default=None)
-    ap.add_argument("--runs", default=None)
+    cli.add_data_dir(ap, default=None)
+    cli.add_folds(ap, default=None)
+    cli.add_runs(ap, default=None)
     ap.add_argument("--pretrained", default=None, help="local backbone weights file")
     ap.add_argument("--resume", action="store_true", help="continue from the fold's last.pt")
     args, rest = ap.parse_known_args(argv)
@@ -30,15 +33,15 @@ def main(argv: list[str] | None = None) -> dict:
     overrides["fold"] = args.fold
     for key in ("data_dir", "folds", "runs", "pretrained"):
         if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
+            overrides[key] = str(getattr(args, key))
     if args.resume:
         overrides["resume"] = True
-    if args.model == "localizer":  # stage 1: one heatmap model per series type, same loop
-        results = {}
-        for part in config_lib.LOCALIZER_PARTS:
-            part_overrides = dict(overrides, series_type=part, name=overrides.get("name") or f"localizer_{part}")
-            results[part] = _fit(config_lib.resolve("heatmap", args.preset, args.config, part_overrides))
-        return results
+    if args.model == "localizer":  # one model per series type, same loop
+        keys = [overrides["series_type"]] if overrides.get("series_type") else [p.key for p in PLAN]
+        name = overrides.get("name")
+        names = {k: (name if len(keys) == 1 else f"{name}_{k}") if name else localizer_run(k) for k in keys}
+        return {k: _fit(config_lib.resolve("localizer", args.preset, args.config,
+                                           dict(overrides, series_type=k, name=names[k]))) for k in keys}
     return _fit(config_lib.resolve(args.model, args.preset, args.config, overrides))
 
 
@@ -51,4 +54,4 @@ def _fit(cfg: dict) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.guard(main))

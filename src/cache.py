@@ -1,17 +1,17 @@
-"""Preprocessing cache: every series decoded once (read_series) into a compressed .npz with its geometry.
+"""Preprocessing cache: every series decoded once (read_series) into an .npz (float16 volume) with its geometry.
 
 Layout: {cache_dir}/{split}_images/{study_id}/{series_id}.npz. Writing is atomic (temporary file, then
 rename), so an interrupted run leaves only whole files and a rerun picks up where it stopped.
 """
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .dicom import DicomError, Series, read_series
 from .parallel import progress_map
 from .tables import load_series_descriptions
@@ -23,20 +23,18 @@ def series_cache_path(cache_dir: Path, split: str, study_id: int, series_id: int
 
 def save_series(series: Series, path: Path) -> None:
     """Write a Series to `path` atomically (volume as float16: [0, 1] intensities lose nothing that matters)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(
-        tmp,
-        volume=series.volume.astype(np.float16),
-        instance_numbers=series.instance_numbers,
-        positions=series.positions,
-        orientations=series.orientations,
-        spacings=series.spacings,
-        thickness=np.float64(np.nan if series.thickness is None else series.thickness),
-        description=np.str_(series.description or ""),
-        n_orientation_groups=np.int64(series.n_orientation_groups),
-    )
-    os.replace(tmp, path)
+    with atomic_path(path, ".npz") as tmp:
+        np.savez(
+            tmp,
+            volume=series.volume.astype(np.float16),
+            instance_numbers=series.instance_numbers,
+            positions=series.positions,
+            orientations=series.orientations,
+            spacings=series.spacings,
+            thickness=np.float64(np.nan if series.thickness is None else series.thickness),
+            description=np.str_(series.description or ""),
+            n_orientation_groups=np.int64(series.n_orientation_groups),
+        )
 
 
 def load_series(path: Path) -> Series:

@@ -12,12 +12,21 @@ from typing import Any
 
 import yaml
 
+from .atomic import write_text
+from .constants import SAMPLE_WEIGHTS
 from .parallel import default_workers
 from .paths import FOLDS_FILE, RUNS_DIR, SYNTH_DIR
 
+class ConfigError(KeyError, ValueError):
+    """An unknown model, preset or config key; the message names where it came from."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 DEFAULTS: dict[str, Any] = {
     "model": "attn_resnext",
-    "task": "classify",
+    "task": "classifier",
     "preset": None,
     "name": None,  # run folder name under runs/; defaults to the model name
     "fold": 0,
@@ -48,13 +57,13 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay": 1.0e-2,
     "warmup_epochs": 1.0,
     "grad_clip": 1.0,
-    "class_weights": [1.0, 2.0, 4.0],
+    "class_weights": list(SAMPLE_WEIGHTS),
     "patience": 5,
     "amp": "bf16",  # bf16 | fp16 | none; only used on CUDA
     "device": "auto",
     "workers": "auto",  # data loader / decoding processes; auto = the usable CPUs, at most 8
     "resume": False,
-    "series_type": None,  # localizer sub-models: sagittal_t2 | sagittal_t1 | axial
+    "series_type": None,  # the localizer's series type: a key of localizer.plan.PARTS (sagittal_t2, ...)
     "loc": {"size_px": 256, "sigma": 2.0, "neighbour_weight": 0.5, "decoder_channels": 64, "pos_weight": 20.0,
             "negative_ratio": 1.0},
     "aug": {
@@ -71,10 +80,9 @@ DEFAULTS: dict[str, Any] = {
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "attn_resnext": {},
     "cnn_lstm": {"backbone": "resnet18"},
-    # One heatmap model per series type; `train.py --model localizer` trains the three of them.
-    "heatmap": {"task": "localize", "backbone": "resnet18", "batch_size": 16, "epochs": 20, "patience": 6},
+    # One heatmap model per series type; `train.py --model localizer` trains one for each.
+    "localizer": {"task": "localizer", "backbone": "resnet18", "batch_size": 16, "epochs": 20, "patience": 6},
 }
-LOCALIZER_PARTS = ("sagittal_t2", "sagittal_t1", "axial")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Minutes on 2 CPU cores for the synthetic benchmark; tests and `make demo` use it.
@@ -112,7 +120,7 @@ def parse_overrides(pairs: list[str]) -> dict:
     while i < len(pairs):
         key = pairs[i]
         if not key.startswith("--") or i + 1 >= len(pairs):
-            raise ValueError(f"expected '--key value' pairs, got {pairs[i:]!r}")
+            raise ConfigError(f"command line: expected '--key value' pairs, got {pairs[i:]!r}")
         value = yaml.safe_load(pairs[i + 1])
         node = out
         parts = key[2:].replace("-", "_").split(".")
@@ -126,7 +134,7 @@ def parse_overrides(pairs: list[str]) -> dict:
 def _check_keys(override: dict, base: dict, where: str, prefix: str = "") -> None:
     for key, value in override.items():
         if key not in base:
-            raise KeyError(f"{where}: unknown config key '{prefix}{key}'")
+            raise ConfigError(f"{where}: unknown config key '{prefix}{key}'")
         if isinstance(value, dict) and isinstance(base[key], dict) and key not in ("model_kwargs", "size_mm"):
             _check_keys(value, base[key], where, f"{prefix}{key}.")
 
@@ -138,9 +146,9 @@ def resolve(model: str | None = None, preset: str | None = None, config_file: st
     file_cfg = yaml.safe_load(Path(config_file).read_text()) or {} if config_file else {}
     model = model or overrides.get("model") or file_cfg.get("model") or DEFAULTS["model"]
     if model not in MODEL_DEFAULTS:
-        raise KeyError(f"unknown model '{model}'; known: {sorted(MODEL_DEFAULTS)}")
+        raise ConfigError(f"unknown model '{model}'; known: {sorted(MODEL_DEFAULTS)}")
     if preset is not None and preset not in PRESETS:
-        raise KeyError(f"unknown preset '{preset}'; known: {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset '{preset}'; known: {sorted(PRESETS)}")
     cfg = merge(DEFAULTS, MODEL_DEFAULTS[model])
     if preset:
         cfg = merge(cfg, PRESETS[preset])
@@ -156,7 +164,8 @@ def resolve(model: str | None = None, preset: str | None = None, config_file: st
 
 
 def save(cfg: dict, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    """A resolved config as YAML (atomically)."""
+    write_text(yaml.safe_dump(cfg, sort_keys=False), path)
 
 
 def load(path: Path) -> dict:

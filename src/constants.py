@@ -4,6 +4,10 @@ Everything that names a piece of the RSNA 2024 competition lives here, so no oth
 """
 from __future__ import annotations
 
+from typing import Iterable
+
+import numpy as np
+
 CONDITIONS: tuple[str, ...] = (
     "Spinal Canal Stenosis",
     "Left Neural Foraminal Narrowing",
@@ -22,6 +26,8 @@ SAGITTAL_T1 = "Sagittal T1"
 SAGITTAL_T2 = "Sagittal T2/STIR"
 AXIAL_T2 = "Axial T2"
 SERIES_DESCRIPTIONS: tuple[str, ...] = (SAGITTAL_T1, SAGITTAL_T2, AXIAL_T2)
+# Short names of the series types, for run folders and config values (localizer_sagittal_t2, ...).
+SERIES_KEYS: dict[str, str] = {SAGITTAL_T2: "sagittal_t2", SAGITTAL_T1: "sagittal_t1", AXIAL_T2: "axial"}
 
 # The series type each condition is annotated on in train_label_coordinates.csv.
 CONDITION_SERIES: dict[str, str] = {
@@ -31,6 +37,18 @@ CONDITION_SERIES: dict[str, str] = {
     "Left Subarticular Stenosis": AXIAL_T2,
     "Right Subarticular Stenosis": AXIAL_T2,
 }
+
+# The order in which test-time localization uses the series types: the spinal canal on Sagittal T2/STIR gives
+# each level's 3D point; Sagittal T1 then splits its slices into the patient's left and right by that point
+# (and stands in for it without a T2); an axial slice is picked per level by its 3D distance to that point.
+LOCALIZER_ORDER: tuple[str, ...] = (SAGITTAL_T2, SAGITTAL_T1, AXIAL_T2)
+# Series types whose slice is chosen by 3D geometry rather than searched: one heatmap channel serves every
+# level there, while a searched (sagittal) type has one channel per level.
+GEOMETRY_SLICED: frozenset[str] = frozenset({AXIAL_T2})
+
+# Columns of train_label_coordinates.csv, and of predicted coordinates (which add the localizer's confidence).
+COORDINATE_COLUMNS: tuple[str, ...] = ("study_id", "series_id", "instance_number", "condition", "level", "x", "y")
+PREDICTED_COORDINATE_COLUMNS: tuple[str, ...] = (*COORDINATE_COLUMNS, "confidence")
 
 # Class frequencies (normal/mild, moderate, severe) per group in the real train.csv: the fallback prior.
 REAL_CLASS_FREQUENCIES: dict[str, tuple[float, float, float]] = {
@@ -51,6 +69,13 @@ MIRROR_CONDITION: dict[str, str] = {
     "Left Subarticular Stenosis": "Right Subarticular Stenosis",
     "Right Subarticular Stenosis": "Left Subarticular Stenosis",
 }
+
+
+
+def condition_side(condition: str) -> int:
+    """The patient's side a condition is on, read off its name: +1 left, -1 right, 0 midline."""
+    return 1 if condition.startswith("Left ") else -1 if condition.startswith("Right ") else 0
+
 
 
 def slug(text: str) -> str:
@@ -79,6 +104,11 @@ def split_row_id(rid: str) -> tuple[int, str]:
     """'123_spinal_canal_stenosis_l1_l2' -> (123, 'spinal_canal_stenosis_l1_l2')."""
     study, _, column = rid.partition("_")
     return int(study), column
+
+
+def row_study_ids(row_ids: Iterable[str]) -> np.ndarray:
+    """Study ids of many row ids at once (int64)."""
+    return np.array([split_row_id(r)[0] for r in row_ids], dtype=np.int64)
 
 
 def group_of(column_or_row_id: str) -> str:

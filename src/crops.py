@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,9 +14,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from .atomic import atomic_path, write_csv, write_text
 from .cache import load_series, series_cache_path
 from .constants import CONDITIONS, LEVELS, group_of, label_column, row_id
-from .dicom import Series
+from .dicom import Series, normalize_intensity
 from .parallel import progress_map
 
 
@@ -36,14 +36,6 @@ class CropSpec:
 
     def mm(self, condition: str) -> float:
         return float(self.size_mm[group_of(label_column(condition, LEVELS[0]))])
-
-
-def normalize_crop(stack: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
-    """Percentile window of one crop stack mapped to [0, 1]."""
-    lo, hi = np.percentile(stack, [low, high])
-    if hi <= lo:
-        return np.zeros_like(stack, dtype=np.float32)
-    return np.clip((stack - lo) / (hi - lo), 0, 1).astype(np.float32)
 
 
 def cut_crop(series: Series, index: int, x: float, y: float, size_mm: float, size_px: int, n_slices: int) -> np.ndarray:
@@ -67,7 +59,7 @@ def cut_crop(series: Series, index: int, x: float, y: float, size_mm: float, siz
             series.volume[j], m, (size_px, size_px),
             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0,
         )
-    return normalize_crop(out)
+    return normalize_intensity(out)  # per crop: the window of what the model sees
 
 
 def crop_table(coords: pd.DataFrame) -> pd.DataFrame:
@@ -123,25 +115,20 @@ def build_crops(
     npy, csv = out_dir / f"crops_{split}_{key}.npy", out_dir / f"crops_{split}_{key}.csv"
     if npy.is_file() and csv.is_file():
         return np.load(npy, mmap_mode="r"), pd.read_csv(csv)
-    out_dir.mkdir(parents=True, exist_ok=True)
     groups = [(g.to_dict("records"), cache_dir, split, spec) for _, g in table.groupby("study_id", sort=True)]
-    tmp = npy.with_name(f".{npy.stem}.{os.getpid()}.tmp.npy")
-    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
-                                    shape=(len(table), spec.n_slices, spec.stored_px, spec.stored_px))
+    starts = np.concatenate([[0], np.cumsum([len(g[0]) for g in groups])[:-1]]).astype(int).tolist()
     keep = np.zeros(len(table), dtype=bool)
     problems: list[str] = []
-    starts = np.concatenate([[0], np.cumsum([len(g[0]) for g in groups])[:-1]]).astype(int).tolist()
-    for s0, (ok, crops, notes) in zip(starts, progress_map(_cut_study, groups, workers, f"crops {split}", chunksize=2)):
-        arr[s0 : s0 + len(crops)] = crops
-        keep[[s0 + k for k in ok]] = True
-        problems += notes
-    arr.flush()
-    del arr
-    index = table.assign(crop=np.arange(len(table)))[keep].reset_index(drop=True)
-    tmp_csv = csv.with_name(f".{csv.stem}.{os.getpid()}.tmp.csv")
-    index.to_csv(tmp_csv, index=False)
-    if problems:
-        (out_dir / f"crops_{split}_{key}.log").write_text("\n".join(problems) + "\n")
-    os.replace(tmp, npy)
-    os.replace(tmp_csv, csv)
+    with atomic_path(npy, ".npy") as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
+                                        shape=(len(table), spec.n_slices, spec.stored_px, spec.stored_px))
+        for s0, (ok, crops, notes) in zip(starts, progress_map(_cut_study, groups, workers, f"crops {split}", chunksize=2)):
+            arr[s0 : s0 + len(crops)] = crops
+            keep[[s0 + k for k in ok]] = True
+            problems += notes
+        arr.flush()
+        del arr
+        if problems:
+            write_text("\n".join(problems) + "\n", out_dir / f"crops_{split}_{key}.log")
+        write_csv(table.assign(crop=np.arange(len(table)))[keep], csv)
     return np.load(npy, mmap_mode="r"), pd.read_csv(csv)

@@ -1,4 +1,4 @@
-"""Torch datasets over the crop cache; chosen by name from DATASETS."""
+"""The classifier's torch dataset over the crop cache, and the flip that swaps left and right."""
 from __future__ import annotations
 
 import albumentations as A
@@ -61,5 +61,3 @@ def seed_worker(worker_id: int) -> None:
     if info is not None and getattr(info.dataset, "transform", None) is not None:
         info.dataset.transform.set_random_seed(seed)
 
-
-DATASETS = {"crops": CropDataset}

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize, minimize_scalar
 
-from .constants import GROUPS, REAL_CLASS_FREQUENCIES, SAMPLE_WEIGHTS, TARGETS, group_of
-from .inference import classifier_runs, find_runs
+from .constants import GROUPS, TARGETS, group_of
 from .metric import score
+from .runs import OOF, classifier_runs, trained_folds
 from .tables import load_submission
 
 
@@ -46,14 +46,13 @@ def collect_oof(runs: Path, names: list[str] | None = None) -> dict[str, pd.Data
     """Each classifier run's out-of-fold predictions over all of its folds (every classifier run by default)."""
     out = {}
     for name in classifier_runs(runs) if names is None else names:
-        dirs = find_runs(runs, name)
-        frames = [load_submission(d / "oof.csv") for d in dirs if (d / "oof.csv").is_file()]
+        frames = [load_submission(d / OOF) for d in trained_folds(runs, name) if (d / OOF).is_file()]
         if frames:
             out[name] = pd.concat(frames, ignore_index=True).drop_duplicates("row_id")
     return out
 
 
-def fit(frames: dict[str, pd.DataFrame], solution: pd.DataFrame) -> dict:
+def fit_ensemble(frames: dict[str, pd.DataFrame], solution: pd.DataFrame) -> dict:
     """Model weights (non-negative, summing to 1) and group temperatures minimising the OOF score."""
     names = sorted(frames)
     common = solution[solution["row_id"].isin(set.intersection(*(set(f["row_id"]) for f in frames.values())))]
@@ -85,17 +84,9 @@ def fit(frames: dict[str, pd.DataFrame], solution: pd.DataFrame) -> dict:
             "rows": int(len(common))}
 
 
-def prior_table(solution: pd.DataFrame | None = None) -> dict[str, list[float]]:
-    """Constant prior per group (class frequencies x metric weights, renormalised); real-data rates if no labels."""
-    out = {}
-    for g in GROUPS:
-        if solution is not None and len(solution):
-            freq = solution.loc[solution["row_id"].map(group_of) == g, list(TARGETS)].to_numpy().mean(0)
-        else:
-            freq = np.asarray(REAL_CLASS_FREQUENCIES[g])
-        q = freq * np.asarray(SAMPLE_WEIGHTS)
-        out[g] = (q / q.sum()).tolist()
-    return out
+def member_weights(fitted: dict, names: list[str]) -> dict[str, float]:
+    """Each member's weight from a fitted ensemble (a member it does not name gets 1), equal without one."""
+    return {n: fitted["weights"].get(n, 1.0) for n in names} if fitted.get("weights") else {n: 1.0 for n in names}
 
 
 def load(path: Path | None) -> dict:

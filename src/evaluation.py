@@ -1,7 +1,6 @@
 """Out-of-fold evaluation: the competition score, the two papers' metrics and plots, prior and oracle."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -24,10 +23,11 @@ from sklearn.metrics import (  # noqa: E402
 )
 
 from . import ensemble as ensemble_lib  # noqa: E402
-from .constants import GROUPS, SEVERITIES, TARGETS, group_of  # noqa: E402
-from .inference import find_runs  # noqa: E402
+from .atomic import write_json, write_text  # noqa: E402
+from .constants import GROUPS, SEVERITIES, TARGETS, group_of, row_study_ids  # noqa: E402
 from .metric import prior_submission, score_parts  # noqa: E402
-from .tables import load_solution, load_submission, load_train, solution_frame  # noqa: E402
+from .runs import LOG, ensemble_file, trained_folds  # noqa: E402
+from .tables import DataError, load_solution, load_submission, load_train, solution_frame  # noqa: E402
 
 # The attention paper's own results (lumbar disc herniation, its private data): a reference, not a target.
 PAPER = {"acc": 0.9486, "auc": 0.969, "f1": 0.938, "precision": 0.935, "recall": 0.9412, "auprc": 0.981}
@@ -60,7 +60,7 @@ def paper_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, dict[str, 
 def fold_prior(train: pd.DataFrame, folds: pd.DataFrame, solution: pd.DataFrame) -> pd.DataFrame:
     """Each fold's rows get the prior fitted on the other folds (what a model of that fold could know)."""
     fold_of = dict(zip(folds["study_id"], folds["fold"]))
-    study = solution["row_id"].str.split("_").str[0].astype(int).map(fold_of)
+    study = pd.Series(row_study_ids(solution["row_id"]), index=solution.index).map(fold_of)
     parts = []
     for f in sorted(study.dropna().unique()):
         ids = solution.loc[study == f, "row_id"].tolist()
@@ -127,25 +127,27 @@ def plot_curves(name: str, logs: list[tuple[str, pd.DataFrame]], path: Path) -> 
     plt.close(fig)
 
 
-def evaluate(runs: Path, train: pd.DataFrame, folds: pd.DataFrame, out_dir: Path, oracle: pd.DataFrame | None = None) -> dict:
-    """Write metrics.json, report.md and the PNGs for every classifier (and the ensemble) under runs/."""
+def evaluate(runs: Path, train: pd.DataFrame, folds: pd.DataFrame, out_dir: Path, oracle: pd.DataFrame | None = None,
+             held_out: pd.DataFrame | None = None) -> dict:
+    """Write metrics.json, report.md and the PNGs for every classifier (and the ensemble) under runs/;
+    held_out (held_out_table) adds the scores on a held-out split."""
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = ensemble_lib.collect_oof(runs)
     if not frames:
-        raise SystemExit(f"no oof.csv under {runs}: train some folds first")
+        raise DataError(f"{runs}: no oof.csv of a trained classifier: train some folds first")
     covered = set.intersection(*(set(f["row_id"]) for f in frames.values()))
     solution = solution_frame(train)
     solution = solution[solution["row_id"].isin(covered)].reset_index(drop=True)
-    fitted = ensemble_lib.load(runs / "ensemble.json") if (runs / "ensemble.json").is_file() else {"weights": {}, "temperature": {}}
-    weights = {n: fitted["weights"].get(n, 1.0) for n in frames} if fitted["weights"] else {n: 1.0 for n in frames}
+    fitted = ensemble_lib.load(ensemble_file(runs) if ensemble_file(runs).is_file() else None)
     if len(frames) > 1:
+        weights = ensemble_lib.member_weights(fitted, list(frames))
         frames = {**frames, "ensemble": ensemble_lib.blend(frames, weights, fitted.get("temperature", {}))}
     prior = fold_prior(train, folds, solution)
     rows = {"prior": score_parts(solution, prior)}
     rows.update({n: score_parts(solution, f) for n, f in frames.items()})
     if oracle is not None:
         rows["oracle"] = score_parts(solution, oracle)
-    metrics: dict = {"rows": len(solution), "studies": int(solution["row_id"].str.split("_").str[0].nunique()),
+    metrics: dict = {"rows": len(solution), "studies": len(set(row_study_ids(solution["row_id"]).tolist())),
                      "scores": rows, "paper": {}, "paper_reference": PAPER}
     if "oracle" in rows:
         span = rows["prior"]["score"] - rows["oracle"]["score"]
@@ -159,12 +161,14 @@ def evaluate(runs: Path, train: pd.DataFrame, folds: pd.DataFrame, out_dir: Path
         reports[name] = {g: classification_report(labels[groups == g], probs[groups == g].argmax(1), labels=[0, 1, 2],
                                                   target_names=list(SEVERITIES), zero_division=0, digits=3) for g in GROUPS}
         plot_confusion(name, labels, probs, groups, out_dir / f"confusion_{name}.png")
-        logs = [(d.name, pd.read_csv(d / "log.csv")) for d in find_runs(runs, name) if (d / "log.csv").is_file()]
+        logs = [(d.name, pd.read_csv(d / LOG)) for d in trained_folds(runs, name) if (d / LOG).is_file()]
         if logs:
             plot_curves(name, logs, out_dir / f"curves_{name}.png")
     plot_roc_pr(curves, out_dir / "roc_pr.png")
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    (out_dir / "report.md").write_text(render(metrics, reports, sorted(p.name for p in out_dir.glob("*.png"))))
+    if held_out is not None:
+        metrics["test"] = held_out.to_dict("records")
+    write_json(metrics, out_dir / "metrics.json")
+    write_text(render(metrics, reports, sorted(p.name for p in out_dir.glob("*.png"))), out_dir / "report.md")
     return metrics
 
 
@@ -200,10 +204,19 @@ def render(metrics: dict, reports: dict, pictures: list[str]) -> str:
         for g, text in by_group.items():
             lines += [f"### {name}, {g}", "", "```", text.rstrip(), "```", ""]
     lines += ["## Pictures", ""] + [f"![{p}]({p})" for p in pictures]
+    if "test" in metrics:
+        lines += ["", *held_out_lines(metrics["test"])]
     return "\n".join(lines) + "\n"
 
 
-def test_table(submissions: Path, data_dir: Path) -> pd.DataFrame:
+def held_out_lines(rows: list[dict]) -> list[str]:
+    """The held-out table as Markdown lines (a heading, then one row per submission)."""
+    lines = ["## Held-out test split", "", "| submission | score | share of learnable signal |", "| --- | --- | --- |"]
+    return lines + [f"| {r['submission']} | {r['score']:.4f} | {100 * r.get('signal_captured', float('nan')):.0f}% |"
+                    for r in rows]
+
+
+def held_out_table(submissions: Path, data_dir: Path) -> pd.DataFrame:
     """Scores on a held-out split with an answer key (the synthetic test_solution.csv): the training prior,
     every submission*.csv in a folder (submission.csv is the ensemble), the oracle, and the share of signal."""
     solution = load_solution(Path(data_dir) / "test_solution.csv")

@@ -14,7 +14,8 @@ import torch  # noqa: E402
 from .cache import load_series, series_cache_path  # noqa: E402
 from .constants import CONDITIONS, LEVELS, SEVERITIES, TARGETS, row_id  # noqa: E402
 from .crops import CropSpec, build_crops  # noqa: E402
-from .inference import classifier_runs, find_runs, load_model  # noqa: E402
+from .device import pick_device  # noqa: E402
+from .runs import classifier_runs, load_model, trained_folds  # noqa: E402
 
 
 def _phrase(condition: str) -> str:
@@ -49,7 +50,7 @@ def attention_maps(runs: Path, coords: pd.DataFrame, cache_dir: Path, split: str
     names = sorted(classifier_runs(runs, "attn_resnext"), key=lambda n: n != "attn_resnext")  # the default run first
     if not names:
         return {}
-    model, cfg = load_model(find_runs(runs, names[0])[0], device)
+    model, cfg = load_model(trained_folds(runs, names[0])[0], device)
     spec = CropSpec(**cfg["crop"])
     crops, index = build_crops(coords, cache_dir, split, spec, Path(cache_dir) / "crops", workers=1)
     out = {}
@@ -107,7 +108,7 @@ def sheet(study_id: int, coords: pd.DataFrame, probs: pd.DataFrame, maps: dict, 
 def explain(study_ids: list[int], coords: pd.DataFrame, probs: pd.DataFrame, runs: Path, cache_dir: Path, split: str,
             out_dir: Path, device: torch.device | None = None) -> list[Path]:
     """Write reading_{study}.txt and sheet_{study}.png for each study; returns the paths written."""
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or pick_device()
     written = []
     for study_id in study_ids:
         text = reading(study_id, probs)

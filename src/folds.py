@@ -1,6 +1,8 @@
 """Patient-level stratified folds: MultilabelStratifiedKFold over the one-hot 25 x 3 labels."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
@@ -116,3 +118,17 @@ def fold_solution(train: pd.DataFrame, folds: pd.DataFrame, fold: int) -> pd.Dat
     if len(ids) == 0:
         raise ValueError(f"fold {fold} has no studies (folds present: {sorted(folds['fold'].unique())})")
     return solution_frame(train, ids)
+
+
+def ensure_folds(path: str | Path, train: pd.DataFrame) -> pd.DataFrame:
+    """The folds file at path; written with the default settings when it does not exist yet."""
+    path = Path(path)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folds(train).to_csv(path, index=False)
+        print(f"no folds file at {path}: wrote one (5 folds, seed 42)")
+    folds = load_folds(path)
+    unknown = set(train["study_id"]) - set(folds["study_id"])
+    if unknown:
+        raise ValueError(f"{path}: {len(unknown)} studies of train.csv have no fold (e.g. {sorted(unknown)[0]})")
+    return folds

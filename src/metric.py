@@ -5,7 +5,15 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import log_loss
 
-from .constants import ANY_SEVERE_SCALAR, GROUPS, TARGETS, group_of
+from .constants import (
+    ANY_SEVERE_SCALAR,
+    GROUPS,
+    REAL_CLASS_FREQUENCIES,
+    SAMPLE_WEIGHTS,
+    TARGETS,
+    group_of,
+    row_study_ids,
+)
 
 
 class MetricError(ValueError):
@@ -20,12 +28,10 @@ def _check_predictions(frame: pd.DataFrame, what: str) -> np.ndarray:
         if not pd.api.types.is_numeric_dtype(frame[col]):
             raise MetricError(f"{what}: column '{col}' is not numeric")
     values = frame[list(TARGETS)].to_numpy(dtype=float)
-    if not np.isfinite(values).all():
-        bad = frame.iloc[int(np.flatnonzero(~np.isfinite(values).all(1))[0])]
-        raise MetricError(f"{what}: non-finite value in row {bad.get('row_id', bad.name)!r}")
-    if (values < 0).any():
-        bad = frame.iloc[int(np.flatnonzero((values < 0).any(1))[0])]
-        raise MetricError(f"{what}: negative value in row {bad.get('row_id', bad.name)!r}")
+    for problem, bad_rows in (("non-finite", ~np.isfinite(values).all(1)), ("negative", (values < 0).any(1))):
+        if bad_rows.any():
+            bad = frame.iloc[int(np.flatnonzero(bad_rows)[0])]
+            raise MetricError(f"{what}: {problem} value in row {bad.get('row_id', bad.name)!r}")
     return values
 
 
@@ -59,7 +65,7 @@ def score_parts(
     weight = solution["sample_weight"].to_numpy(dtype=float)
     label = truth.argmax(1)
     group = ids.map(group_of).to_numpy()
-    study = ids.str.split("_", n=1).str[0].to_numpy()
+    study = row_study_ids(ids)
 
     parts: dict[str, float] = {}
     for g in GROUPS:
@@ -85,14 +91,9 @@ def score_parts(
     return parts
 
 
-def score(
-    solution: pd.DataFrame,
-    submission: pd.DataFrame,
-    row_id_column_name: str = "row_id",
-    any_severe_scalar: float = ANY_SEVERE_SCALAR,
-) -> float:
-    """The competition score (lower is better); see score_parts for the pieces."""
-    return score_parts(solution, submission, row_id_column_name, any_severe_scalar)["score"]
+def score(solution: pd.DataFrame, submission: pd.DataFrame, *args, **kwargs) -> float:
+    """The competition score (lower is better), with Kaggle's signature; see score_parts for the pieces."""
+    return score_parts(solution, submission, *args, **kwargs)["score"]
 
 
 def overlay(base: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
@@ -104,22 +105,33 @@ def overlay(base: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def prior_submission(train_solution: pd.DataFrame, row_ids: list[str], weighted: bool = True) -> pd.DataFrame:
-    """A constant prediction per condition group, fitted on training labels: the floor any model must beat.
+def prior_table(solution: pd.DataFrame | None = None, weighted: bool = True) -> dict[str, list[float]]:
+    """A constant prediction per condition group: the class frequencies of a solution's labels (the real
+    train.csv's rates without one), times the metric's class weights and renormalised when weighted.
 
-    weighted=True returns class frequencies times the metric weights (renormalised), which is the constant
-    that minimises the weighted log loss; weighted=False returns the plain frequencies.
+    The weighted constant minimises the weighted log loss: the floor any model must beat.
     """
-    ids = train_solution["row_id"].astype(str)
-    groups = ids.map(group_of)
-    truth = train_solution[list(TARGETS)].to_numpy(dtype=float)
+    labelled = solution is not None and len(solution) > 0
+    groups = solution["row_id"].astype(str).map(group_of).to_numpy() if labelled else None
     table = {}
     for g in GROUPS:
-        freq = truth[(groups == g).to_numpy()].mean(0)
+        if labelled:
+            freq = solution.loc[groups == g, list(TARGETS)].to_numpy(dtype=float).mean(0)
+        else:
+            freq = np.asarray(REAL_CLASS_FREQUENCIES[g], dtype=float)
         if weighted:
-            freq = freq * np.asarray([1.0, 2.0, 4.0])
-        table[g] = freq / freq.sum()
-    rows = np.stack([table[group_of(r)] for r in row_ids])
-    out = pd.DataFrame(rows, columns=list(TARGETS))
+            freq = freq * np.asarray(SAMPLE_WEIGHTS)
+        table[g] = (freq / freq.sum()).tolist()
+    return table
+
+
+def prior_rows(table: dict[str, list[float]], row_ids: list[str]) -> pd.DataFrame:
+    """A prior table spread over submission rows (row_id + TARGETS)."""
+    out = pd.DataFrame(np.array([table[group_of(r)] for r in row_ids]).reshape(-1, len(TARGETS)), columns=list(TARGETS))
     out.insert(0, "row_id", list(row_ids))
     return out
+
+
+def prior_submission(train_solution: pd.DataFrame, row_ids: list[str], weighted: bool = True) -> pd.DataFrame:
+    """The prior fitted on training labels (prior_table) for the given rows."""
+    return prior_rows(prior_table(train_solution, weighted), row_ids)

@@ -5,7 +5,6 @@ pairs, concatenated to the image features before the head; one model serves all 
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Callable
 
 import timm
@@ -14,22 +13,16 @@ from timm.layers import SEModule
 from torch import nn
 
 from .constants import CONDITIONS, LEVELS
-from .localization import CHANNELS
+from .localizer import plan as localizer_plan
 
 N_PAIRS = len(CONDITIONS) * len(LEVELS)
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """Mixed-precision context for a forward pass: autocast to dtype, or nothing when dtype is None."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
 def create_backbone(name: str, pretrained: str | None, in_chans: int, **kwargs) -> nn.Module:
-    """A timm model without classifier; weights come from a local file when `pretrained` is given."""
-    extra = {}
-    if pretrained:
-        extra["pretrained_cfg_overlay"] = dict(file=str(pretrained))
-    return timm.create_model(name, pretrained=bool(pretrained), in_chans=in_chans, num_classes=0, **extra, **kwargs)
+    """A timm model (kwargs e.g. num_classes=0 or features_only=True); weights come from a local file when
+    `pretrained` is given (nothing is downloaded)."""
+    extra = {"pretrained_cfg_overlay": dict(file=str(pretrained))} if pretrained else {}
+    return timm.create_model(name, pretrained=bool(pretrained), in_chans=in_chans, **extra, **kwargs)
 
 
 class SpatialAttention(nn.Module):
@@ -71,7 +64,7 @@ class AttnResNeXt(nn.Module):
     def __init__(self, backbone: str = "resnext50_32x4d", in_chans: int = 5, pretrained: str | None = None,
                  model_kwargs: dict | None = None, embed_dim: int = 32, hidden: int = 256, drop: float = 0.2):
         super().__init__()
-        self.net = create_backbone(backbone, pretrained, in_chans, global_pool="", **(model_kwargs or {}))
+        self.net = create_backbone(backbone, pretrained, in_chans, num_classes=0, global_pool="", **(model_kwargs or {}))
         for part in ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3", "layer4"):
             if not hasattr(self.net, part):
                 raise ValueError(f"backbone '{backbone}' is not a timm ResNet/ResNeXt (no '{part}')")
@@ -96,7 +89,7 @@ class CNNLSTM(nn.Module):
                  lstm_hidden: int = 128, bidirectional: bool = True, embed_dim: int = 32, hidden: int = 256,
                  drop: float = 0.2):
         super().__init__()
-        self.encoder = create_backbone(backbone, pretrained, 1, **(model_kwargs or {}))
+        self.encoder = create_backbone(backbone, pretrained, 1, num_classes=0, **(model_kwargs or {}))
         self.lstm = nn.LSTM(self.encoder.num_features, lstm_hidden, batch_first=True, bidirectional=bidirectional)
         self.embed = nn.Embedding(N_PAIRS, embed_dim)
         self.head = _head(lstm_hidden * (2 if bidirectional else 1) + embed_dim, hidden, drop)
@@ -115,9 +108,7 @@ class HeatmapNet(nn.Module):
     def __init__(self, backbone: str = "resnet18", in_chans: int = 3, out_channels: int = 5, pretrained: str | None = None,
                  model_kwargs: dict | None = None, decoder_channels: int = 64):
         super().__init__()
-        extra = {"pretrained_cfg_overlay": dict(file=str(pretrained))} if pretrained else {}
-        self.encoder = timm.create_model(backbone, pretrained=bool(pretrained), features_only=True, in_chans=in_chans,
-                                         **extra, **(model_kwargs or {}))
+        self.encoder = create_backbone(backbone, pretrained, in_chans, features_only=True, **(model_kwargs or {}))
         chans = self.encoder.feature_info.channels()
         if self.encoder.feature_info.reduction()[0] != 2:
             raise ValueError(f"backbone '{backbone}' has no stride-2 feature map")
@@ -148,12 +139,13 @@ def _cnn_lstm(cfg: dict) -> nn.Module:
                    cfg["embed_dim"], cfg["hidden"], cfg["drop"])
 
 
-def _heatmap(cfg: dict) -> nn.Module:
-    return HeatmapNet(cfg["backbone"], 3, CHANNELS[cfg["series_type"]], cfg["pretrained"], cfg["model_kwargs"],
+def _localizer(cfg: dict) -> nn.Module:
+    return HeatmapNet(cfg["backbone"], 3, localizer_plan.part(cfg["series_type"]).channels, cfg["pretrained"], cfg["model_kwargs"],
                       cfg["loc"]["decoder_channels"])
 
 
-MODELS: dict[str, Callable[[dict], nn.Module]] = {"attn_resnext": _attn_resnext, "cnn_lstm": _cnn_lstm, "heatmap": _heatmap}
+MODELS: dict[str, Callable[[dict], nn.Module]] = {"attn_resnext": _attn_resnext, "cnn_lstm": _cnn_lstm,
+                                                  "localizer": _localizer}
 
 
 def build_model(cfg: dict) -> nn.Module:

@@ -9,12 +9,13 @@ SYNTH_DIR = INPUT_DIR / "synth"  # the embedded default dataset
 FOLDS_FILE = REPO / "folds" / "folds.csv"
 RUNS_DIR = REPO / "runs"
 SUBMISSION_DIR = REPO / "submission"
+REPORTS_DIR = REPO / "reports"
 # The real competition labels, beside the repository in this project's layout (never copied into it);
 # the synthetic generator copies label patterns from it when present.
 DEFAULT_PATTERNS = REPO.parent / "shared" / "rsna2024" / "train.csv"
 CACHE_ROOT = INPUT_DIR / "cache"
 
 
-def default_cache_dir(data_dir: Path) -> Path:
-    """Where the preprocessing cache of a dataset goes unless --cache-dir says otherwise."""
-    return CACHE_ROOT / Path(data_dir).resolve().name
+def cache_dir_for(data_dir: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """The preprocessing cache of a dataset: cache_dir when given (--cache-dir), else input/cache/<data-dir name>."""
+    return Path(cache_dir) if cache_dir else CACHE_ROOT / Path(data_dir).resolve().name

@@ -56,12 +56,14 @@ def make_fake_runs(root: Path, classifiers: bool = True, experiments: tuple[str,
     import torch
 
     from src import config as config_lib
+    from src.localizer.plan import PLAN
     from src.models import build_model
+    from src.runs import localizer_run
 
     torch.manual_seed(0)
-    cfgs = [config_lib.resolve("heatmap", "tiny", None, {"series_type": part, "loc": {"size_px": 32},
-                                                          "name": f"localizer_{part}"})
-            for part in config_lib.LOCALIZER_PARTS]
+    cfgs = [config_lib.resolve("localizer", "tiny", None, {"series_type": part.key, "loc": {"size_px": 32},
+                                                            "name": localizer_run(part.key)})
+            for part in PLAN]
     if classifiers:
         cfgs += [config_lib.resolve(m, "tiny", None, {"crop": {"size_px": 16}}) for m in ("attn_resnext", "cnn_lstm")]
     cfgs += [config_lib.resolve("attn_resnext", "tiny", None, {"crop": {"size_px": 16}, "name": n}) for n in experiments]

@@ -7,7 +7,8 @@ import pytest
 import ensemble as ensemble_script
 from src import config as config_lib
 from src.constants import TARGETS
-from src.ensemble import blend, fit, load, prior_table, sharpen
+from src.ensemble import blend, fit_ensemble, load, member_weights, sharpen
+from src.metric import prior_table
 
 
 def _frames(seed=0, n_studies=60):
@@ -43,7 +44,7 @@ def test_sharpen_and_blend():
 
 def test_fit_prefers_the_better_model_and_never_loses():
     frames, solution = _frames()
-    fitted = fit(frames, solution)
+    fitted = fit_ensemble(frames, solution)
     assert fitted["weights"]["good"] > 0.7
     assert fitted["oof_score"] <= min(fitted["oof_single"].values()) + 1e-9
     assert set(fitted["temperature"]) == {"spinal", "foraminal", "subarticular"}
@@ -54,6 +55,9 @@ def test_prior_table_and_missing_file(tmp_path):
     assert all(abs(sum(v) - 1) < 1e-9 for v in table.values())
     with pytest.warns(UserWarning, match="equal weights"):
         assert load(tmp_path / "none.json") == {"weights": {}, "temperature": {}}
+    # Members take their fitted weight; one the ensemble does not name gets 1; no fit means equal weights.
+    assert member_weights({"weights": {"a": 0.25, "b": 0.75}}, ["a", "b", "c"]) == {"a": 0.25, "b": 0.75, "c": 1.0}
+    assert member_weights({"weights": {}}, ["a", "b"]) == {"a": 1.0, "b": 1.0}
 
 
 def test_cli_writes_ensemble_json(synth_dir, tmp_path):
@@ -63,12 +67,12 @@ def test_cli_writes_ensemble_json(synth_dir, tmp_path):
     rng = np.random.default_rng(1)
     # Two models and an experiment under its own --name; a localizer run is never a member.
     for name, model in (("attn_resnext", "attn_resnext"), ("cnn_lstm", "cnn_lstm"), ("wide", "attn_resnext"),
-                        ("localizer_axial", "heatmap")):
+                        ("localizer_axial", "localizer")):
         for fold, part in enumerate([sol.iloc[: len(sol) // 2], sol.iloc[len(sol) // 2 :]]):
             run = tmp_path / name / f"fold{fold}"
             run.mkdir(parents=True)
             (run / "best.pt").write_bytes(b"")
-            config_lib.save(config_lib.resolve(model, overrides={"name": name}), run / "config.yaml")
+            config_lib.save(config_lib.resolve(model, overrides={"name": name, "series_type": "axial"}), run / "config.yaml")
             p = 0.5 * part[list(TARGETS)].to_numpy() + 0.5 * rng.dirichlet([1, 1, 1], len(part))
             frame = pd.DataFrame(p, columns=list(TARGETS))
             frame.insert(0, "row_id", part["row_id"].to_numpy())

@@ -44,7 +44,7 @@ def test_evaluate_writes_report_metrics_and_pictures(synth_dir, tmp_path):
                 run / "log.csv", index=False)
     out = tmp_path / "reports"
     metrics = evaluate_script.main(["--runs", str(tmp_path / "runs"), "--data-dir", str(synth_dir),
-                                    "--folds", str(tmp_path / "folds.csv"), "--out", str(out)])
+                                    "--folds", str(tmp_path / "folds.csv"), "--out-dir", str(out)])
     saved = json.loads((out / "metrics.json").read_text())
     assert set(saved["scores"]) == {"prior", "attn_resnext", "cnn_lstm", "ensemble", "oracle"}
     assert saved["scores"]["attn_resnext"]["score"] < saved["scores"]["cnn_lstm"]["score"] < saved["scores"]["prior"]["score"]
@@ -56,14 +56,14 @@ def test_evaluate_writes_report_metrics_and_pictures(synth_dir, tmp_path):
     assert "0.9486" in report and "different dataset" in report and "precision" in report and "roc_pr.png" in report
 
 
-def test_test_table_scores_every_submission(synth_dir, tmp_path):
+def test_held_out_table_scores_every_submission(synth_dir, tmp_path):
     import shutil
 
-    from src.evaluation import test_table
+    from src.evaluation import held_out_table
 
     shutil.copy(synth_dir / "test_oracle.csv", tmp_path / "submission.csv")
     shutil.copy(synth_dir / "sample_submission.csv", tmp_path / "submission_uniform.csv")
-    table = test_table(tmp_path, synth_dir).set_index("submission")
+    table = held_out_table(tmp_path, synth_dir).set_index("submission")
     assert list(table.index) == ["prior", "ensemble", "uniform", "oracle"]
     assert table.loc["ensemble", "score"] == pytest.approx(table.loc["oracle", "score"])
     assert table.loc["ensemble", "signal_captured"] == pytest.approx(1.0)

@@ -6,7 +6,20 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, make_fake_runs
-from src.kaggle_meta import copy_runs, fill
+
+
+def _load_meta():
+    """kaggle/meta.py as a module (it is a script beside the Kaggle files, not part of src/)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kaggle_packaging", REPO / "kaggle" / "meta.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+meta = _load_meta()
+copy_runs, fill = meta.copy_runs, meta.fill
 
 
 def test_metadata_parses_and_stays_offline(tmp_path):
@@ -33,6 +46,19 @@ def test_copy_runs_takes_only_what_inference_needs(tmp_path):
         "cnn_lstm/fold3/best.pt", "cnn_lstm/fold3/config.yaml", "ensemble.json"]
 
 
+def test_package_ships_only_what_inference_imports(tmp_path):
+    closure = {p.relative_to(REPO).as_posix() for p in meta.code_closure([REPO / "infer.py", REPO / "localize.py"])}
+    assert {"src/__init__.py", "src/pipeline.py", "src/localizer/__init__.py", "src/localizer/infer.py",
+            "src/localizer/plan.py", "src/runs.py", "src/dicom.py", "src/classify.py"} <= closure
+    # Training, data generation, folds and evaluation never ship.
+    assert not closure & {"src/synth.py", "src/engine.py", "src/tasks.py", "src/folds.py", "src/evaluation.py",
+                          "src/localizer/task.py", "kaggle/meta.py"}
+    written = meta.package(make_fake_runs(tmp_path / "runs"), tmp_path / "out")
+    names = {p.relative_to(tmp_path / "out").as_posix() for p in written}
+    assert {"infer.py", "localize.py", "requirements.txt", "runs/attn_resnext/fold0/best.pt"} <= names
+    assert closure <= names
+
+
 @pytest.mark.filterwarnings("ignore")
 def test_notebook_runs_against_a_kaggle_like_input_folder(synth_dir, tmp_path, monkeypatch):
     """The notebook's code cells, run with KAGGLE_INPUT pointing at a local copy of the /kaggle/input layout."""
@@ -43,10 +69,7 @@ def test_notebook_runs_against_a_kaggle_like_input_folder(synth_dir, tmp_path, m
         shutil.copy(synth_dir / name, competition / name)
     shutil.copytree(synth_dir / "test_images", competition / "test_images")
     code = kaggle_input / "rsna2024-lumbar-code-weights"
-    code.mkdir()
-    for item in ("src", "infer.py", "localize.py", "requirements.txt"):
-        (shutil.copytree if (REPO / item).is_dir() else shutil.copy)(REPO / item, code / item)
-    copy_runs(make_fake_runs(tmp_path / "runs"), code / "runs")
+    meta.package(make_fake_runs(tmp_path / "runs"), code)
     working = tmp_path / "working"
     working.mkdir()
     monkeypatch.setenv("KAGGLE_INPUT", str(kaggle_input))

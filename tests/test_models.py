@@ -31,7 +31,7 @@ def test_full_size_configs_build_and_run():
             logits = model(*_batch(cfg, 2))
         assert logits.shape == (2, 3) and torch.isfinite(logits).all()
     assert resolve("attn_resnext")["backbone"] == "resnext50_32x4d"
-    cfg = resolve("heatmap", overrides={"series_type": "sagittal_t2"})
+    cfg = resolve("localizer", overrides={"series_type": "sagittal_t2"})
     size = cfg["loc"]["size_px"]
     with torch.no_grad():
         heat = build_model(cfg).eval()(torch.rand(1, 3, size, size))

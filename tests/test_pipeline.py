@@ -73,3 +73,33 @@ def test_broken_classifier_run_still_gives_every_row(synth_dir, tmp_path):
     sub = load_submission(out)
     assert sub["row_id"].tolist() == load_submission(synth_dir / "sample_submission.csv")["row_id"].tolist()
     assert np.allclose(sub[list(TARGETS)].sum(1), 1)
+
+
+def test_finalize_orders_rows_and_repairs_invalid_ones():
+    from src.pipeline import finalize
+
+    ids = ["1_spinal_canal_stenosis_l1_l2", "1_spinal_canal_stenosis_l2_l3", "1_spinal_canal_stenosis_l3_l4"]
+    prior = pd.DataFrame({"row_id": ids, "normal_mild": 0.5, "moderate": 0.3, "severe": 0.2})
+    sub = pd.DataFrame({"row_id": ids[::-1], "normal_mild": [2.0, np.nan, 1.0], "moderate": [1.0, 0.1, 1.0],
+                        "severe": [1.0, 0.1, 0.0]})
+    with pytest.warns(UserWarning, match="1 rows had invalid predictions"):
+        out = finalize(sub, ids, prior)
+    assert out["row_id"].tolist() == ids
+    assert out[list(TARGETS)].to_numpy().ravel() == pytest.approx([0.5, 0.5, 0.0, 0.5, 0.3, 0.2, 0.5, 0.25, 0.25])
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_make_submission_prepares_once_and_keeps_only_the_asked_studies(synth_dir, tmp_path, monkeypatch):
+    import src.cache
+    import src.pipeline as pipeline
+
+    calls = []
+    real = src.cache.prepare
+    monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: calls.append(a) or real(*a, **k))
+    runs = make_fake_runs(tmp_path / "runs")
+    studies = load_series_descriptions(synth_dir / "test_series_descriptions.csv")["study_id"].unique()[:2].tolist()
+    out = pipeline.make_submission(synth_dir, "test", runs, tmp_path / "s.csv", tmp_path / "cache", workers=1,
+                                   studies=studies)
+    assert len(calls) == 1
+    assert sorted(set(out["row_id"].str.split("_").str[0].astype(int))) == sorted(studies) and len(out) == 50
+    assert load_submission(tmp_path / "s.csv")["row_id"].tolist() == out["row_id"].tolist()

@@ -1,0 +1,130 @@
+"""Kaggle packaging for the Makefile (never shipped to Kaggle itself):
+
+python kaggle/meta.py fill TEMPLATE OUT          metadata JSON with KAGGLE_USERNAME filled in from the
+                                                 environment or ~/.kaggle/kaggle.json
+python kaggle/meta.py package --runs RUNS OUT    the code-and-weights dataset: the inference scripts, only the
+                                                 src/ modules they import, and each run's config.yaml and
+                                                 best.pt plus ensemble.json
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from src.runs import ENSEMBLE, INFERENCE_FILES  # noqa: E402
+
+SCRIPTS = ("infer.py", "localize.py")  # what the notebook runs
+
+
+def kaggle_username() -> str:
+    if os.environ.get("KAGGLE_USERNAME"):
+        return os.environ["KAGGLE_USERNAME"]
+    creds = Path.home() / ".kaggle" / "kaggle.json"
+    if creds.is_file():
+        return json.loads(creds.read_text())["username"]
+    raise SystemExit("no Kaggle username: export KAGGLE_USERNAME or put kaggle.json in ~/.kaggle/")
+
+
+def fill(template: Path, out: Path, username: str) -> dict:
+    meta = json.loads(template.read_text().replace("KAGGLE_USERNAME", username))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def _module_file(name: str, repo: Path) -> Path | None:
+    base = repo.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imported_names(path: Path, repo: Path) -> set[str]:
+    """Dotted names a file imports (relative imports resolved; `from a import b` also counts a.b)."""
+    package = ".".join(path.relative_to(repo).with_suffix("").parts)
+    if path.name != "__init__.py":
+        package = package.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            names.add(base)
+            names.update(f"{base}.{a.name}" for a in node.names)
+    return names
+
+
+def code_closure(scripts: list[Path], repo: Path = REPO, package: str = "src") -> list[Path]:
+    """The package's files that the scripts import, directly or through each other, with the __init__.py of
+    every package on the way (a static reading of every import statement)."""
+    seen: set[Path] = set()
+    todo = [Path(s) for s in scripts]
+    while todo:
+        for name in _imported_names(todo.pop(), repo):
+            if name != package and not name.startswith(package + "."):
+                continue
+            parts = name.split(".")
+            for k in range(1, len(parts) + 1):  # the module and every package above it
+                path = _module_file(".".join(parts[:k]), repo)
+                if path is not None and path not in seen:
+                    seen.add(path)
+                    todo.append(path)
+    return sorted(seen)
+
+
+def copy_runs(runs: Path, dest: Path) -> list[Path]:
+    """What inference needs from runs/: each fold's config.yaml and best.pt, and ensemble.json."""
+    copied = []
+    for path in sorted(runs.rglob("*")):
+        if path.name in (*INFERENCE_FILES, ENSEMBLE) and path.is_file():
+            target = dest / path.relative_to(runs)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+            copied.append(target)
+    return copied
+
+
+def package(runs: Path, out: Path, repo: Path = REPO) -> list[Path]:
+    """The code-and-weights dataset folder: scripts, their src/ closure, requirements.txt and the runs."""
+    scripts = [repo / s for s in SCRIPTS]
+    written = []
+    for path in [*scripts, *code_closure(scripts, repo), repo / "requirements.txt"]:
+        target = out / path.relative_to(repo)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+        written.append(target)
+    return written + copy_runs(runs, out / "runs")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fill", help="fill a metadata template with the Kaggle user name")
+    f.add_argument("template", type=Path)
+    f.add_argument("out", type=Path)
+    p = sub.add_parser("package", help="build the code-and-weights dataset folder")
+    p.add_argument("--runs", type=Path, default=REPO / "runs", help="the runs folder to ship")
+    p.add_argument("out", type=Path)
+    a = ap.parse_args(argv)
+    if a.command == "fill":
+        fill(a.template, a.out, kaggle_username())
+    else:
+        written = package(a.runs, a.out)
+        print(f"{a.out}: {len(written)} files ({sum(p.suffix == '.py' for p in written)} Python files)")
+
+
+if __name__ == "__main__":
+    main()

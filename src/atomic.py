@@ -1,0 +1,58 @@
+"""Atomic file writes: a temporary file beside the target, renamed over it once complete.
+
+A kill mid-write never leaves a half-written checkpoint, cache entry or CSV; the next run sees either the
+old file or the new one.
+"""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+import torch
+
+
+def temp_path(path: Path, suffix: str = "") -> Path:
+    """The temporary name used while `path` is written (hidden, tagged with the process id)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path to write; it replaces `path` when the block ends, and is removed on error.
+
+    suffix: an ending the writer insists on (np.save adds .npy, np.savez .npz unless the name has it).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path, suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
+    """frame.to_csv(path, index=False), atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def write_text(text: str, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    write_text(json.dumps(obj, indent=1), path)
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    """torch.save, atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

@@ -1,0 +1,72 @@
+"""What every script shares: one argument parser style, the common flags, and clear one-line errors.
+
+The same flag means the same kind of value in every script: `--data-dir DIR`, `--runs DIR`, `--cache-dir DIR`,
+`--folds PATH` (a folds.csv), `--fold-ids 0 1` (fold numbers), `--out FILE`, `--out-dir DIR`, `--workers N`.
+`--help` shows every default.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import ConfigError
+from .dicom import DicomError
+from .metric import MetricError
+from .parallel import default_workers
+from .paths import FOLDS_FILE, RUNS_DIR, SYNTH_DIR
+from .tables import DataError
+
+# Errors that describe bad input (naming the file) rather than a bug: printed as one line, no traceback.
+INPUT_ERRORS = (DataError, MetricError, DicomError, ConfigError, OSError)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The script's docstring as written, and every flag's default."""
+
+
+def parser(doc: str | None, epilog: str | None = None) -> argparse.ArgumentParser:
+    """An ArgumentParser for a script: its docstring as the description, defaults shown, and --debug."""
+    ap = argparse.ArgumentParser(description=doc, epilog=epilog, formatter_class=_Formatter)
+    ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return ap
+
+
+def add_data_dir(ap: argparse.ArgumentParser, default: Path | None = SYNTH_DIR) -> None:
+    ap.add_argument("--data-dir", type=Path, default=default, help="the competition-format data folder")
+
+
+def add_runs(ap: argparse.ArgumentParser, default: Path | None = RUNS_DIR) -> None:
+    ap.add_argument("--runs", type=Path, default=default, help="the runs folder (runs/{name}/fold{N}/)")
+
+
+def add_cache_dir(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--cache-dir", type=Path, default=None,
+                    help="the preprocessing cache (writable); default: input/cache/<data-dir name>")
+
+
+def add_folds(ap: argparse.ArgumentParser, default: Path | None = FOLDS_FILE) -> None:
+    ap.add_argument("--folds", type=Path, default=default, help="the folds file (folds.csv: study_id, fold)")
+
+
+def add_fold_ids(ap: argparse.ArgumentParser, help: str) -> None:
+    ap.add_argument("--fold-ids", type=int, nargs="+", default=None, metavar="N", help=help)
+
+
+def add_workers(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--workers", type=int, default=default_workers(), help="worker processes (usable CPUs, at most 8)")
+
+
+def guard(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> int:
+    """Run a script's main: bad input ends in one line `script: what is wrong` and exit code 2 (with --debug,
+    the traceback); an int that main returns is the exit code, anything else means 0."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        result = main(argv)
+    except INPUT_ERRORS as err:
+        if "--debug" in argv:
+            raise
+        print(f"{Path(sys.argv[0]).name}: {err}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0

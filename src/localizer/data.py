@@ -1,0 +1,165 @@
+"""The localizer's training data: a store of resized slices with their labelled points, and heatmap targets.
+
+Every model sees a slice with its two neighbours as channels, resized to loc.size_px.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from ..atomic import atomic_path, write_csv
+from ..cache import load_series, series_cache_path
+from ..dicom import Series
+from .plan import STRIDE, part
+
+
+def stack_of(series: Series, index: int, size: int) -> np.ndarray:
+    """Slices index-1, index, index+1 (ends repeated), each resized to size x size: (3, size, size)."""
+    out = np.empty((3, size, size), dtype=np.float32)
+    for k, j in enumerate((index - 1, index, index + 1)):
+        j = min(max(j, 0), len(series) - 1)
+        out[k] = cv2.resize(series.volume[j], (size, size), interpolation=cv2.INTER_AREA)
+    return out
+
+
+@dataclass
+class SliceStore:
+    """Resized slices (memmap, (N, size, size) float16) with an index and the labelled points on them."""
+
+    images: np.ndarray
+    index: pd.DataFrame  # one row per slice: study_id, series_id, k, n, instance_number, h, w, first
+    points: pd.DataFrame  # slice, channel, x, y (resized pixels), amplitude, condition, level
+
+
+def build_slice_store(
+    series_table: pd.DataFrame, coords: pd.DataFrame, cache_dir: Path, series_type: str, size: int,
+    out_dir: Path, neighbour_weight: float = 0.5,
+) -> SliceStore:
+    """Resize every slice of every series of one type once (labelled axial slices only) into a memmap."""
+    plan = part(series_type)
+    series_table = series_table[series_table["series_description"] == plan.description].sort_values(["study_id", "series_id"])
+    coords = coords[coords["condition"].isin(plan.conditions)]
+    key = hashlib.md5(
+        pd.util.hash_pandas_object(series_table[["study_id", "series_id"]], index=False).values.tobytes()
+        + pd.util.hash_pandas_object(coords[["series_id", "instance_number", "x", "y"]], index=False).values.tobytes()
+        + json.dumps([series_type, size, neighbour_weight, str(Path(cache_dir).resolve())]).encode()
+    ).hexdigest()[:12]
+    out_dir = Path(out_dir)
+    stem = out_dir / f"slices_{series_type}_{key}"
+    npy, idx_csv, pts_csv = stem.with_suffix(".npy"), Path(f"{stem}_index.csv"), Path(f"{stem}_points.csv")
+    if npy.is_file() and idx_csv.is_file() and pts_csv.is_file():
+        return SliceStore(np.load(npy, mmap_mode="r"), pd.read_csv(idx_csv), pd.read_csv(pts_csv))
+
+    by_series = {sid: g for sid, g in coords.groupby("series_id")}
+    rows, points, images = [], [], []
+    for r in tqdm(series_table.itertuples(), total=len(series_table), desc=f"slices {series_type}"):
+        path = series_cache_path(cache_dir, "train", r.study_id, r.series_id)
+        if not path.is_file():
+            continue
+        s = load_series(path)
+        h, w = s.shape
+        labelled = by_series.get(r.series_id)
+        present = set(s.instance_numbers.tolist())
+        if not plan.searched:  # only the labelled slices: the test-time slice comes from geometry
+            if labelled is None:
+                continue
+            ks = sorted({s.index_of_instance(i) for i in labelled["instance_number"] if i in present})
+        else:
+            ks = list(range(len(s)))
+        slot = {}
+        for k in ks:
+            slot[k] = len(rows)
+            rows.append({"study_id": r.study_id, "series_id": r.series_id, "k": k, "n": len(s),
+                         "instance_number": int(s.instance_numbers[k]), "h": h, "w": w})
+            images.append(cv2.resize(s.volume[k], (size, size), interpolation=cv2.INTER_AREA).astype(np.float16))
+        if labelled is None:
+            continue
+        for p in labelled.itertuples():
+            if p.instance_number not in present:
+                continue
+            k0 = s.index_of_instance(p.instance_number)
+            for dk, amp in ((0, 1.0), (-1, neighbour_weight), (1, neighbour_weight)):
+                if (k0 + dk) in slot and (dk == 0 or plan.searched):
+                    points.append({"slice": slot[k0 + dk], "channel": plan.channel(p.level),
+                                   "x": (p.x + 0.5) * size / w - 0.5, "y": (p.y + 0.5) * size / h - 0.5,
+                                   "amplitude": amp, "condition": p.condition, "level": p.level})
+    arr = np.stack(images) if images else np.zeros((0, size, size), np.float16)
+    index = pd.DataFrame(rows, columns=["study_id", "series_id", "k", "n", "instance_number", "h", "w"])
+    index["first"] = np.arange(len(index)) - index["k"].to_numpy()  # row of slice 0 of the same series
+    if not plan.searched:
+        index["first"] = -1  # only labelled slices are stored; neighbours come from repeating the slice
+    pts = pd.DataFrame(points, columns=["slice", "channel", "x", "y", "amplitude", "condition", "level"])
+    write_csv(index, idx_csv)
+    write_csv(pts, pts_csv)
+    with atomic_path(npy, ".npy") as tmp:  # written last: its presence means the store is complete
+        np.save(tmp, arr)
+    return SliceStore(np.load(npy, mmap_mode="r"), index, pts)
+
+
+def gaussian_heatmaps(points: np.ndarray, channels: int, size: int, sigma: float) -> np.ndarray:
+    """(channels, size/STRIDE, size/STRIDE) targets from rows (channel, x, y, amplitude) in input pixels."""
+    h = size // STRIDE
+    out = np.zeros((channels, h, h), dtype=np.float32)
+    ys, xs = np.mgrid[0:h, 0:h]
+    for c, x, y, amp in points:
+        cx, cy = (x + 0.5) / STRIDE - 0.5, (y + 0.5) / STRIDE - 0.5
+        g = amp * np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * sigma**2))
+        out[int(c)] = np.maximum(out[int(c)], g)
+    return out
+
+
+def loc_transform(train: bool, rotate: float = 8.0, scale: tuple = (0.9, 1.1), translate: float = 0.06) -> A.Compose | None:
+    """Mild affine augmentation moving image and keypoints together (None: no augmentation)."""
+    if not train:
+        return None
+    return A.Compose(
+        [A.Affine(rotate=(-rotate, rotate), scale=scale, translate_percent=(-translate, translate),
+                  border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.7)],
+        keypoint_params=A.KeypointParams(format="xy", remove_invisible=False), strict=True,
+    )
+
+
+class SliceDataset(Dataset):
+    """Items: image (3, size, size) (the slice and its neighbours), target heatmaps, row."""
+
+    def __init__(self, store: SliceStore, rows: np.ndarray, channels: int, sigma: float, transform: A.Compose):
+        self.store, self.rows, self.channels, self.sigma, self.transform = store, np.asarray(rows), channels, sigma, transform
+        self.size = store.images.shape[-1]
+        self._first = store.index["first"].to_numpy()
+        self._k = store.index["k"].to_numpy()
+        self._n = store.index["n"].to_numpy()
+        self._pts = {s: g[["channel", "x", "y", "amplitude"]].to_numpy() for s, g in store.points.groupby("slice")}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _stack(self, r: int) -> np.ndarray:
+        if self._first[r] < 0:
+            return np.repeat(np.asarray(self.store.images[r], np.float32)[None], 3, 0)
+        ks = np.clip(self._k[r] + np.array([-1, 0, 1]), 0, self._n[r] - 1)
+        return np.stack([np.asarray(self.store.images[self._first[r] + k], np.float32) for k in ks])
+
+    def __getitem__(self, i: int) -> dict:
+        r = int(self.rows[i])
+        pts = self._pts.get(r, np.zeros((0, 4)))
+        image = self._stack(r)
+        if self.transform is not None:
+            out = self.transform(image=image.transpose(1, 2, 0), keypoints=pts[:, 1:3] if len(pts) else np.zeros((0, 2)))
+            image = out["image"].transpose(2, 0, 1)
+            if len(pts):
+                pts = np.concatenate([pts[:, :1], np.asarray(out["keypoints"]).reshape(-1, 2), pts[:, 3:]], 1)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image)),
+            "target": torch.from_numpy(gaussian_heatmaps(pts, self.channels, self.size, self.sigma)),
+            "row": torch.tensor(i),
+        }

@@ -1,0 +1,153 @@
+"""From heatmaps to coordinate rows in the train_label_coordinates.csv format (plus a confidence).
+
+Levels on a searched (sagittal) series are assigned jointly, head to feet; the patient's left and right
+always come from 3D geometry (+x is the patient's left in DICOM's LPS space), never from the network, since
+the two sides look alike.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+
+from ..constants import PREDICTED_COORDINATE_COLUMNS
+from ..dicom import Series
+from .plan import STRIDE, Part
+
+PATIENT_LEFT = np.array([1.0, 0.0, 0.0])
+
+
+def refine_peak(heat: np.ndarray, y: int, x: int, radius: int = 2) -> tuple[float, float]:
+    """Sub-pixel peak: heat-weighted centroid in a small window around the arg-max."""
+    y0, y1 = max(y - radius, 0), min(y + radius + 1, heat.shape[0])
+    x0, x1 = max(x - radius, 0), min(x + radius + 1, heat.shape[1])
+    w = heat[y0:y1, x0:x1]
+    w = np.clip(w - w.min(), 0, None)
+    if w.sum() <= 0:
+        return float(y), float(x)
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    return float((w * yy).sum() / w.sum()), float((w * xx).sum() / w.sum())
+
+
+def to_pixels(yx: tuple[float, float], size: int, shape: tuple[int, int]) -> tuple[float, float]:
+    """Heatmap (y, x) -> original image pixel (x, y)."""
+    y_in = (yx[0] + 0.5) * STRIDE - 0.5
+    x_in = (yx[1] + 0.5) * STRIDE - 0.5
+    return (x_in + 0.5) * shape[1] / size - 0.5, (y_in + 0.5) * shape[0] / size - 0.5
+
+
+def side_of_slices(series: Series, midline: np.ndarray | None) -> np.ndarray:
+    """+1 for slices on the patient's left of the mid-sagittal plane, -1 on the right."""
+    h, w = series.shape
+    centres = np.stack([series.pixel_to_patient(k, (w - 1) / 2, (h - 1) / 2) for k in range(len(series))])
+    ref = midline if midline is not None else centres.mean(0)
+    offset = (centres - ref) @ PATIENT_LEFT
+    return np.where(offset >= 0, 1, -1)
+
+
+def local_peaks(heat: np.ndarray, n: int, min_dist: float) -> list[tuple[int, int]]:
+    """Up to n arg-max cells (y, x) of a 2D map, each at least min_dist cells from those found before."""
+    work = np.array(heat, dtype=float)
+    yy, xx = np.mgrid[0 : work.shape[0], 0 : work.shape[1]]
+    out = []
+    for _ in range(n):
+        y, x = np.unravel_index(int(np.argmax(work)), work.shape)
+        if not np.isfinite(work[y, x]):
+            break
+        out.append((int(y), int(x)))
+        work[(yy - y) ** 2 + (xx - x) ** 2 < min_dist**2] = -np.inf
+    return out
+
+
+def _mm_per_cell(series: Series, k: int, size: int) -> float:
+    return float(np.mean(series.spacings[k])) * series.shape[1] / size * STRIDE
+
+
+def assign_levels(scores: np.ndarray, inferior: np.ndarray, min_gap: float) -> list[int] | None:
+    """Peaks for the levels, top to bottom: scores (levels, peaks) are each level's heat at each peak.
+
+    Chooses one peak per level, in head-to-feet order with at least min_gap mm between neighbours,
+    maximising the summed log-heat; None when fewer peaks than levels fit.
+    """
+    n_levels, n_peaks = scores.shape
+    order = np.argsort(inferior)
+    best, best_total = None, -np.inf
+    for combo in itertools.combinations(order, n_levels):  # combinations keep the head-to-feet order
+        z = inferior[list(combo)]
+        if np.any(np.diff(z) < min_gap):
+            continue
+        total = float(np.log(scores[np.arange(n_levels), list(combo)] + 1e-6).sum())
+        if total > best_total:
+            best, best_total = [int(c) for c in combo], total
+    return best
+
+
+def _row(study_id: int, series_id: int, series: Series, k: int, condition: str, level: str, xy: tuple[float, float],
+         confidence: float) -> dict:
+    return {"study_id": study_id, "series_id": series_id, "instance_number": int(series.instance_numbers[k]),
+            "condition": condition, "level": level, "x": xy[0], "y": xy[1], "confidence": confidence}
+
+
+def decode_searched(part: Part, series: Series, heat: np.ndarray, ks: np.ndarray, size: int,
+                    study_id: int, series_id: int, midline: np.ndarray | None = None,
+                    n_candidates: int = 8, min_gap_mm: float = 15.0) -> list[dict]:
+    """Rows for every condition and level of a searched (sagittal) series from per-slice heatmaps (len(ks), C, h, w).
+
+    A midline condition looks at every slice; a lateral one only at the slices on its side of the
+    mid-sagittal plane (through `midline`, or the series centre). The discs are found on the map of all
+    levels together; levels are then assigned to those peaks jointly, in head-to-feet order, so a level
+    whose own channel also fires on the neighbouring disc cannot take it.
+    """
+    rows = []
+    slice_side = side_of_slices(series, midline)[ks]
+    mm_per_cell = _mm_per_cell(series, ks[0], size)
+    levels = part.levels
+    for condition, side in part.sides().items():
+        candidates = np.arange(len(ks)) if side == 0 else np.flatnonzero(slice_side == side)
+        if len(candidates) == 0:
+            continue
+        sub = heat[candidates]  # (K, C, h, w)
+        peaks = local_peaks(sub.max(axis=(0, 1)), n_candidates, min_gap_mm / mm_per_cell)
+        scores = np.array([[sub[:, c, y, x].max() for y, x in peaks] for c in range(len(levels))])
+        inferior = np.array([-series.pixel_to_patient(ks[candidates[0]], *to_pixels((y, x), size, series.shape))[2]
+                             for y, x in peaks])
+        picks = assign_levels(scores, inferior, min_gap_mm) if len(peaks) >= len(levels) else None
+        for c, level in enumerate(levels):
+            if picks is not None:
+                y, x = peaks[picks[c]]
+            else:  # too few separate peaks: each level's own maximum
+                y, x = np.unravel_index(int(np.argmax(sub[:, c].max(0))), sub.shape[-2:])
+            j = int(np.argmax(sub[:, c, y, x]))
+            xy = to_pixels(refine_peak(sub[j, c], y, x), size, series.shape)
+            rows.append(_row(study_id, series_id, series, ks[candidates[j]], condition, level, xy, float(sub[j, c, y, x])))
+    return rows
+
+
+def decode_slice(part: Part, series: Series, k: int, heat: np.ndarray, size: int, study_id: int, series_id: int,
+                 level: str, min_dist_mm: float = 8.0) -> list[dict]:
+    """Rows of a geometry-sliced (axial) part on the slice assigned to `level`, from its heatmap (h, w).
+
+    One peak per condition; lateral conditions are named by their peak's patient x (left is +x).
+    """
+    peaks = local_peaks(heat, len(part.conditions), max(min_dist_mm / _mm_per_cell(series, k, size), 1.0))
+    peaks += peaks[-1:] * (len(part.conditions) - len(peaks))  # a map too small for separate peaks
+    found = [(to_pixels(refine_peak(heat, y, x), size, series.shape), float(heat[y, x])) for y, x in peaks]
+    leftness = [float(series.pixel_to_patient(k, *xy) @ PATIENT_LEFT) for xy, _ in found]
+    by_left = sorted(range(len(found)), key=lambda i: -leftness[i])  # stable: ties keep the peak order
+    by_side = sorted(part.conditions, key=lambda c: -part.sides()[c])
+    return [_row(study_id, series_id, series, k, condition, level, *found[i]) for condition, i in zip(by_side, by_left)]
+
+
+def decode_series_points(part: Part, series: Series, heat: np.ndarray, ks: np.ndarray, size: int,
+                         study_id: int, series_id: int, labelled: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Validation decoding: searched series as at test time; geometry-sliced ones on their labelled slices."""
+    if part.searched:
+        rows = decode_searched(part, series, heat, ks, size, study_id, series_id)
+    else:
+        rows = []
+        for j, k in enumerate(ks):
+            on_slice = labelled[labelled["instance_number"] == series.instance_numbers[k]] if labelled is not None else []
+            if len(on_slice):
+                rows += decode_slice(part, series, int(k), heat[j, 0], size, study_id, series_id, on_slice["level"].iloc[0])
+    return pd.DataFrame(rows, columns=list(PREDICTED_COORDINATE_COLUMNS))

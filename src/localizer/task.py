@@ -1,0 +1,83 @@
+"""What the train loop trains for the localizer of one series type (cfg['series_type'])."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..cache import load_series, series_cache_path
+from ..constants import PREDICTED_COORDINATE_COLUMNS
+from ..tables import load_series_descriptions
+from ..tasks import training_tables
+from .data import SliceDataset, build_slice_store, loc_transform
+from .decode import decode_series_points
+from .errors import point_errors
+from .plan import part
+
+
+class LocalizerTask:
+    """Heatmap keypoints on one series type (cfg['series_type']); validation error in mm is the score."""
+
+    input_keys = ("image",)
+
+    def __init__(self, cfg: dict, is_main: bool = True):
+        self.cfg = cfg
+        self.part = part(cfg["series_type"])
+        data_dir, self.cache_dir, _, folds, coords = training_tables(cfg, is_main)
+        series = load_series_descriptions(data_dir / "train_series_descriptions.csv")
+        loc = cfg["loc"]
+        self.store = build_slice_store(series, coords, self.cache_dir, self.part.key, loc["size_px"],
+                                       self.cache_dir / "slices", loc["neighbour_weight"])
+        fold_of = self.store.index["study_id"].map(dict(zip(folds["study_id"], folds["fold"])))
+        train_rows = np.flatnonzero((fold_of != cfg["fold"]).to_numpy())
+        # Keep every slice with a target and as many of the others (drawn once, seeded): most sagittal slices
+        # show no labelled structure, and seeing all of them every epoch only slows training down.
+        positive = np.isin(train_rows, self.store.points["slice"].to_numpy())
+        negatives = train_rows[~positive]
+        n_neg = min(len(negatives), int(round(loc["negative_ratio"] * positive.sum())))
+        keep = np.random.default_rng(cfg["seed"]).choice(negatives, n_neg, replace=False) if n_neg else negatives[:0]
+        self.train_rows = np.sort(np.concatenate([train_rows[positive], keep]))
+        self.val_rows = np.flatnonzero((fold_of == cfg["fold"]).to_numpy())
+        if len(self.train_rows) == 0 or len(self.val_rows) == 0:
+            raise ValueError(f"{self.part.key} fold {cfg['fold']}: {len(self.train_rows)} training and "
+                             f"{len(self.val_rows)} validation slices")
+        val_series = set(self.store.index["series_id"].iloc[self.val_rows])
+        self.val_coords = coords[coords["series_id"].isin(val_series) & coords["condition"].isin(self.part.conditions)]
+        self._val = self._dataset(self.val_rows, False)
+
+    def _dataset(self, rows: np.ndarray, train: bool) -> SliceDataset:
+        return SliceDataset(self.store, rows, self.part.channels, self.cfg["loc"]["sigma"], loc_transform(train))
+
+    def train_dataset(self) -> SliceDataset:
+        return self._dataset(self.train_rows, True)
+
+    def val_dataset(self) -> SliceDataset:
+        return self._val
+
+    def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Binary cross-entropy on Gaussian targets, weighted up where the target is high."""
+        target = batch["target"].to(logits.device)
+        weight = 1.0 + self.cfg["loc"]["pos_weight"] * target
+        return F.binary_cross_entropy_with_logits(logits.float(), target, weight=weight)
+
+    def evaluate(self, logits: torch.Tensor, rows: torch.Tensor) -> tuple[dict, pd.DataFrame]:
+        """Decode every validation series as test-time localization does; score = mean 3D error in mm (capped at 50)."""
+        targets = torch.stack([self._val[int(i)]["target"] for i in rows])
+        val_loss = float(self.loss(logits, {"target": targets}))
+        heat = torch.sigmoid(logits).numpy()
+        index = self.store.index.iloc[self.val_rows[rows.numpy()]].reset_index(drop=True)
+        preds = []
+        for (study_id, series_id), g in index.groupby(["study_id", "series_id"], sort=False):
+            g = g.sort_values("k")
+            series = load_series(series_cache_path(self.cache_dir, "train", study_id, series_id))
+            labelled = self.val_coords[self.val_coords["series_id"] == series_id]
+            preds.append(decode_series_points(self.part, series, heat[g.index.to_numpy()], g["k"].to_numpy(),
+                                              self.cfg["loc"]["size_px"], int(study_id), int(series_id), labelled))
+        pred = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame(columns=list(PREDICTED_COORDINATE_COLUMNS))
+        err = point_errors(pred, self.val_coords, self.cache_dir, "train")
+        capped = np.minimum(err["error_3d_mm"].fillna(50.0).to_numpy(), 50.0)
+        metrics = {"val_loss": val_loss, "score": float(capped.mean()) if len(capped) else 50.0,
+                   "acc": float(err["instance_ok"].mean()) if len(err) else 0.0,
+                   "median_mm": float(err["error_mm"].median()), "within_5mm": float((err["error_mm"] <= 5).mean())}
+        return metrics, pred

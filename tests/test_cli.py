@@ -1,0 +1,42 @@
+import importlib
+
+import pytest
+
+import make_folds as make_folds_script
+import score as score_script
+from src.cli import guard
+
+SCRIPTS = ("train.py", "infer.py", "localize.py", "prepare.py", "make_folds.py", "ensemble.py", "evaluate.py",
+           "evaluate_localization.py", "score.py", "bench.py")
+
+
+def test_bad_input_is_one_line_naming_the_file(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert guard(make_folds_script.main, ["--data-dir", str(missing), "--out", str(tmp_path / "f.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(missing / "train.csv") in err and "file not found" in err
+    bad = tmp_path / "solution.csv"
+    bad.write_text("row_id,normal_mild\n")
+    assert guard(score_script.main, ["--solution", str(bad), "--submission", str(bad)]) == 2
+    assert "missing column" in capsys.readouterr().err
+    with pytest.raises(Exception):  # --debug shows the traceback instead
+        guard(make_folds_script.main, ["--data-dir", str(missing), "--debug"])
+
+
+def _help(script: str, capsys) -> str:
+    module = importlib.import_module(script.removesuffix(".py"))
+    with pytest.raises(SystemExit) as done:
+        module.main(["--help"])
+    assert done.value.code == 0, script
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_every_script_shows_its_defaults_and_the_shared_flags(capsys):
+    for script in SCRIPTS:
+        text = _help(script, capsys)
+        assert "--debug" in text, script
+        if "--data-dir" in text:
+            assert "(default: " in text, script
+    text = _help("evaluate_localization.py", capsys)
+    assert "--fold-ids N" in text and "--folds FOLDS" in text and "--out-dir" not in text
+    assert "--out-dir OUT_DIR" in _help("evaluate.py", capsys)

@@ -1,0 +1,47 @@
+import numpy as np
+import pandas as pd
+import torch
+
+from src.localizer.data import SliceDataset, SliceStore, loc_transform
+from src.localizer.decode import refine_peak, to_pixels
+from src.models import HeatmapNet
+
+
+def test_tiny_heatmap_net_learns_planted_keypoints():
+    """Bright blobs at random places: a small HeatmapNet finds them within about a pixel."""
+    rng = np.random.default_rng(0)
+    n, size = 96, 48
+    yy, xx = np.mgrid[0:size, 0:size]
+    images, points = [], []
+    for i in range(n):
+        x, y = rng.uniform(6, size - 6, 2)
+        img = rng.normal(0.2, 0.03, (size, size)) + np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 4.0)
+        images.append(img.astype(np.float16))
+        points.append({"slice": i, "channel": 0, "x": x, "y": y, "amplitude": 1.0, "condition": "c", "level": "L1/L2"})
+    index = pd.DataFrame({"study_id": 1, "series_id": np.arange(n), "k": 0, "n": 1, "instance_number": 1,
+                          "h": size, "w": size, "first": -1})
+    store = SliceStore(np.stack(images), index, pd.DataFrame(points))
+    torch.manual_seed(0)
+    net = HeatmapNet("resnet10t", 3, 1, model_kwargs={"channels": (8, 16, 32, 32), "stem_width": 8}, decoder_channels=16)
+    ds = SliceDataset(store, np.arange(64), 1, 1.5, loc_transform(False))
+    opt = torch.optim.AdamW(net.parameters(), lr=5e-3)
+    loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True)
+    for _ in range(25):
+        for batch in loader:
+            logits = net(batch["image"])
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["target"], weight=1 + 20 * batch["target"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+    test = SliceDataset(store, np.arange(64, n), 1, 1.5, loc_transform(False))
+    errors = []
+    with torch.no_grad():
+        for i in range(len(test)):
+            heat = torch.sigmoid(net(test[i]["image"][None]))[0, 0].numpy()
+            y, x = np.unravel_index(np.argmax(heat), heat.shape)
+            px, py = to_pixels(refine_peak(heat, y, x), size, (size, size))
+            errors.append(np.hypot(px - points[64 + i]["x"], py - points[64 + i]["y"]))
+    assert np.median(errors) < 1.5, np.median(errors)
+
+

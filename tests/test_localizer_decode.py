@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+
+from src.dicom import Series
+from src.localizer.data import gaussian_heatmaps
+from src.localizer.decode import assign_levels, decode_searched, decode_slice, refine_peak, side_of_slices, to_pixels
+from src.localizer.plan import PARTS
+
+
+def _sagittal(n=5, gap=4.0):
+    # Rows go posterior (+y), columns go inferior (-z); slices are stacked along -x (patient right).
+    o = np.array([0, 1.0, 0, 0, 0, -1.0])
+    return Series(None, np.zeros((n, 100, 100), np.float32), np.arange(1, n + 1),
+                  np.array([[-(k - n // 2) * gap, -50.0, 50.0] for k in range(n)]), np.tile(o, (n, 1)), np.ones((n, 2)))
+
+
+def _axial(zs):
+    o = np.array([1.0, 0, 0, 0, 1.0, 0])
+    return Series(None, np.zeros((len(zs), 80, 80), np.float32), np.arange(1, len(zs) + 1),
+                  np.array([[-40.0, -40.0, z] for z in zs]), np.tile(o, (len(zs), 1)), np.full((len(zs), 2), 1.0))
+
+
+def test_sagittal_point_lands_on_the_axial_slice_through_it():
+    sag, ax = _sagittal(), _axial(np.arange(-20, 21, 4.0))
+    point = sag.pixel_to_patient(2, 30.0, 57.0)  # x=0 plane, y = -50 + 30, z = 50 - 57 = -7
+    assert np.allclose(point, [0, -20, -7])
+    k, dist = ax.nearest_slice(point)
+    assert ax.positions[k, 2] == -8.0 and dist == pytest.approx(1.0)
+    x, y, _ = ax.patient_to_pixel(k, point)
+    assert (x, y) == pytest.approx((40.0, 20.0))
+
+
+def test_slice_sides_follow_patient_left():
+    # Slice k sits at patient x = 8, 4, 0, -4, -8 mm; +x is the patient's left.
+    assert side_of_slices(_sagittal(n=5), midline=np.array([0.0, 0, 0])).tolist() == [1, 1, 1, -1, -1]
+    assert side_of_slices(_sagittal(n=5), midline=np.array([1.0, 0, 0])).tolist() == [1, 1, -1, -1, -1]
+    assert side_of_slices(_sagittal(n=5), midline=None).tolist() == [1, 1, 1, -1, -1]  # series centre
+
+
+def test_assign_levels_fixes_a_channel_firing_on_the_next_disc():
+    # Three discs at 0, 36 and 72 mm; level 1's channel is strongest on disc 2 but must take disc 1.
+    scores = np.array([[0.9, 0.1, 0.1], [0.1, 0.4, 0.8], [0.1, 0.1, 0.9]])
+    assert assign_levels(scores, np.array([0.0, 36.0, 72.0]), 15.0) == [0, 1, 2]
+    # Peaks given out of order come back ordered; too few separate peaks give None.
+    assert assign_levels(scores[:, [2, 0, 1]], np.array([72.0, 0.0, 36.0]), 15.0) == [1, 2, 0]
+    assert assign_levels(scores, np.array([0.0, 5.0, 72.0]), 15.0) is None
+
+
+def test_decode_searched_orders_levels_on_planted_heatmaps():
+    s = _sagittal(n=3)
+    heat = np.zeros((3, 5, 50, 50), np.float32)
+    rows = [5, 14, 23, 32, 41]  # heatmap rows of the five discs, head to feet
+    for c, r in enumerate(rows):
+        heat[1, c, r, 20] = 0.9
+    heat[1, 2, rows[3], 20] = 0.95  # level 3 fires harder on the disc of level 4
+    out = decode_searched(PARTS["sagittal_t2"], s, heat, np.arange(3), 100, 1, 2)
+    ys = [r["y"] for r in out]
+    assert [r["level"] for r in out] == ["L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1"]
+    assert ys == sorted(ys) and len(set(np.round(ys))) == 5
+    assert all(r["instance_number"] == 2 for r in out)
+
+
+def test_heatmap_targets_and_peak_decoding():
+    target = gaussian_heatmaps(np.array([[0, 20.0, 11.0, 1.0], [1, 5.0, 5.0, 0.5]]), 2, 64, 2.0)
+    assert target.shape == (2, 32, 32) and target[0].max() == pytest.approx(1.0, abs=0.05)
+    assert target[1].max() == pytest.approx(0.5, abs=0.05)
+    y, x = np.unravel_index(np.argmax(target[0]), target[0].shape)
+    ry, rx = refine_peak(target[0], y, x)
+    px, py = to_pixels((ry, rx), 64, (128, 256))  # back to a 256 x 128 (w x h) original image
+    assert px == pytest.approx((20.0 + 0.5) * 4 - 0.5, abs=0.6) and py == pytest.approx((11.0 + 0.5) * 2 - 0.5, abs=0.3)
+
+
+def test_decode_searched_splits_foramina_by_side_of_the_midline():
+    """Sagittal T1: a lateral condition only looks at the slices on its side (patient x), whatever the heat."""
+    s = _sagittal(n=5)  # slices at patient x = 8, 4, 0, -4, -8 mm
+    heat = np.zeros((5, 5, 50, 50), np.float32)
+    rows = [5, 14, 23, 32, 41]
+    for k, strength in ((0, 0.9), (4, 0.8)):  # a left slice (x = 8) and a right one (x = -8)
+        for c, r in enumerate(rows):
+            heat[k, c, r, 20] = strength
+    out = decode_searched(PARTS["sagittal_t1"], s, heat, np.arange(5), 100, 1, 2, midline=np.zeros(3))
+    by_condition = {c: {r["instance_number"] for r in out if r["condition"] == c} for c in PARTS["sagittal_t1"].conditions}
+    assert by_condition == {"Left Neural Foraminal Narrowing": {1}, "Right Neural Foraminal Narrowing": {5}}
+    assert len(out) == 10
+
+
+def test_decode_slice_names_sides_by_patient_x():
+    """Axial: of two peaks, the one at larger patient x is the left subarticular zone, in any image orientation."""
+    heat = np.zeros((40, 40), np.float32)
+    heat[20, 8], heat[20, 30] = 0.9, 0.7
+    normal = _axial([0.0])  # rows +y, columns +x: column 30 is the patient's left
+    flipped = Series(None, np.zeros((1, 80, 80), np.float32), np.array([1]), np.array([[40.0, -40.0, 0.0]]),
+                     np.array([[-1.0, 0, 0, 0, 1.0, 0]]), np.ones((1, 2)))  # columns run to the patient's right
+    for series, left_column in ((normal, 30), (flipped, 8)):
+        out = decode_slice(PARTS["axial"], series, 0, heat, 80, 1, 2, "L4/L5")
+        left = next(r for r in out if r["condition"] == "Left Subarticular Stenosis")
+        assert {r["condition"] for r in out} == set(PARTS["axial"].conditions)
+        assert left["x"] == pytest.approx((left_column + 0.5) * 2 - 0.5, abs=0.6)
+        assert all(r["level"] == "L4/L5" and r["instance_number"] == 1 for r in out)

@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from src.config import resolve
+from src.constants import AXIAL_T2, CONDITION_SERIES, CONDITIONS, LEVELS, LOCALIZER_ORDER, SAGITTAL_T1, SERIES_KEYS
+from src.localizer.plan import PARTS, PLAN, build_plan, part
+from src.models import build_model
+
+
+def test_plan_is_derived_from_the_constants():
+    assert [p.description for p in PLAN] == list(LOCALIZER_ORDER)
+    assert [p.key for p in PLAN] == ["sagittal_t2", "sagittal_t1", "axial"]
+    # Every condition is localized on exactly the series type it is annotated on.
+    assert sorted(c for p in PLAN for c in p.conditions) == sorted(CONDITIONS)
+    assert all(CONDITION_SERIES[c] == p.description for p in PLAN for c in p.conditions)
+    assert [(p.searched, p.channels) for p in PLAN] == [(True, 5), (True, 5), (False, 1)]
+    assert PARTS["sagittal_t1"].channel("L4/L5") == 3 and PARTS["axial"].channel("L4/L5") == 0
+    assert PARTS["sagittal_t1"].sides() == {"Left Neural Foraminal Narrowing": 1, "Right Neural Foraminal Narrowing": -1}
+    with pytest.raises(ValueError, match="series_type must be one of"):
+        part("coronal")
+
+
+def test_a_new_condition_or_series_type_is_a_data_change():
+    # A new condition on an existing series type joins that part.
+    extra = dict(CONDITION_SERIES, **{"Left Facet Arthropathy": AXIAL_T2})
+    axial = {p.key: p for p in build_plan(extra)}["axial"]
+    assert axial.conditions[-1] == "Left Facet Arthropathy" and axial.channels == 1
+    # A new series type gets its own part, searched unless it is listed as geometry-sliced.
+    coronal = "Coronal T2"
+    plan = build_plan(dict(CONDITION_SERIES, **{"Scoliosis": coronal}), (*LOCALIZER_ORDER, coronal),
+                      dict(SERIES_KEYS, **{coronal: "coronal"}))
+    assert plan[-1].key == "coronal" and plan[-1].searched and plan[-1].channels == len(LEVELS)
+    assert plan[-1].sides() == {"Scoliosis": 0}
+    # A condition on a series type the order does not know is refused.
+    with pytest.raises(ValueError, match="not in the localizer's order"):
+        build_plan(dict(CONDITION_SERIES, **{"Scoliosis": coronal}))
+    # A series type without conditions has no part.
+    assert SAGITTAL_T1 not in [p.description for p in build_plan({"Spinal Canal Stenosis": CONDITION_SERIES["Spinal Canal Stenosis"]})]
+
+
+def test_heatmap_model_channels_follow_the_plan():
+    for p in PLAN:
+        cfg = resolve("localizer", "tiny", None, {"series_type": p.key, "loc": {"size_px": 32}})
+        with torch.no_grad():
+            out = build_model(cfg).eval()(torch.rand(1, 3, 32, 32))
+        assert out.shape == (1, p.channels, 16, 16)

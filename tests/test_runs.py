@@ -1,0 +1,36 @@
+import torch
+from conftest import make_fake_runs
+
+from src.localizer.plan import PLAN
+from src.runs import classifier_runs, fold_of, load_model, localizer_run, run_dir, run_names, trained_folds
+
+
+def test_classifier_runs_finds_every_trained_classifier(tmp_path):
+    runs = make_fake_runs(tmp_path / "runs", experiments=("attn_resnext_wide",))
+    (runs / "cnn_lstm" / "fold3").mkdir()  # a fold without weights is not a trained run
+    (runs / "empty").mkdir()
+    assert classifier_runs(runs) == ["attn_resnext", "attn_resnext_wide", "cnn_lstm"]  # localizers excluded
+    assert classifier_runs(runs, "attn_resnext") == ["attn_resnext", "attn_resnext_wide"]
+    assert run_names(runs, "localizer") == sorted(localizer_run(p.key) for p in PLAN)
+    assert [p.name for p in trained_folds(runs, "cnn_lstm")] == ["fold0"]
+    assert classifier_runs(tmp_path / "nothing") == []
+
+
+def test_folds_sorted_by_number_and_filtered(tmp_path):
+    runs = make_fake_runs(tmp_path / "runs", classifiers=True)
+    src = run_dir(runs, "cnn_lstm", 0)
+    for fold in (10, 2):
+        dst = run_dir(runs, "cnn_lstm", fold)
+        dst.mkdir()
+        for f in src.iterdir():
+            (dst / f.name).write_bytes(f.read_bytes())
+    assert [fold_of(p) for p in trained_folds(runs, "cnn_lstm")] == [0, 2, 10]
+    assert [fold_of(p) for p in trained_folds(runs, "cnn_lstm", [10, 0])] == [0, 10]
+
+
+def test_load_model_rebuilds_from_the_run_alone(tmp_path):
+    runs = make_fake_runs(tmp_path / "runs")
+    model, cfg = load_model(run_dir(runs, "attn_resnext", 0), torch.device("cpu"))
+    assert not model.training and cfg["model"] == "attn_resnext"
+    saved = torch.load(run_dir(runs, "attn_resnext", 0) / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
