@@ -57,7 +57,7 @@ localizer: prepare folds
 
 submission: install
 	$(PY) ensemble.py --runs runs --data-dir $(DATA)
-	$(PY) infer.py --data-dir $(DATA) --runs runs --out submission/submission.csv --per-model
+	$(PY) infer.py --data-dir $(DATA) --runs runs --out submission/submission.csv --per-model --strict
 	$(PY) evaluate.py --runs runs --data-dir $(DATA) --submissions submission --out-dir reports
 
 demo: install data folds baselines train localizer submission

@@ -3,8 +3,16 @@ python infer.py --data-dir DIR [--split test] [--runs runs/] --out submission/su
 
 Localizes every study (stage 1), cuts crops, runs every fold of every classifier under runs/ with
 horizontal-flip TTA, ensembles them (weights and temperatures from runs/ensemble.json when ensemble.py has
-written it) and writes every row of sample_submission.csv. Bad input (a corrupt DICOM, a missing series, a
-study without images) costs only the rows it touches, which get the training prior. No network is used.
+written it) and writes every row of sample_submission.csv. No network is used.
+
+A fault costs only what it touches: a bad study (corrupt DICOM, missing series, bad CSV line) its own rows,
+a checkpoint that does not load its fold, a member without folds its place in the ensemble (the others are
+renormalised), a localizer its series type. The rows nothing reached get the training prior. Every
+degradation is named in one summary at the end and in <out>.faults.json beside the submission.
+
+Exit codes: 0 the submission is written (with --strict: and every model was used); 1 nothing could be
+written; 2 bad command line or input file named on it; 3 (--strict only) written, but a fold, member or
+localizer was dropped or no model was used.
 """
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from src import cli  # noqa: E402
+from src.faults import MODEL_DROPPED_EXIT, FaultLog  # noqa: E402
 from src.paths import SUBMISSION_DIR, cache_dir_for  # noqa: E402
 from src.pipeline import make_submission  # noqa: E402
 
@@ -35,17 +44,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="also write a plain-language reading and a PNG sheet of crops and attention for these studies")
     ap.add_argument("--explain-dir", type=Path, default=None, help="the explanations' folder; default: <out folder>/explain")
     ap.add_argument("--per-model", action="store_true", help="also write submission_{model}.csv per classifier")
+    ap.add_argument("--strict", action="store_true",
+                    help=f"exit {MODEL_DROPPED_EXIT} (submission still written) when any fold, member or localizer was "
+                         "dropped or no model was used")
     a = ap.parse_args(argv)
+    faults = FaultLog()
     try:
         make_submission(a.data_dir, a.split, a.runs, a.out, cache_dir_for(a.data_dir, a.cache_dir), a.ensemble,
                         tta=not a.no_tta, workers=a.workers, studies=a.studies, explain_studies=a.explain,
-                        explain_dir=a.explain_dir, per_model=a.per_model)
+                        explain_dir=a.explain_dir, per_model=a.per_model, faults=faults)
     except Exception as err:  # only when not even the prior could be written
         if a.debug:
             raise
         print(f"infer.py: nothing written: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
-    return 0
+    return MODEL_DROPPED_EXIT if a.strict and faults.model_dropped else 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Train one fold of one model: python train.py --fold N --model attn_resnext|cnn_lstm|localizer [--preset tiny] [--key value ...]
 
 `--model localizer` trains the localizer of every series type in turn (runs/localizer_{series type}/);
-`--series_type sagittal_t2` trains one. Several GPUs: torchrun --nproc_per_node=K train.py --fold N ...
+`--series_type sagittal_t2` trains one. Running the same command again continues from the run's last.pt
+(a different config is refused unless --restart); a last.pt that does not load is set aside. Several GPUs: torchrun --nproc_per_node=K train.py --fold N ...
 """
 from __future__ import annotations
 
@@ -27,15 +28,16 @@ def main(argv: list[str] | None = None) -> dict:
     cli.add_folds(ap, default=None)
     cli.add_runs(ap, default=None)
     ap.add_argument("--pretrained", default=None, help="local backbone weights file")
-    ap.add_argument("--resume", action="store_true", help="continue from the fold's last.pt")
+    ap.add_argument("--resume", action="store_true", help="continue from the fold's last.pt (the default; kept for old scripts)")
+    ap.add_argument("--restart", action="store_true", help="train from scratch over an earlier run in the same folder")
     args, rest = ap.parse_known_args(argv)
     overrides = config_lib.parse_overrides(rest)
     overrides["fold"] = args.fold
     for key in ("data_dir", "folds", "runs", "pretrained"):
         if getattr(args, key) is not None:
             overrides[key] = str(getattr(args, key))
-    if args.resume:
-        overrides["resume"] = True
+    if args.restart:
+        overrides["resume"] = False
     if args.model == "localizer":  # one model per series type, same loop
         keys = [overrides["series_type"]] if overrides.get("series_type") else [p.key for p in PLAN]
         name = overrides.get("name")

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from .atomic import atomic_path
+from .atomic import atomic_path, write_text
 from .dicom import DicomError, Series, read_series
 from .parallel import progress_map
 from .tables import load_series_descriptions
@@ -34,7 +35,14 @@ def save_series(series: Series, path: Path) -> None:
             thickness=np.float64(np.nan if series.thickness is None else series.thickness),
             description=np.str_(series.description or ""),
             n_orientation_groups=np.int64(series.n_orientation_groups),
+            warnings=np.array(series.warnings, dtype=str),
         )
+
+
+def cached_warnings(path: Path) -> str:
+    """What reading a cached series warned about, as one line ('' when nothing)."""
+    with np.load(path) as z:
+        return "; ".join(z["warnings"].tolist()) if "warnings" in z.files else ""
 
 
 def load_series(path: Path) -> Series:
@@ -59,16 +67,17 @@ class _Job:
     src: Path
     dst: Path
     description: str
+    study_id: int
 
 
 def _run(job: _Job) -> tuple[str, str]:
     if job.dst.is_file():
-        return "cached", ""
+        return "cached", cached_warnings(job.dst)
     if not job.src.is_dir():
         return "missing", f"{job.src}: series folder not found"
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # kept in series.warnings; printed once in the summary
+            warnings.simplefilter("ignore")  # kept in series.warnings; reported once in the summary
             series = read_series(job.src, normalize=True, description=job.description)
     except DicomError as err:
         return "failed", str(err)
@@ -76,32 +85,36 @@ def _run(job: _Job) -> tuple[str, str]:
     return "written", "; ".join(series.warnings)
 
 
-def prepare(data_dir: Path, cache_dir: Path, split: str = "train", workers: int = 2) -> dict[str, int]:
-    """Decode every series listed in {split}_series_descriptions.csv into the cache; returns counts.
+def prepare(data_dir: Path, cache_dir: Path, split: str = "train", workers: int = 2, series: pd.DataFrame | None = None,
+            problems: list[tuple[int, bool, str]] | None = None) -> dict[str, int]:
+    """Decode every series of `series` (default: {split}_series_descriptions.csv) into the cache; returns counts.
 
     Idempotent (series already cached are skipped) and safe to interrupt. A series that cannot be read is
-    reported and left out; it never stops the run.
+    reported and left out; it never stops the run. Every series read with a problem (missing, unreadable,
+    repaired) is named with its study in one warning, appended to `problems` as (study_id, whether the
+    series was lost, text) and listed in {cache_dir}/{split}_problems.log.
     """
     data_dir, cache_dir = Path(data_dir), Path(cache_dir)
-    series = load_series_descriptions(data_dir / f"{split}_series_descriptions.csv", unknown="warn")
-    jobs = [
-        _Job(
-            data_dir / f"{split}_images" / str(r.study_id) / str(r.series_id),
-            series_cache_path(cache_dir, split, r.study_id, r.series_id),
-            r.series_description,
-        )
-        for r in series.itertuples()
-    ]
+    if series is None:
+        series = load_series_descriptions(data_dir / f"{split}_series_descriptions.csv", strict=False)
+    jobs = [_Job(data_dir / f"{split}_images" / str(r.study_id) / str(r.series_id),
+                 series_cache_path(cache_dir, split, r.study_id, r.series_id), r.series_description, int(r.study_id))
+            for r in series.itertuples()]
     counts = {"written": 0, "cached": 0, "missing": 0, "failed": 0}
-    notes: list[str] = []
-    todo = [j for j in jobs if not j.dst.is_file()]
-    counts["cached"] = len(jobs) - len(todo)
-    if todo:
-        for status, note in progress_map(_run, todo, workers, f"cache {split}", chunksize=4):
-            counts[status] += 1
-            if note:
-                notes.append(note)
+    notes: list[tuple[int, bool, str]] = []
+    results = progress_map(_run, jobs, workers, f"cache {split}", chunksize=4) if any(not j.dst.is_file() for j in jobs) \
+        else map(_run, jobs)
+    for job, (status, note) in zip(jobs, results):
+        counts[status] += 1
+        if note:
+            notes.append((job.study_id, status in ("missing", "failed"), note))
     if notes:
-        shown = "\n  ".join(notes[:3])
-        warnings.warn(f"{len(notes)} series read with warnings, e.g.\n  {shown}", stacklevel=2)
+        log = cache_dir / f"{split}_problems.log"
+        write_text("".join(f"study {sid}: {text}\n" for sid, _, text in notes), log)
+        studies = sorted({sid for sid, _, _ in notes})
+        shown = "\n  ".join(f"study {sid}: {text}" for sid, _, text in notes[:3])
+        warnings.warn(f"{len(notes)} series of {len(studies)} studies read with problems (studies "
+                      f"{', '.join(map(str, studies))}); all listed in {log}, e.g.\n  {shown}", stacklevel=2)
+        if problems is not None:
+            problems.extend(notes)
     return counts

@@ -1,7 +1,6 @@
 """Running trained classifiers over crops: severity probabilities per row, every fold, flip TTA."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,8 @@ from .constants import TARGETS
 from .crops import CropSpec, build_crops
 from .datasets import CropDataset, flip_condition
 from .device import autocast, inference_dtype
-from .runs import load_model, trained_folds
+from .faults import FaultLog
+from .runs import fold_of, load_model, trained_folds
 
 
 @torch.no_grad()
@@ -47,18 +47,30 @@ def crop_probabilities(model: torch.nn.Module, cfg: dict, crops: np.ndarray, ind
 
 
 def run_classifiers(coords: pd.DataFrame, runs: Path, names: list[str], cache_dir: Path, split: str,
-                    device: torch.device, tta: bool = True, workers: int = 2) -> dict[str, pd.DataFrame]:
-    """Per classifier run: its folds' mean crop probabilities, for the rows with a crop at `coords`."""
+                    device: torch.device, tta: bool = True, workers: int = 2,
+                    faults: FaultLog | None = None) -> dict[str, pd.DataFrame]:
+    """Per classifier run: its folds' mean crop probabilities, for the rows with a crop at `coords`.
+
+    A fold that fails (its checkpoint does not load, or it cannot predict) is dropped and the run's other
+    folds carry on; a run left without any fold is dropped from the ensemble. Each is named in `faults`.
+    """
+    faults = faults if faults is not None else FaultLog()
     out: dict[str, pd.DataFrame] = {}
     for name in names:
         fold_preds = []
-        for run in trained_folds(runs, name):
-            model, cfg = load_model(run, device)
-            crops, index = build_crops(coords, cache_dir, split, CropSpec(**cfg["crop"]), Path(cache_dir) / "crops", workers)
-            if len(index):
-                fold_preds.append(crop_probabilities(model, cfg, crops, index, device, hflip_tta=tta).set_index("row_id"))
+        runs_of = trained_folds(runs, name)
+        for run in runs_of:
+            try:
+                model, cfg = load_model(run, device)
+                crops, index = build_crops(coords, cache_dir, split, CropSpec(**cfg["crop"]), Path(cache_dir) / "crops",
+                                           workers)
+                if len(index):
+                    fold_preds.append(crop_probabilities(model, cfg, crops, index, device, hflip_tta=tta).set_index("row_id"))
+            except Exception as err:  # noqa: BLE001 - a bad fold costs that fold only
+                faults.add("fold", f"{name} fold {fold_of(run)}", f"dropped ({type(err).__name__}: {str(err)[:200]})")
         if fold_preds:
             out[name] = (sum(fold_preds) / len(fold_preds)).reset_index()
         else:
-            warnings.warn(f"no trained {name} under {runs}", stacklevel=2)
+            faults.add("member", name, "no trained fold under " + str(runs) if not runs_of else "every fold failed; "
+                       "member dropped, the ensemble renormalises over the others")
     return out

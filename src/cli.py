@@ -43,7 +43,7 @@ def add_runs(ap: argparse.ArgumentParser, default: Path | None = RUNS_DIR) -> No
 
 def add_cache_dir(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--cache-dir", type=Path, default=None,
-                    help="the preprocessing cache (writable); default: input/cache/<data-dir name>")
+                    help="the preprocessing cache (writable); default: input/cache/<data-dir name>-<path hash>")
 
 
 def add_folds(ap: argparse.ArgumentParser, default: Path | None = FOLDS_FILE) -> None:

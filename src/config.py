@@ -62,7 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "amp": "bf16",  # bf16 | fp16 | none; only used on CUDA
     "device": "auto",
     "workers": "auto",  # data loader / decoding processes; auto = the usable CPUs, at most 8
-    "resume": False,
+    "resume": True,  # continue from the run folder's last.pt when its config matches; train.py --restart sets False
     "series_type": None,  # the localizer's series type: a key of localizer.plan.PARTS (sagittal_t2, ...)
     "loc": {"size_px": 256, "sigma": 2.0, "neighbour_weight": 0.5, "decoder_channels": 64, "pos_weight": 20.0,
             "negative_ratio": 1.0},

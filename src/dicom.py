@@ -181,7 +181,9 @@ def read_series(series_dir: str | Path, normalize: bool = True, description: str
         if not any(abs(float(n @ r)) >= _SAME_ORIENTATION_COS for r in reps):
             reps.append(n)
     if len(reps) > 1:
-        note(f"{series_dir}: {len(reps)} orientation groups; slices ordered along the mean normal")
+        # Normal for axial blocks angled per disc: said, but not a problem to report with the series.
+        warnings.warn(f"{series_dir}: {len(reps)} orientation groups; slices ordered along the mean normal",
+                      DicomWarning, stacklevel=2)
     signs = np.sign(normals @ normals[0])
     signs[signs == 0] = 1
     mean_normal = (normals * signs[:, None]).mean(0)
@@ -193,6 +195,10 @@ def read_series(series_dir: str | Path, normalize: bool = True, description: str
         ranks[order] = np.arange(1, len(order) + 1)
         instances = [inst if inst >= 0 else int(ranks[k]) for k, inst in enumerate(instances)]
 
+    repeated = sorted(n for n, c in Counter(instances).items() if c > 1)
+    if repeated:
+        note(f"{series_dir}: InstanceNumber {', '.join(map(str, repeated[:5]))} used by more than one slice; "
+             "a coordinate on such an instance is read on the first of them along the normal")
     volume = np.stack([images[i] for i in order]).astype(np.float32)
     known_thickness = [t for t in thickness if t is not None]
     return Series(

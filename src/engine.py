@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
+import yaml
 from timm.scheduler import CosineLRScheduler
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -84,18 +85,66 @@ def _loaders(cfg: dict, train_ds: Dataset, val_ds: Dataset, world: int, rank: in
     return train, DataLoader(val_ds, batch_size=batch_size * 2, shuffle=False, **args), sampler
 
 
+# Keys that may change between a run and its continuation (training longer, on another machine).
+RUNTIME_KEYS = ("workers", "device", "resume", "epochs", "patience")
+
+
+def _check_same_run(out_dir: Path, cfg: dict) -> None:
+    """Refuse to continue a run folder trained with another config (ConfigError naming the keys)."""
+    saved = config_lib.load(out_dir / CONFIG) or {}
+    now = yaml.safe_load(yaml.safe_dump(cfg))
+    differ = sorted(k for k in set(saved) | set(now) if k not in RUNTIME_KEYS and saved.get(k) != now.get(k))
+    if differ:
+        raise config_lib.ConfigError(f"{out_dir}: holds a run with another config ({', '.join(differ)} differ); "
+                                     "pass --restart to train it again from scratch, or --name for a new run folder")
+
+
+def _log_until(out_dir: Path, epoch: int) -> list[dict]:
+    return pd.read_csv(out_dir / LOG).to_dict("records")[:epoch] if (out_dir / LOG).is_file() else []
+
+
 def _resume(out_dir: Path, model, optimizer, scaler, main: bool) -> _Progress:
-    """Weights, optimizer, scaler and progress from last.pt."""
-    ckpt = torch.load(out_dir / LAST, map_location="cpu", weights_only=True)
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
-    progress = _Progress(**ckpt["state"])
-    if (out_dir / LOG).is_file():
-        progress.log = pd.read_csv(out_dir / LOG).to_dict("records")[: progress.epoch]
+    """Weights, optimizer, scaler and progress from last.pt. A last.pt that does not load is named and set
+    aside (last.pt.corrupt); training then continues from best.pt's weights at its epoch, or from scratch."""
+    try:
+        ckpt = torch.load(out_dir / LAST, map_location="cpu", weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        progress = _Progress(**ckpt["state"])
+    except Exception as err:  # noqa: BLE001 - a broken checkpoint is set aside, never fatal
+        if main:
+            os.replace(out_dir / LAST, out_dir / f"{LAST}.corrupt")
+        what = f"{out_dir / LAST} does not load ({type(err).__name__}: {str(err)[:120]}); set aside as {LAST}.corrupt"
+        return _from_best(out_dir, model, what, main)
+    progress.log = _log_until(out_dir, progress.epoch)
     if main:
         print(f"resumed {out_dir / LAST} at epoch {progress.epoch}")
     return progress
+
+
+def _from_best(out_dir: Path, model, what: str, main: bool) -> _Progress:
+    """Progress after a lost last.pt: best.pt's weights and the log up to its epoch, else a fresh start."""
+    log = _log_until(out_dir, 10**9)
+    best = min(log, key=lambda r: r["score"]) if log else None
+    try:
+        model.load_state_dict(torch.load(out_dir / BEST, map_location="cpu", weights_only=True)["model"])
+    except Exception:  # noqa: BLE001 - no usable best.pt either
+        best = None
+    if best is None:
+        if main:
+            print(f"{what}; no usable {BEST}: training from scratch")
+        return _Progress()
+    epoch = int(best["epoch"])
+    if main:
+        print(f"{what}; continuing from {BEST} (epoch {epoch}) with a fresh optimizer")
+    return _Progress(epoch=epoch, best_score=float(best["score"]), best_epoch=epoch, log=log[:epoch])
+
+
+def _clean_orphans(out_dir: Path) -> None:
+    """Temporary files left by a kill during a write."""
+    for tmp in out_dir.glob(".*.tmp*"):
+        tmp.unlink(missing_ok=True)
 
 
 def _train_epoch(net, model, task, loader, optimizer, scheduler, scaler, cfg: dict, device, amp_dtype, first_step: int,
@@ -128,8 +177,14 @@ def fit(cfg: dict) -> dict:
     device = pick_device(cfg["device"], local_rank)
     seed_everything(cfg["seed"] + rank)
     out_dir = run_dir(cfg["runs"], cfg["name"], cfg["fold"])
+    resuming = cfg["resume"] and (out_dir / LAST).is_file()
+    if resuming and (out_dir / CONFIG).is_file():
+        _check_same_run(out_dir, cfg)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        _clean_orphans(out_dir)
+        if (out_dir / LAST).is_file() and not resuming:
+            print(f"{out_dir}: --restart: training from scratch over the earlier run")
         config_lib.save(cfg, out_dir / CONFIG)
 
     if world > 1 and not main:
@@ -148,7 +203,6 @@ def fit(cfg: dict) -> dict:
                                   warmup_prefix=True, t_in_epochs=False)
     amp_dtype, use_scaler = training_amp(cfg["amp"], device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    resuming = cfg["resume"] and (out_dir / LAST).is_file()
     progress = _resume(out_dir, model, optimizer, scaler, main) if resuming else _Progress()
     scheduler.step_update(progress.epoch * steps)
     net = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None) if world > 1 else model

@@ -11,8 +11,8 @@ from scipy.optimize import minimize, minimize_scalar
 
 from .constants import GROUPS, TARGETS, group_of
 from .metric import score
-from .runs import OOF, classifier_runs, trained_folds
-from .tables import load_submission
+from .runs import OOF, classifier_runs, is_run_name, trained_folds
+from .tables import DataError, load_submission
 
 
 def sharpen(probs: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
@@ -45,6 +45,9 @@ def blend(frames: dict[str, pd.DataFrame], weights: dict[str, float], temperatur
 def collect_oof(runs: Path, names: list[str] | None = None) -> dict[str, pd.DataFrame]:
     """Each classifier run's out-of-fold predictions over all of its folds (every classifier run by default)."""
     out = {}
+    bad = [n for n in names or [] if not is_run_name(runs, n)]
+    if bad:
+        raise DataError(f"{runs}: {', '.join(map(repr, bad))} not a run folder inside it")
     for name in classifier_runs(runs) if names is None else names:
         frames = [load_submission(d / OOF) for d in trained_folds(runs, name) if (d / OOF).is_file()]
         if frames:

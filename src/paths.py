@@ -1,6 +1,7 @@
 """Default locations, all relative to the repository; every script takes flags to override them."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,5 +18,10 @@ CACHE_ROOT = INPUT_DIR / "cache"
 
 
 def cache_dir_for(data_dir: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """The preprocessing cache of a dataset: cache_dir when given (--cache-dir), else input/cache/<data-dir name>."""
-    return Path(cache_dir) if cache_dir else CACHE_ROOT / Path(data_dir).resolve().name
+    """The preprocessing cache of a dataset: cache_dir when given (--cache-dir), else
+    input/cache/<data-dir name>-<hash of its resolved path>, so two datasets in folders of the same name
+    never share a cache."""
+    if cache_dir:
+        return Path(cache_dir)
+    resolved = Path(data_dir).resolve()
+    return CACHE_ROOT / f"{resolved.name}-{hashlib.md5(str(resolved).encode()).hexdigest()[:8]}"

@@ -19,31 +19,51 @@ from . import ensemble as ensemble_lib
 from .atomic import write_csv
 from .cache import prepare
 from .classify import run_classifiers
-from .constants import PREDICTED_COORDINATE_COLUMNS, TARGETS, row_study_ids
+from .constants import PREDICTED_COORDINATE_COLUMNS, TARGETS, group_of
 from .device import pick_device
 from .explain import explain
 from .localizer.infer import Localizer, localize
-from .metric import overlay, prior_rows, prior_table
-from .runs import classifier_runs, ensemble_file
-from .tables import DataError, load_series_descriptions, load_submission, load_train, solution_frame, submission_row_ids
+from .faults import FaultLog
+from .metric import overlay, prior_table
+from .runs import classifier_runs, ensemble_file, is_run_name
+from .tables import (
+    DataError,
+    bad_row_ids,
+    load_series_descriptions,
+    load_submission,
+    load_train,
+    solution_frame,
+    submission_row_ids,
+)
 
 
-def series_table(data_dir: Path, split: str, study_ids: list[int] | None = None) -> pd.DataFrame:
-    """{split}_series_descriptions.csv (unknown descriptions dropped with a warning), of some studies if given."""
-    table = load_series_descriptions(Path(data_dir) / f"{split}_series_descriptions.csv", unknown="warn")
+def series_table(data_dir: Path, split: str, study_ids: list[int] | None = None,
+                 problems: list[tuple[int | None, bool, str]] | None = None) -> pd.DataFrame:
+    """{split}_series_descriptions.csv read leniently (bad lines dropped and named), of some studies if given."""
+    table = load_series_descriptions(Path(data_dir) / f"{split}_series_descriptions.csv", strict=False, problems=problems)
     return table if study_ids is None else table[table["study_id"].isin(set(int(s) for s in study_ids))]
 
 
-def expected_rows(data_dir: Path, split: str) -> list[str]:
-    """sample_submission.csv's rows in its order when it is there, else 25 rows per study of the series file."""
+def expected_rows(data_dir: Path, split: str, faults: FaultLog | None = None) -> list[str]:
+    """sample_submission.csv's rows in its order when it is there, else 25 rows per study of the series file.
+
+    Every row of sample_submission is kept, whatever it holds: a row id that is not a study id and a label
+    column is named in `faults` and gets the prior (uniform where not even its condition group is known).
+    """
     sample = Path(data_dir) / "sample_submission.csv"
     if split == "test" and sample.is_file():
-        return load_submission(sample)["row_id"].tolist()
+        rows = load_submission(sample, strict=False)["row_id"].astype(str)
+        for i in bad_row_ids(rows):
+            (faults if faults is not None else FaultLog()).add(
+                "input", f"row {rows.iloc[i]!r}", f"{sample}: line {i + 2}: not a study id and a label column; "
+                "the row is written with the prior", rows=1)
+        return rows.tolist()
     return submission_row_ids(series_table(data_dir, split)["study_id"].drop_duplicates().tolist())
 
 
 def prior_frame(row_ids: list[str], data_dir: Path, fitted: dict) -> pd.DataFrame:
-    """The training prior for every row: from ensemble.json, else the data's train.csv, else real-data rates."""
+    """The training prior for every row: from ensemble.json, else the data's train.csv, else real-data rates.
+    A row without a known condition group gets 1/3 each."""
     table = fitted.get("prior")
     if table is None:
         train_csv = Path(data_dir) / "train.csv"
@@ -54,7 +74,21 @@ def prior_frame(row_ids: list[str], data_dir: Path, fitted: dict) -> pd.DataFram
             except DataError as err:
                 warnings.warn(f"{err}; using the real data's class rates as the prior", stacklevel=2)
         table = prior_table(solution)
-    return prior_rows(table, row_ids)
+    table = {**table, None: [1.0 / len(TARGETS)] * len(TARGETS)}
+    out = pd.DataFrame(np.array([table[_group(r)] for r in row_ids]).reshape(-1, len(TARGETS)), columns=list(TARGETS))
+    out.insert(0, "row_id", list(row_ids))
+    return out
+
+
+def _group(row_id: str) -> str | None:
+    try:
+        return group_of(row_id)
+    except ValueError:
+        return None
+
+
+def _study_ids(row_ids: list[str]) -> list[int | None]:
+    return [int(r.partition("_")[0]) if r.partition("_")[0].isdigit() else None for r in row_ids]
 
 
 def finalize(submission: pd.DataFrame, row_ids: list[str], prior: pd.DataFrame) -> pd.DataFrame:
@@ -69,57 +103,113 @@ def finalize(submission: pd.DataFrame, row_ids: list[str], prior: pd.DataFrame) 
     return result
 
 
+def faults_path(out: Path) -> Path:
+    """Where the degradation summary of a submission is written: beside it, as <name>.faults.json."""
+    return Path(out).with_suffix(".faults.json")
+
+
+def _members(fitted: dict, runs: Path, faults: FaultLog) -> list[str]:
+    """The ensemble's members (every classifier run without a fitted ensemble), each a run folder inside runs/."""
+    named = list(fitted.get("weights", {}))
+    if not named:
+        return classifier_runs(runs)
+    for name in named:
+        if not is_run_name(runs, name):
+            faults.add("member", str(name), f"named in the ensemble file but not a run folder inside {runs}; ignored")
+    return [n for n in named if is_run_name(runs, n)]
+
+
+def _localize(data_dir: Path, split: str, runs: Path, cache_dir: Path, study_ids: list[int], workers: int,
+              device: torch.device, faults: FaultLog) -> pd.DataFrame:
+    """Stage 1 for the studies: their series lines read, decoded once, localized; every problem named per study."""
+    problems: list[tuple[int | None, bool, str]] = []
+    table = series_table(data_dir, split, study_ids, problems)
+    listed = set(table["study_id"])
+    for study_id in sorted(set(study_ids) - listed):
+        faults.add("study", f"study {study_id}", f"no series listed in {split}_series_descriptions.csv",
+                   study_id=study_id)
+    prepare(data_dir, cache_dir, split, workers=workers, series=table, problems=problems)
+    by_study: dict[tuple[int | None, bool], list[str]] = {}
+    for study_id, lost, text in problems:
+        if study_id is None or study_id in set(study_ids):
+            by_study.setdefault((study_id, lost), []).append(text)
+    for (study_id, lost), texts in by_study.items():
+        # One line per study: a lost series costs rows ('study'); a repaired one is only named ('repair').
+        faults.add("input" if study_id is None else "study" if lost else "repair",
+                   "series descriptions" if study_id is None else f"study {study_id}", "; ".join(texts),
+                   study_id=study_id)
+    return localize(table, cache_dir, split, Localizer.from_runs(runs, device=device, faults=faults), faults)
+
+
 def make_submission(data_dir: Path, split: str, runs: Path, out: Path, cache_dir: Path,
                     ensemble_path: Path | None = None, tta: bool = True, workers: int = 2,
                     device: torch.device | None = None, studies: list[int] | None = None,
                     explain_studies: list[int] | None = None, explain_dir: Path | None = None,
-                    per_model: bool = False) -> pd.DataFrame:
+                    per_model: bool = False, faults: FaultLog | None = None) -> pd.DataFrame:
     """The whole offline pipeline; returns the submission written to `out` (every expected row, valid).
 
-    studies limits the rows to those studies; explain_studies also writes their reading and PNG sheet;
-    per_model also writes each model's own submission (its folds averaged) as submission_{model}.csv beside out.
+    A fault costs only the study, fold, member or series type it touches; each is named in `faults`, printed
+    in one summary and written beside `out` (faults_path). studies limits the rows to those studies;
+    explain_studies also writes their reading and PNG sheet; per_model also writes each model's own
+    submission (its folds averaged) as submission_{model}.csv beside out.
     """
     started = time.time()
+    faults = faults if faults is not None else FaultLog()
     device = device or pick_device()
-    data_dir, runs, cache_dir = Path(data_dir), Path(runs), Path(cache_dir)
-    row_ids = expected_rows(data_dir, split)
+    data_dir, runs, cache_dir, out = Path(data_dir), Path(runs), Path(cache_dir), Path(out)
+    row_ids = expected_rows(data_dir, split, faults)
     if studies is not None:
-        row_ids = [r for r, s in zip(row_ids, row_study_ids(row_ids)) if s in {int(x) for x in studies}]
+        keep = {int(x) for x in studies}
+        row_ids = [r for r, s in zip(row_ids, _study_ids(row_ids)) if s in keep]
     fitted = ensemble_lib.load(ensemble_path if ensemble_path is not None else ensemble_file(runs))
     prior = prior_frame(row_ids, data_dir, fitted)
     submission = prior
-    study_ids = sorted(set(row_study_ids(row_ids).tolist()))
+    study_ids = sorted({s for s in _study_ids(row_ids) if s is not None})
+    coords = pd.DataFrame(columns=list(PREDICTED_COORDINATE_COLUMNS))
     try:
-        prepare(data_dir, cache_dir, split, workers=workers)
-        coords = localize(series_table(data_dir, split, study_ids), cache_dir, split, Localizer.from_runs(runs, device=device))
+        coords = _localize(data_dir, split, runs, cache_dir, study_ids, workers, device, faults)
     except Exception as err:  # noqa: BLE001 - the prior still gives a complete submission
-        warnings.warn(f"localization failed ({type(err).__name__}: {err}); every row gets the prior", stacklevel=2)
-        coords = pd.DataFrame(columns=list(PREDICTED_COORDINATE_COLUMNS))
+        faults.add("models", "localization", f"failed ({type(err).__name__}: {err}); every row gets the prior")
     frames: dict[str, pd.DataFrame] = {}
-    n_model_rows = 0
+    modelled: set[str] = set()  # rows a model predicted
     try:
         if len(coords):
-            # The fitted ensemble names its members; without one, every classifier run takes part.
-            names = list(fitted["weights"]) or classifier_runs(runs)
-            frames = run_classifiers(coords, runs, names, cache_dir, split, device, tta=tta, workers=workers)
+            frames = run_classifiers(coords, runs, _members(fitted, runs, faults), cache_dir, split, device, tta=tta,
+                                     workers=workers, faults=faults)
         if frames:
             blended = ensemble_lib.blend(frames, ensemble_lib.member_weights(fitted, list(frames)),
                                          fitted.get("temperature", {}))
             submission = overlay(prior, blended)
-            n_model_rows = int(blended["row_id"].isin(set(row_ids)).sum())
+            modelled = set(blended["row_id"]) & set(row_ids)
     except Exception as err:  # noqa: BLE001 - the prior still gives a complete submission
-        warnings.warn(f"classification failed ({type(err).__name__}: {err}); the rows keep the prior", stacklevel=2)
-        frames = {}
+        faults.add("models", "classification", f"failed ({type(err).__name__}: {err}); the rows keep the prior")
+        frames, submission, modelled = {}, prior, set()
+    if not frames and row_ids and not faults.of("models"):
+        faults.add("models", "classifiers", f"no classifier could be used (runs: {runs}); every row gets the prior")
     result = finalize(submission, row_ids, prior)
-    write_csv(result, Path(out))
-    if per_model:
-        for name, frame in frames.items():
-            write_csv(finalize(overlay(prior, frame), row_ids, prior), Path(out).with_name(f"submission_{name}.csv"))
-    covered = coords["study_id"].nunique() if len(coords) else 0
+    write_csv(result, out)
+    faults.count_rows(row_ids, set(row_ids) - modelled)
+    _extras(per_model, frames, prior, row_ids, out, explain_studies, explain_dir, coords, result, runs, cache_dir,
+            split, device, faults)
+    faults.write(faults_path(out))
     seconds = time.time() - started
-    print(f"wrote {out}: {len(result)} rows for {len(study_ids)} studies ({covered} localized, "
-          f"{n_model_rows} rows from the models); {seconds / max(len(study_ids), 1):.2f} s per study")
-    if explain_studies:
-        explain([int(s) for s in explain_studies], coords, result, runs, cache_dir, split,
-                Path(explain_dir or Path(out).parent / "explain"), device)
+    print(f"wrote {out}: {len(result)} rows for {len(study_ids)} studies "
+          f"({coords['study_id'].nunique() if len(coords) else 0} localized, {len(modelled)} rows from the models); "
+          f"{seconds / max(len(study_ids), 1):.2f} s per study")
+    print(faults.summary())
     return result
+
+
+def _extras(per_model: bool, frames: dict, prior: pd.DataFrame, row_ids: list[str], out: Path,
+            explain_studies: list[int] | None, explain_dir: Path | None, coords: pd.DataFrame, result: pd.DataFrame,
+            runs: Path, cache_dir: Path, split: str, device: torch.device, faults: FaultLog) -> None:
+    """Per-model submissions and explanations: extras whose failure never touches the written submission."""
+    try:
+        if per_model:
+            for name, frame in frames.items():
+                write_csv(finalize(overlay(prior, frame), row_ids, prior), out.with_name(f"submission_{name}.csv"))
+        if explain_studies:
+            explain([int(s) for s in explain_studies], coords, result, runs, cache_dir, split,
+                    Path(explain_dir or out.parent / "explain"), device)
+    except Exception as err:  # noqa: BLE001 - the submission is already written
+        faults.add("output", "extras", f"per-model submissions or explanations failed ({type(err).__name__}: {err})")

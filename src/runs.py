@@ -62,6 +62,13 @@ def classifier_runs(runs: str | Path, model: str | None = None) -> list[str]:
     return run_names(runs, "classifier", model)
 
 
+def is_run_name(runs: str | Path, name: str) -> bool:
+    """Whether `name` is a run folder directly inside runs/ (no path, no '..'): names read from files such as
+    ensemble.json are checked with this before anything is loaded from them."""
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name \
+        and "/" not in name and "\\" not in name and (Path(runs) / name).is_dir()
+
+
 def localizer_run(series_key: str) -> str:
     """Run name of the localizer of one series type (localizer_sagittal_t2, ...)."""
     return f"localizer_{series_key}"

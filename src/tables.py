@@ -87,6 +87,8 @@ def load_train(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     raw = _read(path)
     _require_columns(raw, ["study_id", *LABEL_COLUMNS], path)
+    if raw.empty:
+        raise DataError(f"{path}: no studies (only a header)")
     out = pd.DataFrame({"study_id": _to_int(raw, "study_id", path)})
     for col in LABEL_COLUMNS:
         _check_allowed(raw, col, (*SEVERITIES, ""), path, "label")
@@ -95,33 +97,49 @@ def load_train(path: str | Path) -> pd.DataFrame:
     return out
 
 
-def load_series_descriptions(path: str | Path, unknown: str = "raise") -> pd.DataFrame:
+def load_series_descriptions(path: str | Path, strict: bool = True,
+                             problems: list[tuple[int | None, bool, str]] | None = None) -> pd.DataFrame:
     """{split}_series_descriptions.csv -> study_id, series_id, series_description.
 
-    unknown: 'raise' (training data must be clean) or 'warn' (inference keeps going and drops the row).
+    strict (training data must be clean): the first bad line raises DataError. Not strict (inference keeps
+    going): a line with a non-integer id, an unknown description or a repeated (study, series) is dropped,
+    each named with its line and study in one warning and appended to `problems` as (study_id or None,
+    whether a series was lost, text); a repeated line loses nothing.
     """
     path = Path(path)
     raw = _read(path)
     _require_columns(raw, ["study_id", "series_id", "series_description"], path)
-    out = pd.DataFrame(
-        {
-            "study_id": _to_int(raw, "study_id", path),
-            "series_id": _to_int(raw, "series_id", path),
-            "series_description": raw["series_description"].str.strip(),
-        }
-    )
-    known = out["series_description"].isin(SERIES_DESCRIPTIONS)
-    if not known.all():
-        if unknown == "raise":
-            _check_allowed(out, "series_description", SERIES_DESCRIPTIONS, path, "series description")
-        warnings.warn(
-            f"{path}: dropping {int((~known).sum())} series with an unknown description "
-            f"{sorted(out.loc[~known, 'series_description'].unique())}",
-            stacklevel=2,
-        )
-        out = out[known].reset_index(drop=True)
-    _check_unique(out, ["study_id", "series_id"], path)
-    return out
+    raw["series_description"] = raw["series_description"].str.strip()
+    if strict:
+        out = pd.DataFrame({"study_id": _to_int(raw, "study_id", path), "series_id": _to_int(raw, "series_id", path),
+                            "series_description": raw["series_description"]})
+        _check_allowed(out, "series_description", SERIES_DESCRIPTIONS, path, "series description")
+        _check_unique(out, ["study_id", "series_id"], path)
+        return out
+    ints = {c: raw[c].str.strip().str.fullmatch(r"[+-]?\d+") for c in ("study_id", "series_id")}
+    bad_int = ~(ints["study_id"] & ints["series_id"])
+    study = pd.to_numeric(raw["study_id"].where(~bad_int), errors="coerce")
+    series = pd.to_numeric(raw["series_id"].where(~bad_int), errors="coerce")
+    unknown = ~bad_int & ~raw["series_description"].isin(SERIES_DESCRIPTIONS)
+    repeated = ~bad_int & ~unknown & pd.DataFrame({"s": study, "r": series}).where(~unknown).duplicated()
+    notes: list[tuple[int | None, bool, str]] = []
+    for i in np.flatnonzero((bad_int | unknown | repeated).to_numpy()):
+        if bad_int.iloc[i]:
+            why = f"non-integer id ({raw['study_id'].iloc[i]!r}, {raw['series_id'].iloc[i]!r})"
+        elif unknown.iloc[i]:
+            why = f"unknown series description {raw['series_description'].iloc[i]!r}"
+        else:
+            why = f"repeats series {int(series.iloc[i])}"
+        sid = None if bad_int.iloc[i] else int(study.iloc[i])
+        notes.append((sid, not repeated.iloc[i],
+                      f"line {i + 2}" + (f", study {sid}" if sid is not None else "") + f": {why}; line dropped"))
+    if notes:
+        warnings.warn(f"{path}: " + "; ".join(text for _, _, text in notes), stacklevel=2)
+        if problems is not None:
+            problems.extend((sid, lost, f"{path}: {text}") for sid, lost, text in notes)
+    keep = ~(bad_int | unknown | repeated).to_numpy()
+    return pd.DataFrame({"study_id": study[keep].astype(np.int64), "series_id": series[keep].astype(np.int64),
+                         "series_description": raw["series_description"][keep]}).reset_index(drop=True)
 
 
 def load_coordinates(path: str | Path) -> pd.DataFrame:
@@ -148,11 +166,32 @@ def load_coordinates(path: str | Path) -> pd.DataFrame:
     return out
 
 
-def load_submission(path: str | Path) -> pd.DataFrame:
-    """A submission (or sample_submission / oracle) file: row_id plus the three probabilities."""
+ROW_ID_PATTERN = r"\d+_(?:" + "|".join(LABEL_COLUMNS) + ")"
+
+
+def bad_row_ids(row_ids: pd.Series) -> np.ndarray:
+    """Positions of row ids not of the form '{study_id}_{label column}' (e.g. '123_spinal_canal_stenosis_l1_l2')."""
+    return np.flatnonzero(~row_ids.astype(str).str.fullmatch(ROW_ID_PATTERN).to_numpy())
+
+
+def _check_row_ids(raw: pd.DataFrame, path: Path) -> None:
+    bad = bad_row_ids(raw["row_id"])
+    if len(bad):
+        raise _fail(path, int(bad[0]), "row_id", f"{raw['row_id'].iloc[bad[0]]!r} is not a study id and a label column "
+                                                 "(e.g. '123_spinal_canal_stenosis_l1_l2')")
+
+
+def load_submission(path: str | Path, strict: bool = True) -> pd.DataFrame:
+    """A submission (or sample_submission / oracle) file: row_id plus the three probabilities.
+
+    strict checks every row id against the competition's format; sample_submission at inference time is
+    read with strict=False, since every one of its rows must be written whatever it holds.
+    """
     path = Path(path)
     raw = _read(path)
     _require_columns(raw, ["row_id", *TARGETS], path)
+    if strict:
+        _check_row_ids(raw, path)
     out = pd.DataFrame({"row_id": raw["row_id"]})
     for col in TARGETS:
         out[col] = _to_float(raw, col, path)
@@ -165,6 +204,7 @@ def load_solution(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     raw = _read(path)
     _require_columns(raw, ["row_id", *TARGETS, "sample_weight"], path)
+    _check_row_ids(raw, path)
     out = pd.DataFrame({"row_id": raw["row_id"]})
     for col in [*TARGETS, "sample_weight"]:
         out[col] = _to_float(raw, col, path)

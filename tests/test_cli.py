@@ -40,3 +40,24 @@ def test_every_script_shows_its_defaults_and_the_shared_flags(capsys):
     text = _help("evaluate_localization.py", capsys)
     assert "--fold-ids N" in text and "--folds FOLDS" in text and "--out-dir" not in text
     assert "--out-dir OUT_DIR" in _help("evaluate.py", capsys)
+
+
+def test_scripts_print_one_line_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from src.constants import LABEL_COLUMNS
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.csv").write_text("study_id," + ",".join(LABEL_COLUMNS) + "\n")  # header only
+    for cmd, says in ((["make_folds.py", "--data-dir", str(data), "--out", str(tmp_path / "f.csv")], "no studies"),
+                      (["prepare.py", "--data-dir", str(data), "--cache-dir", str(tmp_path / "c")], "file not found"),
+                      (["train.py", "--data-dir", str(data), "--preset", "tiny", "--runs", str(tmp_path / "r"),
+                        "--folds", str(tmp_path / "f.csv"), "--cache_dir", str(tmp_path / "c")], "file not found")):
+        done = subprocess.run([sys.executable, *cmd], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, (cmd[0], done.stderr[-800:])
+        lines = [line for line in done.stderr.splitlines() if line.strip() and "Warning" not in line and "warn" not in line]
+        assert len(lines) == 1 and lines[0].startswith(f"{cmd[0]}: ") and says in lines[0], (cmd[0], done.stderr[-800:])
+        assert "Traceback" not in done.stderr

@@ -86,3 +86,30 @@ def test_torchrun_ddp_two_processes(base_args):
     run = root / "ddp" / "attn_resnext" / "fold1"
     assert pd.read_csv(run / "log.csv")["epoch"].tolist() == [1]
     assert done.stdout.count("epoch 1:") == 1  # only rank 0 reports
+
+
+def test_rerun_continues_refuses_another_config_and_survives_a_corrupt_last(base_args, capsys):
+    args, root = base_args
+    runs = str(root / "again")
+    cmd = ["--fold", "0", "--model", "cnn_lstm", "--runs", runs, "--epochs", "1", *args]
+    train_script.main(cmd)
+    run = root / "again" / "cnn_lstm" / "fold0"
+    (run / ".last.pt.12345.tmp").write_bytes(b"half")  # as if killed during a write
+    train_script.main([*cmd[:-len(args) - 2], "--epochs", "2", *args])  # the same command, trained longer
+    out = capsys.readouterr().out
+    assert "resumed" in out and pd.read_csv(run / "log.csv")["epoch"].tolist() == [1, 2]
+    assert not list(run.glob(".*.tmp*"))
+    # Another config in the same folder is refused with one line, unless --restart.
+    from src.cli import guard
+
+    assert guard(train_script.main, [*cmd, "--lr", "0.5"]) == 2
+    assert "another config (lr differ)" in capsys.readouterr().err
+    # A corrupt last.pt is set aside; training continues from best.pt at its epoch.
+    (run / "last.pt").write_bytes(b"garbage")
+    train_script.main([*cmd[:-len(args) - 2], "--epochs", "3", *args])
+    out = capsys.readouterr().out
+    assert "set aside as last.pt.corrupt" in out and "continuing from best.pt" in out
+    assert (run / "last.pt.corrupt").is_file() and torch.load(run / "last.pt", weights_only=True)["state"]["epoch"] == 3
+    train_script.main([*cmd, "--restart"])
+    assert "training from scratch" in capsys.readouterr().out
+    assert pd.read_csv(run / "log.csv")["epoch"].tolist() == [1]

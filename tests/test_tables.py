@@ -83,8 +83,32 @@ def test_series_descriptions_unknown(tmp_path):
     with pytest.raises(DataError, match="line 3.*unknown series description 'Coronal T2'"):
         load_series_descriptions(path)
     with pytest.warns(UserWarning, match="Coronal T2"):
-        kept = load_series_descriptions(path, unknown="warn")
+        kept = load_series_descriptions(path, strict=False)
     assert kept["series_id"].tolist() == [2]
+
+
+def test_lenient_series_descriptions_drop_bad_lines_naming_the_study(tmp_path):
+    path = _write(tmp_path, "study_id,series_id,series_description\n1,2,Sagittal T1\n1,2,Sagittal T1\n"
+                            "x,4,Axial T2\n5,6,Axial T2\n")
+    with pytest.raises(DataError, match="line 4, column 'study_id': expected an integer"):
+        load_series_descriptions(path)
+    problems = []
+    with pytest.warns(UserWarning, match="line 3, study 1: repeats series 2"):
+        kept = load_series_descriptions(path, strict=False, problems=problems)
+    assert kept.values.tolist() == [[1, 2, "Sagittal T1"], [5, 6, "Axial T2"]]
+    assert [(sid, lost) for sid, lost, _ in problems] == [(1, False), (None, True)] and "line 4" in problems[1][2]
+
+
+def test_row_ids_and_header_only_files_are_named(tmp_path):
+    head = "row_id,normal_mild,moderate,severe\n"
+    bad = _write(tmp_path, head + "1_spinal_canal_stenosis_l1_l2,1,0,0\n../../x_spinal_canal_stenosis_l1_l2,1,0,0\n")
+    with pytest.raises(DataError, match=r"line 3, column 'row_id': '../../x_spinal_canal_stenosis_l1_l2' is not"):
+        load_submission(bad)
+    assert len(load_submission(bad, strict=False)) == 2
+    with pytest.raises(DataError, match="'7_spinal_canal_stenosis_l9_l9' is not"):
+        load_submission(_write(tmp_path, head + "7_spinal_canal_stenosis_l9_l9,1,0,0\n"))
+    with pytest.raises(DataError, match="no studies"):
+        load_train(_write(tmp_path, "study_id," + ",".join(LABEL_COLUMNS) + "\n"))
 
 
 def test_missing_file_and_garbage(tmp_path):

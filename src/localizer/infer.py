@@ -7,7 +7,6 @@ unreadable series still gets every condition the other series allow.
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,8 @@ from ..cache import load_series, series_cache_path
 from ..constants import PREDICTED_COORDINATE_COLUMNS
 from ..device import autocast, inference_dtype, pick_device
 from ..dicom import Series
-from ..runs import load_model, localizer_run, trained_folds
+from ..faults import FaultLog
+from ..runs import BEST, fold_of, load_model, localizer_run, trained_folds
 from .data import stack_of
 from .decode import decode_searched, decode_slice
 from .plan import PLAN, Part
@@ -45,16 +45,26 @@ class Localizer:
         self.models, self.device, self.dtype = models, device, inference_dtype(device)
 
     @classmethod
-    def from_runs(cls, runs: Path, folds: list[int] | None = None, device: torch.device | None = None) -> "Localizer":
-        """Every trained fold (or those listed) of each series type's localizer under runs/."""
+    def from_runs(cls, runs: Path, folds: list[int] | None = None, device: torch.device | None = None,
+                  faults: FaultLog | None = None) -> "Localizer":
+        """Every trained fold (or those listed) of each series type's localizer under runs/. A fold whose
+        checkpoint does not load is dropped (the other folds carry on); a series type left without a model
+        gives no coordinates, and the other series types carry on."""
         device = device or pick_device()
-        models = {}
+        faults = faults if faults is not None else FaultLog()
+        models: dict[str, list[tuple[torch.nn.Module, dict]]] = {}
         for part in PLAN:
-            dirs = trained_folds(runs, localizer_run(part.key), folds)
-            models[part.key] = [load_model(d, device) for d in dirs]
-            if not dirs:
-                warnings.warn(f"no trained {localizer_run(part.key)} under {runs}: {', '.join(part.conditions)} "
-                              "get no coordinates", stacklevel=2)
+            name = localizer_run(part.key)
+            models[part.key] = []
+            for run in trained_folds(runs, name, folds):
+                try:
+                    models[part.key].append(load_model(run, device))
+                except Exception as err:  # noqa: BLE001 - a bad checkpoint costs its fold only
+                    faults.add("fold", f"{name} fold {fold_of(run)}", f"{run / BEST} does not load "
+                               f"({type(err).__name__}: {str(err)[:200]}); fold dropped")
+            if not models[part.key]:
+                faults.add("localizer", name, f"no loadable fold under {runs}: {', '.join(part.conditions)} get no "
+                           "coordinates", conditions=part.conditions)
         return cls(models, device)
 
     @torch.no_grad()
@@ -72,57 +82,70 @@ class Localizer:
     def size(self, part: Part) -> int:
         return self.models[part.key][0][1]["loc"]["size_px"]
 
-    def study(self, study_id: int, series: dict[str, list[tuple[int, Series]]]) -> list[dict]:
-        """Coordinate rows of one study from its loaded series, keyed by series description."""
+    def study(self, study_id: int, series: dict[str, list[tuple[int, Series]]], faults: FaultLog | None = None) -> list[dict]:
+        """Coordinate rows of one study from its loaded series, keyed by series description. A series type
+        that fails costs only its own conditions (named in `faults`)."""
         rows: list[dict] = []
         points: dict[str, np.ndarray] = {}  # each level's 3D point, from the first searched series that has it
         for part in PLAN:
             available = series.get(part.description, [])
             if not available or not self.models.get(part.key):
                 continue
-            if part.searched:
-                sid, s = available[0]
-                ks = np.arange(len(s))
-                midline = np.mean(list(points.values()), 0) if points else None
-                found = decode_searched(part, s, self.heatmaps(part, s, list(ks)), ks, self.size(part), study_id, sid,
-                                        midline=midline)
-                rows += found
-                points = points or level_points(s, found)
+            try:
+                found, points = self._part(part, study_id, available, points)
+            except Exception as err:  # noqa: BLE001 - one series type must not take the others down
+                (faults if faults is not None else FaultLog()).add(
+                    "study", f"study {study_id}", f"{part.key} localization failed ({type(err).__name__}: {err})",
+                    study_id=study_id, conditions=part.conditions)
                 continue
-            for level, point in points.items():
-                best = None
-                for sid, s in available:
-                    k, dist = s.nearest_slice(point)
-                    if k >= 0 and (best is None or dist < best[0]):
-                        best = (dist, sid, s, k)
-                if best is not None:
-                    _, sid, s, k = best
-                    heat = self.heatmaps(part, s, [k])[0, 0]
-                    rows += decode_slice(part, s, k, heat, self.size(part), study_id, sid, level)
+            rows += found
         return rows
+
+    def _part(self, part: Part, study_id: int, available: list[tuple[int, Series]],
+              points: dict[str, np.ndarray]) -> tuple[list[dict], dict[str, np.ndarray]]:
+        """One series type's rows of a study, and the level points (set by the first searched series)."""
+        if part.searched:
+            sid, s = available[0]
+            ks = np.arange(len(s))
+            midline = np.mean(list(points.values()), 0) if points else None
+            found = decode_searched(part, s, self.heatmaps(part, s, list(ks)), ks, self.size(part), study_id, sid,
+                                    midline=midline)
+            return found, points or level_points(s, found)
+        rows: list[dict] = []
+        for level, point in points.items():
+            best = None
+            for sid, s in available:
+                k, dist = s.nearest_slice(point)
+                if k >= 0 and (best is None or dist < best[0]):
+                    best = (dist, sid, s, k)
+            if best is not None:
+                _, sid, s, k = best
+                heat = self.heatmaps(part, s, [k])[0, 0]
+                rows += decode_slice(part, s, k, heat, self.size(part), study_id, sid, level)
+        return rows, points
 
 
 def load_study_series(cache_dir: Path, split: str, study_id: int, table: pd.DataFrame) -> dict[str, list[tuple[int, Series]]]:
-    """A study's cached series keyed by description; a series missing from the cache is named and skipped."""
+    """A study's cached series keyed by description; a series not in the cache (missing or unreadable, which
+    cache.prepare has named) is skipped."""
     series: dict[str, list[tuple[int, Series]]] = {}
     for r in table.itertuples():
         path = series_cache_path(cache_dir, split, study_id, r.series_id)
         if path.is_file():
             series.setdefault(r.series_description, []).append((int(r.series_id), load_series(path)))
-        else:
-            warnings.warn(f"study {study_id}: series {r.series_id} ({r.series_description}) unreadable or missing; "
-                          "using the other series", stacklevel=2)
     return series
 
 
-def localize(table: pd.DataFrame, cache_dir: Path, split: str, localizer: Localizer) -> pd.DataFrame:
+def localize(table: pd.DataFrame, cache_dir: Path, split: str, localizer: Localizer,
+             faults: FaultLog | None = None) -> pd.DataFrame:
     """Predicted coordinates for every study of a series table (study_id, series_id, series_description) whose
-    series are in the cache (cache.prepare)."""
+    series are in the cache (cache.prepare). A study that fails costs only its own rows (named in `faults`)."""
+    faults = faults if faults is not None else FaultLog()
     rows: list[dict] = []
     for study_id, g in tqdm(table.groupby("study_id", sort=False), desc="localize"):
-        series = load_study_series(cache_dir, split, int(study_id), g)
         try:
-            rows += localizer.study(int(study_id), series)
+            rows += localizer.study(int(study_id), load_study_series(cache_dir, split, int(study_id), g), faults)
         except Exception as err:  # noqa: BLE001 - one broken study must not stop the others
-            warnings.warn(f"study {study_id}: localization failed ({type(err).__name__}: {err})", stacklevel=2)
+            faults.add("study", f"study {study_id}", f"localization failed ({type(err).__name__}: {err})",
+                       study_id=int(study_id))
     return pd.DataFrame(rows, columns=list(PREDICTED_COORDINATE_COLUMNS))
