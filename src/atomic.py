@@ -21,6 +21,14 @@ def temp_path(path: Path, suffix: str = "") -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
 
 
+def remove_orphans(folder: Path) -> list[Path]:
+    """Delete the temporary files a killed writer left in a folder (temp_path's names); returns them."""
+    found = [p for p in Path(folder).glob(".*.tmp*") if p.is_file()]
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path to write; it replaces `path` when the block ends, and is removed on error.

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from . import config as config_lib
-from .atomic import save_torch, write_csv
+from .atomic import remove_orphans, save_torch, write_csv
 from .datasets import seed_worker
 from .device import autocast, pick_device, training_amp
 from .localizer.task import LocalizerTask
@@ -141,11 +141,6 @@ def _from_best(out_dir: Path, model, what: str, main: bool) -> _Progress:
     return _Progress(epoch=epoch, best_score=float(best["score"]), best_epoch=epoch, log=log[:epoch])
 
 
-def _clean_orphans(out_dir: Path) -> None:
-    """Temporary files left by a kill during a write."""
-    for tmp in out_dir.glob(".*.tmp*"):
-        tmp.unlink(missing_ok=True)
-
 
 def _train_epoch(net, model, task, loader, optimizer, scheduler, scaler, cfg: dict, device, amp_dtype, first_step: int,
                  desc: str, main: bool) -> float:
@@ -182,7 +177,7 @@ def fit(cfg: dict) -> dict:
         _check_same_run(out_dir, cfg)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _clean_orphans(out_dir)
+        remove_orphans(out_dir)  # left by a kill during a write
         if (out_dir / LAST).is_file() and not resuming:
             print(f"{out_dir}: --restart: training from scratch over the earlier run")
         config_lib.save(cfg, out_dir / CONFIG)

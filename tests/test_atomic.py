@@ -23,3 +23,13 @@ def test_suffix_for_writers_that_insist_on_one(tmp_path):
     assert np.load(tmp_path / "a.npy").tolist() == [0, 1, 2]
     save_torch({"k": 1}, tmp_path / "c.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "c.pt"]
+
+
+def test_remove_orphans_takes_only_temporary_files(tmp_path):
+    from src.atomic import remove_orphans, temp_path
+
+    keep = tmp_path / "last.pt"
+    keep.write_bytes(b"x")
+    orphan = temp_path(keep)
+    orphan.write_bytes(b"half")
+    assert remove_orphans(tmp_path) == [orphan] and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
