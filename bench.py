@@ -1,6 +1,8 @@
 """Benchmarks (not tests): python bench.py [--data-dir DIR] [--preset tiny] [--what decode crops train infer]
 
 decode: DICOM series/s through read_series (decode, order, normalise).
+loader: one loader process's crops/s, raw (for augmentation on the device) and with albumentations (CPU path).
+augment: crops/s of the batched device augmentation on the fastest device here.
 crops: crops/s served from the crop cache with augmentation, against decoding the DICOM series each time.
 train: training samples/s of each model (AMP and peak GPU memory on CUDA).
 infer: seconds per study of the whole offline pipeline (infer.py) over the trained runs, cache warm.
@@ -23,7 +25,8 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from src import cli  # noqa: E402
 from src import config as config_lib  # noqa: E402
-from src.augment import train_transform  # noqa: E402
+from src.atomic import write_json  # noqa: E402
+from src.augment import DeviceAugment, train_transform  # noqa: E402
 from src.cache import prepare  # noqa: E402
 from src.constants import row_study_ids  # noqa: E402
 from src.crops import CropSpec, build_crops, cut_crop  # noqa: E402
@@ -41,23 +44,64 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}"
 
 
-def bench_crops(data_dir: Path, cfg: dict, n: int, workers: int) -> list[tuple[str, str]]:
+def _crop_cache(data_dir: Path, cfg: dict, workers: int):
+    """The training crops of a dataset (cut once into the cache), their index with a dummy label, the spec."""
     cache_dir = cache_dir_for(data_dir)
     prepare(data_dir, cache_dir, "train", workers=workers)
     coords = load_coordinates(data_dir / "train_label_coordinates.csv")
     spec = CropSpec(**cfg["crop"])
     crops, index = build_crops(coords, cache_dir, "train", spec, cache_dir / "crops", workers)
-    index = index.assign(label=0)
+    return crops, index.assign(label=0), spec, coords
+
+
+def _loader_rate(ds: CropDataset, n: int, workers: int) -> float:
+    """Crops per second a DataLoader with `workers` processes serves (0: the calling process alone)."""
+    loader = DataLoader(ds, batch_size=32, shuffle=True, num_workers=workers)
+    start, seen = time.perf_counter(), 0
+    for batch in loader:
+        seen += len(batch["image"])
+        if seen >= n:
+            break
+    return seen / (time.perf_counter() - start)
+
+
+def bench_loader(data_dir: Path, cfg: dict, n: int, workers: int, metrics: dict) -> list[tuple[str, str]]:
+    """One loader process's crops/s without augmentation (the device path) and with albumentations (the CPU
+    path), measured in the same run on the same crops."""
+    crops, index, spec, _ = _crop_cache(data_dir, cfg, workers)
+    raw = _loader_rate(CropDataset(crops, index, None), n, 0)
+    cpu = _loader_rate(CropDataset(crops, index, train_transform(cfg["aug"], spec.size_px)), n, 0)
+    metrics.update(loader_crops_per_s=raw, loader_crops_per_s_cpu_aug=cpu, crop=f"{spec.n_slices}x{spec.stored_px}px")
+    return [(f"one loader process, raw crops {spec.n_slices}x{spec.stored_px}px (augmented on the device)", f"{raw:.0f} crops/s"),
+            ("one loader process, crops + albumentations (CPU path)", f"{cpu:.0f} crops/s ({raw / cpu:.1f}x fewer)")]
+
+
+def bench_augment(cfg: dict, n: int, metrics: dict) -> list[tuple[str, str]]:
+    """The batched device augmentation (DeviceAugment) on the fastest device here, batches of 256."""
+    device = pick_device("auto")
+    spec = CropSpec(**cfg["crop"])
+    augment = DeviceAugment(cfg["aug"], spec.size_px)
+    x = torch.rand(256, spec.n_slices, spec.stored_px, spec.stored_px, device=device)
+    c = torch.zeros(256, dtype=torch.long, device=device)
+    augment(x, c)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start, done = time.perf_counter(), 0
+    while done < n:
+        augment(x, c)
+        done += len(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    rate = done / (time.perf_counter() - start)
+    metrics.update(augment_crops_per_s=rate, augment_device=str(device))
+    return [(f"batched device augmentation on {device} ({spec.n_slices}x{spec.stored_px} -> {spec.size_px}px)", f"{rate:.0f} crops/s")]
+
+
+def bench_crops(data_dir: Path, cfg: dict, n: int, workers: int) -> list[tuple[str, str]]:
+    crops, index, spec, coords = _crop_cache(data_dir, cfg, workers)
     ds = CropDataset(crops, index, train_transform(cfg["aug"], spec.size_px))
-    rows = []
-    for w in sorted({0, workers}):
-        loader = DataLoader(ds, batch_size=32, shuffle=True, num_workers=w)
-        start, seen = time.perf_counter(), 0
-        for batch in loader:
-            seen += len(batch["image"])
-            if seen >= n:
-                break
-        rows.append((f"crops from the cache + augmentation, {w} workers", f"{seen / (time.perf_counter() - start):.0f} crops/s"))
+    rows = [(f"crops from the cache + augmentation, {w} workers", f"{_loader_rate(ds, n, w):.0f} crops/s")
+            for w in sorted({0, workers})]
     sample = coords.sample(min(n // 10, len(coords)), random_state=0)
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -132,14 +176,19 @@ def main(argv: list[str] | None = None) -> None:
     cli.add_data_dir(ap)
     ap.add_argument("--preset", default="tiny", help="tiny, or full for the default (full-size) models")
     ap.add_argument("--what", nargs="+", default=["decode", "crops", "train", "infer"],
-                    choices=["decode", "crops", "train", "infer"], help="what to measure")
+                    choices=["decode", "crops", "loader", "augment", "train", "infer"], help="what to measure")
+    ap.add_argument("--json", type=Path, default=None, help="also write the measured numbers to this JSON file")
     cli.add_runs(ap)
     ap.add_argument("--crops", type=int, default=2000, help="crops to time from the cache")
     ap.add_argument("--steps", type=int, default=10, help="training steps to time per model")
     cli.add_workers(ap)
     a = ap.parse_args(argv)
     preset = None if a.preset in ("none", "full") else a.preset
-    rows = []
+    rows, metrics = [], {"machine": machine(), "preset": a.preset}
+    if "loader" in a.what:
+        rows += bench_loader(a.data_dir, config_lib.resolve("attn_resnext", preset), a.crops, a.workers, metrics)
+    if "augment" in a.what:
+        rows += bench_augment(config_lib.resolve("attn_resnext", preset), a.crops * 4, metrics)
     if "decode" in a.what:
         rows += bench_decode(a.data_dir, 60)
     if "crops" in a.what:
@@ -152,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine: {machine()}\n\n| what | result |\n| --- | --- |")
     for what, result in rows:
         print(f"| {what} | {result} |")
+    if a.json is not None:
+        write_json(metrics, a.json)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,34 @@
-"""Augmentation (albumentations): the attention paper's list, one draw per crop for all of its slices."""
+"""Augmentation: the attention paper's list (rotation +-10 deg, translation +-10%, scale 0.8-1.0, horizontal
+flip, Gaussian noise sigma 0.01-0.05), one draw per crop for all of its slices, then the centre crop.
+
+Two paths with the same draw distribution, chosen by the config's `aug.where`:
+- `cpu`: albumentations per crop in the loader workers (train_transform);
+- `device`: one batched transform on the training device (DeviceAugment: affine_grid + grid_sample), so
+  the loader only reads raw crops and the CPU never limits a GPU; `auto` picks it on CUDA.
+A horizontal flip mirrors patient left and right on axial crops, so their condition becomes the mirrored
+one (datasets.flip_condition); both paths report it.
+"""
 from __future__ import annotations
+
+import math
 
 import albumentations as A
 import cv2
+import torch
+import torch.nn.functional as F
+
+from .constants import AXIAL_T2, CONDITION_SERIES, CONDITIONS, MIRROR_CONDITION
+
+# Condition index after a horizontal flip of its crop: left <-> right on axial crops only (on a sagittal crop
+# a flip swaps anterior and posterior, which leaves the condition's side as it is).
+FLIPPED_CONDITION: tuple[int, ...] = tuple(
+    CONDITIONS.index(MIRROR_CONDITION[c]) if CONDITION_SERIES[c] == AXIAL_T2 else i for i, c in enumerate(CONDITIONS)
+)
 
 
 def train_transform(aug: dict, size_px: int) -> A.Compose:
-    """Rotation +-10 deg, translation +-10%, scale 0.8-1.0, horizontal flip, Gaussian noise sigma 0.01-0.05,
-    then the centre crop to size_px. Slices are channels, so every slice gets the same geometric draw."""
+    """The CPU path: rotation, translation, scale, horizontal flip, Gaussian noise, then the centre crop to
+    size_px. Slices are channels, so every slice gets the same geometric draw."""
     return A.Compose(
         [
             A.Affine(
@@ -36,3 +57,80 @@ def eval_transform(size_px: int) -> A.Compose:
 def was_flipped(result: dict) -> bool:
     """Whether an albumentations result applied a horizontal flip."""
     return any(name == "HorizontalFlip" for name, _ in result.get("applied_transforms", []))
+
+
+def use_device_path(aug: dict, device: torch.device) -> bool:
+    """Whether augmentation runs batched on the training device: `device`, or `auto` on CUDA."""
+    where = aug.get("where", "auto")
+    if where not in ("auto", "cpu", "device"):
+        raise ValueError(f"aug.where must be auto, cpu or device, not {where!r}")
+    return where == "device" or (where == "auto" and device.type == "cuda")
+
+
+class DeviceAugment:
+    """The paper's augmentation for a batch of raw crops (B, S, P, P) with a margin, on their own device.
+
+    Each crop gets one draw (the same for all of its slices): with probability affine_p a rotation, scale and
+    translation, with probability hflip a horizontal flip, with probability noise_p Gaussian noise of a
+    drawn sigma; then the centre size_px x size_px is sampled (bilinear, zeros outside), as albumentations
+    does on the CPU path.
+    """
+
+    def __init__(self, aug: dict, size_px: int):
+        self.aug, self.size_px = aug, size_px
+
+    def draw(self, n: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """Per-crop parameters: angle (degrees), scale, tx, ty (fractions of the crop), flip, noise sigma.
+
+        Drawn from torch's global generator of the device, which the train loop seeds per epoch, so a resumed
+        run draws what an uninterrupted one would have."""
+        a = self.aug
+
+        def uniform(lo: float, hi: float) -> torch.Tensor:
+            return lo + (hi - lo) * torch.rand(n, device=device)
+
+        def chance(p: float) -> torch.Tensor:
+            return torch.rand(n, device=device) < p
+
+        affine = chance(a["affine_p"])
+        params = {"angle": uniform(-a["rotate"], a["rotate"]), "scale": uniform(*a["scale"]),
+                  "tx": uniform(-a["translate"], a["translate"]), "ty": uniform(-a["translate"], a["translate"]),
+                  "flip": chance(a["hflip"]), "sigma": uniform(*a["noise_std"]) * chance(a["noise_p"])}
+        params["angle"] = params["angle"] * affine
+        params["scale"] = torch.where(affine, params["scale"], torch.ones_like(params["scale"]))
+        params["tx"], params["ty"] = params["tx"] * affine, params["ty"] * affine
+        return params
+
+    def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Crops (B, S, P, P), any float dtype -> float32 (B, S, size_px, size_px) with the given parameters."""
+        b, s, h, w = images.shape
+        if h != w:
+            raise ValueError(f"crops must be square, got {h} x {w}")
+        rad = params["angle"].float() * (math.pi / 180)
+        cos, sin = torch.cos(rad), torch.sin(rad)
+        r = self.size_px / w  # the centre crop, in the input's normalised coordinates
+        flip = torch.where(params["flip"], -1.0, 1.0).to(images.device)
+        inv = 1.0 / params["scale"].float()
+        # Output point u (normalised over the crop) samples the input at S^-1 R^-1 (F r u - t): the image was
+        # rotated by +angle (counter-clockwise as shown, y pointing down), scaled, translated, then flipped.
+        theta = torch.zeros(b, 2, 3, device=images.device)
+        theta[:, 0, 0] = inv * cos * flip * r
+        theta[:, 0, 1] = -inv * sin * r
+        theta[:, 1, 0] = inv * sin * flip * r
+        theta[:, 1, 1] = inv * cos * r
+        tx, ty = 2 * params["tx"].float(), 2 * params["ty"].float()  # fractions of the image -> normalised units
+        theta[:, 0, 2] = -inv * (cos * tx - sin * ty)
+        theta[:, 1, 2] = -inv * (sin * tx + cos * ty)
+        grid = F.affine_grid(theta, (b, s, self.size_px, self.size_px), align_corners=False)
+        out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        sigma = params["sigma"].float().view(b, 1, 1, 1)
+        if bool((sigma > 0).any()):
+            noise = torch.randn(out.shape, device=images.device)
+            out = (out + sigma * noise).clamp(0.0, 1.0)
+        return out
+
+    def __call__(self, images: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augmented crops and their conditions (mirrored where an axial crop was flipped)."""
+        params = self.draw(len(images), images.device)
+        table = torch.tensor(FLIPPED_CONDITION, device=condition.device)
+        return self.apply(images, params), torch.where(params["flip"].to(condition.device), table[condition], condition)

@@ -67,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
     "loc": {"size_px": 256, "sigma": 2.0, "neighbour_weight": 0.5, "decoder_channels": 64, "pos_weight": 20.0,
             "negative_ratio": 1.0},
     "aug": {
+        "where": "auto",  # cpu (albumentations in the loader workers) | device (batched on the GPU) | auto
         "rotate": 10.0,
         "translate": 0.1,
         "scale": [0.8, 1.0],

@@ -7,24 +7,18 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from .augment import was_flipped
-from .constants import AXIAL_T2, CONDITION_SERIES, CONDITIONS, MIRROR_CONDITION
-
-_MIRROR_IDX = np.array([CONDITIONS.index(MIRROR_CONDITION[c]) for c in CONDITIONS])
-# A horizontal flip mirrors patient left and right only on axial images; on a sagittal crop it swaps
-# anterior and posterior, which leaves the condition's side as it is.
-_FLIP_SWAPS = np.array([CONDITION_SERIES[c] == AXIAL_T2 for c in CONDITIONS])
-
+from .augment import FLIPPED_CONDITION, was_flipped
 
 def flip_condition(condition_idx: int) -> int:
     """Condition index after a horizontal flip of its crop (left <-> right on axial crops)."""
-    return int(_MIRROR_IDX[condition_idx]) if _FLIP_SWAPS[condition_idx] else int(condition_idx)
+    return FLIPPED_CONDITION[int(condition_idx)]
 
 
 class CropDataset(Dataset):
     """Items: image (S, P, P) float32 in [0, 1], condition, level, label (-1 when unknown), row."""
 
-    def __init__(self, crops: np.ndarray, index: pd.DataFrame, transform: A.Compose):
+    def __init__(self, crops: np.ndarray, index: pd.DataFrame, transform: A.Compose | None):
+        """transform None serves the raw stored crop (with its margin, float16) for augmentation on the device."""
         self.crops = crops
         self.index = index.reset_index(drop=True)
         self.transform = transform
@@ -37,15 +31,29 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """A whole batch at once (DataLoader calls this when it exists). Raw crops (no transform) are read in
+        one sorted memmap access and stay float16: the device converts them, the loader only copies."""
+        if self.transform is not None:
+            return [self[i] for i in indices]
+        idx = np.asarray(indices)
+        order = np.argsort(self._crop[idx], kind="stable")
+        images = np.empty((len(idx), *self.crops.shape[1:]), dtype=self.crops.dtype)
+        images[order] = self.crops[self._crop[idx[order]]]
+        return [{"image": torch.from_numpy(images[k]), "condition": torch.tensor(int(self._cond[i])),
+                 "level": torch.tensor(int(self._level[i])), "label": torch.tensor(int(self._label[i])),
+                 "row": torch.tensor(int(i))} for k, i in enumerate(idx)]
+
     def __getitem__(self, i: int) -> dict:
-        stack = np.asarray(self.crops[self._crop[i]], dtype=np.float32).transpose(1, 2, 0)  # HWC, slices as channels
-        out = self.transform(image=np.ascontiguousarray(stack))
+        if self.transform is None:
+            return self.__getitems__([i])[0]
+        stack = np.asarray(self.crops[self._crop[i]], dtype=np.float32)  # (S, P, P)
+        out = self.transform(image=np.ascontiguousarray(stack.transpose(1, 2, 0)))  # HWC, slices as channels
         condition = flip_condition(self._cond[i]) if was_flipped(out) else int(self._cond[i])
         image = out["image"]
-        if image.ndim == 2:
-            image = image[..., None]
+        stack = (image[..., None] if image.ndim == 2 else image).transpose(2, 0, 1)
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "image": torch.from_numpy(np.ascontiguousarray(stack)),
             "condition": torch.tensor(condition),
             "level": torch.tensor(int(self._level[i])),
             "label": torch.tensor(int(self._label[i])),

@@ -48,13 +48,21 @@ def _distributed() -> tuple[int, int, int]:
     return (int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def model_inputs(task, batch: dict, device: torch.device, train: bool) -> dict[str, torch.Tensor]:
+    """A batch's model inputs on the device: the task's own `to_device` when it has one (e.g. augmentation on
+    the device), else its input_keys moved there."""
+    if hasattr(task, "to_device"):
+        return task.to_device(batch, device, train)
+    return {k: batch[k].to(device, non_blocking=True) for k in task.input_keys}
+
+
 @torch.no_grad()
-def forward_all(model: torch.nn.Module, loader: DataLoader, input_keys, device, amp_dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_all(model: torch.nn.Module, loader: DataLoader, task, device, amp_dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Model outputs over a loader (float32 on CPU) and the dataset rows they belong to."""
     model.eval()
     outs, rows = [], []
     for batch in loader:
-        inputs = {k: batch[k].to(device, non_blocking=True) for k in input_keys}
+        inputs = model_inputs(task, batch, device, train=False)
         with autocast(device, amp_dtype):
             outs.append(model(**inputs).float().cpu())
         rows.append(batch["row"])
@@ -149,10 +157,10 @@ def _train_epoch(net, model, task, loader, optimizer, scheduler, scaler, cfg: di
     losses = []
     bar = tqdm(loader, desc=desc, disable=not main, leave=False)
     for step, batch in enumerate(bar):
-        inputs = {k: batch[k].to(device, non_blocking=True) for k in task.input_keys}
+        inputs = model_inputs(task, batch, device, train=True)
         with autocast(device, amp_dtype):
             out = net(**inputs)
-        loss = task.loss(out, batch)
+        loss = task.loss(out, {**batch, **inputs})
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -184,7 +192,7 @@ def fit(cfg: dict) -> dict:
 
     if world > 1 and not main:
         dist.barrier()  # rank 0 builds the caches first
-    task = TASKS[cfg["task"]](cfg, is_main=main)
+    task = TASKS[cfg["task"]](cfg, is_main=main, device=device)
     if world > 1 and main:
         dist.barrier()
     train_ds, val_ds = task.train_dataset(), task.val_dataset()
@@ -214,7 +222,7 @@ def fit(cfg: dict) -> dict:
             train_ds.transform.set_random_seed(cfg["seed"] + epoch)
         train_loss = _train_epoch(net, model, task, train_loader, optimizer, scheduler, scaler, cfg, device, amp_dtype,
                                   epoch * steps, f"{cfg['name']} fold {cfg['fold']} epoch {epoch + 1}/{cfg['epochs']}", main)
-        outputs, rows = forward_all(model, val_loader, task.input_keys, device, amp_dtype)
+        outputs, rows = forward_all(model, val_loader, task, device, amp_dtype)
         metrics, oof = task.evaluate(outputs, rows)
         row = {"epoch": epoch + 1, "train_loss": train_loss, **metrics,
                "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - started}

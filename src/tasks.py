@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .augment import eval_transform, train_transform
+from .augment import DeviceAugment, eval_transform, train_transform, use_device_path
 from .cache import prepare
 from .constants import TARGETS
 from .crops import CropSpec, build_crops
@@ -41,7 +41,7 @@ class ClassifierTask:
 
     input_keys = ("image", "condition", "level")
 
-    def __init__(self, cfg: dict, is_main: bool = True):
+    def __init__(self, cfg: dict, is_main: bool = True, device: torch.device = torch.device("cpu")):
         self.cfg = cfg
         _, cache_dir, self.train, self.folds, coords = training_tables(cfg, is_main)
         self.spec = CropSpec(**cfg["crop"])
@@ -58,6 +58,15 @@ class ClassifierTask:
         train_studies = self.folds.loc[self.folds["fold"] != cfg["fold"], "study_id"]
         self.prior = prior_submission(solution_frame(self.train, train_studies), self.val_solution["row_id"].tolist())
         self.class_weights = torch.tensor(cfg["class_weights"], dtype=torch.float32)
+        use_device = use_device_path(cfg["aug"], device)
+        self.device_augment = DeviceAugment(cfg["aug"], self.spec.size_px) if use_device else None
+
+    def to_device(self, batch: dict, device: torch.device, train: bool) -> dict[str, torch.Tensor]:
+        """The model's inputs on the device; training crops are augmented there on the device path."""
+        inputs = {k: batch[k].to(device, non_blocking=True) for k in self.input_keys}
+        if train and self.device_augment is not None:
+            inputs["image"], inputs["condition"] = self.device_augment(inputs["image"], inputs["condition"])
+        return inputs
 
     def references(self) -> dict[str, float]:
         """Scores of the constant prior and, on synthetic data, of the oracle on this fold's studies."""
@@ -68,7 +77,9 @@ class ClassifierTask:
         return refs
 
     def train_dataset(self) -> CropDataset:
-        return CropDataset(self.crops, self.train_index, train_transform(self.cfg["aug"], self.spec.size_px))
+        """Augmented crops; raw ones (augmented in to_device) on the device path."""
+        cpu = None if self.device_augment else train_transform(self.cfg["aug"], self.spec.size_px)
+        return CropDataset(self.crops, self.train_index, cpu)
 
     def val_dataset(self) -> CropDataset:
         return CropDataset(self.crops, self.val_index, eval_transform(self.spec.size_px))

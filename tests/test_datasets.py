@@ -56,3 +56,21 @@ def test_same_geometric_draw_for_every_slice():
     stack = np.stack([base, base * 0.5, base * 0.25], -1)
     out = transform(image=stack)["image"]
     assert np.allclose(out[..., 1], out[..., 0] * 0.5, atol=1e-5) and np.allclose(out[..., 2], out[..., 0] * 0.25, atol=1e-5)
+
+
+def test_raw_crops_are_served_whole_in_batches_and_in_order():
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from src.datasets import CropDataset
+
+    crops = np.arange(6 * 2 * 4 * 4, dtype=np.float16).reshape(6, 2, 4, 4)
+    index = pd.DataFrame({"crop": [5, 0, 3], "condition_idx": [3, 1, 0], "level_idx": [4, 0, 2], "label": [2, np.nan, 0]})
+    ds = CropDataset(crops, index, None)
+    items = ds.__getitems__([2, 0, 1])
+    assert [int(it["row"]) for it in items] == [2, 0, 1] and [int(it["label"]) for it in items] == [0, 2, -1]
+    assert torch.equal(items[1]["image"], torch.from_numpy(crops[5])) and items[1]["image"].dtype == torch.float16
+    assert torch.equal(ds[0]["image"], items[1]["image"])
+    loader = torch.utils.data.DataLoader(ds, batch_size=3)
+    assert next(iter(loader))["image"].shape == (3, 2, 4, 4)

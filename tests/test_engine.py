@@ -113,3 +113,19 @@ def test_rerun_continues_refuses_another_config_and_survives_a_corrupt_last(base
     train_script.main([*cmd, "--restart"])
     assert "training from scratch" in capsys.readouterr().out
     assert pd.read_csv(run / "log.csv")["epoch"].tolist() == [1]
+
+
+def test_device_augmentation_path_trains_on_cpu_tensors(base_args, monkeypatch):
+    """aug.where=device: the loader serves raw crops (with margin) and the batch is augmented on the device."""
+    from src import augment
+
+    args, root = base_args
+    seen = []
+    real = augment.DeviceAugment.__call__
+    monkeypatch.setattr(augment.DeviceAugment, "__call__",
+                        lambda self, images, condition: seen.append(images.shape) or real(self, images, condition))
+    result = train_script.main(["--fold", "0", "--model", "attn_resnext", "--runs", str(root / "devaug"),
+                                "--epochs", "1", "--aug.where", "device", *args])
+    assert seen and all(s[1:] == (3, 40, 40) for s in seen)  # 32 px crops stored with a 1.25 margin
+    assert pd.read_csv(root / "devaug" / "attn_resnext" / "fold0" / "log.csv")["epoch"].tolist() == [1]
+    assert result["score"] == result["score"]  # a number, not NaN

@@ -21,7 +21,7 @@ class LocalizerTask:
 
     input_keys = ("image",)
 
-    def __init__(self, cfg: dict, is_main: bool = True):
+    def __init__(self, cfg: dict, is_main: bool = True, device: torch.device = torch.device("cpu")):
         self.cfg = cfg
         self.part = part(cfg["series_type"])
         data_dir, self.cache_dir, _, folds, coords = training_tables(cfg, is_main)

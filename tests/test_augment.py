@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+import torch
+
+from src.augment import DeviceAugment, train_transform, use_device_path
+from src.config import DEFAULTS
+from src.constants import CONDITIONS
+
+AUG = DEFAULTS["aug"]
+
+
+def _params(n=1, angle=0.0, scale=1.0, tx=0.0, ty=0.0, flip=False, sigma=0.0):
+    full = lambda v: torch.full((n,), float(v))  # noqa: E731
+    return {"angle": full(angle), "scale": full(scale), "tx": full(tx), "ty": full(ty),
+            "flip": torch.full((n,), bool(flip)), "sigma": full(sigma)}
+
+
+def _crops(b=2, s=3, p=10):
+    return torch.rand(b, s, p, p, generator=torch.Generator().manual_seed(0))
+
+
+def test_known_parameters_give_the_expected_geometry():
+    aug = DeviceAugment(AUG, 8)
+    x = _crops(p=10)
+    centre = x[..., 1:9, 1:9]
+    assert torch.allclose(aug.apply(x, _params(2)), centre, atol=1e-5)  # identity: the centre crop, size kept
+    assert torch.allclose(aug.apply(x, _params(2, flip=True)), centre.flip(-1), atol=1e-5)
+    assert torch.allclose(aug.apply(x, _params(2, angle=90)), torch.rot90(centre, 1, (-2, -1)), atol=1e-5)
+    # Translation by 0.1 of the 10 px crop moves the content one pixel right (down for ty).
+    assert torch.allclose(aug.apply(x, _params(2, tx=0.1)), x[..., 1:9, 0:8], atol=1e-5)
+    assert torch.allclose(aug.apply(x, _params(2, ty=0.1)), x[..., 0:8, 1:9], atol=1e-5)
+    # Scale 0.5 shrinks: a 4 px square in the middle of a 16 px crop becomes 2 px.
+    sq = torch.zeros(1, 1, 16, 16)
+    sq[..., 6:10, 6:10] = 1
+    out = DeviceAugment(AUG, 16).apply(sq, _params(1, scale=0.5))
+    assert int((out > 0.5).sum()) == 4
+
+
+def test_draw_is_per_crop_shared_by_its_slices_and_in_the_paper_ranges():
+    torch.manual_seed(1)
+    aug = DeviceAugment(AUG, 8)
+    p = aug.draw(4000, torch.device("cpu"))
+    assert p["angle"].abs().max() <= AUG["rotate"] and 0.8 <= float(p["scale"].min()) <= float(p["scale"].max()) <= 1.0
+    assert p["tx"].abs().max() <= AUG["translate"] and abs(float(p["flip"].float().mean()) - AUG["hflip"]) < 0.03
+    noisy = p["sigma"] > 0
+    assert abs(float(noisy.float().mean()) - AUG["noise_p"]) < 0.03 and 0.01 <= float(p["sigma"][noisy].min())
+    assert abs(float((p["angle"] != 0).float().mean()) - AUG["affine_p"]) < 0.03
+    # One geometric draw per crop: slices that enter identical leave identical (the noise itself, like
+    # albumentations' per-channel GaussNoise, is drawn per pixel; its sigma per crop).
+    x = _crops(b=8, s=1, p=10).repeat(1, 3, 1, 1)
+    out, _ = DeviceAugment(dict(AUG, noise_p=0.0), 8)(x, torch.zeros(8, dtype=torch.long))
+    assert out.shape == (8, 3, 8, 8) and torch.allclose(out[:, 0], out[:, 1])
+    assert not torch.allclose(out[0, 0], out[1, 0])  # and another draw for another crop
+
+
+def test_flipped_left_subarticular_becomes_right_and_sagittal_keeps_its_side():
+    aug = DeviceAugment(dict(AUG, hflip=1.0), 8)
+    left_sub = CONDITIONS.index("Left Subarticular Stenosis")
+    left_nfn = CONDITIONS.index("Left Neural Foraminal Narrowing")
+    _, cond = aug(_crops(b=2), torch.tensor([left_sub, left_nfn]))
+    assert cond.tolist() == [CONDITIONS.index("Right Subarticular Stenosis"), left_nfn]
+
+
+def test_device_and_cpu_paths_agree_on_average():
+    """Same distribution: mean intensity and its spread over many draws agree between the two paths."""
+    rng = np.random.default_rng(0)
+    crop = np.zeros((3, 40, 40), np.float32)
+    crop[:, 12:28, 18:30] = 1.0
+    cpu = train_transform(AUG, 32)
+    cpu.set_random_seed(0)
+    cpu_means = [cpu(image=crop.transpose(1, 2, 0))["image"].mean() for _ in range(400)]
+    torch.manual_seed(0)
+    dev = DeviceAugment(AUG, 32)
+    dev_means = dev(torch.from_numpy(crop)[None].repeat(400, 1, 1, 1), torch.zeros(400, dtype=torch.long))[0].mean((1, 2, 3))
+    assert abs(np.mean(cpu_means) - float(dev_means.mean())) < 0.02
+    assert abs(np.std(cpu_means) - float(dev_means.std())) < 0.02
+    del rng
+
+
+def test_where_the_augmentation_runs():
+    assert use_device_path({"where": "auto"}, torch.device("cuda:0")) and not use_device_path({"where": "auto"}, torch.device("cpu"))
+    assert use_device_path({"where": "device"}, torch.device("cpu")) and not use_device_path({"where": "cpu"}, torch.device("cuda:0"))
+    with pytest.raises(ValueError, match="aug.where"):
+        use_device_path({"where": "gpu"}, torch.device("cpu"))
