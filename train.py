@@ -13,12 +13,19 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from src import cli  # noqa: E402
 from src import config as config_lib  # noqa: E402
-from src.engine import fit  # noqa: E402
+from src.engine import fit, shutdown  # noqa: E402
 from src.localizer.plan import PLAN  # noqa: E402
 from src.runs import localizer_run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
+    try:
+        return _main(argv)
+    finally:
+        shutdown()  # under torchrun: one process group for every fit of this command
+
+
+def _main(argv: list[str] | None) -> dict:
     ap = cli.parser(__doc__, epilog="Any other config key: --key value (nested: --crop.size_px 96).")
     ap.add_argument("--fold", type=int, default=0, help="the fold to hold out")
     ap.add_argument("--model", default=None, help=f"one of {sorted(config_lib.MODEL_DEFAULTS)} (default: the config's)")

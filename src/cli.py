@@ -55,7 +55,7 @@ def add_fold_ids(ap: argparse.ArgumentParser, help: str) -> None:
 
 
 def add_workers(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--workers", type=int, default=default_workers(), help="worker processes (usable CPUs, at most 8)")
+    ap.add_argument("--workers", type=int, default=default_workers(), help="worker processes (the usable CPUs)")
 
 
 def guard(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> int:

@@ -61,7 +61,12 @@ DEFAULTS: dict[str, Any] = {
     "patience": 5,
     "amp": "bf16",  # bf16 | fp16 | none; only used on CUDA
     "device": "auto",
-    "workers": "auto",  # data loader / decoding processes; auto = the usable CPUs, at most 8
+    "workers": "auto",  # data loader processes; auto = the usable CPUs minus one (the main process feeds the GPU)
+    "prefetch": 4,  # batches each loader worker keeps ready
+    "log_every": 50,  # steps between progress updates (each one waits for the GPU once)
+    "channels_last": True,  # CUDA only: channels-last memory format for the 2D CNNs
+    "compile": False,  # torch.compile the model (CUDA; worth it for long runs)
+    "ddp_wait_s": 7200,  # under torchrun: how long the other ranks wait for rank 0 to build the caches
     "resume": True,  # continue from the run folder's last.pt when its config matches; train.py --restart sets False
     "series_type": None,  # the localizer's series type: a key of localizer.plan.PARTS (sagittal_t2, ...)
     "loc": {"size_px": 256, "sigma": 2.0, "neighbour_weight": 0.5, "decoder_channels": 64, "pos_weight": 20.0,
@@ -160,7 +165,7 @@ def resolve(model: str | None = None, preset: str | None = None, config_file: st
     cfg["preset"] = preset
     cfg["name"] = cfg["name"] or model
     if cfg["workers"] == "auto":
-        cfg["workers"] = default_workers()
+        cfg["workers"] = default_workers(reserve=1)
     return cfg
 
 

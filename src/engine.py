@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,10 +43,53 @@ def seed_everything(seed: int) -> None:
 
 
 def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank); under torchrun the process group is set up once per process and shared
+    by every fit of it (shutdown() ends it)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return (int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def shutdown() -> None:
+    """End the process group, once every fit of this process is done (train.py calls it)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _wait_for_main(marker: Path, token: str, timeout_s: float, rank: int) -> None:
+    """Other ranks wait for rank 0 to build the caches (decoding, crops) by polling a marker file, so the
+    wait never hits a collective's timeout and a long one says what it waits for."""
+    started = time.time()
+    while not (marker.is_file() and marker.read_text() == token):
+        if time.time() - started > timeout_s:
+            raise TimeoutError(f"rank {rank}: rank 0 has not finished decoding the series and cutting the crops "
+                               f"after {timeout_s:.0f} s; run prepare.py before torchrun, or raise ddp_wait_s")
+        time.sleep(0.5)
+
+
+def _gather_rows(outputs: torch.Tensor, rows: torch.Tensor, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's validation outputs together, each dataset row once (a sampler pads with repeats)."""
+    if world == 1:
+        return outputs, rows
+    parts: list = [None] * world
+    dist.all_gather_object(parts, (outputs, rows))
+    outputs, rows = torch.cat([o for o, _ in parts]), torch.cat([r for _, r in parts])
+    _, first = np.unique(rows.numpy(), return_index=True)
+    first = torch.from_numpy(np.sort(first))
+    return outputs[first], rows[first]
+
+
+def _validate(model, loader, task, device, amp_dtype, world: int, main: bool):
+    """Validation over every rank's shard, scored once on rank 0; every rank gets the same metrics."""
+    outputs, rows = _gather_rows(*forward_all(model, loader, task, device, amp_dtype), world)
+    metrics, oof = task.evaluate(outputs, rows) if main else (None, None)
+    if world > 1:
+        box = [metrics]
+        dist.broadcast_object_list(box, src=0)  # the early-stop decision follows rank 0's numbers
+        metrics = box[0]
+    return metrics, oof
 
 
 def model_inputs(task, batch: dict, device: torch.device, train: bool) -> dict[str, torch.Tensor]:
@@ -85,12 +129,16 @@ class _Progress:
 
 
 def _loaders(cfg: dict, train_ds: Dataset, val_ds: Dataset, world: int, rank: int, device: torch.device):
+    """Training and validation loaders; under DDP both are sharded across the ranks."""
     sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg["seed"]) if world > 1 else None
+    val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
     batch_size = min(cfg["batch_size"], len(train_ds))
-    args = dict(num_workers=cfg["workers"], worker_init_fn=seed_worker, pin_memory=device.type == "cuda",
-                persistent_workers=False)
+    workers = cfg["workers"]
+    args = dict(num_workers=workers, worker_init_fn=seed_worker, pin_memory=device.type == "cuda",
+                persistent_workers=workers > 0, prefetch_factor=cfg["prefetch"] if workers > 0 else None)
     train = DataLoader(train_ds, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True, **args)
-    return train, DataLoader(val_ds, batch_size=batch_size * 2, shuffle=False, **args), sampler
+    val = DataLoader(val_ds, batch_size=batch_size * 2, shuffle=False, sampler=val_sampler, **args)
+    return train, val, sampler
 
 
 # Keys that may change between a run and its continuation (training longer, on another machine).
@@ -152,10 +200,13 @@ def _from_best(out_dir: Path, model, what: str, main: bool) -> _Progress:
 
 def _train_epoch(net, model, task, loader, optimizer, scheduler, scaler, cfg: dict, device, amp_dtype, first_step: int,
                  desc: str, main: bool) -> float:
-    """One pass over the training loader; returns the mean loss."""
+    """One pass over the training loader; returns the mean loss. The loss stays on the device: the host waits
+    for it only every log_every steps (progress bar) and once at the end."""
     net.train()
-    losses = []
-    bar = tqdm(loader, desc=desc, disable=not main, leave=False)
+    total = torch.zeros((), device=device)
+    # A bar on a terminal; in a log file only the per-epoch line that fit prints.
+    bar = tqdm(loader, desc=desc, disable=not main or not sys.stderr.isatty(), leave=False)
+    step = -1
     for step, batch in enumerate(bar):
         inputs = model_inputs(task, batch, device, train=True)
         with autocast(device, amp_dtype):
@@ -168,9 +219,10 @@ def _train_epoch(net, model, task, loader, optimizer, scheduler, scaler, cfg: di
         scaler.step(optimizer)
         scaler.update()
         scheduler.step_update(first_step + step + 1)
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-    return float(np.mean(losses))
+        total += loss.detach()
+        if (step + 1) % cfg["log_every"] == 0 and not bar.disable:
+            bar.set_postfix(loss=f"{float(total) / (step + 1):.4f}")
+    return float(total) / max(step + 1, 1)
 
 
 def fit(cfg: dict) -> dict:
@@ -190,16 +242,29 @@ def fit(cfg: dict) -> dict:
             print(f"{out_dir}: --restart: training from scratch over the earlier run")
         config_lib.save(cfg, out_dir / CONFIG)
 
-    if world > 1 and not main:
-        dist.barrier()  # rank 0 builds the caches first
+    if world > 1:  # rank 0 builds the caches first; the others wait on a marker, not on a collective
+        box = [f"{time.time()}-{os.getpid()}"]
+        dist.broadcast_object_list(box, src=0)
+        marker = out_dir / ".caches_ready"
+        if not main:
+            _wait_for_main(marker, box[0], cfg["ddp_wait_s"], rank)
     task = TASKS[cfg["task"]](cfg, is_main=main, device=device)
-    if world > 1 and main:
+    if world > 1:
+        if main:
+            marker.write_text(box[0])
         dist.barrier()
+        if main:
+            marker.unlink(missing_ok=True)
     train_ds, val_ds = task.train_dataset(), task.val_dataset()
     train_loader, val_loader, sampler = _loaders(cfg, train_ds, val_ds, world, rank, device)
 
     model = build_model(cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        if cfg["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+                                  fused=device.type == "cuda")
     steps = len(train_loader)
     scheduler = CosineLRScheduler(optimizer, t_initial=cfg["epochs"] * steps, lr_min=cfg["min_lr"],
                                   warmup_t=int(cfg["warmup_epochs"] * steps), warmup_lr_init=cfg["lr"] * 0.01,
@@ -209,6 +274,8 @@ def fit(cfg: dict) -> dict:
     progress = _resume(out_dir, model, optimizer, scaler, main) if resuming else _Progress()
     scheduler.step_update(progress.epoch * steps)
     net = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None) if world > 1 else model
+    if cfg["compile"] and device.type == "cuda":
+        net = torch.compile(net)
 
     best_metrics: dict = {}
     for epoch in range(progress.epoch, cfg["epochs"]):
@@ -222,8 +289,7 @@ def fit(cfg: dict) -> dict:
             train_ds.transform.set_random_seed(cfg["seed"] + epoch)
         train_loss = _train_epoch(net, model, task, train_loader, optimizer, scheduler, scaler, cfg, device, amp_dtype,
                                   epoch * steps, f"{cfg['name']} fold {cfg['fold']} epoch {epoch + 1}/{cfg['epochs']}", main)
-        outputs, rows = forward_all(model, val_loader, task, device, amp_dtype)
-        metrics, oof = task.evaluate(outputs, rows)
+        metrics, oof = _validate(model, val_loader, task, device, amp_dtype, world, main)
         row = {"epoch": epoch + 1, "train_loss": train_loss, **metrics,
                "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - started}
         progress.log.append(row)
@@ -246,8 +312,5 @@ def fit(cfg: dict) -> dict:
                   + (" *" if improved else ""))
     if not best_metrics and progress.log:
         best_metrics = min(progress.log, key=lambda r: r["score"])
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
     refs = task.references() if hasattr(task, "references") else {}
     return {**best_metrics, "best_epoch": progress.best_epoch, "run_dir": str(out_dir), "references": refs}

@@ -11,9 +11,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def default_workers(cap: int = 8) -> int:
-    """Worker processes for loaders and decoding: the CPUs this process may use, at most `cap`."""
-    return max(1, min(cap, len(os.sched_getaffinity(0))))
+def default_workers(reserve: int = 0) -> int:
+    """Worker processes: the CPUs this process may use, less `reserve` (a training loader leaves one to the
+    process that feeds the GPU); at least 1."""
+    return max(1, len(os.sched_getaffinity(0)) - reserve)
 
 
 def progress_map(fn: Callable[[T], R], items: Sequence[T], workers: int, desc: str, chunksize: int = 1) -> Iterator[R]:

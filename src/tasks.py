@@ -86,8 +86,10 @@ class ClassifierTask:
 
     def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         """Cross-entropy with the metric's class weights 1/2/4; unknown labels (-1) are ignored."""
-        label = batch["label"].to(logits.device)
-        return F.cross_entropy(logits.float(), label, weight=self.class_weights.to(logits.device), ignore_index=-1)
+        label = batch["label"].to(logits.device, non_blocking=True)
+        if self.class_weights.device != logits.device:  # moved once, not every step
+            self.class_weights = self.class_weights.to(logits.device)
+        return F.cross_entropy(logits.float(), label, weight=self.class_weights, ignore_index=-1)
 
     def evaluate(self, logits: torch.Tensor, rows: torch.Tensor) -> tuple[dict, pd.DataFrame]:
         """Validation loss, competition score and accuracy of one pass; returns them and the oof frame.
@@ -99,7 +101,7 @@ class ClassifierTask:
         probs = torch.softmax(logits.float(), 1).numpy()
         labelled = index["label"].notna().to_numpy()
         label = torch.tensor(index["label"].fillna(-1).to_numpy(), dtype=torch.long)
-        val_loss = float(F.cross_entropy(logits.float()[labelled], label[labelled], weight=self.class_weights))
+        val_loss = float(F.cross_entropy(logits.float()[labelled], label[labelled], weight=self.class_weights.cpu()))
         pred = pd.DataFrame(probs, columns=list(TARGETS))
         pred.insert(0, "row_id", index["row_id"].to_numpy())
         oof = overlay(self.prior, pred)

@@ -6,7 +6,7 @@ import torch
 
 import train as train_script
 from src import config as config_lib
-from src.constants import TARGETS
+from src.constants import TARGETS, group_of
 from src.engine import fit
 from src.folds import fold_solution, load_folds
 from src.metric import score
@@ -72,20 +72,33 @@ def test_no_temporary_files_left(base_args):
     assert not list(root.rglob("*.tmp")) and not list(root.rglob(".*.tmp*"))
 
 
-def test_torchrun_ddp_two_processes(base_args):
-    """torchrun with 2 CPU processes (gloo): DistributedSampler, one writer, same files as one process."""
+@pytest.mark.parametrize("model, port", [("attn_resnext", 29533), ("cnn_lstm", 29534), ("localizer", 29535)])
+def test_torchrun_ddp_two_processes(base_args, synth_dir, model, port):
+    """torchrun with 2 CPU processes (gloo): sharded training and validation, one writer, every validation row
+    once in oof.csv; the localizer's fits share one process group."""
     import subprocess
     import sys
 
     args, root = base_args
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "train.py",
-           "--fold", "1", "--model", "attn_resnext", "--runs", str(root / "ddp"), "--epochs", "1", *args]
-    done = subprocess.run(cmd, cwd=str(Path(train_script.__file__).parent),
-                          capture_output=True, text=True, timeout=300)
+    runs = root / f"ddp_{model}"
+    extra = ["--loc.size_px", "32", "--epochs", "1"] if model == "localizer" else ["--epochs", "1"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "train.py",
+           "--fold", "1", "--model", model, "--runs", str(runs), *extra, *args]
+    done = subprocess.run(cmd, cwd=str(Path(train_script.__file__).parent), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    run = root / "ddp" / "attn_resnext" / "fold1"
-    assert pd.read_csv(run / "log.csv")["epoch"].tolist() == [1]
-    assert done.stdout.count("epoch 1:") == 1  # only rank 0 reports
+    names = ["localizer_sagittal_t2", "localizer_sagittal_t1", "localizer_axial"] if model == "localizer" else [model]
+    for name in names:
+        run = runs / name / "fold1"
+        assert pd.read_csv(run / "log.csv")["epoch"].tolist() == [1], name
+        assert not (run / ".caches_ready").exists()
+    assert done.stdout.count("epoch 1:") == len(names)  # only rank 0 reports
+    if model != "localizer":
+        oof = pd.read_csv(runs / model / "fold1" / "oof.csv")
+        solution = fold_solution(load_train(synth_dir / "train.csv"), load_folds(root / "folds.csv"), 1)
+        assert oof["row_id"].is_unique and set(solution["row_id"]) <= set(oof["row_id"])
+        # The gathered predictions cover both shards: few rows keep the constant prior (rows without a crop).
+        modal = oof.round(6).groupby(oof["row_id"].map(group_of))[list(TARGETS)].transform(lambda c: c.mode()[0])
+        assert (oof[list(TARGETS)].round(6) == modal).all(1).mean() < 0.25
 
 
 def test_rerun_continues_refuses_another_config_and_survives_a_corrupt_last(base_args, capsys):
