@@ -100,10 +100,19 @@ def row_id(study_id: int, condition: str, level: str) -> str:
     return f"{int(study_id)}_{label_column(condition, level)}"
 
 
+def parse_row_id(rid: str) -> tuple[int | None, str]:
+    """'123_spinal_canal_stenosis_l1_l2' -> (123, 'spinal_canal_stenosis_l1_l2'); the study is None where the
+    row does not start with a study id (a malformed row, kept where every row must be written)."""
+    head, _, column = str(rid).partition("_")
+    return (int(head) if head.isdigit() else None), column
+
+
 def split_row_id(rid: str) -> tuple[int, str]:
-    """'123_spinal_canal_stenosis_l1_l2' -> (123, 'spinal_canal_stenosis_l1_l2')."""
-    study, _, column = rid.partition("_")
-    return int(study), column
+    """'123_spinal_canal_stenosis_l1_l2' -> (123, 'spinal_canal_stenosis_l1_l2'); ValueError if malformed."""
+    study, column = parse_row_id(rid)
+    if study is None:
+        raise ValueError(f"row id {rid!r} does not start with a study id")
+    return study, column
 
 
 def row_study_ids(row_ids: Iterable[str]) -> np.ndarray:

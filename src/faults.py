@@ -15,18 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .atomic import write_json
-from .constants import slug, split_row_id
+from .constants import parse_row_id, slug
 
 # Units that mean a trained model was not used: `infer.py --strict` exits with MODEL_DROPPED_EXIT for them.
 MODEL_UNITS = ("fold", "member", "localizer", "models")
 MODEL_DROPPED_EXIT = 3
-
-
-def _parse(row_id: str) -> tuple[int | None, str]:
-    try:
-        return split_row_id(row_id)
-    except ValueError:
-        return None, row_id
 
 
 @dataclass
@@ -72,7 +65,7 @@ class FaultLog:
     def count_rows(self, row_ids: list[str], fell_back: set[str]) -> None:
         """Set each fault's rows: the rows of its study and conditions (all for a model-wide fault, none for a
         fold or member that others covered) that got the prior."""
-        parsed = {r: _parse(r) for r in row_ids if r in fell_back}
+        parsed = {r: parse_row_id(r) for r in row_ids if r in fell_back}
         for f in self.faults:
             if f.unit in ("repair", "fold", "member", "output") or (f.unit == "input" and f.study_id is None):
                 continue  # covered by the others, or counted where it was found

@@ -19,7 +19,7 @@ from . import ensemble as ensemble_lib
 from .atomic import write_csv
 from .cache import prepare
 from .classify import run_classifiers
-from .constants import PREDICTED_COORDINATE_COLUMNS, TARGETS, group_of
+from .constants import PREDICTED_COORDINATE_COLUMNS, TARGETS, group_of, parse_row_id
 from .device import pick_device
 from .explain import explain
 from .localizer.infer import Localizer, localize
@@ -85,10 +85,6 @@ def _group(row_id: str) -> str | None:
         return group_of(row_id)
     except ValueError:
         return None
-
-
-def _study_ids(row_ids: list[str]) -> list[int | None]:
-    return [int(r.partition("_")[0]) if r.partition("_")[0].isdigit() else None for r in row_ids]
 
 
 def finalize(submission: pd.DataFrame, row_ids: list[str], prior: pd.DataFrame) -> pd.DataFrame:
@@ -160,11 +156,11 @@ def make_submission(data_dir: Path, split: str, runs: Path, out: Path, cache_dir
     row_ids = expected_rows(data_dir, split, faults)
     if studies is not None:
         keep = {int(x) for x in studies}
-        row_ids = [r for r, s in zip(row_ids, _study_ids(row_ids)) if s in keep]
+        row_ids = [r for r in row_ids if parse_row_id(r)[0] in keep]
     fitted = ensemble_lib.load(ensemble_path if ensemble_path is not None else ensemble_file(runs))
     prior = prior_frame(row_ids, data_dir, fitted)
     submission = prior
-    study_ids = sorted({s for s in _study_ids(row_ids) if s is not None})
+    study_ids = sorted({s for s in (parse_row_id(r)[0] for r in row_ids) if s is not None})
     coords = pd.DataFrame(columns=list(PREDICTED_COORDINATE_COLUMNS))
     try:
         coords = _localize(data_dir, split, runs, cache_dir, study_ids, workers, device, faults)
