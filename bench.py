@@ -1,6 +1,7 @@
 """Benchmarks (not tests): python bench.py [--data-dir DIR] [--preset tiny] [--what decode crops train infer]
 
 decode: DICOM series/s through read_series (decode, order, normalise).
+storage: cache bytes per pixel at the real size, projected to the real training set (GB).
 loader: one loader process's crops/s, raw (for augmentation on the device) and with albumentations (CPU path).
 augment: crops/s of the batched device augmentation on the fastest device here.
 crops: crops/s served from the crop cache with augmentation, against decoding the DICOM series each time.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -97,6 +99,41 @@ def bench_augment(cfg: dict, n: int, metrics: dict) -> list[tuple[str, str]]:
     return [(f"batched device augmentation on {device} ({spec.n_slices}x{spec.stored_px} -> {spec.size_px}px)", f"{rate:.0f} crops/s")]
 
 
+REAL_IMAGES, REAL_PX = 147_000, 512 * 512  # the real training set: about 147,000 images of about 512 x 512 px
+
+
+def bench_storage(workers: int, metrics: dict, studies: int = 2) -> list[tuple[str, str]]:
+    """Cache bytes per pixel on synthetic series generated at the real data's size (512 px base, matrices of
+    384-640 px), projected to the real training set; the lossless codec beside the default."""
+    from src.cache import encode_volume, series_cache_path
+    from src.synth import SynthConfig, generate
+
+    root = Path(tempfile.mkdtemp(prefix="bench_storage_"))
+    generate(SynthConfig(out=root / "data", studies=studies, test_studies=0, image_size=512, seed=5, workers=workers))
+    start = time.perf_counter()
+    prepare(root / "data", root / "cache", "train", workers=workers)
+    seconds = time.perf_counter() - start
+    table = load_series_descriptions(root / "data" / "train_series_descriptions.csv")
+    stored = pixels = images = png = 0
+    for r in table.itertuples():
+        path = series_cache_path(root / "cache", "train", r.study_id, r.series_id)
+        stored += path.stat().st_size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            volume = read_series(root / "data" / "train_images" / str(r.study_id) / str(r.series_id)).volume
+        pixels, images = pixels + volume.size, images + len(volume)
+        png += len(encode_volume(volume, "png")[0])
+    per_px, png_px = stored / pixels, png / pixels
+    metrics.update(cache_bytes_per_px=per_px, cache_bytes_per_px_lossless=png_px, storage_images=images,
+                   storage_mean_px=pixels / images, real_cache_gb=per_px * REAL_PX * REAL_IMAGES / 1e9,
+                   real_cache_gb_lossless=png_px * REAL_PX * REAL_IMAGES / 1e9, prepare_images_per_s=images / seconds)
+    shutil.rmtree(root, ignore_errors=True)
+    return [(f"cache, JPEG q95 (default), {images} synthetic images of {pixels / images:.0f} px on average",
+             f"{per_px:.3f} bytes/px; real set ({REAL_IMAGES:,} x 512 x 512): {metrics['real_cache_gb']:.1f} GB"),
+            ("cache, lossless PNG codec", f"{png_px:.3f} bytes/px; real set: {metrics['real_cache_gb_lossless']:.1f} GB"),
+            ("prepare (decode + write) at real size", f"{images / seconds:.0f} images/s with {workers} workers")]
+
+
 def bench_crops(data_dir: Path, cfg: dict, n: int, workers: int) -> list[tuple[str, str]]:
     crops, index, spec, coords = _crop_cache(data_dir, cfg, workers)
     ds = CropDataset(crops, index, train_transform(cfg["aug"], spec.size_px))
@@ -176,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     cli.add_data_dir(ap)
     ap.add_argument("--preset", default="tiny", help="tiny, or full for the default (full-size) models")
     ap.add_argument("--what", nargs="+", default=["decode", "crops", "train", "infer"],
-                    choices=["decode", "crops", "loader", "augment", "train", "infer"], help="what to measure")
+                    choices=["decode", "crops", "storage", "loader", "augment", "train", "infer"], help="what to measure")
     ap.add_argument("--json", type=Path, default=None, help="also write the measured numbers to this JSON file")
     cli.add_runs(ap)
     ap.add_argument("--crops", type=int, default=2000, help="crops to time from the cache")
@@ -185,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     preset = None if a.preset in ("none", "full") else a.preset
     rows, metrics = [], {"machine": machine(), "preset": a.preset}
+    if "storage" in a.what:
+        rows += bench_storage(a.workers, metrics)
     if "loader" in a.what:
         rows += bench_loader(a.data_dir, config_lib.resolve("attn_resnext", preset), a.crops, a.workers, metrics)
     if "augment" in a.what:

@@ -1,14 +1,23 @@
-"""Preprocessing cache: every series decoded once (read_series) into an .npz (float16 volume) with its geometry.
+"""Preprocessing cache: every series decoded once (read_series) into an .npz with its geometry.
 
-Layout: {cache_dir}/{split}_images/{study_id}/{series_id}.npz. Writing is atomic (temporary file, then
-rename), so an interrupted run leaves only whole files and a rerun picks up where it stopped.
+Layout: {cache_dir}/{split}_images/{study_id}/{series_id}.npz. Each slice is stored 8-bit after the series'
+percentile window (read_series), compressed one image at a time: JPEG at quality 95 by default (mean
+absolute error about 1.5/255, below MR noise; about 0.38 bytes per pixel, so the real training set's
+147,000 images fit in about 14 GB), or lossless PNG (`codec="png"`). Each entry carries the fingerprint of
+its DICOM files (names, sizes, mtimes): an edited, moved or different series is decoded again, and a series
+that has gone is removed from the cache, so stale data is never served. Writing is atomic (temporary file,
+then rename): an interrupted run leaves only whole files and a rerun picks up where it stopped, one series
+in memory per worker.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -17,17 +26,57 @@ from .dicom import DicomError, Series, read_series
 from .parallel import progress_map
 from .tables import load_series_descriptions
 
+CODECS = {"jpeg": (".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95]), "png": (".png", [cv2.IMWRITE_PNG_COMPRESSION, 6])}
+DEFAULT_CODEC = "jpeg"
+
 
 def series_cache_path(cache_dir: Path, split: str, study_id: int, series_id: int) -> Path:
     return Path(cache_dir) / f"{split}_images" / str(int(study_id)) / f"{int(series_id)}.npz"
 
 
-def save_series(series: Series, path: Path) -> None:
-    """Write a Series to `path` atomically (volume as float16: [0, 1] intensities lose nothing that matters)."""
+def series_fingerprint(folder: Path) -> str:
+    """Identity of a series' DICOM files: a hash of their names, sizes and modification times ('' if none)."""
+    try:
+        entries = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(folder)
+                         if e.name.endswith(".dcm"))
+    except (FileNotFoundError, NotADirectoryError):
+        return ""
+    return hashlib.md5(repr(entries).encode()).hexdigest() if entries else ""
+
+
+def entries_signature(cache_dir: Path, split: str, pairs) -> bytes:
+    """Identity of the cache entries of (study_id, series_id) pairs (their sizes and mtimes), for caches built
+    from them (crops, slice stores): a re-decoded series gives another signature, so nothing stale is reused."""
+    stats = []
+    for study_id, series_id in sorted({(int(a), int(b)) for a, b in pairs}):
+        path = series_cache_path(cache_dir, split, study_id, series_id)
+        st = path.stat() if path.is_file() else None
+        stats.append((study_id, series_id, st.st_size if st else -1, st.st_mtime_ns if st else -1))
+    return hashlib.md5(repr(stats).encode()).digest()
+
+
+def encode_volume(volume: np.ndarray, codec: str = DEFAULT_CODEC) -> tuple[np.ndarray, np.ndarray]:
+    """A [0, 1] volume as 8-bit images compressed one by one: (concatenated bytes, offsets of each image)."""
+    ext, params = CODECS[codec]
+    parts = [cv2.imencode(ext, np.round(np.clip(im, 0, 1) * 255).astype(np.uint8), params)[1] for im in volume]
+    offsets = np.cumsum([0] + [len(b) for b in parts]).astype(np.int64)
+    return (np.concatenate(parts) if parts else np.zeros(0, np.uint8)), offsets
+
+
+def decode_volume(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """encode_volume's bytes back to a float32 volume in [0, 1]."""
+    images = [cv2.imdecode(data[offsets[k]:offsets[k + 1]], cv2.IMREAD_GRAYSCALE) for k in range(len(offsets) - 1)]
+    return np.stack(images).astype(np.float32) / 255.0
+
+
+def save_series(series: Series, path: Path, fingerprint: str = "", codec: str = DEFAULT_CODEC) -> None:
+    """Write a Series to `path` atomically, its volume compressed (encode_volume)."""
+    data, offsets = encode_volume(series.volume, codec)
     with atomic_path(path, ".npz") as tmp:
         np.savez(
             tmp,
-            volume=series.volume.astype(np.float16),
+            images=data,
+            offsets=offsets,
             instance_numbers=series.instance_numbers,
             positions=series.positions,
             orientations=series.orientations,
@@ -36,22 +85,28 @@ def save_series(series: Series, path: Path) -> None:
             description=np.str_(series.description or ""),
             n_orientation_groups=np.int64(series.n_orientation_groups),
             warnings=np.array(series.warnings, dtype=str),
+            fingerprint=np.str_(fingerprint),
         )
 
 
-def cached_warnings(path: Path) -> str:
-    """What reading a cached series warned about, as one line ('' when nothing)."""
-    with np.load(path) as z:
-        return "; ".join(z["warnings"].tolist()) if "warnings" in z.files else ""
+def cached_meta(path: Path) -> tuple[str, str] | None:
+    """(fingerprint, warnings as one line) of a cache entry, or None when there is no readable entry."""
+    try:
+        with np.load(path) as z:
+            if "images" not in z.files:  # an entry of an older layout: decode again
+                return None
+            return str(z["fingerprint"]), "; ".join(z["warnings"].tolist())
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def load_series(path: Path) -> Series:
-    """Read a cached Series back (volume as float32)."""
+    """Read a cached Series back (volume as float32 in [0, 1])."""
     with np.load(path) as z:
         thickness = float(z["thickness"])
         return Series(
             path=Path(path),
-            volume=z["volume"].astype(np.float32),
+            volume=decode_volume(z["images"], z["offsets"]),
             instance_numbers=z["instance_numbers"],
             positions=z["positions"],
             orientations=z["orientations"],
@@ -68,20 +123,21 @@ class _Job:
     dst: Path
     description: str
     study_id: int
+    fingerprint: str = ""
 
 
 def _run(job: _Job) -> tuple[str, str]:
-    if job.dst.is_file():
-        return "cached", cached_warnings(job.dst)
-    if not job.src.is_dir():
-        return "missing", f"{job.src}: series folder not found"
+    if not job.fingerprint:
+        job.dst.unlink(missing_ok=True)  # the series has gone: never serve its old entry
+        return "missing", f"{job.src}: series folder not found or without .dcm files"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # kept in series.warnings; reported once in the summary
             series = read_series(job.src, normalize=True, description=job.description)
     except DicomError as err:
+        job.dst.unlink(missing_ok=True)
         return "failed", str(err)
-    save_series(series, job.dst)
+    save_series(series, job.dst, job.fingerprint)
     return "written", "; ".join(series.warnings)
 
 
@@ -102,9 +158,18 @@ def prepare(data_dir: Path, cache_dir: Path, split: str = "train", workers: int 
             for r in series.itertuples()]
     counts = {"written": 0, "cached": 0, "missing": 0, "failed": 0}
     notes: list[tuple[int, bool, str]] = []
-    results = progress_map(_run, jobs, workers, f"cache {split}", chunksize=4) if any(not j.dst.is_file() for j in jobs) \
-        else map(_run, jobs)
-    for job, (status, note) in zip(jobs, results):
+    results: dict[int, tuple[str, str]] = {}
+    for k, job in enumerate(jobs):
+        job.fingerprint = series_fingerprint(job.src)
+        meta = cached_meta(job.dst) if job.fingerprint else None
+        if meta is not None and meta[0] == job.fingerprint:
+            results[k] = ("cached", meta[1])
+    todo = [k for k in range(len(jobs)) if k not in results]
+    if todo:
+        for k, result in zip(todo, progress_map(_run, [jobs[k] for k in todo], workers, f"cache {split}", chunksize=4)):
+            results[k] = result
+    for k, job in enumerate(jobs):
+        status, note = results[k]
         counts[status] += 1
         if note:
             notes.append((job.study_id, status in ("missing", "failed"), note))

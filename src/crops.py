@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path, write_csv, write_text
-from .cache import load_series, series_cache_path
+from .cache import entries_signature, load_series, series_cache_path
 from .constants import CONDITIONS, LEVELS, group_of, label_column, row_id
 from .dicom import Series, normalize_intensity
 from .parallel import progress_map
@@ -109,7 +109,8 @@ def build_crops(
     table = crop_table(coords)
     key = hashlib.md5(
         (pd.util.hash_pandas_object(table[["row_id", "series_id", "instance_number", "x", "y"]], index=False).values.tobytes()
-         + json.dumps(asdict(spec), sort_keys=True).encode() + split.encode() + str(Path(cache_dir).resolve()).encode())
+         + json.dumps(asdict(spec), sort_keys=True).encode() + split.encode() + str(Path(cache_dir).resolve()).encode()
+         + entries_signature(cache_dir, split, zip(table["study_id"], table["series_id"])))
     ).hexdigest()[:12]
     out_dir = Path(out_dir)
     npy, csv = out_dir / f"crops_{split}_{key}.npy", out_dir / f"crops_{split}_{key}.csv"

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..atomic import atomic_path, write_csv
-from ..cache import load_series, series_cache_path
+from ..cache import entries_signature, load_series, series_cache_path
 from ..dicom import Series
 from .plan import STRIDE, part
 
@@ -53,6 +53,7 @@ def build_slice_store(
         pd.util.hash_pandas_object(series_table[["study_id", "series_id"]], index=False).values.tobytes()
         + pd.util.hash_pandas_object(coords[["series_id", "instance_number", "x", "y"]], index=False).values.tobytes()
         + json.dumps([series_type, size, neighbour_weight, str(Path(cache_dir).resolve())]).encode()
+        + entries_signature(cache_dir, "train", zip(series_table["study_id"], series_table["series_id"]))
     ).hexdigest()[:12]
     out_dir = Path(out_dir)
     stem = out_dir / f"slices_{series_type}_{key}"
