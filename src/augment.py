@@ -102,7 +102,7 @@ class DeviceAugment:
         return params
 
     def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Crops (B, S, P, P), any float dtype -> float32 (B, S, size_px, size_px) with the given parameters."""
+        """Crops (B, S, P, P), 8-bit or float in [0, 1] -> float32 (B, S, size_px, size_px) with the given parameters."""
         b, s, h, w = images.shape
         if h != w:
             raise ValueError(f"crops must be square, got {h} x {w}")
@@ -122,7 +122,8 @@ class DeviceAugment:
         theta[:, 0, 2] = -inv * (cos * tx - sin * ty)
         theta[:, 1, 2] = -inv * (sin * tx + cos * ty)
         grid = F.affine_grid(theta, (b, s, self.size_px, self.size_px), align_corners=False)
-        out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        unit = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()  # 8-bit crops from the store
+        out = F.grid_sample(unit, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         sigma = params["sigma"].float().view(b, 1, 1, 1)
         if bool((sigma > 0).any()):
             noise = torch.randn(out.shape, device=images.device)

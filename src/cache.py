@@ -55,10 +55,21 @@ def entries_signature(cache_dir: Path, split: str, pairs) -> bytes:
     return hashlib.md5(repr(stats).encode()).digest()
 
 
+def to_unit(images: np.ndarray) -> np.ndarray:
+    """Stored images as float32 in [0, 1]: 8-bit stores (crops, slice stores) are divided by 255."""
+    images = np.asarray(images)
+    return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
+
+
+def to_stored(images: np.ndarray) -> np.ndarray:
+    """[0, 1] images as 8 bits, the form the crop and slice stores keep (a quarter of float32)."""
+    return np.round(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8)
+
+
 def encode_volume(volume: np.ndarray, codec: str = DEFAULT_CODEC) -> tuple[np.ndarray, np.ndarray]:
     """A [0, 1] volume as 8-bit images compressed one by one: (concatenated bytes, offsets of each image)."""
     ext, params = CODECS[codec]
-    parts = [cv2.imencode(ext, np.round(np.clip(im, 0, 1) * 255).astype(np.uint8), params)[1] for im in volume]
+    parts = [cv2.imencode(ext, to_stored(im), params)[1] for im in volume]
     offsets = np.cumsum([0] + [len(b) for b in parts]).astype(np.int64)
     return (np.concatenate(parts) if parts else np.zeros(0, np.uint8)), offsets
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path, write_csv, write_text
-from .cache import entries_signature, load_series, series_cache_path
+from .cache import entries_signature, load_series, series_cache_path, to_stored
 from .constants import CONDITIONS, LEVELS, group_of, label_column, row_id
 from .dicom import Series, normalize_intensity
 from .parallel import progress_map
@@ -76,7 +76,7 @@ def crop_table(coords: pd.DataFrame) -> pd.DataFrame:
 def _cut_study(args) -> tuple[list[int], np.ndarray, list[str]]:
     rows, cache_dir, split, spec = args
     loaded: dict[int, Series | None] = {}
-    out = np.zeros((len(rows), spec.n_slices, spec.stored_px, spec.stored_px), dtype=np.float16)
+    out = np.zeros((len(rows), spec.n_slices, spec.stored_px, spec.stored_px), dtype=np.uint8)
     ok, problems = [], []
     for k, r in enumerate(rows):
         if r["series_id"] not in loaded:
@@ -92,7 +92,7 @@ def _cut_study(args) -> tuple[list[int], np.ndarray, list[str]]:
             problems.append(f"{r['row_id']}: instance {r['instance_number']} not in series {r['series_id']}")
             continue
         mm = spec.mm(r["condition"]) * spec.context
-        out[k] = cut_crop(series, index, r["x"], r["y"], mm, spec.stored_px, spec.n_slices)
+        out[k] = to_stored(cut_crop(series, index, r["x"], r["y"], mm, spec.stored_px, spec.n_slices))
         ok.append(k)
     return ok, out, problems
 
@@ -102,7 +102,7 @@ def build_crops(
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Cut (or reuse) the crops of every coordinate row; returns a read-only memmap and its index table.
 
-    The crops are stored once per (coordinates, spec) under out_dir as a .npy (float16) plus an index
+    The crops are stored once per (coordinates, spec) under out_dir as a .npy (8-bit, see cache.to_unit) plus an index
     .csv, keyed by a hash, written atomically; rows whose series or instance is missing are dropped with
     a note in the index file's companion .log.
     """
@@ -121,7 +121,7 @@ def build_crops(
     keep = np.zeros(len(table), dtype=bool)
     problems: list[str] = []
     with atomic_path(npy, ".npy") as tmp:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                         shape=(len(table), spec.n_slices, spec.stored_px, spec.stored_px))
         for s0, (ok, crops, notes) in zip(starts, progress_map(_cut_study, groups, workers, f"crops {split}", chunksize=2)):
             arr[s0 : s0 + len(crops)] = crops

@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .augment import FLIPPED_CONDITION, was_flipped
+from .cache import to_unit
 
 def flip_condition(condition_idx: int) -> int:
     """Condition index after a horizontal flip of its crop (left <-> right on axial crops)."""
@@ -18,7 +19,7 @@ class CropDataset(Dataset):
     """Items: image (S, P, P) float32 in [0, 1], condition, level, label (-1 when unknown), row."""
 
     def __init__(self, crops: np.ndarray, index: pd.DataFrame, transform: A.Compose | None):
-        """transform None serves the raw stored crop (with its margin, float16) for augmentation on the device."""
+        """transform None serves the raw stored crop (with its margin, 8-bit) for augmentation on the device."""
         self.crops = crops
         self.index = index.reset_index(drop=True)
         self.transform = transform
@@ -33,7 +34,7 @@ class CropDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
         """A whole batch at once (DataLoader calls this when it exists). Raw crops (no transform) are read in
-        one sorted memmap access and stay float16: the device converts them, the loader only copies."""
+        one sorted memmap access and stay 8-bit: the device converts them, the loader only copies."""
         if self.transform is not None:
             return [self[i] for i in indices]
         idx = np.asarray(indices)
@@ -47,7 +48,7 @@ class CropDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         if self.transform is None:
             return self.__getitems__([i])[0]
-        stack = np.asarray(self.crops[self._crop[i]], dtype=np.float32)  # (S, P, P)
+        stack = to_unit(self.crops[self._crop[i]])  # (S, P, P) in [0, 1]
         out = self.transform(image=np.ascontiguousarray(stack.transpose(1, 2, 0)))  # HWC, slices as channels
         condition = flip_condition(self._cond[i]) if was_flipped(out) else int(self._cond[i])
         image = out["image"]

@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from .cache import load_series, series_cache_path  # noqa: E402
+from .cache import load_series, series_cache_path, to_unit  # noqa: E402
 from .constants import CONDITIONS, LEVELS, SEVERITIES, TARGETS, row_id  # noqa: E402
 from .crops import CropSpec, build_crops  # noqa: E402
 from .device import pick_device  # noqa: E402
@@ -56,7 +56,7 @@ def attention_maps(runs: Path, coords: pd.DataFrame, cache_dir: Path, split: str
     out = {}
     lo = (spec.stored_px - spec.size_px) // 2
     for r in index.itertuples():
-        stack = np.asarray(crops[r.crop], dtype=np.float32)[:, lo : lo + spec.size_px, lo : lo + spec.size_px]
+        stack = to_unit(crops[r.crop])[:, lo : lo + spec.size_px, lo : lo + spec.size_px]
         x = torch.from_numpy(stack)[None].to(device)
         model(x, torch.tensor([r.condition_idx], device=device), torch.tensor([r.level_idx], device=device))
         att = model.att_stem.spatial.last_map.float()

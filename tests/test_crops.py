@@ -150,3 +150,22 @@ def test_build_crops_from_labelled_and_predicted_tables(synth_dir, tmp_path):
     _, index3 = build_crops(predicted, tmp_path, "train", spec, tmp_path / "crops", workers=1)
     assert len(index3) == len(index) - 1
     assert any("instance 9999" in p.read_text() for p in (tmp_path / "crops").glob("*.log"))
+
+
+def test_crop_store_is_8bit_and_served_in_unit_range(synth_dir, tmp_path):
+    import torch
+
+    from src.augment import DeviceAugment, eval_transform
+    from src.config import DEFAULTS
+    from src.datasets import CropDataset
+
+    prepare(synth_dir, tmp_path, "train", workers=1)
+    coords = load_coordinates(synth_dir / "train_label_coordinates.csv")
+    crops, index = build_crops(coords, tmp_path, "train", CropSpec(n_slices=3, size_px=16), tmp_path / "crops", workers=1)
+    assert crops.dtype == np.uint8 and crops.max() == 255  # each crop is windowed to [0, 1] before storing
+    served = CropDataset(crops, index, eval_transform(16))[0]["image"]
+    assert served.dtype == torch.float32 and 0 <= float(served.min()) and float(served.max()) <= 1
+    raw = CropDataset(crops, index, None).__getitems__([0, 1])
+    out, _ = DeviceAugment(dict(DEFAULTS["aug"], affine_p=0, hflip=0, noise_p=0), 16)(
+        torch.stack([r["image"] for r in raw]), torch.zeros(2, dtype=torch.long))
+    assert torch.allclose(out[0], served, atol=1e-6)  # the device path sees what the CPU path sees

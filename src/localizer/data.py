@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..atomic import atomic_path, write_csv
-from ..cache import entries_signature, load_series, series_cache_path
+from ..cache import entries_signature, load_series, series_cache_path, to_stored, to_unit
 from ..dicom import Series
 from .plan import STRIDE, part
 
@@ -34,7 +34,7 @@ def stack_of(series: Series, index: int, size: int) -> np.ndarray:
 
 @dataclass
 class SliceStore:
-    """Resized slices (memmap, (N, size, size) float16) with an index and the labelled points on them."""
+    """Resized slices (memmap, (N, size, size) 8-bit) with an index and the labelled points on them."""
 
     images: np.ndarray
     index: pd.DataFrame  # one row per slice: study_id, series_id, k, n, instance_number, h, w, first
@@ -82,7 +82,7 @@ def build_slice_store(
             slot[k] = len(rows)
             rows.append({"study_id": r.study_id, "series_id": r.series_id, "k": k, "n": len(s),
                          "instance_number": int(s.instance_numbers[k]), "h": h, "w": w})
-            images.append(cv2.resize(s.volume[k], (size, size), interpolation=cv2.INTER_AREA).astype(np.float16))
+            images.append(to_stored(cv2.resize(s.volume[k], (size, size), interpolation=cv2.INTER_AREA)))
         if labelled is None:
             continue
         for p in labelled.itertuples():
@@ -94,7 +94,7 @@ def build_slice_store(
                     points.append({"slice": slot[k0 + dk], "channel": plan.channel(p.level),
                                    "x": (p.x + 0.5) * size / w - 0.5, "y": (p.y + 0.5) * size / h - 0.5,
                                    "amplitude": amp, "condition": p.condition, "level": p.level})
-    arr = np.stack(images) if images else np.zeros((0, size, size), np.float16)
+    arr = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
     index = pd.DataFrame(rows, columns=["study_id", "series_id", "k", "n", "instance_number", "h", "w"])
     index["first"] = np.arange(len(index)) - index["k"].to_numpy()  # row of slice 0 of the same series
     if not plan.searched:
@@ -146,9 +146,9 @@ class SliceDataset(Dataset):
 
     def _stack(self, r: int) -> np.ndarray:
         if self._first[r] < 0:
-            return np.repeat(np.asarray(self.store.images[r], np.float32)[None], 3, 0)
+            return np.repeat(to_unit(self.store.images[r])[None], 3, 0)
         ks = np.clip(self._k[r] + np.array([-1, 0, 1]), 0, self._n[r] - 1)
-        return np.stack([np.asarray(self.store.images[self._first[r] + k], np.float32) for k in ks])
+        return to_unit(self.store.images[self._first[r] + ks])
 
     def __getitem__(self, i: int) -> dict:
         r = int(self.rows[i])
