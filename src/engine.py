@@ -81,6 +81,25 @@ def _gather_rows(outputs: torch.Tensor, rows: torch.Tensor, world: int) -> tuple
     return outputs[first], rows[first]
 
 
+def _build_task(cfg: dict, out_dir: Path, device: torch.device, rank: int, world: int):
+    """The config's task. Under DDP rank 0 builds the caches first (decoding, crops); the others wait for it
+    on a marker file (_wait_for_main), never on a collective, then read the caches it built."""
+    if world == 1:
+        return TASKS[cfg["task"]](cfg, is_main=True, device=device)
+    box = [f"{time.time()}-{os.getpid()}"]
+    dist.broadcast_object_list(box, src=0)
+    marker = out_dir / ".caches_ready"
+    if rank != 0:
+        _wait_for_main(marker, box[0], cfg["ddp_wait_s"], rank)
+    task = TASKS[cfg["task"]](cfg, is_main=rank == 0, device=device)
+    if rank == 0:
+        marker.write_text(box[0])
+    dist.barrier()
+    if rank == 0:
+        marker.unlink(missing_ok=True)
+    return task
+
+
 def _validate(model, loader, task, device, amp_dtype, world: int, main: bool):
     """Validation over every rank's shard, scored once on rank 0; every rank gets the same metrics."""
     outputs, rows = _gather_rows(*forward_all(model, loader, task, device, amp_dtype), world)
@@ -242,19 +261,7 @@ def fit(cfg: dict) -> dict:
             print(f"{out_dir}: --restart: training from scratch over the earlier run")
         config_lib.save(cfg, out_dir / CONFIG)
 
-    if world > 1:  # rank 0 builds the caches first; the others wait on a marker, not on a collective
-        box = [f"{time.time()}-{os.getpid()}"]
-        dist.broadcast_object_list(box, src=0)
-        marker = out_dir / ".caches_ready"
-        if not main:
-            _wait_for_main(marker, box[0], cfg["ddp_wait_s"], rank)
-    task = TASKS[cfg["task"]](cfg, is_main=main, device=device)
-    if world > 1:
-        if main:
-            marker.write_text(box[0])
-        dist.barrier()
-        if main:
-            marker.unlink(missing_ok=True)
+    task = _build_task(cfg, out_dir, device, rank, world)
     train_ds, val_ds = task.train_dataset(), task.val_dataset()
     train_loader, val_loader, sampler = _loaders(cfg, train_ds, val_ds, world, rank, device)
 
