@@ -14,7 +14,7 @@ from src import cli
 from src import ensemble as ensemble_lib
 from src.atomic import write_json
 from src.metric import prior_table
-from src.runs import ensemble_file
+from src.run_folders import ensemble_file
 from src.tables import DataError, load_train, solution_frame
 
 

@@ -29,7 +29,7 @@ from src.localizer.plan import PLAN  # noqa: E402
 from src.metric import overlay, prior_submission, score  # noqa: E402
 from src.paths import REPORTS_DIR, cache_dir_for  # noqa: E402
 from src.pipeline import series_table  # noqa: E402
-from src.runs import OOF, classifier_runs, fold_of, load_model, localizer_run, trained_folds  # noqa: E402
+from src.run_folders import OOF, classifier_runs, fold_of, load_model, localizer_run, trained_folds  # noqa: E402
 from src.tables import DataError, load_coordinates, load_submission, load_train, solution_frame  # noqa: E402
 
 

@@ -15,7 +15,7 @@ from src import cli  # noqa: E402
 from src import config as config_lib  # noqa: E402
 from src.engine import fit, shutdown  # noqa: E402
 from src.localizer.plan import PLAN  # noqa: E402
-from src.runs import localizer_run  # noqa: E402
+from src.run_folders import localizer_run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

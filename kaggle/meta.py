@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from src.runs import ENSEMBLE, INFERENCE_FILES  # noqa: E402
+from src.run_folders import ENSEMBLE, INFERENCE_FILES  # noqa: E402
 
 SCRIPTS = ("infer.py", "localize.py")  # what the notebook runs
 

@@ -14,7 +14,7 @@ from .crops import CropSpec, build_crops
 from .datasets import CropDataset, flip_condition
 from .device import autocast, inference_dtype
 from .faults import FaultLog
-from .runs import fold_of, load_model, trained_folds
+from .run_folders import fold_of, load_model, trained_folds
 
 
 @torch.no_grad()

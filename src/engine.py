@@ -30,7 +30,7 @@ from .datasets import seed_worker
 from .device import autocast, pick_device, training_amp
 from .localizer.task import LocalizerTask
 from .models import build_model
-from .runs import BEST, CONFIG, LAST, LOG, OOF, run_dir
+from .run_folders import BEST, CONFIG, LAST, LOG, OOF, run_dir
 from .tasks import ClassifierTask
 
 TASKS = {"classifier": ClassifierTask, "localizer": LocalizerTask}

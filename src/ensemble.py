@@ -11,7 +11,7 @@ from scipy.optimize import minimize, minimize_scalar
 
 from .constants import GROUPS, TARGETS, group_of
 from .metric import score
-from .runs import OOF, classifier_runs, is_run_name, trained_folds
+from .run_folders import OOF, classifier_runs, is_run_name, trained_folds
 from .tables import DataError, load_submission
 
 

@@ -26,7 +26,7 @@ from . import ensemble as ensemble_lib  # noqa: E402
 from .atomic import write_json, write_text  # noqa: E402
 from .constants import GROUPS, SEVERITIES, TARGETS, group_of, row_study_ids  # noqa: E402
 from .metric import prior_submission, score_parts  # noqa: E402
-from .runs import LOG, ensemble_file, trained_folds  # noqa: E402
+from .run_folders import LOG, ensemble_file, trained_folds  # noqa: E402
 from .tables import DataError, load_solution, load_submission, load_train, solution_frame  # noqa: E402
 
 # The attention paper's own results (lumbar disc herniation, its private data): a reference, not a target.

@@ -15,7 +15,7 @@ from .cache import load_series, series_cache_path, to_unit  # noqa: E402
 from .constants import CONDITIONS, LEVELS, SEVERITIES, TARGETS, row_id  # noqa: E402
 from .crops import CropSpec, build_crops  # noqa: E402
 from .device import pick_device  # noqa: E402
-from .runs import classifier_runs, load_model, trained_folds  # noqa: E402
+from .run_folders import classifier_runs, load_model, trained_folds  # noqa: E402
 
 
 def _phrase(condition: str) -> str:

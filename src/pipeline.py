@@ -1,7 +1,7 @@
 """The offline pipeline behind infer.py: localize, cut crops, run every fold of every classifier, ensemble,
 write every row.
 
-Top-down: the runs to use come from runs.py, the series are decoded once into the cache (cache.prepare),
+Top-down: the runs to use come from run_folders.py, the series are decoded once into the cache (cache.prepare),
 the localizer gives coordinates (localizer.infer), the classifiers give probabilities (classify), the
 ensemble blends them (ensemble), and the training prior fills every row nothing else reached.
 """
@@ -25,7 +25,7 @@ from .explain import explain
 from .localizer.infer import Localizer, localize
 from .faults import FaultLog
 from .metric import overlay, prior_table
-from .runs import classifier_runs, ensemble_file, is_run_name
+from .run_folders import classifier_runs, ensemble_file, is_run_name
 from .tables import (
     DataError,
     bad_row_ids,

@@ -58,7 +58,7 @@ def make_fake_runs(root: Path, classifiers: bool = True, experiments: tuple[str,
     from src import config as config_lib
     from src.localizer.plan import PLAN
     from src.models import build_model
-    from src.runs import localizer_run
+    from src.run_folders import localizer_run
 
     torch.manual_seed(0)
     cfgs = [config_lib.resolve("localizer", "tiny", None, {"series_type": part.key, "loc": {"size_px": 32},

@@ -16,7 +16,7 @@ from conftest import make_fake_runs
 from src.constants import TARGETS
 from src.faults import MODEL_DROPPED_EXIT
 from src.pipeline import faults_path
-from src.runs import run_dir
+from src.run_folders import run_dir
 from src.tables import load_series_descriptions, load_submission
 
 

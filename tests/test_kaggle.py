@@ -49,7 +49,7 @@ def test_copy_runs_takes_only_what_inference_needs(tmp_path):
 def test_package_ships_only_what_inference_imports(tmp_path):
     closure = {p.relative_to(REPO).as_posix() for p in meta.code_closure([REPO / "infer.py", REPO / "localize.py"])}
     assert {"src/__init__.py", "src/pipeline.py", "src/localizer/__init__.py", "src/localizer/infer.py",
-            "src/localizer/plan.py", "src/runs.py", "src/dicom.py", "src/classify.py"} <= closure
+            "src/localizer/plan.py", "src/run_folders.py", "src/dicom.py", "src/classify.py"} <= closure
     # Training, data generation, folds and evaluation never ship.
     assert not closure & {"src/synth.py", "src/engine.py", "src/tasks.py", "src/folds.py", "src/evaluation.py",
                           "src/localizer/task.py", "kaggle/meta.py"}

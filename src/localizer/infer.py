@@ -19,7 +19,7 @@ from ..constants import PREDICTED_COORDINATE_COLUMNS
 from ..device import autocast, inference_dtype, pick_device
 from ..dicom import Series
 from ..faults import FaultLog
-from ..runs import BEST, fold_of, load_model, localizer_run, trained_folds
+from ..run_folders import BEST, fold_of, load_model, localizer_run, trained_folds
 from .data import stack_of
 from .decode import decode_searched, decode_slice
 from .plan import PLAN, Part

@@ -2,7 +2,7 @@ import torch
 from conftest import make_fake_runs
 
 from src.localizer.plan import PLAN
-from src.runs import classifier_runs, fold_of, load_model, localizer_run, run_dir, run_names, trained_folds
+from src.run_folders import classifier_runs, fold_of, load_model, localizer_run, run_dir, run_names, trained_folds
 
 
 def test_classifier_runs_finds_every_trained_classifier(tmp_path):
