@@ -172,7 +172,10 @@ def prepare(data_dir: Path, cache_dir: Path, split: str = "train", workers: int 
     results: dict[int, tuple[str, str]] = {}
     for k, job in enumerate(jobs):
         job.fingerprint = series_fingerprint(job.src)
-        meta = cached_meta(job.dst) if job.fingerprint else None
+        if not job.fingerprint:  # the series has gone: nothing to decode, no worker needed
+            results[k] = _run(job)
+            continue
+        meta = cached_meta(job.dst)
         if meta is not None and meta[0] == job.fingerprint:
             results[k] = ("cached", meta[1])
     todo = [k for k in range(len(jobs)) if k not in results]

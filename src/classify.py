@@ -8,10 +8,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from .augment import eval_transform
+from .augment import FLIPPED_CONDITION, eval_transform
 from .constants import TARGETS
 from .crops import CropSpec, build_crops
-from .datasets import CropDataset, flip_condition
+from .datasets import CropDataset
 from .device import autocast, inference_dtype
 from .faults import FaultLog
 from .run_folders import fold_of, load_model, trained_folds
@@ -28,14 +28,14 @@ def crop_probabilities(model: torch.nn.Module, cfg: dict, crops: np.ndarray, ind
     loader = DataLoader(CropDataset(crops, index, eval_transform(cfg["crop"]["size_px"])), batch_size=batch_size,
                         shuffle=False)
     dtype = inference_dtype(device)
+    mirrored = torch.tensor(FLIPPED_CONDITION, device=device)
     probs = []
     for batch in loader:
         image = batch["image"].to(device)
         condition, level = batch["condition"].to(device), batch["level"].to(device)
         views = [(image, condition)]
         if hflip_tta:
-            flipped = torch.tensor([flip_condition(int(c)) for c in batch["condition"]], device=device)
-            views.append((image.flip(-1), flipped))
+            views.append((image.flip(-1), mirrored[condition]))
         p = 0
         for img, cond in views:
             with autocast(device, dtype):

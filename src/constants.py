@@ -120,9 +120,12 @@ def row_study_ids(row_ids: Iterable[str]) -> np.ndarray:
     return np.array([split_row_id(r)[0] for r in row_ids], dtype=np.int64)
 
 
-def group_of(column_or_row_id: str) -> str:
-    """Metric group ('spinal', 'foraminal' or 'subarticular') of a label column or row_id."""
+def group_of(column_or_row_id: str, strict: bool = True) -> str | None:
+    """Metric group ('spinal', 'foraminal' or 'subarticular') of a label column or row_id; without one,
+    ValueError (strict) or None."""
     for group in GROUPS:
         if group in column_or_row_id:
             return group
+    if not strict:
+        return None
     raise ValueError(f"no condition group in {column_or_row_id!r}")

@@ -126,8 +126,12 @@ def prior_table(solution: pd.DataFrame | None = None, weighted: bool = True) -> 
 
 
 def prior_rows(table: dict[str, list[float]], row_ids: list[str]) -> pd.DataFrame:
-    """A prior table spread over submission rows (row_id + TARGETS)."""
-    out = pd.DataFrame(np.array([table[group_of(r)] for r in row_ids]).reshape(-1, len(TARGETS)), columns=list(TARGETS))
+    """A prior table spread over submission rows (row_id + TARGETS); a row without a known condition group (a
+    malformed sample_submission row that must still be written) gets 1/3 each."""
+    uniform = [1.0 / len(TARGETS)] * len(TARGETS)
+    groups = [group_of(str(r), strict=False) for r in row_ids]
+    out = pd.DataFrame(np.array([table[g] if g else uniform for g in groups]).reshape(-1, len(TARGETS)),
+                       columns=list(TARGETS))
     out.insert(0, "row_id", list(row_ids))
     return out
 

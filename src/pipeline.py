@@ -19,12 +19,12 @@ from . import ensemble as ensemble_lib
 from .atomic import write_csv
 from .cache import prepare
 from .classify import run_classifiers
-from .constants import PREDICTED_COORDINATE_COLUMNS, TARGETS, group_of, parse_row_id
+from .constants import PREDICTED_COORDINATE_COLUMNS, TARGETS, parse_row_id
 from .device import pick_device
 from .explain import explain
 from .localizer.infer import Localizer, localize
 from .faults import FaultLog
-from .metric import overlay, prior_table
+from .metric import overlay, prior_rows, prior_table
 from .run_folders import classifier_runs, ensemble_file, is_run_name
 from .tables import (
     DataError,
@@ -74,17 +74,7 @@ def prior_frame(row_ids: list[str], data_dir: Path, fitted: dict) -> pd.DataFram
             except DataError as err:
                 warnings.warn(f"{err}; using the real data's class rates as the prior", stacklevel=2)
         table = prior_table(solution)
-    table = {**table, None: [1.0 / len(TARGETS)] * len(TARGETS)}
-    out = pd.DataFrame(np.array([table[_group(r)] for r in row_ids]).reshape(-1, len(TARGETS)), columns=list(TARGETS))
-    out.insert(0, "row_id", list(row_ids))
-    return out
-
-
-def _group(row_id: str) -> str | None:
-    try:
-        return group_of(row_id)
-    except ValueError:
-        return None
+    return prior_rows(table, row_ids)
 
 
 def finalize(submission: pd.DataFrame, row_ids: list[str], prior: pd.DataFrame) -> pd.DataFrame:
@@ -120,14 +110,14 @@ def _localize(data_dir: Path, split: str, runs: Path, cache_dir: Path, study_ids
     """Stage 1 for the studies: their series lines read, decoded once, localized; every problem named per study."""
     problems: list[tuple[int | None, bool, str]] = []
     table = series_table(data_dir, split, study_ids, problems)
-    listed = set(table["study_id"])
-    for study_id in sorted(set(study_ids) - listed):
+    listed, wanted = set(table["study_id"]), set(study_ids)
+    for study_id in sorted(wanted - listed):
         faults.add("study", f"study {study_id}", f"no series listed in {split}_series_descriptions.csv",
                    study_id=study_id)
     prepare(data_dir, cache_dir, split, workers=workers, series=table, problems=problems)
     by_study: dict[tuple[int | None, bool], list[str]] = {}
     for study_id, lost, text in problems:
-        if study_id is None or study_id in set(study_ids):
+        if study_id is None or study_id in wanted:
             by_study.setdefault((study_id, lost), []).append(text)
     for (study_id, lost), texts in by_study.items():
         # One line per study: a lost series costs rows ('study'); a repaired one is only named ('repair').
