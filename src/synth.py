@@ -12,6 +12,13 @@ The written label is drawn from p(label | s), an ordinal logistic model (readers
 thresholds), so no model can score 0. {split}_oracle.csv holds the Bayes-optimal submission: p(label | s)
 reweighted by the metric's class weights 1/2/4 (the minimiser of the expected weighted log loss). The joint
 label pattern of each study is copied from a row of the real train.csv when one is given (--patterns).
+
+`--variety real` turns on the acquisition variety of real lumbar MRI (see VARIETIES): the anatomy beyond
+L1-S1 that wide fields of view show (T11, T12 and the sacrum), instance numbers against slice position in
+both sagittal and axial series, rectangular matrices and fields of view, anisotropic pixels, a wide range of
+matrix sizes, slice counts and thicknesses, scanner contrast, gamma, bias field and noise, STIR fat
+suppression, several sagittal series, and missing series and coordinates at the real rates. The default
+(`--variety default`) is the embedded benchmark, unchanged.
 """
 from __future__ import annotations
 
@@ -64,6 +71,68 @@ TISSUE = {
 }
 
 
+# STIR: T2 contrast with fat (and fatty marrow) suppressed.
+STIR = {"muscle": 0.28, "fat": 0.07, "marrow": 0.16, "disc": 0.70, "bone": 0.22, "ligament": 0.14, "csf": 0.95,
+        "nerve": 0.33}
+SEQUENCES = ("t1", "t2", "stir")
+
+# Measured on the real train CSVs (../shared/rsna2024, 1,975 studies; tests/test_synth.py checks them):
+# axial T2 series per study 1/2/3/4 in 1640/306/28/1 studies; Sagittal T1 missing in 2 and doubled in 7,
+# Sagittal T2/STIR missing in 1; 29 of 48,803 labelled rows (in 3 studies) without a coordinate.
+REAL_AXIAL_SERIES = (1640, 306, 28, 1)
+REAL_SAGITTAL_COUNTS = {SAGITTAL_T1: (2, 1966, 7), SAGITTAL_T2: (1, 1974, 0)}  # studies with 0, 1, 2 series
+REAL_STUDIES_WITHOUT_SOME_COORDINATES = 3
+REAL_STUDIES = 1975
+
+
+def _rates(counts) -> tuple[float, ...]:
+    total = float(sum(counts))
+    return tuple(c / total for c in counts)
+
+
+@dataclass(frozen=True)
+class Variety:
+    """How much studies and series differ in anatomy coverage, geometry, size and intensity."""
+
+    name: str = "default"
+    extended_anatomy: bool = False  # render T11, T12, their discs and the sacrum beyond L1-S1
+    sag_size: tuple[float, ...] = (1.0, 1.25)  # matrix size as a factor of image_size, one drawn per series
+    axial_size: tuple[float, ...] = (0.75, 1.0)
+    sag_fov: tuple[float, float] = (190.0, 240.0)  # mm
+    axial_fov: tuple[float, float] = (150.0, 200.0)
+    sag_centre_z: tuple[float, float] = (-20.0, -4.0)  # field centre along the spine, mm from L3/L4 (+ head)
+    sag_slices: tuple[int, int] | None = None  # None: SynthConfig.sag_slices
+    sag_gap: tuple[float, float] = (3.3, 4.2)
+    axial_per_level: tuple[int, int] | None = None  # None: SynthConfig.axial_per_level
+    p_non_square: float = 0.0  # a rectangular matrix and field of view
+    p_anisotropic: float = 0.0  # row and column pixel spacing differ
+    p_sag_reversed: float = 0.5  # instance 1 on the patient's left instead of the right
+    p_axial_reversed: float = 0.0  # instance 1 at the feet instead of the head
+    contrast: float = 0.0  # per-study log-normal spread of each tissue's intensity
+    gamma: tuple[float, float] = (1.0, 1.0)  # per-series intensity curve
+    bias: tuple[float, float] = (0.12, 0.12)  # bias field strength
+    noise: tuple[float, float] | None = None  # None: SynthConfig.noise
+    p_stir: float = 0.0  # the Sagittal T2/STIR series is a STIR (fat suppressed)
+    sagittal_counts: dict | None = None  # description -> p(0, 1, 2 series); None: SynthConfig.p_missing_series
+    axial_series: tuple[float, ...] | None = None  # p(1, 2, ... axial series); None: SynthConfig.p_axial_series
+    p_study_missing_coordinates: float = 0.0  # a study whose coordinates lack some levels
+    block_offset_mm: float = 1.0  # axial blocks are centred this close to their disc
+
+
+VARIETIES: dict[str, Variety] = {
+    "default": Variety(),
+    "real": Variety(
+        name="real", extended_anatomy=True, sag_size=(0.75, 1.0, 1.25, 1.5, 2.0), axial_size=(0.75, 1.0, 1.25, 1.5),
+        sag_fov=(160.0, 330.0), axial_fov=(140.0, 230.0), sag_centre_z=(-45.0, 25.0), sag_slices=(12, 24),
+        sag_gap=(3.0, 5.0), axial_per_level=(2, 6), p_non_square=0.35, p_anisotropic=0.15, p_axial_reversed=0.5,
+        contrast=0.15, gamma=(0.7, 1.4), bias=(0.05, 0.35), noise=(0.01, 0.07), p_stir=0.3,
+        sagittal_counts={k: _rates(v) for k, v in REAL_SAGITTAL_COUNTS.items()},
+        axial_series=_rates(REAL_AXIAL_SERIES),
+        p_study_missing_coordinates=REAL_STUDIES_WITHOUT_SOME_COORDINATES / REAL_STUDIES, block_offset_mm=3.0,
+    ),
+}
+
+
 @dataclass
 class SynthConfig:
     """Everything the generator draws from; the defaults are the embedded benchmark."""
@@ -89,6 +158,15 @@ class SynthConfig:
     p_rescaled: float = 0.1
     noise: tuple[float, float] = (0.015, 0.035)
     workers: int = 2
+    variety: str | Variety = "default"  # a key of VARIETIES, or a Variety
+
+    @property
+    def var(self) -> Variety:
+        if isinstance(self.variety, Variety):
+            return self.variety
+        if self.variety not in VARIETIES:
+            raise ValueError(f"variety must be one of {sorted(VARIETIES)}, not {self.variety!r}")
+        return VARIETIES[self.variety]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -140,6 +218,10 @@ class Anatomy:
     level_gap: float
     lordosis: float
     severity: dict[str, float]  # label column -> latent severity
+    # Discs above L1/L2 (T12/L1, T11/T12, ...) when the anatomy is extended: each one's severity per structure
+    # (canal, left/right foramen, left/right recess), all in the normal range.
+    extra_discs: list[dict[str, float]] = field(default_factory=list)
+    sacrum: bool = False  # render S2 and S3 below S1
 
     @property
     def disc_z(self) -> np.ndarray:
@@ -162,7 +244,10 @@ class Anatomy:
 
     def structure_point(self, condition: str, level_index: int) -> np.ndarray:
         """Local-frame point an annotator would click for a condition at a level."""
-        z = self.disc_z[level_index]
+        return self.point_at(condition, self.disc_z[level_index])
+
+    def point_at(self, condition: str, z: float) -> np.ndarray:
+        """Local-frame point of a condition's structure at the disc at height z."""
         r_lr, r_ap = self.canal
         if condition == "Spinal Canal Stenosis":
             return np.array([0.0, self.canal_y(z), z])
@@ -172,15 +257,33 @@ class Anatomy:
         return np.array([side * (r_lr + 1.0), self.canal_y(z) + 0.3 * r_ap, z])
 
 
-class Grid:
-    """Voxel grid over the study-local frame holding T1 and T2 intensities, painted with soft edges."""
+def tissue_table(rng: np.random.Generator | None = None, contrast: float = 0.0) -> dict[str, dict[str, float]]:
+    """Tissue -> sequence -> intensity; with contrast > 0 each value is scaled by a per-study log-normal factor."""
+    table = {t: {"t1": v[0], "t2": v[1], "stir": STIR[t]} for t, v in TISSUE.items()}
+    if rng is not None and contrast > 0:
+        table = {t: {q: float(np.clip(v * np.exp(rng.normal(0, contrast)), 0.02, 1.0)) for q, v in seq.items()}
+                 for t, seq in table.items()}
+    return table
 
-    def __init__(self, lo: np.ndarray, hi: np.ndarray, voxel: float):
+
+class Grid:
+    """Voxel grid over the study-local frame holding one intensity volume per sequence, painted with soft edges."""
+
+    def __init__(self, lo: np.ndarray, hi: np.ndarray, voxel: float, sequences: tuple[str, ...] = ("t1", "t2"),
+                 tissue: dict[str, dict[str, float]] | None = None):
         self.lo = np.asarray(lo, dtype=float)
         self.voxel = voxel
         self.shape = tuple(int(np.ceil((h - l) / voxel)) + 1 for l, h in zip(self.lo, hi))
-        self.t1 = np.zeros(self.shape, dtype=np.float32)
-        self.t2 = np.zeros(self.shape, dtype=np.float32)
+        self.volumes = {q: np.zeros(self.shape, dtype=np.float32) for q in sequences}
+        self.tissue = tissue or tissue_table()
+
+    @property
+    def t1(self) -> np.ndarray:
+        return self.volumes["t1"]
+
+    @property
+    def t2(self) -> np.ndarray:
+        return self.volumes["t2"]
 
     def axes(self, box_lo, box_hi):
         """Index slices and coordinate vectors (broadcastable) of the voxels inside a box."""
@@ -194,9 +297,8 @@ class Grid:
 
     def paint(self, sl, alpha: np.ndarray, tissue: str) -> None:
         a = np.clip(alpha, 0.0, 1.0).astype(np.float32)
-        v1, v2 = TISSUE[tissue]
-        self.t1[sl] += a * (v1 - self.t1[sl])
-        self.t2[sl] += a * (v2 - self.t2[sl])
+        for q, volume in self.volumes.items():
+            volume[sl] += a * (self.tissue[tissue][q] - volume[sl])
 
     def soft(self, distance: np.ndarray) -> np.ndarray:
         """Occupancy from a signed distance in mm (negative inside), one voxel of anti-aliasing."""
@@ -216,13 +318,15 @@ class Grid:
         self.paint(sl, self.soft(sd), tissue)
 
 
-def render_anatomy(anat: Anatomy, voxel: float) -> Grid:
-    """Rasterise one study's spine into T1/T2 intensity volumes."""
+def render_anatomy(anat: Anatomy, voxel: float, sequences: tuple[str, ...] = ("t1", "t2"),
+                   tissue: dict[str, dict[str, float]] | None = None) -> Grid:
+    """Rasterise one study's spine into one intensity volume per sequence."""
     gap = anat.level_gap
     zs = anat.disc_z
-    lo = np.array([-100.0, -110.0, zs[-1] - 1.5 * gap - 30])
-    hi = np.array([100.0, 85.0, zs[0] + 1.5 * gap + 30])
-    g = Grid(lo, hi, voxel)
+    above, below = len(anat.extra_discs), 2 if anat.sacrum else 0
+    lo = np.array([-100.0, -110.0, zs[-1] - (1.5 + below) * gap - 30])
+    hi = np.array([100.0, 85.0, zs[0] + (1.5 + above) * gap + 30])
+    g = Grid(lo, hi, voxel, sequences, tissue)
     s = anat.scale
     wb, db = anat.body_half
     r_lr, r_ap = anat.canal
@@ -234,54 +338,65 @@ def render_anatomy(anat: Anatomy, voxel: float) -> Grid:
     g.paint(sl, g.soft((outline - 1.0) * 92.0) * np.ones_like(z), "fat")
     g.paint(sl, g.soft((outline - 0.87) * 92.0) * np.ones_like(z), "muscle")
 
-    # Vertebral bodies L1..L5 and S1 between the discs, then the discs.
-    centers = np.concatenate([[zs[0] + gap / 2], zs - gap / 2])
+    # Vertebral bodies (T11, T12 when extended) L1..L5 and S1 between the discs (then S2, S3), then the discs.
+    extra_z = [zs[0] + (above - i) * gap for i in range(above)]  # top to bottom: T11/T12, T12/L1
+    centers = np.concatenate([[z0 + gap / 2 for z0 in extra_z], [zs[0] + gap / 2], zs - gap / 2])
     half_h = gap / 2 - disc_h - 0.5
     for k, zc in enumerate(centers):
         grow = 1.15 if k == len(centers) - 1 else 1.0
         g.ellipsoid([0, anat.f(zc), zc], [wb * grow, db * grow, half_h], "marrow", power=4.0)
+    for i in range(below):  # fused sacral segments, tilting back and narrowing
+        zc = zs[-1] - gap / 2 - (i + 1) * 0.8 * gap
+        g.ellipsoid([0, anat.f(zc) + 6.0 * (i + 1), zc], [wb * (1.05 - 0.2 * i), db * (1.0 - 0.15 * i), 0.4 * gap],
+                    "marrow", power=4.0)
     # Posterior elements (laminae, pedicles, facets) as a bone block following the curve.
     sl, x, y, z = g.axes([-26 * s, -60, lo[2]], [26 * s, 80, hi[2]])
     yc = anat.canal_y(z)
-    inside_z = np.clip((z - (zs[-1] - gap)) * (zs[0] + gap - z), -1, 1) > 0
+    inside_z = np.clip((z - (zs[-1] - (1 + below) * gap)) * (zs[0] + (1 + above) * gap - z), -1, 1) > 0
     block = (np.abs(x) < 26 * s) & (y > yc - r_ap - 3) & (y < yc + r_ap + 14 * s) & inside_z
     g.paint(sl, block.astype(np.float32), "bone")
     for zc in centers[:-1]:  # spinous processes
         g.ellipsoid([0, anat.canal_y(zc) + r_ap + 30 * s, zc], [3.5 * s, 20 * s, 10 * s], "bone")
 
+    # Every disc, top to bottom, with its severity per structure.
+    discs = [(z0, sev) for z0, sev in zip(extra_z, anat.extra_discs)]
     for k, zk in enumerate(zs):
-        sev = anat.severity[label_column("Spinal Canal Stenosis", LEVELS[k])]
+        sev = {name: anat.severity[label_column(name, LEVELS[k])] for name in CONDITIONS}
+        discs.append((zk, {"canal": sev["Spinal Canal Stenosis"],
+                           **{f"{side} foramen": sev[f"{side} Neural Foraminal Narrowing"] for side in ("Left", "Right")},
+                           **{f"{side} recess": sev[f"{side} Subarticular Stenosis"] for side in ("Left", "Right")}}))
+
+    for zk, sev in discs:
         # Disc with a posterior bulge that grows with canal stenosis.
         g.ellipsoid([0, anat.f(zk), zk], [wb, db, disc_h], "disc", power=3.0)
-        g.ellipsoid([0, anat.f(zk) + db * 0.6, zk], [wb * 0.55, db * 0.4 + 1.3 * r_ap * sev, disc_h], "disc")
+        g.ellipsoid([0, anat.f(zk) + db * 0.6, zk], [wb * 0.55, db * 0.4 + 1.3 * r_ap * sev["canal"], disc_h], "disc")
 
     # Spinal canal CSF tube; at each disc level the anterior wall moves back and the posterior wall
     # (ligamentum flavum) forward in proportion to that level's spinal canal severity.
     sl, x, y, z = g.axes([-r_lr - 2, -80, lo[2]], [r_lr + 2, 80, hi[2]])
     front = np.zeros_like(z)
     back = np.zeros_like(z)
-    for k, zk in enumerate(zs):
-        sev = anat.severity[label_column("Spinal Canal Stenosis", LEVELS[k])]
+    for zk, sev in discs:
         bump = np.exp(-0.5 * ((z - zk) / (4.5 * s)) ** 2)
-        front = front + 1.25 * r_ap * sev * bump
-        back = back + 0.45 * r_ap * sev * bump
+        front = front + 1.25 * r_ap * sev["canal"] * bump
+        back = back + 0.45 * r_ap * sev["canal"] * bump
     yc = anat.canal_y(z)
     y0, y1 = yc - r_ap + front, yc + r_ap - back
     cy, ry = (y0 + y1) / 2, np.maximum((y1 - y0) / 2, 0.2)
     rho = np.sqrt((x / r_lr) ** 2 + ((y - cy) / ry) ** 2)
     g.paint(sl, g.soft((rho - 1.0) * np.minimum(ry, r_lr)), "csf")
 
-    for k, zk in enumerate(zs):
+    for zk, sev in discs:
         for side, name in ((1.0, "Left"), (-1.0, "Right")):
             # Neural foramen: fat-filled ovoid with the exiting nerve root; it closes with severity.
-            sev_f = anat.severity[label_column(f"{name} Neural Foraminal Narrowing", LEVELS[k])]
-            p = anat.structure_point(f"{name} Neural Foraminal Narrowing", k)
+            sev_f = sev[f"{name} foramen"]
+            p = anat.point_at(f"{name} Neural Foraminal Narrowing", zk)
             rz = 6.5 * s * (1 - 0.72 * sev_f)
             g.ellipsoid(p, [4.0 * s, 4.5 * s * (1 - 0.3 * sev_f), rz], "fat")
             g.ellipsoid(p + [0, -0.5, 0.45 * rz], [1.6 * s, 1.6 * s, 1.6 * s * (1 - 0.4 * sev_f)], "nerve")
             # Lateral recess (subarticular zone): a CSF pocket that the facet and ligament fill with severity.
-            sev_s = anat.severity[label_column(f"{name} Subarticular Stenosis", LEVELS[k])]
-            q = anat.structure_point(f"{name} Subarticular Stenosis", k)
+            sev_s = sev[f"{name} recess"]
+            q = anat.point_at(f"{name} Subarticular Stenosis", zk)
             g.ellipsoid(q, [4.0 * s, 3.2 * s, 7.0 * s], "csf")
             g.ellipsoid(q + [side * 1.5, 2.2, 0], [0.8 + 4.6 * sev_s * s, 0.8 + 4.0 * sev_s * s, 6.0 * s], "ligament")
     return g
@@ -307,38 +422,57 @@ class SliceSpec:
     position: np.ndarray
     row_dir: np.ndarray
     col_dir: np.ndarray
-    spacing: float
+    spacing: tuple[float, float]  # (between rows, between columns) in mm, as DICOM's PixelSpacing
     rows: int
     cols: int
 
 
-def plane(center, row_dir, col_dir, fov: float, rows: int, cols: int) -> SliceSpec:
+def plane(center, row_dir, col_dir, fov: float, rows: int, cols: int, aspect: float = 1.0) -> SliceSpec:
+    """A slice centred on `center`: fov (mm) spans the longer side; aspect = column / row spacing."""
     spacing = fov / max(rows, cols)
-    pos = np.asarray(center) - (cols - 1) / 2 * spacing * row_dir - (rows - 1) / 2 * spacing * col_dir
-    return SliceSpec(pos, np.asarray(row_dir, float), np.asarray(col_dir, float), spacing, rows, cols)
+    row_mm, col_mm = spacing, spacing * aspect
+    pos = np.asarray(center) - (cols - 1) / 2 * col_mm * row_dir - (rows - 1) / 2 * row_mm * col_dir
+    return SliceSpec(pos, np.asarray(row_dir, float), np.asarray(col_dir, float), (row_mm, col_mm), rows, cols)
+
+
+def matrix(rng: np.random.Generator, cfg: SynthConfig, factors: tuple[float, ...]) -> tuple[int, int, float]:
+    """Rows, columns and column/row spacing ratio of one series."""
+    v = cfg.var
+    rows = int(round(cfg.image_size * rng.choice(factors)))
+    cols, aspect = rows, 1.0
+    if v.p_non_square and rng.random() < v.p_non_square:
+        cols = int(round(rows * rng.choice([0.75, 0.8, 1.25]))) // 2 * 2
+    if v.p_anisotropic and rng.random() < v.p_anisotropic:
+        aspect = float(rng.uniform(0.8, 1.25))
+    return rows, cols, aspect
 
 
 def sagittal_slices(anat: Anatomy, rng: np.random.Generator, cfg: SynthConfig) -> tuple[list[SliceSpec], float]:
-    n = int(rng.integers(cfg.sag_slices[0], cfg.sag_slices[1] + 1))
-    gap = rng.uniform(3.3, 4.2)
-    size = int(round(cfg.image_size * rng.choice([1.0, 1.25])))
-    fov = rng.uniform(190, 240)
+    v = cfg.var
+    lo_n, hi_n = v.sag_slices or cfg.sag_slices
+    n = int(rng.integers(lo_n, hi_n + 1))
+    gap = rng.uniform(*v.sag_gap)
+    rows, cols, aspect = matrix(rng, cfg, v.sag_size)
+    fov = rng.uniform(*v.sag_fov)
     tilt = rotation(rng, (3, 0, 3))  # series-specific obliquity on top of the study pose
     row_dir, col_dir = tilt @ np.array([0.0, 1.0, 0.0]), tilt @ np.array([0.0, 0.0, -1.0])
     normal = np.cross(row_dir, col_dir)
-    center = np.array([rng.uniform(-3, 3), anat.f(0) + 25 + rng.uniform(-8, 8), -12 + rng.uniform(-8, 8)])
+    z_lo, z_hi = v.sag_centre_z
+    center = np.array([rng.uniform(-3, 3), anat.f(0) + 25 + rng.uniform(-8, 8), (z_lo + z_hi) / 2 + rng.uniform(
+        -(z_hi - z_lo) / 2, (z_hi - z_lo) / 2)])
     offsets = (np.arange(n) - (n - 1) / 2) * gap
-    if rng.random() < 0.5:
+    if rng.random() < v.p_sag_reversed:
         offsets = offsets[::-1]  # instance 1 on the patient's left in some series, right in others
-    return [plane(center + o * normal, row_dir, col_dir, fov, size, size) for o in offsets], gap
+    return [plane(center + o * normal, row_dir, col_dir, fov, rows, cols, aspect) for o in offsets], gap
 
 
 def axial_slices(
     anat: Anatomy, rng: np.random.Generator, cfg: SynthConfig, levels: list[int]
 ) -> tuple[list[SliceSpec], float]:
     """Either one contiguous stack over the levels or a tilted block of a few slices per disc."""
-    size = int(round(cfg.image_size * rng.choice([0.75, 1.0])))
-    fov = rng.uniform(150, 200)
+    v = cfg.var
+    rows, cols, aspect = matrix(rng, cfg, v.axial_size)
+    fov = rng.uniform(*v.axial_fov)
     zs = anat.disc_z[levels]
     specs: list[SliceSpec] = []
     gap = rng.uniform(3.0, 4.0)
@@ -353,24 +487,31 @@ def axial_slices(
         n = int((top - bottom) / gap) + 1
         for i in range(n):
             z = top - i * gap
-            specs.append(plane(np.array([x_center, y_center, 0]) + z * normal, row_dir, col_dir, fov, size, size))
+            specs.append(plane(np.array([x_center, y_center, 0]) + z * normal, row_dir, col_dir, fov, rows, cols, aspect))
     else:
-        per_level = int(rng.integers(cfg.axial_per_level[0], cfg.axial_per_level[1] + 1))
+        lo_n, hi_n = v.axial_per_level or cfg.axial_per_level
+        per_level = int(rng.integers(lo_n, hi_n + 1))
         for zk in zs:
             # Each block is angled to its disc, so the series holds several orientation groups.
             tilt = rotation(rng, (7, 2, 1))
             row_dir, col_dir = tilt @ np.array([1.0, 0, 0]), tilt @ np.array([0, 1.0, 0])
             normal = np.cross(row_dir, col_dir)
-            centre = np.array([x_center, y_center, zk]) + rng.uniform(-1.0, 1.0) * normal
+            centre = np.array([x_center, y_center, zk]) + rng.uniform(-v.block_offset_mm, v.block_offset_mm) * normal
             for o in (np.arange(per_level) - (per_level - 1) / 2)[::-1] * gap:
-                specs.append(plane(centre + o * normal, row_dir, col_dir, fov, size, size))
+                specs.append(plane(centre + o * normal, row_dir, col_dir, fov, rows, cols, aspect))
+    if v.p_axial_reversed and rng.random() < v.p_axial_reversed:
+        specs = specs[::-1]  # instance 1 at the feet
     return specs, gap
 
 
 def render_slice(grid: Grid, volume: np.ndarray, spec: SliceSpec, thickness: float) -> np.ndarray:
     """Sample the local-frame volume on one slice, averaging three depths across the slice thickness."""
     jj, ii = np.mgrid[0 : spec.rows, 0 : spec.cols]
-    pts = spec.position + (ii[..., None] * spec.row_dir + jj[..., None] * spec.col_dir) * spec.spacing
+    row_mm, col_mm = spec.spacing
+    if row_mm == col_mm:  # the default benchmark's images, computed exactly as they always were
+        pts = spec.position + (ii[..., None] * spec.row_dir + jj[..., None] * spec.col_dir) * row_mm
+    else:
+        pts = spec.position + ii[..., None] * col_mm * spec.row_dir + jj[..., None] * row_mm * spec.col_dir
     normal = np.cross(spec.row_dir, spec.col_dir)
     out = np.zeros((spec.rows, spec.cols), dtype=np.float32)
     for depth in (-thickness / 3, 0.0, thickness / 3):
@@ -379,11 +520,14 @@ def render_slice(grid: Grid, volume: np.ndarray, spec: SliceSpec, thickness: flo
     return out / 3
 
 
-def finish_image(image: np.ndarray, rng: np.random.Generator, noise: float, gain: float) -> np.ndarray:
-    """Bias field, Rician noise and scanner gain -> stored uint16 values."""
+def finish_image(image: np.ndarray, rng: np.random.Generator, noise: float, gain: float, bias_strength: float = 0.12,
+                 gamma: float = 1.0) -> np.ndarray:
+    """Intensity curve, bias field, Rician noise and scanner gain -> stored values."""
     h, w = image.shape
+    if gamma != 1.0:
+        image = np.clip(image, 0.0, None) ** gamma
     coarse = rng.normal(0, 1, (4, 4))
-    bias = 1.0 + 0.12 * cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    bias = 1.0 + bias_strength * cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
     img = gaussian_filter(image * bias, 0.5)
     real = img + rng.normal(0, noise, img.shape)
     imag = rng.normal(0, noise, img.shape)
@@ -447,7 +591,7 @@ def write_series(
         orientation = np.concatenate([rot @ spec.row_dir, rot @ spec.col_dir])
         ds.ImagePositionPatient = _ds(position)
         ds.ImageOrientationPatient = _ds(orientation)
-        ds.PixelSpacing = _ds([spec.spacing, spec.spacing])
+        ds.PixelSpacing = _ds(spec.spacing)
         if not drop_optional:
             ds.SliceThickness = DSfloat(meta["thickness"], auto_format=True)
             ds.SpacingBetweenSlices = DSfloat(meta["gap"], auto_format=True)
@@ -488,16 +632,30 @@ def make_study(args: tuple) -> dict:
         lordosis=rng.uniform(4, 12),
         severity=dict(zip(LABEL_COLUMNS, severity)),
     )
-    grid = render_anatomy(anat, cfg.voxel_mm)
+    v = cfg.var
+    sequences, tissue = ("t1", "t2"), None
+    if v.extended_anatomy:
+        structures = ("canal", "Left foramen", "Right foramen", "Left recess", "Right recess")
+        anat.extra_discs = [{k: float(rng.uniform(0.0, 0.3)) for k in structures} for _ in range(2)]
+        anat.sacrum = True
+    if v.contrast:
+        tissue = tissue_table(rng, v.contrast)
+    stir = bool(v.p_stir and rng.random() < v.p_stir)
+    if stir:
+        sequences = SEQUENCES
+    grid = render_anatomy(anat, cfg.voxel_mm, sequences, tissue)
     pose = (rotation(rng, (6, 4, 8)), rng.uniform(-40, 40, 3) + np.array([0, 0, rng.uniform(-300, 0)]))
     gain = rng.uniform(300, 3000)
-    noise = rng.uniform(*cfg.noise)
+    noise = rng.uniform(*(v.noise or cfg.noise))
 
     # Which series this study has.
-    n_axial = int(rng.choice(3, p=cfg.p_axial_series)) + 1
+    p_axial = v.axial_series or cfg.p_axial_series
+    n_axial = int(rng.choice(len(p_axial), p=p_axial)) + 1
     plan: list[tuple[str, list[int] | None]] = []
     for desc in (SAGITTAL_T2, SAGITTAL_T1):
-        if rng.random() >= cfg.p_missing_series[desc]:
+        if v.sagittal_counts:
+            plan.extend((desc, None) for _ in range(int(rng.choice(3, p=v.sagittal_counts[desc]))))
+        elif rng.random() >= cfg.p_missing_series[desc]:
             plan.append((desc, None))
     if rng.random() >= cfg.p_missing_series[AXIAL_T2]:
         all_levels = list(range(5))
@@ -506,8 +664,7 @@ def make_study(args: tuple) -> dict:
         else:
             cut = int(rng.integers(1, 4))
             parts = [all_levels[: cut + 1], all_levels[cut:]]  # upper and lower stacks overlapping at one level
-            if n_axial == 3:
-                parts.append(all_levels)  # a repeated acquisition
+            parts += [all_levels] * (n_axial - 2)  # repeated acquisitions
             plan.extend((AXIAL_T2, part) for part in parts)
     rng.shuffle(plan)
 
@@ -524,9 +681,11 @@ def make_study(args: tuple) -> dict:
             volume = grid.t2
         else:
             specs, gap = sagittal_slices(anat, rng, cfg)
-            volume = grid.t1 if desc == SAGITTAL_T1 else grid.t2
+            volume = grid.t1 if desc == SAGITTAL_T1 else grid.volumes["stir" if stir else "t2"]
         thickness = float(gap * rng.uniform(0.85, 1.0))
-        images = [finish_image(render_slice(grid, volume, sp, thickness), rng, noise, gain) for sp in specs]
+        gamma = float(rng.uniform(*v.gamma)) if v.gamma[0] != v.gamma[1] else v.gamma[0]
+        bias = float(rng.uniform(*v.bias)) if v.bias[0] != v.bias[1] else v.bias[0]
+        images = [finish_image(render_slice(grid, volume, sp, thickness), rng, noise, gain, bias, gamma) for sp in specs]
         meta = dict(study_id=study_id, series_id=series_id, series_number=number, description=desc,
                     thickness=round(thickness, 2), gap=round(gap, 2))
         geo = write_series(root / str(series_id), images, specs, pose, meta, rng, cfg)
@@ -534,6 +693,9 @@ def make_study(args: tuple) -> dict:
         series_geometry.append((series_id, desc, geo))
 
     coords, latent = [], []
+    missing_levels: set[int] = set()
+    if v.p_study_missing_coordinates and rng.random() < v.p_study_missing_coordinates:
+        missing_levels = {int(k) for k in rng.choice(5, size=int(rng.integers(1, 4)), replace=False)}
     rot, shift = pose
     for j, col in enumerate(LABEL_COLUMNS):
         condition, level = CONDITIONS[j // 5], LEVELS[j % 5]
@@ -552,7 +714,7 @@ def make_study(args: tuple) -> dict:
                 "pz": point[2],
             }
         )
-        if np.isnan(written[j]) or rng.random() < cfg.p_missing_coordinate:
+        if np.isnan(written[j]) or rng.random() < cfg.p_missing_coordinate or j % 5 in missing_levels:
             continue
         best = None
         for series_id, desc, geo in series_geometry:
@@ -633,15 +795,16 @@ def generate(cfg: SynthConfig) -> dict[str, Path]:
         paths[f"{split}_latent"] = out / f"{split}_latent.csv"
         latent.to_csv(paths[f"{split}_latent"], index=False)
         labels = pd.DataFrame([r["labels"] for r in part], columns=["study_id", *LABEL_COLUMNS])
+        coords = pd.DataFrame(
+            [c for r in part for c in r["coords"]],
+            columns=["study_id", "series_id", "instance_number", "condition", "level", "x", "y"],
+        )
+        # The test split's coordinates are a hidden answer like test_solution.csv (for scoring localization).
+        paths[f"{split}_coordinates"] = out / f"{split}_label_coordinates.csv"
+        coords.to_csv(paths[f"{split}_coordinates"], index=False)
         if split == "train":
             paths["train"] = out / "train.csv"
             labels.to_csv(paths["train"], index=False)
-            coords = pd.DataFrame(
-                [c for r in part for c in r["coords"]],
-                columns=["study_id", "series_id", "instance_number", "condition", "level", "x", "y"],
-            )
-            paths["coordinates"] = out / "train_label_coordinates.csv"
-            coords.to_csv(paths["coordinates"], index=False)
         else:
             (out / "test_images").mkdir(exist_ok=True)
             sample = pd.DataFrame({"row_id": submission_row_ids(study_ids)})
@@ -673,11 +836,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--patterns", type=Path, default=d.patterns, help="a real train.csv to copy label patterns from")
     ap.add_argument("--p-compressed", type=float, default=d.p_compressed)
     ap.add_argument("--workers", type=int, default=d.workers)
+    ap.add_argument("--variety", choices=sorted(VARIETIES), default=d.variety,
+                    help="acquisition variety: 'default' is the embedded benchmark, 'real' the variety of real MRI")
     a = ap.parse_args(argv)
     cfg = SynthConfig(
         out=a.out, studies=a.studies, test_studies=a.test_studies, seed=a.seed, image_size=a.image_size,
         voxel_mm=a.voxel_mm, sag_slices=tuple(a.sag_slices), axial_per_level=tuple(a.axial_per_level),
         reader_noise=a.reader_noise, patterns=a.patterns, p_compressed=a.p_compressed, workers=a.workers,
+        variety=a.variety,
     )
     paths = generate(cfg)
     print(f"wrote {cfg.studies} train and {cfg.test_studies} test studies to {cfg.out}")

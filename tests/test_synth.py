@@ -1,13 +1,28 @@
+import hashlib
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pydicom
 import pytest
 
-from src.constants import CONDITION_SERIES, LABEL_COLUMNS, TARGETS
+from src.constants import CONDITION_SERIES, CONDITIONS, LABEL_COLUMNS, LEVELS, SAGITTAL_T1, SAGITTAL_T2, TARGETS
 from src.metric import prior_submission, score
-from src.synth import generate, label_probabilities, metric_optimal
+from src.synth import (
+    REAL_AXIAL_SERIES,
+    REAL_SAGITTAL_COUNTS,
+    REAL_STUDIES,
+    REAL_STUDIES_WITHOUT_SOME_COORDINATES,
+    SEQUENCES,
+    TISSUE,
+    VARIETIES,
+    Anatomy,
+    generate,
+    label_probabilities,
+    metric_optimal,
+    render_anatomy,
+)
 from src.tables import (
     load_coordinates,
     load_series_descriptions,
@@ -123,3 +138,121 @@ def test_same_seed_same_data(tmp_path, tiny):
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
     cfg = json.loads((tmp_path / "a" / "synth_config.json").read_text())
     assert cfg["studies"] == 2 and cfg["image_size"] == 32
+
+
+# Measured on the generator before the variety setting existed (commit c8e1176) and after it.
+DEFAULT_DIGEST = "ef4cc772b4772fe722ce38f6cc4168ce"
+
+
+def _pixel_digest(root) -> str:
+    digest = hashlib.md5()
+    for path in sorted(root.rglob("*.dcm")):
+        digest.update(str(path.relative_to(root)).encode() + pydicom.dcmread(path).pixel_array.tobytes())
+    digest.update((root / "train_label_coordinates.csv").read_bytes())
+    return digest.hexdigest()
+
+
+def test_default_benchmark_is_unchanged(tmp_path, tiny):
+    """The default generator's images and coordinates are those every benchmark number was measured on."""
+    generate(tiny(tmp_path, studies=2, test_studies=1, image_size=32, voxel_mm=3.0, sag_slices=(3, 3),
+                  axial_per_level=(1, 1), p_compressed=0.0, patterns=None))
+    assert _pixel_digest(tmp_path) == DEFAULT_DIGEST
+
+
+# The variety with every case turned up, so that a few studies show each one.
+FORCED = replace(
+    VARIETIES["real"], p_non_square=0.6, p_anisotropic=0.5, p_stir=0.5, p_study_missing_coordinates=0.6,
+    sag_slices=(7, 9), axial_per_level=(2, 3), sag_size=(1.0, 1.5), axial_size=(1.0,),
+    sagittal_counts={SAGITTAL_T1: (0.2, 0.5, 0.3), SAGITTAL_T2: (0.0, 1.0, 0.0)}, axial_series=(0.3, 0.4, 0.2, 0.1),
+)
+
+
+@pytest.fixture(scope="module")
+def variety_dir(tmp_path_factory, tiny):
+    out = tmp_path_factory.mktemp("variety")
+    generate(tiny(out, studies=10, test_studies=2, variety=FORCED))
+    return out
+
+
+def _headers(root, split="train"):
+    series = load_series_descriptions(root / f"{split}_series_descriptions.csv")
+    for r in series.itertuples():
+        files = sorted((root / f"{split}_images" / str(r.study_id) / str(r.series_id)).glob("*.dcm"))
+        yield r, [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+
+
+def test_variety_geometry_sizes_and_instance_order(variety_dir):
+    non_square = anisotropic = 0
+    first_at = {"Axial T2": set(), "Sagittal T2/STIR": set(), "Sagittal T1": set()}
+    groups = 0
+    for r, dss in _headers(variety_dir):
+        ds = dss[0]
+        non_square += ds.Rows != ds.Columns
+        anisotropic += float(ds.PixelSpacing[0]) != float(ds.PixelSpacing[1])
+        by_instance = sorted(dss, key=lambda d: int(d.InstanceNumber))
+        first, last = (np.array([float(v) for v in d.ImagePositionPatient]) for d in (by_instance[0], by_instance[-1]))
+        axis = 2 if r.series_description == "Axial T2" else 0  # head (+z) or patient left (+x)
+        first_at[r.series_description].add(bool(first[axis] > last[axis]))
+        normals = {tuple(np.round(np.cross(*np.reshape([float(v) for v in d.ImageOrientationPatient], (2, 3))), 3))
+                   for d in dss}
+        groups = max(groups, len(normals))
+    assert non_square and anisotropic
+    # Instance 1 at the head in some axial series and at the feet in others; left or right in sagittal ones.
+    assert first_at["Axial T2"] == {True, False} and first_at["Sagittal T2/STIR"] == {True, False}
+    assert groups >= 3  # an axial series of blocks angled along each disc
+
+
+def test_variety_missing_and_repeated_series_and_coordinates(variety_dir):
+    series = load_series_descriptions(variety_dir / "train_series_descriptions.csv")
+    counts = series.groupby("study_id")["series_description"].value_counts().unstack(fill_value=0)
+    counts = counts.reindex(columns=["Sagittal T1", "Axial T2"], fill_value=0)
+    assert set(counts["Sagittal T1"]) >= {1, 2} and counts["Axial T2"].max() >= 3
+    train = load_train(variety_dir / "train.csv")
+    coords = load_coordinates(variety_dir / "train_label_coordinates.csv")
+    have = set(zip(coords["study_id"], coords["level"]))
+    labelled = [(s, lv) for s in train["study_id"] for lv in LEVELS]
+    missing = [key for key in labelled if key not in have]
+    assert 0 < len(missing) < len(labelled) // 2  # some studies lack some levels' coordinates
+    # The test split has its coordinates as a hidden answer, each on a real instance of the right series type.
+    test_coords = load_coordinates(variety_dir / "test_label_coordinates.csv")
+    test_series = load_series_descriptions(variety_dir / "test_series_descriptions.csv")
+    merged = test_coords.merge(test_series, on=["study_id", "series_id"])
+    assert len(merged) == len(test_coords) > 0
+    assert (merged["series_description"] == merged["condition"].map(CONDITION_SERIES)).all()
+    for r in merged.itertuples():
+        assert (variety_dir / "test_images" / str(r.study_id) / str(r.series_id) / f"{r.instance_number}.dcm").is_file()
+
+
+def test_extended_anatomy_and_stir_contrast():
+    anat = Anatomy(scale=1.0, level_gap=36.0, lordosis=8.0, severity=dict.fromkeys(LABEL_COLUMNS, 0.1))
+    plain = render_anatomy(anat, 2.0)
+    anat.extra_discs = [dict.fromkeys(("canal", "Left foramen", "Right foramen", "Left recess", "Right recess"), 0.1)] * 2
+    anat.sacrum = True
+    wide = render_anatomy(anat, 2.0, sequences=SEQUENCES)
+    assert wide.shape[2] > plain.shape[2] + 2 * 36 / 2.0  # the grid reaches past T11 and the sacrum
+
+    def at(grid, volume, point):
+        return float(volume[tuple(np.round((np.asarray(point) - grid.lo) / grid.voxel).astype(int))])
+
+    t12 = anat.disc_z[0] + 1.5 * anat.level_gap  # the centre of T12's body
+    assert at(wide, wide.t1, [0, anat.f(t12), t12]) == pytest.approx(TISSUE["marrow"][0], abs=0.02)
+    assert at(plain, plain.t1, [0, anat.f(t12), min(t12, plain.lo[2] + (plain.shape[2] - 1) * 2.0)]) < 0.5
+    fat = [0, -12.0 + 92.0 * 0.93, 0]  # the subcutaneous fat ring behind the spine
+    assert at(wide, wide.t2, fat) == pytest.approx(TISSUE["fat"][1], abs=0.05)
+    assert at(wide, wide.volumes["stir"], fat) < 0.15  # STIR suppresses fat
+
+
+def test_real_rates_match_the_competition_csvs(shared):
+    series = load_series_descriptions(shared / "train_series_descriptions.csv")
+    counts = series.groupby("study_id")["series_description"].value_counts().unstack(fill_value=0)
+    assert len(counts) == REAL_STUDIES
+    assert tuple(counts["Axial T2"].value_counts().sort_index()) == REAL_AXIAL_SERIES
+    for desc, expected in REAL_SAGITTAL_COUNTS.items():
+        assert tuple(int((counts[desc] == n).sum()) for n in range(3)) == expected
+    train = load_train(shared / "train.csv")
+    coords = load_coordinates(shared / "train_label_coordinates.csv")
+    have = set(zip(coords["study_id"], coords["condition"], coords["level"]))
+    lacking = {s for s in train["study_id"] for j, col in enumerate(LABEL_COLUMNS)
+               if pd.notna(train.loc[train["study_id"] == s, col].iloc[0])
+               and (s, CONDITIONS[j // 5], LEVELS[j % 5]) not in have}
+    assert len(lacking) == REAL_STUDIES_WITHOUT_SOME_COORDINATES
