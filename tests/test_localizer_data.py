@@ -3,7 +3,8 @@ import pandas as pd
 import torch
 
 from src.localizer.data import SliceDataset, SliceStore, loc_transform
-from src.localizer.decode import refine_peak, to_pixels
+from src.localizer.decode import refine_peak
+from src.localizer.frame import frame_of
 from src.models import HeatmapNet
 
 
@@ -40,7 +41,7 @@ def test_tiny_heatmap_net_learns_planted_keypoints():
         for i in range(len(test)):
             heat = torch.sigmoid(net(test[i]["image"][None]))[0, 0].numpy()
             y, x = np.unravel_index(np.argmax(heat), heat.shape)
-            px, py = to_pixels(refine_peak(heat, y, x), size, (size, size))
+            px, py = frame_of((size, size), (1.0, 1.0), size).heat_to_image(refine_peak(heat, y, x))
             errors.append(np.hypot(px - points[64 + i]["x"], py - points[64 + i]["y"]))
     assert np.median(errors) < 1.5, np.median(errors)
 

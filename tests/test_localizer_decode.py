@@ -3,7 +3,8 @@ import pytest
 
 from src.dicom import Series
 from src.localizer.data import gaussian_heatmaps
-from src.localizer.decode import assign_levels, decode_searched, decode_slice, refine_peak, side_of_slices, to_pixels
+from src.localizer.decode import assign_levels, decode_searched, decode_slice, refine_peak, side_of_slices
+from src.localizer.frame import frame_of
 from src.localizer.plan import PARTS
 
 
@@ -40,10 +41,25 @@ def test_slice_sides_follow_patient_left():
 def test_assign_levels_fixes_a_channel_firing_on_the_next_disc():
     # Three discs at 0, 36 and 72 mm; level 1's channel is strongest on disc 2 but must take disc 1.
     scores = np.array([[0.9, 0.1, 0.1], [0.1, 0.4, 0.8], [0.1, 0.1, 0.9]])
-    assert assign_levels(scores, np.array([0.0, 36.0, 72.0]), 15.0) == [0, 1, 2]
+    picks, sure = assign_levels(scores, np.array([0.0, 36.0, 72.0]), 15.0)
+    assert picks == [0, 1, 2] and sure == 1.0  # the only assignment of three levels to three discs
     # Peaks given out of order come back ordered; too few separate peaks give None.
-    assert assign_levels(scores[:, [2, 0, 1]], np.array([72.0, 0.0, 36.0]), 15.0) == [1, 2, 0]
-    assert assign_levels(scores, np.array([0.0, 5.0, 72.0]), 15.0) is None
+    assert assign_levels(scores[:, [2, 0, 1]], np.array([72.0, 0.0, 36.0]), 15.0)[0] == [1, 2, 0]
+    assert assign_levels(scores, np.array([0.0, 5.0, 72.0]), 15.0) == (None, 0.0)
+    # Discs too far apart for neighbours (a missed disc in between) are not an assignment either.
+    assert assign_levels(scores, np.array([0.0, 36.0, 150.0]), 15.0, max_gap=70.0) == (None, 0.0)
+
+
+def test_assign_levels_is_unsure_when_a_reading_a_level_off_is_as_likely():
+    # Four discs (T12/L1 above L1/L2) for three levels: clear channels pick the lower three, surely;
+    # channels that cannot tell the readings apart give about half the likelihood to each.
+    inferior = np.array([-36.0, 0.0, 36.0, 72.0])
+    clear = np.array([[0.05, 0.9, 0.1, 0.05], [0.05, 0.1, 0.9, 0.1], [0.05, 0.05, 0.1, 0.9]])
+    picks, sure = assign_levels(clear, inferior, 15.0)
+    assert picks == [1, 2, 3] and sure > 0.9
+    vague = np.array([[0.5, 0.5, 0.5, 0.5]] * 3)
+    _, sure = assign_levels(vague, inferior, 15.0)
+    assert sure < 0.5
 
 
 def test_decode_searched_orders_levels_on_planted_heatmaps():
@@ -66,7 +82,8 @@ def test_heatmap_targets_and_peak_decoding():
     assert target[1].max() == pytest.approx(0.5, abs=0.05)
     y, x = np.unravel_index(np.argmax(target[0]), target[0].shape)
     ry, rx = refine_peak(target[0], y, x)
-    px, py = to_pixels((ry, rx), 64, (128, 256))  # back to a 256 x 128 (w x h) original image
+    # Back to a 256 x 128 (w x h) image with 0.5 x 1 mm pixels (a square field of view): a plain resize.
+    px, py = frame_of((128, 256), (1.0, 0.5), 64).heat_to_image((ry, rx))
     assert px == pytest.approx((20.0 + 0.5) * 4 - 0.5, abs=0.6) and py == pytest.approx((11.0 + 0.5) * 2 - 0.5, abs=0.3)
 
 

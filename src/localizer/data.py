@@ -20,15 +20,21 @@ from tqdm import tqdm
 from ..atomic import atomic_path, write_csv
 from ..cache import entries_signature, load_series, series_cache_path, to_stored, to_unit
 from ..dicom import Series
+from .frame import Frame, frame_of
 from .plan import STRIDE, part
 
 
+def series_frame(series: Series, index: int, size: int) -> Frame:
+    """The input frame of slice `index` of a series."""
+    return frame_of(series.shape, series.spacings[index], size)
+
+
 def stack_of(series: Series, index: int, size: int) -> np.ndarray:
-    """Slices index-1, index, index+1 (ends repeated), each resized to size x size: (3, size, size)."""
+    """Slices index-1, index, index+1 (ends repeated), each in the frame of slice `index`: (3, size, size)."""
+    frame = series_frame(series, index, size)
     out = np.empty((3, size, size), dtype=np.float32)
     for k, j in enumerate((index - 1, index, index + 1)):
-        j = min(max(j, 0), len(series) - 1)
-        out[k] = cv2.resize(series.volume[j], (size, size), interpolation=cv2.INTER_AREA)
+        out[k] = frame.place(series.volume[min(max(j, 0), len(series) - 1)])
     return out
 
 
@@ -52,7 +58,7 @@ def build_slice_store(
     key = hashlib.md5(
         pd.util.hash_pandas_object(series_table[["study_id", "series_id"]], index=False).values.tobytes()
         + pd.util.hash_pandas_object(coords[["series_id", "instance_number", "x", "y"]], index=False).values.tobytes()
-        + json.dumps([series_type, size, neighbour_weight, str(Path(cache_dir).resolve())]).encode()
+        + json.dumps([series_type, size, neighbour_weight, str(Path(cache_dir).resolve()), "aspect-kept"]).encode()
         + entries_signature(cache_dir, "train", zip(series_table["study_id"], series_table["series_id"]))
     ).hexdigest()[:12]
     out_dir = Path(out_dir)
@@ -82,18 +88,18 @@ def build_slice_store(
             slot[k] = len(rows)
             rows.append({"study_id": r.study_id, "series_id": r.series_id, "k": k, "n": len(s),
                          "instance_number": int(s.instance_numbers[k]), "h": h, "w": w})
-            images.append(to_stored(cv2.resize(s.volume[k], (size, size), interpolation=cv2.INTER_AREA)))
+            images.append(to_stored(series_frame(s, k, size).place(s.volume[k])))
         if labelled is None:
             continue
         for p in labelled.itertuples():
             if p.instance_number not in present:
                 continue
             k0 = s.index_of_instance(p.instance_number)
+            x, y = series_frame(s, k0, size).to_input(p.x, p.y)
             for dk, amp in ((0, 1.0), (-1, neighbour_weight), (1, neighbour_weight)):
                 if (k0 + dk) in slot and (dk == 0 or plan.searched):
-                    points.append({"slice": slot[k0 + dk], "channel": plan.channel(p.level),
-                                   "x": (p.x + 0.5) * size / w - 0.5, "y": (p.y + 0.5) * size / h - 0.5,
-                                   "amplitude": amp, "condition": p.condition, "level": p.level})
+                    points.append({"slice": slot[k0 + dk], "channel": plan.channel(p.level), "x": float(x),
+                                   "y": float(y), "amplitude": amp, "condition": p.condition, "level": p.level})
     arr = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
     index = pd.DataFrame(rows, columns=["study_id", "series_id", "k", "n", "instance_number", "h", "w"])
     index["first"] = np.arange(len(index)) - index["k"].to_numpy()  # row of slice 0 of the same series

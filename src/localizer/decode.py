@@ -13,7 +13,8 @@ import pandas as pd
 
 from ..constants import PREDICTED_COORDINATE_COLUMNS
 from ..dicom import Series
-from .plan import STRIDE, Part
+from .frame import frame_of
+from .plan import Part
 
 PATIENT_LEFT = np.array([1.0, 0.0, 0.0])
 
@@ -28,13 +29,6 @@ def refine_peak(heat: np.ndarray, y: int, x: int, radius: int = 2) -> tuple[floa
         return float(y), float(x)
     yy, xx = np.mgrid[y0:y1, x0:x1]
     return float((w * yy).sum() / w.sum()), float((w * xx).sum() / w.sum())
-
-
-def to_pixels(yx: tuple[float, float], size: int, shape: tuple[int, int]) -> tuple[float, float]:
-    """Heatmap (y, x) -> original image pixel (x, y)."""
-    y_in = (yx[0] + 0.5) * STRIDE - 0.5
-    x_in = (yx[1] + 0.5) * STRIDE - 0.5
-    return (x_in + 0.5) * shape[1] / size - 0.5, (y_in + 0.5) * shape[0] / size - 0.5
 
 
 def side_of_slices(series: Series, midline: np.ndarray | None) -> np.ndarray:
@@ -60,27 +54,27 @@ def local_peaks(heat: np.ndarray, n: int, min_dist: float) -> list[tuple[int, in
     return out
 
 
-def _mm_per_cell(series: Series, k: int, size: int) -> float:
-    return float(np.mean(series.spacings[k])) * series.shape[1] / size * STRIDE
+def assign_levels(scores: np.ndarray, inferior: np.ndarray, min_gap: float,
+                  max_gap: float = np.inf) -> tuple[list[int] | None, float]:
+    """Peaks for the levels, top to bottom, and how sure that assignment is.
 
-
-def assign_levels(scores: np.ndarray, inferior: np.ndarray, min_gap: float) -> list[int] | None:
-    """Peaks for the levels, top to bottom: scores (levels, peaks) are each level's heat at each peak.
-
-    Chooses one peak per level, in head-to-feet order with at least min_gap mm between neighbours,
-    maximising the summed log-heat; None when fewer peaks than levels fit.
+    scores (levels, peaks) are each level's heat at each peak and inferior each peak's height (mm, feet up).
+    Chooses one peak per level, in head-to-feet order with neighbours min_gap..max_gap mm apart, maximising
+    the summed log-heat. The confidence is the assignment's share of the likelihood (the product of its
+    heats) over every valid assignment: two readings of the spine a level apart share it. (None, 0.0) when
+    no assignment fits.
     """
     n_levels, n_peaks = scores.shape
     order = np.argsort(inferior)
-    best, best_total = None, -np.inf
-    for combo in itertools.combinations(order, n_levels):  # combinations keep the head-to-feet order
-        z = inferior[list(combo)]
-        if np.any(np.diff(z) < min_gap):
-            continue
-        total = float(np.log(scores[np.arange(n_levels), list(combo)] + 1e-6).sum())
-        if total > best_total:
-            best, best_total = [int(c) for c in combo], total
-    return best
+    combos = [list(c) for c in itertools.combinations(order, n_levels)]  # combinations keep the head-to-feet order
+    combos = [c for c in combos if np.all((np.diff(inferior[c]) >= min_gap) & (np.diff(inferior[c]) <= max_gap))]
+    if not combos:
+        return None, 0.0
+    log_heat = np.log(np.clip(scores, 1e-6, None))
+    totals = np.array([log_heat[np.arange(n_levels), c].sum() for c in combos])
+    best = int(np.argmax(totals))
+    share = 1.0 / float(np.exp(totals - totals[best]).sum())
+    return [int(i) for i in combos[best]], share
 
 
 def _row(study_id: int, series_id: int, series: Series, k: int, condition: str, level: str, xy: tuple[float, float],
@@ -91,36 +85,42 @@ def _row(study_id: int, series_id: int, series: Series, k: int, condition: str, 
 
 def decode_searched(part: Part, series: Series, heat: np.ndarray, ks: np.ndarray, size: int,
                     study_id: int, series_id: int, midline: np.ndarray | None = None,
-                    n_candidates: int = 8, min_gap_mm: float = 15.0) -> list[dict]:
+                    n_candidates: int = 10, min_gap_mm: float = 15.0, max_gap_mm: float = 70.0) -> list[dict]:
     """Rows for every condition and level of a searched (sagittal) series from per-slice heatmaps (len(ks), C, h, w).
 
     A midline condition looks at every slice; a lateral one only at the slices on its side of the
     mid-sagittal plane (through `midline`, or the series centre). The discs are found on the map of all
-    levels together; levels are then assigned to those peaks jointly, in head-to-feet order, so a level
-    whose own channel also fires on the neighbouring disc cannot take it.
+    levels together, the discs above L1/L2 and below L5/S1 included; levels are then assigned to those peaks
+    jointly, in head-to-feet order with a plausible spacing, so the levels come from what each level's
+    channel sees (the sacrum below L5/S1, the count from it), never from which disc is topmost in the image.
+    A row's confidence is its peak heat times the assignment's confidence (low when a reading a level off
+    is about as likely).
     """
     rows = []
     slice_side = side_of_slices(series, midline)[ks]
-    mm_per_cell = _mm_per_cell(series, ks[0], size)
+    frame = frame_of(series.shape, series.spacings[ks[0]], size)
     levels = part.levels
     for condition, side in part.sides().items():
         candidates = np.arange(len(ks)) if side == 0 else np.flatnonzero(slice_side == side)
         if len(candidates) == 0:
             continue
         sub = heat[candidates]  # (K, C, h, w)
-        peaks = local_peaks(sub.max(axis=(0, 1)), n_candidates, min_gap_mm / mm_per_cell)
+        peaks = local_peaks(sub.max(axis=(0, 1)), n_candidates, min_gap_mm / frame.mm_per_cell)
         scores = np.array([[sub[:, c, y, x].max() for y, x in peaks] for c in range(len(levels))])
-        inferior = np.array([-series.pixel_to_patient(ks[candidates[0]], *to_pixels((y, x), size, series.shape))[2]
+        inferior = np.array([-series.pixel_to_patient(ks[candidates[0]], *frame.heat_to_image((y, x)))[2]
                              for y, x in peaks])
-        picks = assign_levels(scores, inferior, min_gap_mm) if len(peaks) >= len(levels) else None
+        picks, sure = (assign_levels(scores, inferior, min_gap_mm, max_gap_mm) if len(peaks) >= len(levels)
+                       else (None, 0.0))
         for c, level in enumerate(levels):
             if picks is not None:
                 y, x = peaks[picks[c]]
-            else:  # too few separate peaks: each level's own maximum
+            else:  # too few separate peaks: each level's own maximum, with little trust in the order
                 y, x = np.unravel_index(int(np.argmax(sub[:, c].max(0))), sub.shape[-2:])
+                sure = 0.1
             j = int(np.argmax(sub[:, c, y, x]))
-            xy = to_pixels(refine_peak(sub[j, c], y, x), size, series.shape)
-            rows.append(_row(study_id, series_id, series, ks[candidates[j]], condition, level, xy, float(sub[j, c, y, x])))
+            xy = frame.heat_to_image(refine_peak(sub[j, c], y, x))
+            rows.append(_row(study_id, series_id, series, ks[candidates[j]], condition, level, xy,
+                             float(sub[j, c, y, x]) * sure))
     return rows
 
 
@@ -130,9 +130,10 @@ def decode_slice(part: Part, series: Series, k: int, heat: np.ndarray, size: int
 
     One peak per condition; lateral conditions are named by their peak's patient x (left is +x).
     """
-    peaks = local_peaks(heat, len(part.conditions), max(min_dist_mm / _mm_per_cell(series, k, size), 1.0))
+    frame = frame_of(series.shape, series.spacings[k], size)
+    peaks = local_peaks(heat, len(part.conditions), max(min_dist_mm / frame.mm_per_cell, 1.0))
     peaks += peaks[-1:] * (len(part.conditions) - len(peaks))  # a map too small for separate peaks
-    found = [(to_pixels(refine_peak(heat, y, x), size, series.shape), float(heat[y, x])) for y, x in peaks]
+    found = [(frame.heat_to_image(refine_peak(heat, y, x)), float(heat[y, x])) for y, x in peaks]
     leftness = [float(series.pixel_to_patient(k, *xy) @ PATIENT_LEFT) for xy, _ in found]
     by_left = sorted(range(len(found)), key=lambda i: -leftness[i])  # stable: ties keep the peak order
     by_side = sorted(part.conditions, key=lambda c: -part.sides()[c])
