@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from . import geometry
 from .atomic import atomic_path, write_csv, write_text
 from .cache import entries_signature, load_series, series_cache_path, to_stored
 from .constants import CONDITIONS, LEVELS, group_of, label_column, row_id
@@ -41,14 +42,26 @@ class CropSpec:
 def cut_crop(series: Series, index: int, x: float, y: float, size_mm: float, size_px: int, n_slices: int) -> np.ndarray:
     """(n_slices, size_px, size_px) crop centred on pixel (x, y) of slice `index`, normalised to [0, 1].
 
-    Neighbouring slices are sampled where the same 3D point projects onto them (exact for tilted stacks);
-    slices past either end of the series repeat the end slice; areas outside the image are zero.
+    The neighbours are the slices nearest the points one slice gap away along the normal of slice `index`,
+    in the order of the series, so a slice at the edge of an axial block angled to its disc never borrows a
+    slice of the next block (it repeats the nearest slice of its own block, as the ends of a series do).
+    Each is sampled where the 3D point projects onto it (exact for tilted stacks); areas outside the image
+    are zero.
     """
     centre = series.pixel_to_patient(index, x, y)
     half = n_slices // 2
+    normal = geometry.slice_normal(series.orientations[index])
+    if normal @ series.normal < 0:
+        normal = -normal  # step the way the series is ordered
+    gap = series.slice_gap or 1.0
+    shapes = np.tile(np.asarray(series.shape), (len(series), 1))
     out = np.zeros((n_slices, size_px, size_px), dtype=np.float32)
-    for k, j in enumerate(range(index - half, index - half + n_slices)):
-        j = min(max(j, 0), len(series) - 1)
+    for k in range(n_slices):
+        j = index
+        if k != half:
+            target = centre + (k - half) * gap * normal
+            j, _ = geometry.nearest_slice(target, series.positions, series.orientations, series.spacings, shapes)
+            j = index if j < 0 else j
         xj, yj, _ = series.patient_to_pixel(j, centre)
         row_mm, col_mm = series.spacings[j]
         sx, sy = size_mm / (size_px * col_mm), size_mm / (size_px * row_mm)

@@ -61,6 +61,27 @@ def test_tilted_neighbours_follow_the_3d_point():
         assert np.abs(_centroid(crop[k]) - 10).max() <= 0.3
 
 
+def test_block_edge_slice_never_borrows_the_next_block():
+    """An axial series of two 3-slice blocks 30 mm apart, each angled to its disc: the crop of a block's
+    edge slice repeats its own block's nearest slice instead of taking the other block's first one."""
+    blocks = []
+    for z0, tilt in ((0.0, 6.0), (30.0, -6.0)):
+        t = np.deg2rad(tilt)
+        o = np.array([1.0, 0, 0, 0, np.cos(t), np.sin(t)])
+        n = np.cross(o[:3], o[3:])
+        blocks += [(np.array([0.0, 0.0, z0]) + k * 3.0 * n - 30 * o[3:] - 40 * o[:3], o) for k in (-1, 0, 1)]
+    s = Series(path=None, volume=np.zeros((6, 60, 80), np.float32), instance_numbers=np.arange(6, 0, -1),
+               positions=np.stack([p for p, _ in blocks]), orientations=np.stack([o for _, o in blocks]),
+               spacings=np.ones((6, 2)))
+    for k in range(6):
+        s.volume[k] = 0.1 * (k + 1)  # each slice its own grey level
+    crop = cut_crop(s, 2, 40.0, 30.0, size_mm=10.0, size_px=8, n_slices=5)  # the upper edge of block 1
+    raw = crop[:, 4, 4]
+    assert raw[0] < raw[1] < raw[2] == raw[3] == raw[4]  # slices 0, 1, 2, then slice 2 again (not 3 or 4)
+    crop = cut_crop(s, 3, 40.0, 30.0, size_mm=10.0, size_px=8, n_slices=3)  # the lower edge of block 2
+    assert crop[0, 4, 4] == crop[1, 4, 4] < crop[2, 4, 4]
+
+
 def test_cache_round_trip_and_idempotent(synth_dir, tmp_path):
     counts = prepare(synth_dir, tmp_path, "train", workers=1)
     series = load_series_descriptions(synth_dir / "train_series_descriptions.csv")
