@@ -36,6 +36,10 @@ def test_slice_sides_follow_patient_left():
     assert side_of_slices(_sagittal(n=5), midline=np.array([0.0, 0, 0])).tolist() == [1, 1, 1, -1, -1]
     assert side_of_slices(_sagittal(n=5), midline=np.array([1.0, 0, 0])).tolist() == [1, 1, -1, -1, -1]
     assert side_of_slices(_sagittal(n=5), midline=None).tolist() == [1, 1, 1, -1, -1]  # series centre
+    # Without a midline, the lateral structures seen on both sides find it: here foramina at x = 8 and -4 mm
+    # put it at 2 mm, off the series centre, so the slice at x = 0 is on the right.
+    sides = side_of_slices(_sagittal(n=5), midline=None, weights=np.array([0.9, 0.05, 0.05, 0.8, 0.05]))
+    assert sides.tolist() == [1, 1, -1, -1, -1]
 
 
 def test_assign_levels_fixes_a_channel_firing_on_the_next_disc():

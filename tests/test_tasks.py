@@ -49,5 +49,7 @@ def test_localizer_task_recovers_labelled_points_from_their_own_targets(override
     logits = torch.logit(targets.clamp(1e-4, 1 - 1e-4))
     metrics, pred = task.evaluate(logits, torch.arange(len(val)))
     assert set(pred["condition"]) <= set(part.conditions)
-    # (Not all of them yet: decoding without the spinal canal points sometimes puts a foramen on the wrong side.)
-    assert metrics["within_5mm"] >= 0.8 and metrics["median_mm"] < 1.5, metrics
+    # Sagittal T1 has no canal points to split the sides by: the foramina on both sides find the midline.
+    # (Axial validation reads each labelled slice for both sides, so a level whose left and right points sit
+    # on different slices scores a miss on each; at test time one slice serves both.)
+    assert metrics["within_5mm"] >= (0.95 if part.searched else 0.8) and metrics["median_mm"] < 1.5, metrics

@@ -125,13 +125,17 @@ def gaussian_heatmaps(points: np.ndarray, channels: int, size: int, sigma: float
     return out
 
 
-def loc_transform(train: bool, rotate: float = 8.0, scale: tuple = (0.9, 1.1), translate: float = 0.06) -> A.Compose | None:
-    """Mild affine augmentation moving image and keypoints together (None: no augmentation)."""
+def loc_transform(train: bool, rotate: float = 8.0, scale: tuple = (0.8, 1.25), translate: float = 0.06,
+                  gamma: tuple = (70, 140)) -> A.Compose | None:
+    """Mild affine augmentation moving image and keypoints together, with the spread of fields of view, plus
+    the intensity curves and contrasts that differ between scanners (None: no augmentation)."""
     if not train:
         return None
     return A.Compose(
         [A.Affine(rotate=(-rotate, rotate), scale=scale, translate_percent=(-translate, translate),
-                  border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.7)],
+                  border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.7),
+         A.RandomGamma(gamma_limit=gamma, p=0.5),
+         A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.25, p=0.5)],
         keypoint_params=A.KeypointParams(format="xy", remove_invisible=False), strict=True,
     )
 

@@ -31,13 +31,28 @@ def refine_peak(heat: np.ndarray, y: int, x: int, radius: int = 2) -> tuple[floa
     return float((w * yy).sum() / w.sum()), float((w * xx).sum() / w.sum())
 
 
-def side_of_slices(series: Series, midline: np.ndarray | None) -> np.ndarray:
-    """+1 for slices on the patient's left of the mid-sagittal plane, -1 on the right."""
+def slice_leftness(series: Series) -> np.ndarray:
+    """Each slice centre's patient-left coordinate (mm)."""
     h, w = series.shape
     centres = np.stack([series.pixel_to_patient(k, (w - 1) / 2, (h - 1) / 2) for k in range(len(series))])
-    ref = midline if midline is not None else centres.mean(0)
-    offset = (centres - ref) @ PATIENT_LEFT
-    return np.where(offset >= 0, 1, -1)
+    return centres @ PATIENT_LEFT
+
+
+def side_of_slices(series: Series, midline: np.ndarray | None, weights: np.ndarray | None = None) -> np.ndarray:
+    """+1 for slices on the patient's left of the mid-sagittal plane, -1 on the right.
+
+    The plane goes through `midline` when given (the spinal canal points); else through the mean of the
+    slices weighted by the square of `weights` (how strongly each slice shows the lateral structures, which
+    lie on both sides alike, so their mean is the midline); else through the series centre."""
+    left = slice_leftness(series)
+    if midline is not None:
+        ref = float(np.asarray(midline) @ PATIENT_LEFT)
+    elif weights is not None and np.sum(weights) > 0:
+        w = np.asarray(weights, float) ** 2
+        ref = float((w * left).sum() / w.sum())
+    else:
+        ref = float(left.mean())
+    return np.where(left - ref >= 0, 1, -1)
 
 
 def local_peaks(heat: np.ndarray, n: int, min_dist: float) -> list[tuple[int, int]]:
@@ -97,7 +112,11 @@ def decode_searched(part: Part, series: Series, heat: np.ndarray, ks: np.ndarray
     is about as likely).
     """
     rows = []
-    slice_side = side_of_slices(series, midline)[ks]
+    weights = None
+    if midline is None:
+        weights = np.zeros(len(series))
+        weights[ks] = heat.max(axis=(1, 2, 3))
+    slice_side = side_of_slices(series, midline, weights)[ks]
     frame = frame_of(series.shape, series.spacings[ks[0]], size)
     levels = part.levels
     for condition, side in part.sides().items():

@@ -28,7 +28,8 @@ def point_errors(pred: pd.DataFrame, truth: pd.DataFrame, cache_dir: Path, split
     out = []
     for r in merged.itertuples():
         row = {"study_id": r.study_id, "condition": r.condition, "level": r.level, "error_px": np.nan,
-               "error_mm": np.nan, "error_3d_mm": np.nan, "instance_ok": False}
+               "error_mm": np.nan, "error_3d_mm": np.nan, "instance_ok": False,
+               "confidence": getattr(r, "confidence", np.nan)}
         if not np.isnan(r.x):
             truth_s, pred_s = get(r.study_id, int(r.series_id_true)), get(r.study_id, int(r.series_id))
             kt, kp = truth_s.index_of_instance(r.instance_number_true), pred_s.index_of_instance(int(r.instance_number))
@@ -44,19 +45,27 @@ def point_errors(pred: pd.DataFrame, truth: pd.DataFrame, cache_dir: Path, split
             else:
                 row["instance_ok"] = abs(float(dist)) <= 1.5 * max(pred_s.slice_gap, 1e-6)
         out.append(row)
-    return pd.DataFrame(out, columns=["study_id", "condition", "level", "error_px", "error_mm", "error_3d_mm", "instance_ok"])
+    return pd.DataFrame(out, columns=list(ERROR_COLUMNS))
+
+
+ERROR_COLUMNS = ("study_id", "condition", "level", "error_px", "error_mm", "error_3d_mm", "instance_ok", "confidence")
+LEVEL_OFF_MM = 15.0  # a 3D error this large is another disc: neighbouring discs are 25-45 mm apart
 
 
 def summarize_errors(errors: pd.DataFrame) -> pd.DataFrame:
     """Per condition: points, misses, median and 95th-percentile error (mm, px), share within 5 mm,
-    share on the right slice (+-1). A labelled point without a prediction counts as outside and wrong."""
+    share on the right slice (+-1), share a level off (3D error over LEVEL_OFF_MM) and the median confidence
+    of those points and of the others. A labelled point without a prediction counts as outside and wrong."""
     rows = []
     for condition, g in errors.groupby("condition", sort=False):
         found = g["error_mm"].notna()
+        off = g["error_3d_mm"] > LEVEL_OFF_MM
         rows.append({
             "condition": condition, "points": len(g), "missed": int((~found).sum()),
             "median_mm": g["error_mm"].median(), "p95_mm": g["error_mm"].quantile(0.95),
             "median_px": g["error_px"].median(), "p95_px": g["error_px"].quantile(0.95),
             "within_5mm": float((g["error_mm"] <= 5.0).mean()), "right_slice": float(g["instance_ok"].mean()),
+            "level_off": float(off.mean()), "confidence_off": g.loc[off, "confidence"].median(),
+            "confidence_ok": g.loc[found & ~off, "confidence"].median(),
         })
     return pd.DataFrame(rows)
