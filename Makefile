@@ -7,6 +7,12 @@ STUDIES ?= 200
 TEST_STUDIES ?= 40
 IMAGE_SIZE ?= 256
 SEED ?= 0
+VARIETY ?= default
+# Where a run's outputs go; the variety protocol below points them at folders of its own.
+RUNS ?= runs
+FOLDS_FILE ?= folds/folds.csv
+SUBMISSIONS ?= submission
+REPORTS ?= reports
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: install demo test data folds baselines prepare train localizer submission clean
@@ -21,12 +27,12 @@ install: $(VENV)/.installed
 
 # The synthetic RSNA-format dataset (the embedded default); regenerated only when missing.
 $(DATA)/synth_config.json: | $(VENV)/.installed
-	$(PY) -m src.synth --out $(DATA) --studies $(STUDIES) --test-studies $(TEST_STUDIES) --image-size $(IMAGE_SIZE) --seed $(SEED)
+	$(PY) -m src.synth --out $(DATA) --studies $(STUDIES) --test-studies $(TEST_STUDIES) --image-size $(IMAGE_SIZE) --seed $(SEED) --variety $(VARIETY)
 
 data: $(DATA)/synth_config.json
 
 folds: data
-	$(PY) make_folds.py --data-dir $(DATA) --n-folds 5 --seed 42 --out folds/folds.csv
+	$(PY) make_folds.py --data-dir $(DATA) --n-folds 5 --seed 42 --out $(FOLDS_FILE)
 
 baselines: data
 	$(PY) score.py --solution $(DATA)/test_solution.csv --prior $(DATA)/train.csv
@@ -49,24 +55,39 @@ prepare: data
 	$(PY) prepare.py --data-dir $(DATA)
 
 train: prepare folds
-	$(PY) train.py --fold $(FOLD) --model attn_resnext $(PRESET_FLAG) --data-dir $(DATA)
-	$(PY) train.py --fold $(FOLD) --model cnn_lstm $(PRESET_FLAG) $(LSTM_FLAGS) --data-dir $(DATA)
+	$(PY) train.py --fold $(FOLD) --model attn_resnext $(PRESET_FLAG) --data-dir $(DATA) --folds $(FOLDS_FILE) --runs $(RUNS)
+	$(PY) train.py --fold $(FOLD) --model cnn_lstm $(PRESET_FLAG) $(LSTM_FLAGS) --data-dir $(DATA) --folds $(FOLDS_FILE) --runs $(RUNS)
 
 localizer: prepare folds
-	$(PY) train.py --fold $(FOLD) --model localizer $(PRESET_FLAG) $(LOC_FLAGS) --data-dir $(DATA)
+	$(PY) train.py --fold $(FOLD) --model localizer $(PRESET_FLAG) $(LOC_FLAGS) --data-dir $(DATA) --folds $(FOLDS_FILE) --runs $(RUNS)
 
 submission: install
-	$(PY) ensemble.py --runs runs --data-dir $(DATA)
-	$(PY) infer.py --data-dir $(DATA) --runs runs --out submission/submission.csv --per-model --strict
-	$(PY) evaluate.py --runs runs --data-dir $(DATA) --submissions submission --out-dir reports
+	$(PY) ensemble.py --runs $(RUNS) --data-dir $(DATA)
+	$(PY) infer.py --data-dir $(DATA) --runs $(RUNS) --out $(SUBMISSIONS)/submission.csv --per-model --strict
+	$(PY) evaluate.py --runs $(RUNS) --data-dir $(DATA) --folds $(FOLDS_FILE) --submissions $(SUBMISSIONS) --out-dir $(REPORTS)
+	$(PY) evaluate_localization.py --split test --runs $(RUNS) --data-dir $(DATA) --out $(REPORTS)/localization_test.json
 
 demo: install data folds baselines train localizer submission
+
+# The acquisition-variety protocol (docs/BENCHMARKS.md): after `make demo`, score its runs on the test split
+# of a dataset generated with `--variety real` (cross), then train and score on that dataset (variety-demo).
+VARIETY_DATA ?= input/synth_real
+VARIETY_FLAGS := DATA=$(VARIETY_DATA) VARIETY=real RUNS=runs_variety FOLDS_FILE=folds/variety.csv \
+	SUBMISSIONS=submission/variety REPORTS=reports/variety
+.PHONY: variety-cross variety-demo
+variety-cross: install
+	$(MAKE) data DATA=$(VARIETY_DATA) VARIETY=real
+	$(PY) infer.py --data-dir $(VARIETY_DATA) --runs $(RUNS) --out $(SUBMISSIONS)/cross/submission.csv --per-model
+	$(PY) evaluate.py --held-out-only --data-dir $(VARIETY_DATA) --submissions $(SUBMISSIONS)/cross --out-dir $(REPORTS)/cross
+	$(PY) evaluate_localization.py --split test --runs $(RUNS) --data-dir $(VARIETY_DATA) --out $(REPORTS)/cross/localization_test.json
+variety-demo: install
+	$(MAKE) data folds baselines train localizer submission $(VARIETY_FLAGS)
 
 test: install
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf $(DATA) folds/folds.csv runs reports
+	rm -rf $(DATA) $(FOLDS_FILE) $(RUNS) $(REPORTS)
 
 # ---- Kaggle (needs the kaggle CLI credentials: ~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY) ----
 COMPETITION := rsna-2024-lumbar-spine-degenerative-classification

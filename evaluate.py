@@ -13,6 +13,7 @@ from pathlib import Path
 from src import cli
 from src.evaluation import evaluate, held_out_lines, held_out_table
 from src.folds import load_folds
+from src.atomic import write_json
 from src.paths import REPORTS_DIR
 from src.tables import load_submission, load_train
 
@@ -25,7 +26,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out-dir", type=Path, default=REPORTS_DIR, help="the reports folder")
     ap.add_argument("--submissions", type=Path, default=None,
                     help="a folder of submission*.csv for the data's test split, scored against test_solution.csv")
+    ap.add_argument("--held-out-only", action="store_true",
+                    help="score only --submissions on the data's test split (for runs trained on another dataset)")
     a = ap.parse_args(argv)
+    if a.held_out_only:
+        if a.submissions is None:
+            ap.error("--held-out-only needs --submissions DIR")
+        rows = held_out_table(a.submissions, a.data_dir).to_dict("records")
+        write_json({"data_dir": str(a.data_dir), "submissions": str(a.submissions), "test": rows},
+                   a.out_dir / "heldout.json")
+        print("\n".join(held_out_lines(rows)))
+        return {"test": rows}
     oracle_file = a.data_dir / "train_oracle.csv"
     held_out = held_out_table(a.submissions, a.data_dir) if a.submissions is not None else None
     metrics = evaluate(a.runs, load_train(a.data_dir / "train.csv"), load_folds(a.folds), a.out_dir,

@@ -39,29 +39,42 @@ class CropSpec:
         return float(self.size_mm[group_of(label_column(condition, LEVELS[0]))])
 
 
-def cut_crop(series: Series, index: int, x: float, y: float, size_mm: float, size_px: int, n_slices: int) -> np.ndarray:
-    """(n_slices, size_px, size_px) crop centred on pixel (x, y) of slice `index`, normalised to [0, 1].
+def neighbour_slices(series: Series, index: int, n_slices: int, centre: np.ndarray | None = None) -> list[int]:
+    """The slices of a crop stack around slice `index`, in the order of the series.
 
-    The neighbours are the slices nearest the points one slice gap away along the normal of slice `index`,
-    in the order of the series, so a slice at the edge of an axial block angled to its disc never borrows a
-    slice of the next block (it repeats the nearest slice of its own block, as the ends of a series do).
-    Each is sampled where the 3D point projects onto it (exact for tilted stacks); areas outside the image
-    are zero.
+    Each is the slice nearest the point one slice gap further along the normal of slice `index` (through
+    `centre`, default the slice's centre), among the slices whose image contains it; so a slice at the edge
+    of an axial block angled to its disc never borrows a slice of the next block: like the ends of a
+    series, it repeats the nearest slice of its own block.
     """
-    centre = series.pixel_to_patient(index, x, y)
-    half = n_slices // 2
+    if centre is None:
+        h, w = series.shape
+        centre = series.pixel_to_patient(index, (w - 1) / 2, (h - 1) / 2)
     normal = geometry.slice_normal(series.orientations[index])
     if normal @ series.normal < 0:
         normal = -normal  # step the way the series is ordered
     gap = series.slice_gap or 1.0
     shapes = np.tile(np.asarray(series.shape), (len(series), 1))
-    out = np.zeros((n_slices, size_px, size_px), dtype=np.float32)
+    half = n_slices // 2
+    out = []
     for k in range(n_slices):
         j = index
         if k != half:
             target = centre + (k - half) * gap * normal
             j, _ = geometry.nearest_slice(target, series.positions, series.orientations, series.spacings, shapes)
-            j = index if j < 0 else j
+        out.append(index if j < 0 else int(j))
+    return out
+
+
+def cut_crop(series: Series, index: int, x: float, y: float, size_mm: float, size_px: int, n_slices: int) -> np.ndarray:
+    """(n_slices, size_px, size_px) crop centred on pixel (x, y) of slice `index`, normalised to [0, 1].
+
+    The stack's slices come from neighbour_slices (along the slice's own normal); each is sampled where the
+    same 3D point projects onto it (exact for tilted stacks); areas outside the image are zero.
+    """
+    centre = series.pixel_to_patient(index, x, y)
+    out = np.zeros((n_slices, size_px, size_px), dtype=np.float32)
+    for k, j in enumerate(neighbour_slices(series, index, n_slices, centre)):
         xj, yj, _ = series.patient_to_pixel(j, centre)
         row_mm, col_mm = series.spacings[j]
         sx, sy = size_mm / (size_px * col_mm), size_mm / (size_px * row_mm)

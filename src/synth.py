@@ -101,6 +101,7 @@ class Variety:
     sag_fov: tuple[float, float] = (190.0, 240.0)  # mm
     axial_fov: tuple[float, float] = (150.0, 200.0)
     sag_centre_z: tuple[float, float] = (-20.0, -4.0)  # field centre along the spine, mm from L3/L4 (+ head)
+    sag_centre_keeps_levels: bool = False  # narrow the centre's range so that L1/L2 to L5/S1 stay in the field
     sag_slices: tuple[int, int] | None = None  # None: SynthConfig.sag_slices
     sag_gap: tuple[float, float] = (3.3, 4.2)
     axial_per_level: tuple[int, int] | None = None  # None: SynthConfig.axial_per_level
@@ -123,7 +124,8 @@ VARIETIES: dict[str, Variety] = {
     "default": Variety(),
     "real": Variety(
         name="real", extended_anatomy=True, sag_size=(0.75, 1.0, 1.25, 1.5, 2.0), axial_size=(0.75, 1.0, 1.25, 1.5),
-        sag_fov=(160.0, 330.0), axial_fov=(140.0, 230.0), sag_centre_z=(-45.0, 25.0), sag_slices=(12, 24),
+        sag_fov=(200.0, 340.0), axial_fov=(140.0, 230.0), sag_centre_z=(-45.0, 25.0), sag_centre_keeps_levels=True,
+        sag_slices=(14, 24),
         sag_gap=(3.0, 5.0), axial_per_level=(2, 6), p_non_square=0.35, p_anisotropic=0.15, p_axial_reversed=0.5,
         contrast=0.15, gamma=(0.7, 1.4), bias=(0.05, 0.35), noise=(0.01, 0.07), p_stir=0.3,
         sagittal_counts={k: _rates(v) for k, v in REAL_SAGITTAL_COUNTS.items()},
@@ -458,8 +460,12 @@ def sagittal_slices(anat: Anatomy, rng: np.random.Generator, cfg: SynthConfig) -
     row_dir, col_dir = tilt @ np.array([0.0, 1.0, 0.0]), tilt @ np.array([0.0, 0.0, -1.0])
     normal = np.cross(row_dir, col_dir)
     z_lo, z_hi = v.sag_centre_z
-    center = np.array([rng.uniform(-3, 3), anat.f(0) + 25 + rng.uniform(-8, 8), (z_lo + z_hi) / 2 + rng.uniform(
-        -(z_hi - z_lo) / 2, (z_hi - z_lo) / 2)])
+    mid, half = (z_lo + z_hi) / 2, (z_hi - z_lo) / 2
+    if v.sag_centre_keeps_levels:  # every level at least 15 mm inside the field
+        reach = fov / 2 - 2 * anat.level_gap - 15
+        lo, hi = max(mid - half, -reach), min(mid + half, reach)
+        mid, half = (lo + hi) / 2, max((hi - lo) / 2, 0.0)
+    center = np.array([rng.uniform(-3, 3), anat.f(0) + 25 + rng.uniform(-8, 8), mid + rng.uniform(-half, half)])
     offsets = (np.arange(n) - (n - 1) / 2) * gap
     if rng.random() < v.p_sag_reversed:
         offsets = offsets[::-1]  # instance 1 on the patient's left in some series, right in others

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ sys.path.insert(0, str(REPO))
 
 from src.constants import AXIAL_T2, SAGITTAL_T1, SAGITTAL_T2  # noqa: E402
 from src.paths import DEFAULT_PATTERNS  # noqa: E402
-from src.synth import SynthConfig, generate  # noqa: E402
+from src.synth import VARIETIES, SynthConfig, generate  # noqa: E402
 
 SHARED = DEFAULT_PATTERNS.parent  # ../shared/rsna2024
 
@@ -40,6 +41,22 @@ def tiny_config(out: Path, **overrides) -> SynthConfig:
 def tiny() -> "callable":
     """The tiny_config factory, for tests that generate a dataset of their own."""
     return tiny_config
+
+
+# The real variety with every case turned up, so that a few tiny studies show each one.
+FORCED_VARIETY = replace(
+    VARIETIES["real"], p_non_square=0.6, p_anisotropic=0.5, p_stir=0.5, p_study_missing_coordinates=0.6,
+    sag_slices=(11, 13), axial_per_level=(2, 3), sag_size=(1.0, 1.5), axial_size=(1.0,),
+    sagittal_counts={SAGITTAL_T1: (0.2, 0.5, 0.3), SAGITTAL_T2: (0.0, 1.0, 0.0)}, axial_series=(0.3, 0.4, 0.2, 0.1),
+)
+
+
+@pytest.fixture(scope="session")
+def variety_dir(tmp_path_factory) -> Path:
+    """Tiny studies generated with the acquisition variety of real MRI (FORCED_VARIETY)."""
+    out = tmp_path_factory.mktemp("variety")
+    generate(tiny_config(out, studies=10, test_studies=2, variety=FORCED_VARIETY))
+    return out
 
 
 @pytest.fixture(scope="session")

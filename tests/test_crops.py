@@ -190,3 +190,25 @@ def test_crop_store_is_8bit_and_served_in_unit_range(synth_dir, tmp_path):
     out, _ = DeviceAugment(dict(DEFAULTS["aug"], affine_p=0, hflip=0, noise_p=0), 16)(
         torch.stack([r["image"] for r in raw]), torch.zeros(2, dtype=torch.long))
     assert torch.allclose(out[0], served, atol=1e-6)  # the device path sees what the CPU path sees
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_generated_axial_crops_stay_in_their_block(variety_dir):
+    """On generated axial series (blocks angled along each disc, several series, instance order against
+    position), every slice of a labelled point's crop lies within two gaps of it along its slice's normal."""
+    from src.crops import neighbour_slices
+
+    coords = load_coordinates(variety_dir / "train_label_coordinates.csv")
+    axial = coords[coords["condition"].str.contains("Subarticular")]
+    loaded = {}
+    blocks = 0
+    for r in axial.itertuples():
+        if r.series_id not in loaded:
+            loaded[r.series_id] = read_series(variety_dir / "train_images" / str(r.study_id) / str(r.series_id))
+        s = loaded[r.series_id]
+        blocks += s.n_orientation_groups > 1
+        k = s.index_of_instance(r.instance_number)
+        centre = s.pixel_to_patient(k, r.x, r.y)
+        for j in neighbour_slices(s, k, 5, centre):
+            assert abs(float(s.patient_to_pixel(j, centre)[2])) <= 2.2 * s.slice_gap, (r.series_id, k, j)
+    assert blocks > 0

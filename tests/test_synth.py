@@ -1,6 +1,5 @@
 import hashlib
 import json
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -16,7 +15,6 @@ from src.synth import (
     REAL_STUDIES_WITHOUT_SOME_COORDINATES,
     SEQUENCES,
     TISSUE,
-    VARIETIES,
     Anatomy,
     generate,
     label_probabilities,
@@ -157,21 +155,6 @@ def test_default_benchmark_is_unchanged(tmp_path, tiny):
     generate(tiny(tmp_path, studies=2, test_studies=1, image_size=32, voxel_mm=3.0, sag_slices=(3, 3),
                   axial_per_level=(1, 1), p_compressed=0.0, patterns=None))
     assert _pixel_digest(tmp_path) == DEFAULT_DIGEST
-
-
-# The variety with every case turned up, so that a few studies show each one.
-FORCED = replace(
-    VARIETIES["real"], p_non_square=0.6, p_anisotropic=0.5, p_stir=0.5, p_study_missing_coordinates=0.6,
-    sag_slices=(7, 9), axial_per_level=(2, 3), sag_size=(1.0, 1.5), axial_size=(1.0,),
-    sagittal_counts={SAGITTAL_T1: (0.2, 0.5, 0.3), SAGITTAL_T2: (0.0, 1.0, 0.0)}, axial_series=(0.3, 0.4, 0.2, 0.1),
-)
-
-
-@pytest.fixture(scope="module")
-def variety_dir(tmp_path_factory, tiny):
-    out = tmp_path_factory.mktemp("variety")
-    generate(tiny(out, studies=10, test_studies=2, variety=FORCED))
-    return out
 
 
 def _headers(root, split="train"):
