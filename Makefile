@@ -95,7 +95,7 @@ REAL_DATA ?= input/$(COMPETITION)
 KAGGLE := $(VENV)/bin/kaggle
 BUILD := build
 
-.PHONY: kaggle-check kaggle-download kaggle-wheels kaggle-dataset kaggle-upload kaggle-push kaggle-submit
+.PHONY: kaggle-check kaggle-download kaggle-wheels kaggle-dataset kaggle-upload kaggle-push kaggle-status kaggle-submit
 
 kaggle-check: install
 	@if [ -z "$$KAGGLE_USERNAME" ] && [ ! -f "$$HOME/.kaggle/kaggle.json" ]; then \
@@ -106,13 +106,16 @@ kaggle-download: kaggle-check
 	$(KAGGLE) competitions download -c $(COMPETITION) -p input/
 	cd input && unzip -q -o $(COMPETITION).zip -d $(COMPETITION)
 
-# Wheels the offline notebook installs (the Kaggle image has torch, numpy, pandas, scikit-learn).
+# Wheels the offline notebook installs when the image lacks them: built for the Python of Kaggle's current
+# image. Change these two together when Kaggle moves to another Python (e.g. KAGGLE_PYTHON=3.13 KAGGLE_ABI=cp313).
+KAGGLE_PYTHON ?= 3.12
+KAGGLE_ABI ?= cp312
+KAGGLE_PLATFORMS := --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64
 kaggle-wheels: install
 	rm -rf $(BUILD)/wheels && mkdir -p $(BUILD)/wheels
-	$(VENV)/bin/pip download --no-deps --only-binary=:all: --python-version 3.10 --platform manylinux2014_x86_64 \
-	  --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d $(BUILD)/wheels -r kaggle/requirements-kaggle.txt
+	$(VENV)/bin/pip download --no-deps --only-binary=:all: --python-version $(KAGGLE_PYTHON) --implementation cp \
+	  --abi $(KAGGLE_ABI) --abi abi3 --abi none $(KAGGLE_PLATFORMS) -d $(BUILD)/wheels -r kaggle/requirements-kaggle.txt
 	$(PY) kaggle/meta.py fill kaggle/wheels-metadata.json $(BUILD)/wheels/dataset-metadata.json
-
 # Code and weights as one dataset: the inference scripts, only the src/ modules they import, and each run's
 # config.yaml + best.pt + ensemble.json.
 kaggle-dataset: install
@@ -130,6 +133,10 @@ kaggle-push: kaggle-check
 	$(PY) kaggle/meta.py fill kaggle/kernel-metadata.json $(BUILD)/kaggle_kernel/kernel-metadata.json
 	$(KAGGLE) kernels push -p $(BUILD)/kaggle_kernel
 
+# The pushed notebook's state (queued, running, complete or error): wait for "complete" before submitting.
+kaggle-status: kaggle-check
+	$(KAGGLE) kernels status "$$($(PY) kaggle/meta.py username)/rsna2024-lumbar-inference"
 VERSION ?= 1
 kaggle-submit: kaggle-check
-	$(KAGGLE) competitions submit -c $(COMPETITION) -k "$$KAGGLE_USERNAME/rsna2024-lumbar-inference" -v $(VERSION) -f submission.csv -m "rsna2024 lumbar ensemble"
+	$(KAGGLE) competitions submit -c $(COMPETITION) -k "$$($(PY) kaggle/meta.py username)/rsna2024-lumbar-inference" \
+	  -v $(VERSION) -f submission.csv -m "rsna2024 lumbar ensemble"

@@ -2,6 +2,7 @@
 
 python kaggle/meta.py fill TEMPLATE OUT          metadata JSON with KAGGLE_USERNAME filled in from the
                                                  environment or ~/.kaggle/kaggle.json
+python kaggle/meta.py username                   the Kaggle user name, found the same way
 python kaggle/meta.py package --runs RUNS OUT    the code-and-weights dataset: the inference scripts, only the
                                                  src/ modules they import, and each run's config.yaml and
                                                  best.pt plus ensemble.json
@@ -115,12 +116,15 @@ def main(argv: list[str] | None = None) -> None:
     f = sub.add_parser("fill", help="fill a metadata template with the Kaggle user name")
     f.add_argument("template", type=Path)
     f.add_argument("out", type=Path)
+    sub.add_parser("username", help="print the Kaggle user name (KAGGLE_USERNAME, else ~/.kaggle/kaggle.json)")
     p = sub.add_parser("package", help="build the code-and-weights dataset folder")
     p.add_argument("--runs", type=Path, default=REPO / "runs", help="the runs folder to ship")
     p.add_argument("out", type=Path)
     a = ap.parse_args(argv)
     if a.command == "fill":
         fill(a.template, a.out, kaggle_username())
+    elif a.command == "username":
+        print(kaggle_username())
     else:
         written = package(a.runs, a.out)
         print(f"{a.out}: {len(written)} files ({sum(p.suffix == '.py' for p in written)} Python files)")

@@ -59,9 +59,36 @@ def test_package_ships_only_what_inference_imports(tmp_path):
     assert closure <= names
 
 
+def _wheel(folder, name: str, version: str) -> None:
+    """A minimal pure-Python wheel of package `name` (importable as `name`), for the test's own Python."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {f"{name}/__init__.py": f"VERSION = {version!r}\n",
+             f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{name}-{version}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+
+    def digest(text: str) -> str:
+        return base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+
+    record = "".join(f"{path},sha256={digest(text)},{len(text.encode())}\n" for path, text in files.items())
+    files[f"{name}-{version}.dist-info/RECORD"] = record + f"{name}-{version}.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+
+
+def _tree_state(root) -> dict:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
 @pytest.mark.filterwarnings("ignore")
-def test_notebook_runs_against_a_kaggle_like_input_folder(synth_dir, tmp_path, monkeypatch):
-    """The notebook's code cells, run with KAGGLE_INPUT pointing at a local copy of the /kaggle/input layout."""
+def test_notebook_runs_against_a_kaggle_like_input_folder(synth_dir, tmp_path, monkeypatch, capsys):
+    """The notebook's code cells, in order, against a local copy of the /kaggle/input layout: the competition
+    files, the code-and-weights dataset and a wheels dataset built for this Python. The wheel cell installs
+    only what is missing (pip's target redirected into the test folder), the cache goes to RSNA_CACHE,
+    progress is streamed, every row of sample_submission is written and nothing under the input changes."""
     kaggle_input = tmp_path / "input"
     competition = kaggle_input / "rsna-2024-lumbar-spine-degenerative-classification"
     competition.mkdir(parents=True)
@@ -70,10 +97,18 @@ def test_notebook_runs_against_a_kaggle_like_input_folder(synth_dir, tmp_path, m
     shutil.copytree(synth_dir / "test_images", competition / "test_images")
     code = kaggle_input / "rsna2024-lumbar-code-weights"
     meta.package(make_fake_runs(tmp_path / "runs"), code)
-    working = tmp_path / "working"
+    wheels = kaggle_input / "rsna2024-lumbar-wheels"
+    wheels.mkdir()
+    _wheel(wheels, "rsna_notebook_probe", "1.0")  # missing here: must be installed
+    _wheel(wheels, "pydicom", "0.0.1")  # already installed: must be left alone
+    before = _tree_state(kaggle_input)
+    working, cache, site = tmp_path / "working", tmp_path / "cache", tmp_path / "site"
     working.mkdir()
     monkeypatch.setenv("KAGGLE_INPUT", str(kaggle_input))
     monkeypatch.setenv("KAGGLE_WORKING", str(working))
+    monkeypatch.setenv("RSNA_CACHE", str(cache))
+    monkeypatch.setenv("PIP_TARGET", str(site))  # pip installs here instead of into the test's environment
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # no internet
     notebook = json.loads((REPO / "notebooks" / "kaggle_inference.ipynb").read_text())
     namespace: dict = {}
     for cell in notebook["cells"]:
@@ -81,7 +116,13 @@ def test_notebook_runs_against_a_kaggle_like_input_folder(synth_dir, tmp_path, m
             source = "".join(cell["source"])
             assert not any(line.lstrip().startswith(("!", "%")) for line in source.splitlines())
             exec(compile(source, "kaggle_inference.ipynb", "exec"), namespace)
+    printed = capsys.readouterr().out
+    assert (site / "rsna_notebook_probe" / "__init__.py").is_file()
+    assert not (site / "pydicom").exists() and "pydicom 3.0.2: already installed, kept" in printed
+    assert "localize" in printed and "wrote" in printed  # infer.py's progress came through the cell
     sub = pd.read_csv(working / "submission.csv")
     sample = pd.read_csv(competition / "sample_submission.csv")
     assert sub["row_id"].tolist() == sample["row_id"].tolist()
     assert os.environ["NO_ALBUMENTATIONS_UPDATE"] == "1"
+    assert any(cache.rglob("*")) and not (working / "cache").exists()  # the cache lives outside the output
+    assert _tree_state(kaggle_input) == before
