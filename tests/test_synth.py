@@ -6,7 +6,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from src.constants import CONDITION_SERIES, CONDITIONS, LABEL_COLUMNS, LEVELS, SAGITTAL_T1, SAGITTAL_T2, TARGETS
+from src.constants import CONDITION_SERIES, CONDITIONS, LABEL_COLUMNS, LEVELS, TARGETS
 from src.metric import prior_submission, score
 from src.synth import (
     REAL_AXIAL_SERIES,
