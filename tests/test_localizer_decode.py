@@ -54,6 +54,15 @@ def test_assign_levels_fixes_a_channel_firing_on_the_next_disc():
     assert assign_levels(scores, np.array([0.0, 36.0, 150.0]), 15.0, max_gap=70.0) == (None, 0.0)
 
 
+def test_assign_levels_never_skips_a_disc():
+    # Four discs 34 mm apart; the top level's channel fires hardest on the disc above its own. Within
+    # 15-70 mm it could take that disc and skip its own (a 68 mm gap); twice the other gaps is not a spine.
+    inferior = np.array([-34.0, 0.0, 34.0, 68.0])
+    scores = np.array([[0.9, 0.3, 0.05, 0.05], [0.05, 0.1, 0.8, 0.1], [0.05, 0.05, 0.1, 0.9]])
+    assert assign_levels(scores, inferior, 15.0, 70.0)[0] == [0, 2, 3]
+    assert assign_levels(scores, inferior, 15.0, 70.0, max_ratio=1.6)[0] == [1, 2, 3]
+
+
 def test_assign_levels_is_unsure_when_a_reading_a_level_off_is_as_likely():
     # Four discs (T12/L1 above L1/L2) for three levels: clear channels pick the lower three, surely;
     # channels that cannot tell the readings apart give about half the likelihood to each.
@@ -66,6 +75,11 @@ def test_assign_levels_is_unsure_when_a_reading_a_level_off_is_as_likely():
     assert sure < 0.5
 
 
+def with_every_level(heat: np.ndarray) -> np.ndarray:
+    """Level heatmaps (K, 5, h, w) plus the every-level channel a searched localizer also outputs."""
+    return np.concatenate([heat, heat.max(1, keepdims=True)], 1)
+
+
 def test_decode_searched_orders_levels_on_planted_heatmaps():
     s = _sagittal(n=3)
     heat = np.zeros((3, 5, 50, 50), np.float32)
@@ -73,7 +87,7 @@ def test_decode_searched_orders_levels_on_planted_heatmaps():
     for c, r in enumerate(rows):
         heat[1, c, r, 20] = 0.9
     heat[1, 2, rows[3], 20] = 0.95  # level 3 fires harder on the disc of level 4
-    out = decode_searched(PARTS["sagittal_t2"], s, heat, np.arange(3), 100, 1, 2)
+    out = decode_searched(PARTS["sagittal_t2"], s, with_every_level(heat), np.arange(3), 100, 1, 2)
     ys = [r["y"] for r in out]
     assert [r["level"] for r in out] == ["L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1"]
     assert ys == sorted(ys) and len(set(np.round(ys))) == 5
@@ -99,7 +113,7 @@ def test_decode_searched_splits_foramina_by_side_of_the_midline():
     for k, strength in ((0, 0.9), (4, 0.8)):  # a left slice (x = 8) and a right one (x = -8)
         for c, r in enumerate(rows):
             heat[k, c, r, 20] = strength
-    out = decode_searched(PARTS["sagittal_t1"], s, heat, np.arange(5), 100, 1, 2, midline=np.zeros(3))
+    out = decode_searched(PARTS["sagittal_t1"], s, with_every_level(heat), np.arange(5), 100, 1, 2, midline=np.zeros(3))
     by_condition = {c: {r["instance_number"] for r in out if r["condition"] == c} for c in PARTS["sagittal_t1"].conditions}
     assert by_condition == {"Left Neural Foraminal Narrowing": {1}, "Right Neural Foraminal Narrowing": {5}}
     assert len(out) == 10

@@ -54,7 +54,7 @@ class _Planted(Localizer):
         heat = np.zeros((len(ks), part.channels, 50, 50), np.float32)
         if part.searched:
             for c, r in enumerate(DISC_ROWS):
-                heat[:, c, r, 20] = 0.9
+                heat[:, c, r, 20] = heat[:, part.any_channel, r, 20] = 0.9
         else:
             heat[:, 0, 20, 10], heat[:, 0, 20, 30] = 0.8, 0.7
         return heat
@@ -130,6 +130,8 @@ class _Truth(Localizer):
                     cu, cv = (u + 0.5) / STRIDE - 0.5, (v + 0.5) / STRIDE - 0.5
                     g = amp * np.exp(-float(dist) ** 2 / (2 * 2.0**2)) * np.exp(-((xx - cu) ** 2 + (yy - cv) ** 2) / 2.0)
                     heat[i, c] = np.maximum(heat[i, c], g)
+        if part.searched:
+            heat[:, part.any_channel] = heat[:, : part.any_channel].max(1)
         return heat
 
 

@@ -13,7 +13,7 @@ def test_plan_is_derived_from_the_constants():
     # Every condition is localized on exactly the series type it is annotated on.
     assert sorted(c for p in PLAN for c in p.conditions) == sorted(CONDITIONS)
     assert all(CONDITION_SERIES[c] == p.description for p in PLAN for c in p.conditions)
-    assert [(p.searched, p.channels) for p in PLAN] == [(True, 5), (True, 5), (False, 1)]
+    assert [(p.searched, p.channels) for p in PLAN] == [(True, 6), (True, 6), (False, 1)]
     assert PARTS["sagittal_t1"].channel("L4/L5") == 3 and PARTS["axial"].channel("L4/L5") == 0
     assert PARTS["sagittal_t1"].sides() == {"Left Neural Foraminal Narrowing": 1, "Right Neural Foraminal Narrowing": -1}
     with pytest.raises(ValueError, match="series_type must be one of"):
@@ -29,7 +29,7 @@ def test_a_new_condition_or_series_type_is_a_data_change():
     coronal = "Coronal T2"
     plan = build_plan(dict(CONDITION_SERIES, **{"Scoliosis": coronal}), (*LOCALIZER_ORDER, coronal),
                       dict(SERIES_KEYS, **{coronal: "coronal"}))
-    assert plan[-1].key == "coronal" and plan[-1].searched and plan[-1].channels == len(LEVELS)
+    assert plan[-1].key == "coronal" and plan[-1].searched and plan[-1].channels == len(LEVELS) + 1
     assert plan[-1].sides() == {"Scoliosis": 0}
     # A condition on a series type the order does not know is refused.
     with pytest.raises(ValueError, match="not in the localizer's order"):

@@ -4,7 +4,8 @@ import torch
 
 from src.config import resolve
 from src.localizer.plan import PLAN
-from src.localizer.task import LocalizerTask
+from src.localizer.data import gaussian_heatmaps
+from src.localizer.task import LocalizerTask, level_loss
 from src.tasks import ClassifierTask
 
 
@@ -53,3 +54,17 @@ def test_localizer_task_recovers_labelled_points_from_their_own_targets(override
     # (Axial validation reads each labelled slice for both sides, so a level whose left and right points sit
     # on different slices scores a miss on each; at test time one slice serves both.)
     assert metrics["within_5mm"] >= (0.95 if part.searched else 0.8) and metrics["median_mm"] < 1.5, metrics
+
+
+def test_level_loss_asks_each_labelled_disc_for_its_own_level():
+    """Same heat on every level channel (a net that found the discs but not which is which) costs ln(5) at
+    the labelled points; the right channel high costs almost nothing; the level above costs most."""
+    target = torch.from_numpy(gaussian_heatmaps(np.array([[3, 20.0, 30.0, 1.0]]), 5, 64, 2.0))[None]  # L4/L5
+    cells = target[0].max(0).values > 0.3
+    hedged = torch.zeros(1, 5, 32, 32)
+    assert float(level_loss(hedged, target)) == pytest.approx(np.log(5), abs=1e-5)
+    right, wrong = hedged.clone(), hedged.clone()
+    right[0, 3][cells], wrong[0, 2][cells] = 10.0, 10.0
+    assert float(level_loss(right, target)) < 0.01 < 9.0 < float(level_loss(wrong, target))
+    # Slices without a labelled point add nothing (and no host sync decides that).
+    assert float(level_loss(hedged, torch.zeros(1, 5, 32, 32))) == 0.0

@@ -141,10 +141,13 @@ def loc_transform(train: bool, rotate: float = 8.0, scale: tuple = (0.8, 1.25), 
 
 
 class SliceDataset(Dataset):
-    """Items: image (3, size, size) (the slice and its neighbours), target heatmaps, row."""
+    """Items: image (3, size, size) (the slice and its neighbours), target heatmaps (channels, plus their
+    maximum with any_channel), row."""
 
-    def __init__(self, store: SliceStore, rows: np.ndarray, channels: int, sigma: float, transform: A.Compose):
+    def __init__(self, store: SliceStore, rows: np.ndarray, channels: int, sigma: float, transform: A.Compose,
+                 any_channel: bool = False):
         self.store, self.rows, self.channels, self.sigma, self.transform = store, np.asarray(rows), channels, sigma, transform
+        self.any_channel = any_channel  # append the maximum of the point channels as one more target channel
         self.size = store.images.shape[-1]
         self._first = store.index["first"].to_numpy()
         self._k = store.index["k"].to_numpy()
@@ -169,8 +172,11 @@ class SliceDataset(Dataset):
             image = out["image"].transpose(2, 0, 1)
             if len(pts):
                 pts = np.concatenate([pts[:, :1], np.asarray(out["keypoints"]).reshape(-1, 2), pts[:, 3:]], 1)
+        target = gaussian_heatmaps(pts, self.channels, self.size, self.sigma)
+        if self.any_channel:
+            target = np.concatenate([target, target.max(0, keepdims=True)])
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image)),
-            "target": torch.from_numpy(gaussian_heatmaps(pts, self.channels, self.size, self.sigma)),
+            "target": torch.from_numpy(target),
             "row": torch.tensor(i),
         }

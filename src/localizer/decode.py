@@ -69,24 +69,43 @@ def local_peaks(heat: np.ndarray, n: int, min_dist: float) -> list[tuple[int, in
     return out
 
 
+def candidate_peaks(levels: np.ndarray, any_level: np.ndarray, n_all: int, per_level: int,
+                    min_dist: float) -> list[tuple[int, int]]:
+    """Candidate disc cells: n_all peaks of the every-level map (h, w), then per_level peaks of each level's map
+    (levels: (L, h, w)) not within min_dist / 2 of one already found."""
+    peaks = local_peaks(any_level, n_all, min_dist)
+    for channel in levels:
+        for y, x in local_peaks(channel, per_level, min_dist):
+            if all((y - py) ** 2 + (x - px) ** 2 >= (min_dist / 2) ** 2 for py, px in peaks):
+                peaks.append((y, x))
+    return peaks
+
+
 def assign_levels(scores: np.ndarray, inferior: np.ndarray, min_gap: float,
-                  max_gap: float = np.inf) -> tuple[list[int] | None, float]:
+                  max_gap: float = np.inf, max_ratio: float = np.inf) -> tuple[list[int] | None, float]:
     """Peaks for the levels, top to bottom, and how sure that assignment is.
 
     scores (levels, peaks) are each level's heat at each peak and inferior each peak's height (mm, feet up).
-    Chooses one peak per level, in head-to-feet order with neighbours min_gap..max_gap mm apart, maximising
-    the summed log-heat. The confidence is the assignment's share of the likelihood (the product of its
-    heats) over every valid assignment: two readings of the spine a level apart share it. (None, 0.0) when
+    Chooses one peak per level, in head-to-feet order with neighbours min_gap..max_gap mm apart and no gap
+    over max_ratio times another (skipping a disc doubles a gap), maximising the summed log-heat. The
+    confidence is the assignment's share of the likelihood (the product of its heats) over every valid
+    assignment: two readings of the spine a level apart share it. (None, 0.0) when
     no assignment fits.
     """
     n_levels, n_peaks = scores.shape
+    if n_peaks < n_levels:
+        return None, 0.0
     order = np.argsort(inferior)
-    combos = [list(c) for c in itertools.combinations(order, n_levels)]  # combinations keep the head-to-feet order
-    combos = [c for c in combos if np.all((np.diff(inferior[c]) >= min_gap) & (np.diff(inferior[c]) <= max_gap))]
-    if not combos:
+    # Every choice of n_levels peaks; combinations keep the head-to-feet order.
+    combos = np.fromiter(itertools.chain.from_iterable(itertools.combinations(order, n_levels)), dtype=np.int64)
+    combos = combos.reshape(-1, n_levels)
+    gaps = np.diff(inferior[combos], axis=1)
+    ok = np.all((gaps >= min_gap) & (gaps <= max_gap), axis=1) & (gaps.max(1) <= max_ratio * gaps.min(1))
+    combos = combos[ok]
+    if not len(combos):
         return None, 0.0
     log_heat = np.log(np.clip(scores, 1e-6, None))
-    totals = np.array([log_heat[np.arange(n_levels), c].sum() for c in combos])
+    totals = log_heat[np.arange(n_levels), combos].sum(1)
     best = int(np.argmax(totals))
     share = 1.0 / float(np.exp(totals - totals[best]).sum())
     return [int(i) for i in combos[best]], share
@@ -100,12 +119,14 @@ def _row(study_id: int, series_id: int, series: Series, k: int, condition: str, 
 
 def decode_searched(part: Part, series: Series, heat: np.ndarray, ks: np.ndarray, size: int,
                     study_id: int, series_id: int, midline: np.ndarray | None = None,
-                    n_candidates: int = 10, min_gap_mm: float = 15.0, max_gap_mm: float = 70.0) -> list[dict]:
+                    n_candidates: int = 10, per_level: int = 1, min_gap_mm: float = 15.0, max_gap_mm: float = 70.0,
+                    max_gap_ratio: float = 1.6) -> list[dict]:
     """Rows for every condition and level of a searched (sagittal) series from per-slice heatmaps (len(ks), C, h, w).
 
     A midline condition looks at every slice; a lateral one only at the slices on its side of the
-    mid-sagittal plane (through `midline`, or the series centre). The discs are found on the map of all
-    levels together, the discs above L1/L2 and below L5/S1 included; levels are then assigned to those peaks
+    mid-sagittal plane (through `midline`, or the series centre). The candidate discs are the peaks of the
+    every-level channel (where the discs are, whichever they are: those above L1/L2 and below L5/S1 too) and
+    each level's own strongest peaks; levels are then assigned to those peaks
     jointly, in head-to-feet order with a plausible spacing, so the levels come from what each level's
     channel sees (the sacrum below L5/S1, the count from it), never from which disc is topmost in the image.
     A row's confidence is its peak heat times the assignment's confidence (low when a reading a level off
@@ -124,11 +145,14 @@ def decode_searched(part: Part, series: Series, heat: np.ndarray, ks: np.ndarray
         if len(candidates) == 0:
             continue
         sub = heat[candidates]  # (K, C, h, w)
-        peaks = local_peaks(sub.max(axis=(0, 1)), n_candidates, min_gap_mm / frame.mm_per_cell)
-        scores = np.array([[sub[:, c, y, x].max() for y, x in peaks] for c in range(len(levels))])
+        top = sub.max(axis=0)  # (C, h, w): each channel's maximum over the slices
+        peaks = candidate_peaks(top[: len(levels)], top[part.any_channel], n_candidates, per_level,
+                                min_gap_mm / frame.mm_per_cell)
+        # A level at a peak: its channel's heat (which disc) times the every-level heat (a disc, and where).
+        scores = np.array([[top[c, y, x] * top[part.any_channel, y, x] for y, x in peaks] for c in range(len(levels))])
         inferior = np.array([-series.pixel_to_patient(ks[candidates[0]], *frame.heat_to_image((y, x)))[2]
                              for y, x in peaks])
-        picks, sure = (assign_levels(scores, inferior, min_gap_mm, max_gap_mm) if len(peaks) >= len(levels)
+        picks, sure = (assign_levels(scores, inferior, min_gap_mm, max_gap_mm, max_gap_ratio) if len(peaks) >= len(levels)
                        else (None, 0.0))
         for c, level in enumerate(levels):
             if picks is not None:

@@ -1,7 +1,7 @@
 """The localizer's plan, derived from the constants: adding a series type or a condition is a change there.
 
 Each part is one series type: the conditions annotated on it, and how its points are found. A searched
-type (sagittal) is run on every slice with one heatmap channel per level; a geometry-sliced type (axial)
+type (sagittal) is run on every slice with one heatmap channel per level plus one for all levels; a geometry-sliced type (axial)
 is run only on the slice that 3D geometry assigns to each level, with one channel for every level.
 """
 from __future__ import annotations
@@ -31,7 +31,19 @@ class Part:
 
     @property
     def channel_names(self) -> tuple[str, ...]:
-        return self.levels if self.searched else ("every level",)
+        """A searched type: one channel per level, then one for every level's points together (where the discs
+        are, whichever they are); a geometry-sliced type: that one channel only."""
+        return self.levels + ("every level",) if self.searched else ("every level",)
+
+    @property
+    def point_channels(self) -> int:
+        """Channels that labelled points are drawn into; the last channel of a searched type is their maximum."""
+        return len(self.levels) if self.searched else 1
+
+    @property
+    def any_channel(self) -> int:
+        """The channel of every level's points together."""
+        return self.channels - 1
 
     @property
     def channels(self) -> int:

@@ -16,6 +16,16 @@ from .errors import point_errors
 from .plan import part
 
 
+def level_loss(logits: torch.Tensor, target: torch.Tensor, peak: float = 0.3) -> torch.Tensor:
+    """Cross-entropy across the level channels at the cells where a labelled point's target exceeds `peak`,
+    its level being the channel with the highest target there: which disc is which, not only where the
+    discs are. Weighted by the target, so a point's centre counts most; 0 for a batch without points."""
+    top, level = target.max(1)  # (B, h, w)
+    w = top * (top > peak)
+    ce = F.cross_entropy(logits.float(), level, reduction="none")  # (B, h, w)
+    return (ce * w).sum() / w.sum().clamp_min(1e-6)  # no branch on the data: no host sync in the step
+
+
 class LocalizerTask:
     """Heatmap keypoints on one series type (cfg['series_type']); validation error in mm is the score."""
 
@@ -47,7 +57,8 @@ class LocalizerTask:
         self._val = self._dataset(self.val_rows, False)
 
     def _dataset(self, rows: np.ndarray, train: bool) -> SliceDataset:
-        return SliceDataset(self.store, rows, self.part.channels, self.cfg["loc"]["sigma"], loc_transform(train))
+        return SliceDataset(self.store, rows, self.part.point_channels, self.cfg["loc"]["sigma"], loc_transform(train),
+                            any_channel=self.part.searched)
 
     def train_dataset(self) -> SliceDataset:
         return self._dataset(self.train_rows, True)
@@ -56,10 +67,15 @@ class LocalizerTask:
         return self._val
 
     def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Binary cross-entropy on Gaussian targets, weighted up where the target is high."""
+        """Binary cross-entropy on Gaussian targets, weighted up where the target is high, plus (searched
+        series) level_weight x the level cross-entropy of level_loss."""
         target = batch["target"].to(logits.device)
         weight = 1.0 + self.cfg["loc"]["pos_weight"] * target
-        return F.binary_cross_entropy_with_logits(logits.float(), target, weight=weight)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), target, weight=weight)
+        if self.part.searched and self.cfg["loc"]["level_weight"]:
+            n = len(self.part.levels)
+            loss = loss + self.cfg["loc"]["level_weight"] * level_loss(logits[:, :n], target[:, :n])
+        return loss
 
     def evaluate(self, logits: torch.Tensor, rows: torch.Tensor) -> tuple[dict, pd.DataFrame]:
         """Decode every validation series as test-time localization does; score = mean 3D error in mm (capped at 50)."""
