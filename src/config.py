@@ -71,9 +71,11 @@ DEFAULTS: dict[str, Any] = {
     "series_type": None,  # the localizer's series type: a key of localizer.plan.PARTS (sagittal_t2, ...)
     "loc": {"size_px": 256, "sigma": 2.0, "neighbour_weight": 0.5, "decoder_channels": 64, "pos_weight": 20.0,
             "negative_ratio": 1.0,
-            # Searched series: cross-entropy across the level channels where a point is labelled, so each disc
-            # gets one level (plain per-channel BCE lets a net that cannot tell the levels apart hedge them all).
-            "level_weight": 0.5},
+            # Searched series: weight of a cross-entropy across the level channels where a point is labelled,
+            # so each disc gets one level (plain per-channel BCE lets a net that cannot tell the levels apart
+            # hedge them all, as on --variety real); off by default: at 8 epochs it cost precision on the
+            # default set (docs/BENCHMARKS.md).
+            "level_weight": 0.0},
     "aug": {
         "where": "auto",  # cpu (albumentations in the loader workers) | device (batched on the GPU) | auto
         "rotate": 10.0,
