@@ -132,3 +132,25 @@ def test_decode_slice_names_sides_by_patient_x():
         assert {r["condition"] for r in out} == set(PARTS["axial"].conditions)
         assert left["x"] == pytest.approx((left_column + 0.5) * 2 - 0.5, abs=0.6)
         assert all(r["level"] == "L4/L5" and r["instance_number"] == 1 for r in out)
+
+
+def test_decode_searched_takes_discs_from_the_every_level_channel():
+    """Six discs in view (one above L1/L2). The every-level channel marks all six; the L1/L2 channel fires
+    hardest on the disc above its own and the L2/L3 channel only weakly and between two discs (a net that
+    knows the lower levels better than the upper ones). The levels still land on five consecutive discs,
+    counted up from the one L5/S1 names, and L2/L3 on its disc, not between two."""
+    s = _sagittal(n=3)
+    discs = [4, 12, 20, 28, 36, 44]  # heatmap rows, head to feet; 8 cells = 16 mm apart
+    heat = np.zeros((3, 6, 50, 50), np.float32)
+    for r in discs:
+        heat[1, 5, r, 20] = 0.8
+    heat[1, 0, 4, 20], heat[1, 0, 12, 20] = 0.7, 0.5  # L1/L2: the topmost disc looks most like it
+    heat[1, 1, 12:29, 20] = 0.2
+    heat[1, 1, 16, 20] = 0.3  # L2/L3: weak, and highest between two discs
+    for c, r in ((2, 28), (3, 36), (4, 44)):
+        heat[1, c, r, 20] = 0.9
+    out = decode_searched(PARTS["sagittal_t2"], s, heat, np.arange(3), 100, 1, 2)
+    frame = frame_of(s.shape, s.spacings[1], 100)
+    expected = [frame.heat_to_image((r, 20))[1] for r in discs[1:]]
+    assert [r["level"] for r in out] == ["L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1"]
+    assert [r["y"] for r in out] == pytest.approx(expected, abs=1.0)

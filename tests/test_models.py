@@ -35,7 +35,7 @@ def test_full_size_configs_build_and_run():
     size = cfg["loc"]["size_px"]
     with torch.no_grad():
         heat = build_model(cfg).eval()(torch.rand(1, 3, size, size))
-    assert heat.shape == (1, 5, size // 2, size // 2)
+    assert heat.shape == (1, 6, size // 2, size // 2)  # five levels and every level together
 
 
 def test_attention_maps_kept_and_in_unit_range():

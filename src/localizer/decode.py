@@ -89,8 +89,7 @@ def assign_levels(scores: np.ndarray, inferior: np.ndarray, min_gap: float,
     Chooses one peak per level, in head-to-feet order with neighbours min_gap..max_gap mm apart and no gap
     over max_ratio times another (skipping a disc doubles a gap), maximising the summed log-heat. The
     confidence is the assignment's share of the likelihood (the product of its heats) over every valid
-    assignment: two readings of the spine a level apart share it. (None, 0.0) when
-    no assignment fits.
+    assignment: two readings of the spine a level apart share it. (None, 0.0) when no assignment fits.
     """
     n_levels, n_peaks = scores.shape
     if n_peaks < n_levels:
@@ -126,10 +125,10 @@ def decode_searched(part: Part, series: Series, heat: np.ndarray, ks: np.ndarray
     A midline condition looks at every slice; a lateral one only at the slices on its side of the
     mid-sagittal plane (through `midline`, or the series centre). The candidate discs are the peaks of the
     every-level channel (where the discs are, whichever they are: those above L1/L2 and below L5/S1 too) and
-    each level's own strongest peaks; levels are then assigned to those peaks
-    jointly, in head-to-feet order with a plausible spacing, so the levels come from what each level's
-    channel sees (the sacrum below L5/S1, the count from it), never from which disc is topmost in the image.
-    A row's confidence is its peak heat times the assignment's confidence (low when a reading a level off
+    each level's own strongest peaks; levels are then assigned to those peaks jointly, in head-to-feet order
+    with a plausible spacing, so the levels come from what each level's channel sees (the sacrum below
+    L5/S1, the count from it), never from which disc is topmost in the image. A row's confidence is its
+    peak heat times the assignment's confidence (low when a reading a level off
     is about as likely).
     """
     rows = []
@@ -152,8 +151,7 @@ def decode_searched(part: Part, series: Series, heat: np.ndarray, ks: np.ndarray
         scores = np.array([[top[c, y, x] * top[part.any_channel, y, x] for y, x in peaks] for c in range(len(levels))])
         inferior = np.array([-series.pixel_to_patient(ks[candidates[0]], *frame.heat_to_image((y, x)))[2]
                              for y, x in peaks])
-        picks, sure = (assign_levels(scores, inferior, min_gap_mm, max_gap_mm, max_gap_ratio) if len(peaks) >= len(levels)
-                       else (None, 0.0))
+        picks, sure = assign_levels(scores, inferior, min_gap_mm, max_gap_mm, max_gap_ratio)
         for c, level in enumerate(levels):
             if picks is not None:
                 y, x = peaks[picks[c]]

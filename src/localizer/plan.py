@@ -1,8 +1,9 @@
 """The localizer's plan, derived from the constants: adding a series type or a condition is a change there.
 
 Each part is one series type: the conditions annotated on it, and how its points are found. A searched
-type (sagittal) is run on every slice with one heatmap channel per level plus one for all levels; a geometry-sliced type (axial)
-is run only on the slice that 3D geometry assigns to each level, with one channel for every level.
+type (sagittal) is run on every slice with one heatmap channel per level plus one for every level; a
+geometry-sliced type (axial) is run only on the slice that 3D geometry assigns to each level, with one
+channel for every level.
 """
 from __future__ import annotations
 

@@ -73,7 +73,7 @@ class LocalizerTask:
         weight = 1.0 + self.cfg["loc"]["pos_weight"] * target
         loss = F.binary_cross_entropy_with_logits(logits.float(), target, weight=weight)
         if self.part.searched and self.cfg["loc"]["level_weight"]:
-            n = len(self.part.levels)
+            n = self.part.point_channels
             loss = loss + self.cfg["loc"]["level_weight"] * level_loss(logits[:, :n], target[:, :n])
         return loss
 
