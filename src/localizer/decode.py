@@ -148,7 +148,8 @@ def decode_searched(part: Part, series: Series, heat: np.ndarray, ks: np.ndarray
         peaks = candidate_peaks(top[: len(levels)], top[part.any_channel], n_candidates, per_level,
                                 min_gap_mm / frame.mm_per_cell)
         # A level at a peak: its channel's heat (which disc) times the every-level heat (a disc, and where).
-        scores = np.array([[top[c, y, x] * top[part.any_channel, y, x] for y, x in peaks] for c in range(len(levels))])
+        ys, xs = np.array(peaks).T
+        scores = top[: len(levels), ys, xs] * top[part.any_channel, ys, xs]  # (levels, peaks)
         inferior = np.array([-series.pixel_to_patient(ks[candidates[0]], *frame.heat_to_image((y, x)))[2]
                              for y, x in peaks])
         picks, sure = assign_levels(scores, inferior, min_gap_mm, max_gap_mm, max_gap_ratio)
