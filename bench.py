@@ -37,6 +37,7 @@ from src.dicom import read_series  # noqa: E402
 from src.device import autocast, pick_device, training_amp  # noqa: E402
 from src.models import build_model  # noqa: E402
 from src.paths import cache_dir_for  # noqa: E402
+from src.run_folders import random_runs  # noqa: E402
 from src.tables import load_coordinates, load_series_descriptions  # noqa: E402
 
 
@@ -161,19 +162,60 @@ def bench_decode(data_dir: Path, n: int) -> list[tuple[str, str]]:
     return [(f"DICOM decode ({len(series)} series)", f"{len(series) / dt:.1f} series/s, {slices / dt:.0f} slices/s")]
 
 
-def bench_infer(data_dir: Path, runs: Path, workers: int) -> list[tuple[str, str]]:
+def count_forward_calls() -> tuple[dict, callable]:
+    """Counts every outermost module call (a model's forward, not its layers') from now on, and the seconds
+    spent in them: (counter with 'calls' and 'seconds', remove)."""
+    counter, depth = {"calls": 0, "seconds": 0.0}, [0, 0.0]
+
+    def enter(module, args):
+        if depth[0] == 0:
+            counter["calls"] += 1
+            depth[1] = time.perf_counter()
+        depth[0] += 1
+
+    def leave(module, args, output):
+        depth[0] -= 1
+        if depth[0] == 0:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            counter["seconds"] += time.perf_counter() - depth[1]
+
+    handles = [torch.nn.modules.module.register_module_forward_pre_hook(enter),
+               torch.nn.modules.module.register_module_forward_hook(leave)]
+    return counter, lambda: [h.remove() for h in handles]
+
+
+def bench_infer(data_dir: Path, runs: Path | None, preset: str | None, workers: int, metrics: dict,
+                keep: Path | None = None) -> list[tuple[str, str]]:
+    """Seconds per study and model forward calls per study of the whole offline pipeline on the data's test
+    split, cache warm: over `runs` when given, else over a random-weight ensemble of 5 folds x (2 classifiers
+    + 3 localizers) of the preset. keep: where to copy the submission."""
     from src.pipeline import make_submission
 
-    if not list(runs.glob("*/fold*/best.pt")):
+    tmp = Path(tempfile.mkdtemp(prefix="bench_infer_"))
+    if runs is None:
+        runs = random_runs(tmp / "runs", preset, folds=(0, 1, 2, 3, 4))
+    elif not list(Path(runs).glob("*/fold*/best.pt")):
         return [("inference", f"skipped: no trained runs under {runs}")]
     cache_dir = cache_dir_for(data_dir)
-    out = Path(tempfile.gettempdir()) / "bench_submission.csv"
-    make_submission(data_dir, "test", runs, out, cache_dir, workers=workers)  # warms the cache
-    start = time.perf_counter()
-    result = make_submission(data_dir, "test", runs, out, cache_dir, workers=workers)
+    out = tmp / "submission.csv"
+    make_submission(data_dir, "test", runs, out, cache_dir, workers=workers)  # warms the caches
+    counter, remove = count_forward_calls()
+    try:
+        start = time.perf_counter()
+        result = make_submission(data_dir, "test", runs, out, cache_dir, workers=workers)
+        seconds = time.perf_counter() - start
+        if keep is not None:
+            shutil.copyfile(out, keep)
+    finally:
+        remove()
+        shutil.rmtree(tmp, ignore_errors=True)
     studies = len(set(row_study_ids(result["row_id"]).tolist()))
-    return [(f"inference, whole pipeline, warm cache ({studies} studies, runs: {runs})",
-             f"{(time.perf_counter() - start) / studies:.2f} s/study")]
+    metrics.update(s_per_study=seconds / studies, forward_calls_per_study=counter["calls"] / studies,
+                   forward_s_per_study=counter["seconds"] / studies, infer_studies=studies, infer_runs=str(runs) if runs != tmp / "runs" else f"random {preset} x5 folds")
+    return [(f"inference, whole pipeline, warm cache ({studies} studies, {metrics['infer_runs']})",
+             f"{seconds / studies:.2f} s/study ({counter['seconds'] / studies:.2f} s in forward calls), "
+             f"{counter['calls'] / studies:.1f} forward calls/study")]
 
 
 def bench_train(cfg: dict, steps: int) -> list[tuple[str, str]]:
@@ -215,7 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--what", nargs="+", default=["decode", "crops", "train", "infer"],
                     choices=["decode", "crops", "storage", "loader", "augment", "train", "infer"], help="what to measure")
     ap.add_argument("--json", type=Path, default=None, help="also write the measured numbers to this JSON file")
-    cli.add_runs(ap)
+    cli.add_runs(ap, default=None)
+    ap.add_argument("--infer-out", type=Path, default=None, help="infer: also keep the timed submission here")
     ap.add_argument("--crops", type=int, default=2000, help="crops to time from the cache")
     ap.add_argument("--steps", type=int, default=10, help="training steps to time per model")
     cli.add_workers(ap)
@@ -236,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         for model in ("attn_resnext", "cnn_lstm"):
             rows += bench_train(config_lib.resolve(model, preset), a.steps)
     if "infer" in a.what:
-        rows += bench_infer(a.data_dir, a.runs, a.workers)
+        rows += bench_infer(a.data_dir, a.runs, preset, a.workers, metrics, a.infer_out)
     print(f"machine: {machine()}\n\n| what | result |\n| --- | --- |")
     for what, result in rows:
         print(f"| {what} | {result} |")

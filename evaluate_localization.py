@@ -24,9 +24,9 @@ import torch  # noqa: E402
 from src import cli  # noqa: E402
 from src.atomic import write_json  # noqa: E402
 from src.cache import prepare  # noqa: E402
-from src.classify import crop_probabilities  # noqa: E402
-from src.crops import CropSpec, build_crops  # noqa: E402
+from src.classify import load_members, predict_members  # noqa: E402
 from src.device import pick_device  # noqa: E402
+from src.faults import FaultLog  # noqa: E402
 from src.folds import fold_solution, load_folds  # noqa: E402
 from src.localizer.errors import LEVEL_OFF_MM, point_errors, summarize_errors  # noqa: E402
 from src.localizer.infer import Localizer, localize  # noqa: E402
@@ -34,7 +34,7 @@ from src.localizer.plan import PLAN  # noqa: E402
 from src.metric import overlay, prior_submission, score  # noqa: E402
 from src.paths import REPORTS_DIR, cache_dir_for  # noqa: E402
 from src.pipeline import series_table  # noqa: E402
-from src.run_folders import OOF, classifier_runs, fold_of, load_model, localizer_run, trained_folds  # noqa: E402
+from src.run_folders import OOF, classifier_runs, fold_of, localizer_run, run_dir, trained_folds  # noqa: E402
 from src.tables import DataError, load_coordinates, load_submission, load_train, solution_frame  # noqa: E402
 
 
@@ -45,10 +45,9 @@ def classifier_scores(runs: Path, fold: int, predicted: pd.DataFrame, cache_dir:
     prior = prior_submission(solution_frame(train, folds.loc[folds["fold"] != fold, "study_id"]), solution["row_id"].tolist())
     out = []
     for name in classifier_runs(runs):
-        for run in trained_folds(runs, name, [fold]):
-            model, cfg = load_model(run, device)
-            crops, index = build_crops(predicted, cache_dir, "train", CropSpec(**cfg["crop"]), cache_dir / "crops")
-            probs = crop_probabilities(model, cfg, crops, index, device)
+        for member in load_members(runs, [name], device, FaultLog(), [fold]):
+            probs = predict_members(predicted, [member], cache_dir, "train", device, tta=False)[name]
+            run = run_dir(runs, name, fold)
             out.append({"model": name, "fold": fold, "score_labelled": score(solution, load_submission(run / OOF)),
                         "score_predicted": score(solution, overlay(prior, probs))})
     return out

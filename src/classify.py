@@ -1,53 +1,179 @@
-"""Running trained classifiers over crops: severity probabilities per row, every fold, flip TTA."""
+"""Running trained classifiers over crops: severity probabilities per row, every fold, flip TTA.
+
+Loader processes cut each batch of studies' crops (StudyCrops) while the models run; every fold of every
+member that cuts crops the same way sees the batch in one call, with both TTA views in it.
+"""
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import Dataset
 
-from .augment import FLIPPED_CONDITION, eval_transform
+from .augment import FLIPPED_CONDITION
 from .constants import TARGETS
-from .crops import CropSpec, build_crops
-from .datasets import CropDataset
+from .crops import CropSpec, crop_table, cut_study
 from .device import autocast, inference_dtype
 from .faults import FaultLog
+from .parallel import batches_ahead
 from .run_folders import fold_of, load_model, trained_folds
 
 
-@torch.no_grad()
-def crop_probabilities(model: torch.nn.Module, cfg: dict, crops: np.ndarray, index: pd.DataFrame, device: torch.device,
-                       batch_size: int = 64, hflip_tta: bool = False) -> pd.DataFrame:
-    """Severity probabilities (row_id + TARGETS) of a classifier for every crop of an index table.
+@dataclass
+class Member:
+    """One fold of one classifier run, loaded."""
 
-    hflip_tta averages with the horizontally flipped crop, shown to the model with its mirrored condition
-    where the flip swaps sides (axial crops), exactly as in training augmentation.
-    """
-    loader = DataLoader(CropDataset(crops, index, eval_transform(cfg["crop"]["size_px"])), batch_size=batch_size,
-                        shuffle=False)
+    name: str
+    fold: int
+    model: torch.nn.Module
+    cfg: dict
+
+    @property
+    def spec(self) -> CropSpec:
+        return CropSpec(**self.cfg["crop"])
+
+
+class StudyCrops(Dataset):
+    """Per study of a crop_table, for loader processes: (study id, its rows that were cut, their stored crops,
+    why the study could not be cut at all or None)."""
+
+    def __init__(self, table: pd.DataFrame, cache_dir: Path, split: str, spec: CropSpec):
+        self.groups = [g for _, g in table.groupby("study_id", sort=True)]
+        self.cache_dir, self.split, self.spec = Path(cache_dir), split, spec
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int) -> tuple[int, pd.DataFrame, np.ndarray, str | None]:
+        rows = self.groups[i]
+        study_id = int(rows["study_id"].iloc[0])
+        try:  # a row whose series or instance is missing is left out (cache.prepare has named the series)
+            ok, crops, _ = cut_study(rows.to_dict("records"), self.cache_dir, self.split, self.spec)
+        except Exception as err:  # noqa: BLE001 - costs this study's rows only
+            return study_id, rows.iloc[:0], crops_none(self.spec), f"{type(err).__name__}: {err}"
+        return study_id, rows.iloc[ok], crops[ok], None
+
+
+def crops_none(spec: CropSpec) -> np.ndarray:
+    """An empty batch of stored crops."""
+    return np.zeros((0, spec.n_slices, spec.stored_px, spec.stored_px), np.uint8)
+
+
+def centre_unit(crops: torch.Tensor, size_px: int) -> torch.Tensor:
+    """Stored 8-bit crops (B, S, P, P) with their margin -> the centre size_px square as float in [0, 1]
+    (albumentations' CenterCrop offsets)."""
+    top = (crops.shape[-2] - size_px) // 2
+    left = (crops.shape[-1] - size_px) // 2
+    return crops[..., top : top + size_px, left : left + size_px].float() / 255.0
+
+
+@torch.no_grad()
+def batch_probabilities(members: list[Member], crops: np.ndarray, condition: np.ndarray, level: np.ndarray,
+                        device: torch.device, hflip_tta: bool = False) -> dict[int, np.ndarray | Exception]:
+    """Each member's severity probabilities (N, 3) for one batch of stored crops, in one forward call per member;
+    with hflip_tta the flipped crops (with their mirrored condition where the flip swaps sides, as in
+    training augmentation) go in the same call and the two views are averaged. A member that fails gets its
+    exception instead."""
     dtype = inference_dtype(device)
-    mirrored = torch.tensor(FLIPPED_CONDITION, device=device)
-    probs = []
-    for batch in loader:
-        image = batch["image"].to(device)
-        condition, level = batch["condition"].to(device), batch["level"].to(device)
-        views = [(image, condition)]
-        if hflip_tta:
-            views.append((image.flip(-1), mirrored[condition]))
-        p = 0
-        for img, cond in views:
+    n = len(crops)
+    x = torch.from_numpy(np.ascontiguousarray(crops)).to(device)
+    cond = torch.from_numpy(np.asarray(condition, np.int64)).to(device)
+    lev = torch.from_numpy(np.asarray(level, np.int64)).to(device)
+    if hflip_tta:
+        mirrored = torch.tensor(FLIPPED_CONDITION, device=device)
+        x, cond, lev = torch.cat([x, x.flip(-1)]), torch.cat([cond, mirrored[cond]]), torch.cat([lev, lev])
+    out: dict[int, np.ndarray | Exception] = {}
+    for j, m in enumerate(members):
+        try:
             with autocast(device, dtype):
-                p = p + torch.softmax(model(img, cond, level).float(), 1)
-        probs.append((p / len(views)).cpu().numpy())
-    out = pd.DataFrame(np.concatenate(probs) if probs else np.zeros((0, 3)), columns=list(TARGETS))
-    out.insert(0, "row_id", index["row_id"].to_numpy())
+                p = torch.softmax(m.model(centre_unit(x, m.spec.size_px), cond, lev).float(), 1)
+            out[j] = ((p[:n] + p[n:]) / 2 if hflip_tta else p).cpu().numpy()
+        except Exception as err:  # noqa: BLE001 - a fold that cannot predict costs that fold only
+            out[j] = err
     return out
 
 
+def predict_members(coords: pd.DataFrame, members: list[Member], cache_dir: Path, split: str, device: torch.device,
+                    tta: bool = True, workers: int = 0, studies_per_batch: int = 8,
+                    faults: FaultLog | None = None) -> dict[str, pd.DataFrame]:
+    """Per run name: the mean probabilities (row_id + TARGETS) of its folds that predicted, for the rows with a
+    crop at `coords`. Crops are cut once per crop spec, in batches of studies ahead of the models; a fold that
+    fails is dropped (named in `faults`) and its run's other folds carry on."""
+    faults = faults if faults is not None else FaultLog()
+    table = crop_table(coords)
+    by_spec: dict[str, list[Member]] = {}
+    for m in members:
+        by_spec.setdefault(json.dumps(m.cfg["crop"], sort_keys=True), []).append(m)
+    sums: dict[int, list[np.ndarray]] = {id(m): [] for m in members}  # per member: its batches' probabilities
+    ids: dict[str, list[np.ndarray]] = {}
+    failed: set[int] = set()
+    for key, group in by_spec.items():
+        ids[key] = []
+        names = ", ".join(dict.fromkeys(m.name for m in group))
+        for batch in batches_ahead(StudyCrops(table, cache_dir, split, group[0].spec), studies_per_batch, workers,
+                                   f"classify {names}"):
+            for study_id, _, _, error in batch:
+                if error is not None:
+                    faults.add("study", f"study {study_id}", f"crops for {names} failed ({error})", study_id=study_id)
+            rows = pd.concat([r for _, r, _, _ in batch])
+            if not len(rows):
+                continue
+            crops = np.concatenate([c for _, _, c, _ in batch])
+            live = [m for m in group if id(m) not in failed]
+            probs = batch_probabilities(live, crops, rows["condition_idx"].to_numpy(), rows["level_idx"].to_numpy(),
+                                        device, hflip_tta=tta)
+            for j, m in enumerate(live):
+                if isinstance(probs[j], Exception):
+                    failed.add(id(m))
+                    faults.add("fold", f"{m.name} fold {m.fold}",
+                               f"dropped ({type(probs[j]).__name__}: {str(probs[j])[:200]})")
+                else:
+                    sums[id(m)].append(probs[j])
+            ids[key].append(rows["row_id"].to_numpy())
+    out: dict[str, pd.DataFrame] = {}
+    for name in dict.fromkeys(m.name for m in members):
+        folds = [m for m in members if m.name == name and id(m) not in failed]
+        if not folds:
+            faults.add("member", name, "every fold failed; member dropped, the ensemble renormalises over the others")
+            continue
+        per_fold = []
+        for m in folds:
+            key = json.dumps(m.cfg["crop"], sort_keys=True)
+            row_ids = np.concatenate(ids[key]) if ids[key] else np.zeros(0, object)
+            p = np.concatenate(sums[id(m)]) if sums[id(m)] else np.zeros((0, 3))
+            per_fold.append(pd.DataFrame(p, columns=list(TARGETS), index=pd.Index(row_ids, name="row_id")))
+        out[name] = (sum(per_fold) / len(per_fold)).dropna().reset_index()
+    return out
+
+
+def load_members(runs: Path, names: list[str], device: torch.device, faults: FaultLog,
+                 folds: list[int] | None = None) -> list[Member]:
+    """Every trained fold (or those listed) of each named classifier run, loaded once. A fold that does not
+    load is dropped, and a run left without any is dropped from the ensemble; each is named in `faults`."""
+    members = []
+    for name in names:
+        runs_of = trained_folds(runs, name, folds)
+        loaded = 0
+        for run in runs_of:
+            try:
+                model, cfg = load_model(run, device)
+            except Exception as err:  # noqa: BLE001 - a bad fold costs that fold only
+                faults.add("fold", f"{name} fold {fold_of(run)}", f"dropped ({type(err).__name__}: {str(err)[:200]})")
+                continue
+            members.append(Member(name, fold_of(run), model, cfg))
+            loaded += 1
+        if not loaded:
+            faults.add("member", name, "no trained fold under " + str(runs) if not runs_of else "every fold failed; "
+                       "member dropped, the ensemble renormalises over the others")
+    return members
+
+
 def run_classifiers(coords: pd.DataFrame, runs: Path, names: list[str], cache_dir: Path, split: str,
-                    device: torch.device, tta: bool = True, workers: int = 2,
+                    device: torch.device, tta: bool = True, workers: int = 0, studies_per_batch: int = 8,
                     faults: FaultLog | None = None) -> dict[str, pd.DataFrame]:
     """Per classifier run: its folds' mean crop probabilities, for the rows with a crop at `coords`.
 
@@ -55,22 +181,6 @@ def run_classifiers(coords: pd.DataFrame, runs: Path, names: list[str], cache_di
     folds carry on; a run left without any fold is dropped from the ensemble. Each is named in `faults`.
     """
     faults = faults if faults is not None else FaultLog()
-    out: dict[str, pd.DataFrame] = {}
-    for name in names:
-        fold_preds = []
-        runs_of = trained_folds(runs, name)
-        for run in runs_of:
-            try:
-                model, cfg = load_model(run, device)
-                crops, index = build_crops(coords, cache_dir, split, CropSpec(**cfg["crop"]), Path(cache_dir) / "crops",
-                                           workers)
-                if len(index):
-                    fold_preds.append(crop_probabilities(model, cfg, crops, index, device, hflip_tta=tta).set_index("row_id"))
-            except Exception as err:  # noqa: BLE001 - a bad fold costs that fold only
-                faults.add("fold", f"{name} fold {fold_of(run)}", f"dropped ({type(err).__name__}: {str(err)[:200]})")
-        if fold_preds:
-            out[name] = (sum(fold_preds) / len(fold_preds)).reset_index()
-        else:
-            faults.add("member", name, "no trained fold under " + str(runs) if not runs_of else "every fold failed; "
-                       "member dropped, the ensemble renormalises over the others")
-    return out
+    members = load_members(runs, names, device, faults)
+    return predict_members(coords, members, cache_dir, split, device, tta, workers, studies_per_batch, faults)
+

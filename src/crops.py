@@ -99,8 +99,9 @@ def crop_table(coords: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def _cut_study(args) -> tuple[list[int], np.ndarray, list[str]]:
-    rows, cache_dir, split, spec = args
+def cut_study(rows: list[dict], cache_dir: Path, split: str, spec: CropSpec) -> tuple[list[int], np.ndarray, list[str]]:
+    """The stored (8-bit, with margin) crops of a study's crop_table rows: (rows cut, crops of every row (zeros where
+    not cut), a note per row not cut: its series not in the cache or its instance not in its series)."""
     loaded: dict[int, Series | None] = {}
     out = np.zeros((len(rows), spec.n_slices, spec.stored_px, spec.stored_px), dtype=np.uint8)
     ok, problems = [], []
@@ -121,6 +122,10 @@ def _cut_study(args) -> tuple[list[int], np.ndarray, list[str]]:
         out[k] = to_stored(cut_crop(series, index, r["x"], r["y"], mm, spec.stored_px, spec.n_slices))
         ok.append(k)
     return ok, out, problems
+
+
+def _cut_args(args: tuple) -> tuple[list[int], np.ndarray, list[str]]:
+    return cut_study(*args)
 
 
 def build_crops(
@@ -149,7 +154,7 @@ def build_crops(
     with atomic_path(npy, ".npy") as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                         shape=(len(table), spec.n_slices, spec.stored_px, spec.stored_px))
-        for s0, (ok, crops, notes) in zip(starts, progress_map(_cut_study, groups, workers, f"crops {split}", chunksize=2)):
+        for s0, (ok, crops, notes) in zip(starts, progress_map(_cut_args, groups, workers, f"crops {split}", chunksize=2)):
             arr[s0 : s0 + len(crops)] = crops
             keep[[s0 + k for k in ok]] = True
             problems += notes

@@ -5,6 +5,7 @@ import multiprocessing as mp
 import os
 from typing import Callable, Iterator, Sequence, TypeVar
 
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 T = TypeVar("T")
@@ -24,3 +25,14 @@ def progress_map(fn: Callable[[T], R], items: Sequence[T], workers: int, desc: s
             yield from tqdm(pool.imap(fn, items, chunksize=chunksize), total=len(items), desc=desc)
     else:
         yield from (fn(item) for item in tqdm(items, desc=desc))
+
+
+def batches_ahead(dataset: Dataset, per_batch: int, workers: int, desc: str) -> Iterator[list]:
+    """A per-study dataset's items in lists of per_batch, made by `workers` loader processes ahead of the caller
+    (0: in this process), with a tqdm bar over the items. The items must not raise (return the error instead)."""
+    loader = DataLoader(dataset, batch_size=max(1, per_batch), shuffle=False, collate_fn=list, num_workers=workers,
+                        prefetch_factor=2 if workers else None)
+    with tqdm(total=len(dataset), desc=desc) as bar:
+        for batch in loader:
+            yield batch
+            bar.update(len(batch))

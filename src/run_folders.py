@@ -82,3 +82,28 @@ def load_model(run: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     state = torch.load(Path(run) / BEST, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), cfg
+
+
+def random_runs(root: str | Path, preset: str | None = "tiny", folds: tuple[int, ...] = (0,), classifiers: bool = True,
+                localizer: dict | None = None, classifier: dict | None = None, experiments: tuple[str, ...] = (),
+                seed: int = 0) -> Path:
+    """Untrained (random-weight) runs with real configs, for tests and timing, never for scores: every series
+    type's localizer and (with classifiers) both classifiers, each fold of `folds`. localizer and classifier
+    are config overrides for each kind; experiments are more attn_resnext runs under these names (as
+    `train.py --name NAME` writes them)."""
+    from .atomic import save_torch
+    from .localizer.plan import PLAN
+
+    jobs = [("localizer", {**(localizer or {}), "series_type": p.key, "name": localizer_run(p.key)}) for p in PLAN]
+    if classifiers:
+        jobs += [(m, dict(classifier or {})) for m in ("attn_resnext", "cnn_lstm")]
+    jobs += [("attn_resnext", {**(classifier or {}), "name": n}) for n in experiments]
+    for model, overrides in jobs:
+        for fold in folds:
+            cfg = config_lib.resolve(model, preset, None, {**overrides, "fold": fold, "runs": str(root)})
+            folder = run_dir(root, cfg["name"], fold)
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.manual_seed(seed + fold)
+            config_lib.save(cfg, folder / CONFIG)
+            save_torch({"model": build_model(cfg).state_dict()}, folder / BEST)
+    return Path(root)

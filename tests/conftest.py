@@ -66,27 +66,12 @@ def synth_dir(tmp_path_factory) -> Path:
     return out
 
 
-def make_fake_runs(root: Path, classifiers: bool = True, experiments: tuple[str, ...] = ()) -> Path:
+def make_fake_runs(root: Path, classifiers: bool = True, experiments: tuple[str, ...] = (),
+                   folds: tuple[int, ...] = (0,)) -> Path:
     """Untrained (random) localizer and classifier runs with real configs: the pipeline's plumbing only.
 
     experiments: extra attn_resnext runs under these names (as `train.py --name NAME` writes them)."""
-    import torch
+    from src.run_folders import random_runs
 
-    from src import config as config_lib
-    from src.localizer.plan import PLAN
-    from src.models import build_model
-    from src.run_folders import localizer_run
-
-    torch.manual_seed(0)
-    cfgs = [config_lib.resolve("localizer", "tiny", None, {"series_type": part.key, "loc": {"size_px": 32},
-                                                            "name": localizer_run(part.key)})
-            for part in PLAN]
-    if classifiers:
-        cfgs += [config_lib.resolve(m, "tiny", None, {"crop": {"size_px": 16}}) for m in ("attn_resnext", "cnn_lstm")]
-    cfgs += [config_lib.resolve("attn_resnext", "tiny", None, {"crop": {"size_px": 16}, "name": n}) for n in experiments]
-    for cfg in cfgs:
-        run = root / cfg["name"] / "fold0"
-        run.mkdir(parents=True, exist_ok=True)
-        config_lib.save(cfg, run / "config.yaml")
-        torch.save({"model": build_model(cfg).state_dict()}, run / "best.pt")
-    return root
+    return random_runs(root, "tiny", folds, classifiers, localizer={"loc": {"size_px": 32}},
+                       classifier={"crop": {"size_px": 16}}, experiments=experiments)

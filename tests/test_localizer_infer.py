@@ -49,9 +49,9 @@ class _Planted(Localizer):
         super().__init__({p.key: [(None, {"loc": {"size_px": 100}})] for p in PLAN}, torch.device("cpu"))
         self.calls: list[tuple[str, list[int]]] = []
 
-    def heatmaps(self, part, series, ks):
-        self.calls.append((part.key, list(ks)))
-        heat = np.zeros((len(ks), part.channels, 50, 50), np.float32)
+    def heatmaps(self, part, slices, stacks=None, faults=None):
+        self.calls.append((part.key, [k for _, k in slices]))
+        heat = np.zeros((len(slices), part.channels, 50, 50), np.float32)
         if part.searched:
             for c, r in enumerate(DISC_ROWS):
                 heat[:, c, r, 20] = heat[:, part.any_channel, r, 20] = 0.9
@@ -108,14 +108,14 @@ class _Truth(Localizer):
         super().__init__({p.key: [(None, {"loc": {"size_px": self.SIZE}})] for p in PLAN}, torch.device("cpu"))
         self.points = points
 
-    def heatmaps(self, part, series, ks):
+    def heatmaps(self, part, slices, stacks=None, faults=None):
         from src.localizer.data import series_frame
         from src.localizer.plan import STRIDE
 
         cells = self.SIZE // STRIDE
         yy, xx = np.mgrid[0:cells, 0:cells]
-        heat = np.zeros((len(ks), part.channels, cells, cells), np.float32)
-        for i, k in enumerate(ks):
+        heat = np.zeros((len(slices), part.channels, cells, cells), np.float32)
+        for i, (series, k) in enumerate(slices):
             frame = series_frame(series, k, self.SIZE)
             for (condition, level), p in self.points.items():
                 if condition not in part.conditions:
@@ -171,3 +171,46 @@ def test_generated_variety_studies_decode_to_their_true_points(variety_dir):
             assert abs(float(dist)) <= nearest + 1.5 * max(s.slice_gap, 1.0), (study_id, r)
             checked += 1
     assert checked >= 10 * 20
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_batches_of_studies_localize_as_one_study_at_a_time(synth_dir, tmp_path):
+    import pandas as pd
+    import torch
+
+    from src.cache import prepare
+    from src.faults import FaultLog
+    from src.localizer.infer import localize
+
+    cache = tmp_path / "cache"
+    prepare(synth_dir, cache, "test", workers=1)
+    table = load_series_descriptions(synth_dir / "test_series_descriptions.csv")
+    runs = make_fake_runs(tmp_path / "runs", classifiers=False, folds=(0, 1))
+    loc = Localizer.from_runs(runs, device=torch.device("cpu"))
+    calls = []
+    for key, models in loc.models.items():
+        for model, cfg in models:
+            model.register_forward_pre_hook(lambda m, args, key=key: calls.append((key, len(args[0]))))
+    batched = localize(table, cache, "test", loc, studies_per_batch=8, workers=1)
+    # Every fold of each series type sees all 4 studies in one call; the axial levels of all of them too.
+    assert sorted(key for key, _ in calls) == sorted([p.key for p in PLAN] * 2)
+    axial = batched[batched["condition"].str.contains("Subarticular")]
+    assert dict(calls)["axial"] == len(axial.drop_duplicates(["study_id", "level"]))
+    single_calls = len(calls)
+    calls.clear()
+    single = localize(table, cache, "test", loc, studies_per_batch=1)
+    assert len(calls) > single_calls and batched["study_id"].nunique() == table["study_id"].nunique()
+    keys = ["study_id", "condition", "level"]
+    a, b = batched.sort_values(keys).reset_index(drop=True), single.sort_values(keys).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a[keys + ["series_id", "instance_number"]], b[keys + ["series_id", "instance_number"]])
+    assert np.abs(a[["x", "y", "confidence"]].to_numpy() - b[["x", "y", "confidence"]].to_numpy()).max() < 1e-4
+
+    # A fold that cannot predict is dropped for good and named; the other fold carries its series type.
+    def broken(x):
+        raise RuntimeError("bad weights")
+
+    loc.models["axial"][1][0].forward = broken
+    faults = FaultLog()
+    again = localize(table, cache, "test", loc, faults, studies_per_batch=8)
+    assert [f.name for f in faults.of("fold")] == ["localizer_axial fold 1"] and len(loc.models["axial"]) == 1
+    assert len(again) == len(batched)

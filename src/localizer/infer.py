@@ -4,23 +4,30 @@ Runs the localizer of every fold found for each series type (their heatmaps aver
 searched (sagittal) series give each level's 3D point; a geometry-sliced (axial) series is then read on
 the slice nearest that point, in whichever of the study's series covers it. A study with a missing or
 unreadable series still gets every condition the other series allow.
+
+Studies go in batches: loader processes read each study's series and resize them once for every fold
+(StudyInputs) while the models run; each fold sees a whole batch of slices from several studies in one call,
+and the axial levels of a batch go in one call too.
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
-from ..cache import load_series, series_cache_path
+from ..cache import load_series, series_cache_path, to_stored
 from ..constants import PREDICTED_COORDINATE_COLUMNS
 from ..device import autocast, inference_dtype, pick_device
 from ..dicom import Series
 from ..faults import FaultLog
+from ..parallel import batches_ahead
 from ..run_folders import BEST, fold_of, load_model, localizer_run, trained_folds
-from .data import stack_of
+from .data import series_stacks, stack_of
 from .decode import decode_searched, decode_slice
 from .plan import PLAN, Part
 
@@ -38,18 +45,31 @@ def level_points(series: Series, rows: list[dict]) -> dict[str, np.ndarray]:
     return {level: np.mean(points, 0) for level, points in by_level.items()}
 
 
-class Localizer:
-    """The trained localizers of one or more folds, ready to run on cached series."""
+@dataclass
+class StudyInput:
+    """What localizing one study needs: its series by description (volumes may be 8-bit) and, per searched
+    part, the input stacks of the series it searches (made ahead in a loader process); or why it could not
+    be read."""
 
-    def __init__(self, models: dict[str, list[tuple[torch.nn.Module, dict]]], device: torch.device):
+    study_id: int
+    series: dict[str, list[tuple[int, Series]]]
+    stacks: dict[str, np.ndarray] = field(default_factory=dict)
+    error: str | None = None
+
+class Localizer:
+    """The trained localizers of one or more folds, ready to run on batches of studies."""
+
+    def __init__(self, models: dict[str, list[tuple[torch.nn.Module, dict]]], device: torch.device,
+                 batch_size: int = 256):
         self.models, self.device, self.dtype = models, device, inference_dtype(device)
+        self.batch_size = batch_size  # slices per forward call
 
     @classmethod
     def from_runs(cls, runs: Path, folds: list[int] | None = None, device: torch.device | None = None,
-                  faults: FaultLog | None = None) -> "Localizer":
+                  faults: FaultLog | None = None, batch_size: int = 256) -> "Localizer":
         """Every trained fold (or those listed) of each series type's localizer under runs/. A fold whose
-        checkpoint does not load is dropped (the other folds carry on); a series type left without a model
-        gives no coordinates, and the other series types carry on."""
+        checkpoint does not load, or whose input size differs from the first fold's, is dropped (the other
+        folds carry on); a series type left without a model gives no coordinates, and the others carry on."""
         device = device or pick_device()
         faults = faults if faults is not None else FaultLog()
         models: dict[str, list[tuple[torch.nn.Module, dict]]] = {}
@@ -58,71 +78,139 @@ class Localizer:
             models[part.key] = []
             for run in trained_folds(runs, name, folds):
                 try:
-                    models[part.key].append(load_model(run, device))
+                    model, cfg = load_model(run, device)
                 except Exception as err:  # noqa: BLE001 - a bad checkpoint costs its fold only
                     faults.add("fold", f"{name} fold {fold_of(run)}", f"{run / BEST} does not load "
                                f"({type(err).__name__}: {str(err)[:200]}); fold dropped")
+                    continue
+                first = models[part.key][0][1]["loc"]["size_px"] if models[part.key] else cfg["loc"]["size_px"]
+                if cfg["loc"]["size_px"] != first:  # heatmaps of different sizes cannot be averaged
+                    faults.add("fold", f"{name} fold {fold_of(run)}", f"input size {cfg['loc']['size_px']} px, "
+                               f"not the {first} px of the first fold; fold dropped")
+                    continue
+                models[part.key].append((model, cfg))
             if not models[part.key]:
                 faults.add("localizer", name, f"no loadable fold under {runs}: {', '.join(part.conditions)} get no "
                            "coordinates", conditions=part.conditions)
-        return cls(models, device)
-
-    @torch.no_grad()
-    def heatmaps(self, part: Part, series: Series, ks: list[int]) -> np.ndarray:
-        """Mean sigmoid heatmaps of the part's models for slices ks: (len(ks), C, h, w)."""
-        out = None
-        for model, cfg in self.models[part.key]:
-            size = cfg["loc"]["size_px"]
-            x = torch.from_numpy(np.stack([stack_of(series, k, size) for k in ks])).to(self.device)
-            with autocast(self.device, self.dtype):
-                heat = torch.sigmoid(model(x).float()).cpu().numpy()
-            out = heat if out is None else out + heat
-        return out / len(self.models[part.key])
+        return cls(models, device, batch_size)
 
     def size(self, part: Part) -> int:
+        """The part's input size (px); every fold of a part has the same."""
         return self.models[part.key][0][1]["loc"]["size_px"]
 
+    def sizes(self) -> dict[str, int]:
+        """The input size of each part that has a model."""
+        return {key: self.models[key][0][1]["loc"]["size_px"] for key in self.models if self.models[key]}
+
+    @torch.no_grad()
+    def heatmaps(self, part: Part, slices: list[tuple[Series, int]], stacks: np.ndarray | None = None,
+                 faults: FaultLog | None = None) -> np.ndarray | None:
+        """Mean sigmoid heatmaps of the part's folds for a batch of slices (series, index): (len(slices), C, h, w).
+
+        stacks are the slices' inputs when already made (else stack_of). Each fold runs over the whole batch
+        (batch_size slices per call). A fold that fails is dropped for good and named in `faults`; None when
+        no fold is left.
+        """
+        if stacks is None:
+            size = self.size(part)
+            stacks = np.stack([stack_of(s, k, size) for s, k in slices]) if slices else np.zeros((0, 3, size, size), np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(stacks)).to(self.device)
+        out, used = None, 0
+        for model, cfg in list(self.models[part.key]):
+            try:
+                heat = []
+                for i in range(0, len(x), self.batch_size):
+                    with autocast(self.device, self.dtype):
+                        heat.append(torch.sigmoid(model(x[i : i + self.batch_size]).float()).cpu().numpy())
+            except Exception as err:  # noqa: BLE001 - a fold that cannot predict costs that fold only
+                self.models[part.key].remove((model, cfg))
+                (faults if faults is not None else FaultLog()).add(
+                    "fold", f"{localizer_run(part.key)} fold {cfg.get('fold', '?')}",
+                    f"failed to predict ({type(err).__name__}: {str(err)[:200]}); fold dropped")
+                continue
+            heat = np.concatenate(heat)
+            out, used = (heat if out is None else out + heat), used + 1
+        return None if out is None else out / used
+
     def study(self, study_id: int, series: dict[str, list[tuple[int, Series]]], faults: FaultLog | None = None) -> list[dict]:
-        """Coordinate rows of one study from its loaded series, keyed by series description. A series type
-        that fails costs only its own conditions (named in `faults`)."""
-        rows: list[dict] = []
-        points: dict[str, np.ndarray] = {}  # each level's 3D point, from the first searched series that has it
+        """Coordinate rows of one study from its loaded series, keyed by series description."""
+        return self.studies([StudyInput(study_id, series)], faults)
+
+    def studies(self, inputs: list[StudyInput], faults: FaultLog | None = None) -> list[dict]:
+        """Coordinate rows of a batch of studies, each part's folds running over all of them at once. A series
+        type that fails in a study costs only that study's conditions of that type (named in `faults`)."""
+        faults = faults if faults is not None else FaultLog()
+        rows: dict[int, list[dict]] = {i: [] for i in range(len(inputs))}
+        points: dict[int, dict[str, np.ndarray]] = {i: {} for i in range(len(inputs))}  # from the first searched series
         for part in PLAN:
-            available = series.get(part.description, [])
-            if not available or not self.models.get(part.key):
+            if not self.models.get(part.key):
+                continue
+            run = self._searched if part.searched else self._sliced
+            for i, found in run(part, inputs, points, faults).items():
+                rows[i] += found
+        return [r for i in range(len(inputs)) for r in rows[i]]
+
+    @staticmethod
+    def _failed(faults: FaultLog, part: Part, study_id: int, err: Exception) -> None:
+        faults.add("study", f"study {study_id}", f"{part.key} localization failed ({type(err).__name__}: {err})",
+                   study_id=study_id, conditions=part.conditions)
+
+    def _searched(self, part: Part, inputs: list[StudyInput], points: dict, faults: FaultLog) -> dict[int, list[dict]]:
+        """A searched part over every slice of each study's first series of its type, in one batch."""
+        todo = [(i, *inp.series[part.description][0]) for i, inp in enumerate(inputs) if inp.series.get(part.description)]
+        if not todo:
+            return {}
+        size = self.size(part)
+        stacks = []
+        for i, _, s in todo:
+            made = inputs[i].stacks.get(part.key)
+            stacks.append(made if made is not None and made.shape[-1] == size else series_stacks(s, size))
+        heat = self.heatmaps(part, [(s, k) for _, _, s in todo for k in range(len(s))], np.concatenate(stacks), faults)
+        out: dict[int, list[dict]] = {}
+        start = 0
+        for i, sid, s in todo:
+            h, start = (None if heat is None else heat[start : start + len(s)]), start + len(s)
+            if h is None:
                 continue
             try:
-                found, points = self._part(part, study_id, available, points)
-            except Exception as err:  # noqa: BLE001 - one series type must not take the others down
-                (faults if faults is not None else FaultLog()).add(
-                    "study", f"study {study_id}", f"{part.key} localization failed ({type(err).__name__}: {err})",
-                    study_id=study_id, conditions=part.conditions)
+                found = decode_searched(part, s, h, np.arange(len(s)), size, inputs[i].study_id, sid,
+                                        midline=np.mean(list(points[i].values()), 0) if points[i] else None)
+            except Exception as err:  # noqa: BLE001 - one series type of one study must not take the others down
+                self._failed(faults, part, inputs[i].study_id, err)
                 continue
-            rows += found
-        return rows
+            out[i] = found
+            points[i] = points[i] or level_points(s, found)
+        return out
 
-    def _part(self, part: Part, study_id: int, available: list[tuple[int, Series]],
-              points: dict[str, np.ndarray]) -> tuple[list[dict], dict[str, np.ndarray]]:
-        """One series type's rows of a study, and the level points (set by the first searched series)."""
-        if part.searched:
-            sid, s = available[0]
-            ks = np.arange(len(s))
-            midline = np.mean(list(points.values()), 0) if points else None
-            found = decode_searched(part, s, self.heatmaps(part, s, list(ks)), ks, self.size(part), study_id, sid,
-                                    midline=midline)
-            return found, points or level_points(s, found)
-        rows: list[dict] = []
-        for level, point in points.items():
-            best = None
-            for sid, s in available:
-                k, dist = s.nearest_slice(point)
-                if k >= 0 and (best is None or dist < best[0]):
-                    best = (dist, sid, s, k)
-            if best is not None:
-                _, sid, s, k = best
-                heat = self.heatmaps(part, s, [k])[0, 0]
-                rows += decode_slice(part, s, k, heat, self.size(part), study_id, sid, level)
-        return rows, points
+    def _sliced(self, part: Part, inputs: list[StudyInput], points: dict, faults: FaultLog) -> dict[int, list[dict]]:
+        """A geometry-sliced part on each level's nearest slice in any of the study's series of its type, every
+        level of every study in one batch."""
+        todo = []  # (study position, level, series id, series, slice)
+        for i, inp in enumerate(inputs):
+            try:
+                for level, point in points[i].items():
+                    best = None
+                    for sid, s in inp.series.get(part.description, []):
+                        k, dist = s.nearest_slice(point)
+                        if k >= 0 and (best is None or dist < best[0]):
+                            best = (dist, sid, s, k)
+                    if best is not None:
+                        todo.append((i, level, *best[1:]))
+            except Exception as err:  # noqa: BLE001
+                self._failed(faults, part, inp.study_id, err)
+                todo = [t for t in todo if t[0] != i]
+        heat = self.heatmaps(part, [(s, k) for _, _, _, s, k in todo], faults=faults) if todo else None
+        out: dict[int, list[dict]] = {}
+        failed: set[int] = set()
+        for j, (i, level, sid, s, k) in enumerate(todo if heat is not None else []):
+            try:
+                out.setdefault(i, []).extend(
+                    decode_slice(part, s, k, heat[j, 0], self.size(part), inputs[i].study_id, sid, level))
+            except Exception as err:  # noqa: BLE001 - costs this study's rows of this series type
+                if i not in failed:
+                    self._failed(faults, part, inputs[i].study_id, err)
+                failed.add(i)
+        return {i: found for i, found in out.items() if i not in failed}
 
 
 def load_study_series(cache_dir: Path, split: str, study_id: int, table: pd.DataFrame) -> dict[str, list[tuple[int, Series]]]:
@@ -136,16 +224,48 @@ def load_study_series(cache_dir: Path, split: str, study_id: int, table: pd.Data
     return series
 
 
+class StudyInputs(Dataset):
+    """StudyInput per study of a series table, for loader processes: the cached series (volumes 8-bit, a
+    quarter of the bytes to pass back) and each searched part's input stacks at `sizes` (part key -> px)."""
+
+    def __init__(self, table: pd.DataFrame, cache_dir: Path, split: str, sizes: dict[str, int]):
+        self.groups = [(int(s), g) for s, g in table.groupby("study_id", sort=False)]
+        self.cache_dir, self.split, self.sizes = Path(cache_dir), split, sizes
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int) -> StudyInput:
+        study_id, table = self.groups[i]
+        try:
+            series = load_study_series(self.cache_dir, self.split, study_id, table)
+            stacks = {p.key: series_stacks(series[p.description][0][1], self.sizes[p.key])
+                      for p in PLAN if p.searched and p.key in self.sizes and series.get(p.description)}
+            small = {d: [(sid, dataclasses.replace(s, volume=to_stored(s.volume))) for sid, s in group]
+                     for d, group in series.items()}
+            return StudyInput(study_id, small, stacks)
+        except Exception as err:  # noqa: BLE001 - named by the caller; the other studies carry on
+            return StudyInput(study_id, {}, error=f"{type(err).__name__}: {err}")
+
+
 def localize(table: pd.DataFrame, cache_dir: Path, split: str, localizer: Localizer,
-             faults: FaultLog | None = None) -> pd.DataFrame:
+             faults: FaultLog | None = None, workers: int = 0, studies_per_batch: int = 8) -> pd.DataFrame:
     """Predicted coordinates for every study of a series table (study_id, series_id, series_description) whose
-    series are in the cache (cache.prepare). A study that fails costs only its own rows (named in `faults`)."""
+    series are in the cache (cache.prepare), in batches of studies read ahead by `workers` loader processes.
+    A study that fails costs only its own rows (named in `faults`)."""
     faults = faults if faults is not None else FaultLog()
     rows: list[dict] = []
-    for study_id, g in tqdm(table.groupby("study_id", sort=False), desc="localize"):
+    inputs = StudyInputs(table, cache_dir, split, localizer.sizes())
+    for batch in batches_ahead(inputs, studies_per_batch, workers, "localize"):
+        for item in batch:
+            if item.error is not None:
+                faults.add("study", f"study {item.study_id}", f"localization failed ({item.error})",
+                           study_id=item.study_id)
+        good = [item for item in batch if item.error is None]
         try:
-            rows += localizer.study(int(study_id), load_study_series(cache_dir, split, int(study_id), g), faults)
-        except Exception as err:  # noqa: BLE001 - one broken study must not stop the others
-            faults.add("study", f"study {study_id}", f"localization failed ({type(err).__name__}: {err})",
-                       study_id=int(study_id))
+            rows += localizer.studies(good, faults)
+        except Exception as err:  # noqa: BLE001 - one broken batch must not stop the others
+            for item in good:
+                faults.add("study", f"study {item.study_id}", f"localization failed ({type(err).__name__}: {err})",
+                           study_id=item.study_id)
     return pd.DataFrame(rows, columns=list(PREDICTED_COORDINATE_COLUMNS))

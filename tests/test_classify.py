@@ -1,0 +1,103 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from src.augment import FLIPPED_CONDITION
+from src.cache import prepare
+from src.classify import Member, batch_probabilities, centre_unit, load_members, predict_members
+from src.constants import CONDITIONS
+from src.faults import FaultLog
+from src.tables import load_coordinates
+from conftest import make_fake_runs
+
+
+class _Recorder(torch.nn.Module):
+    """Logits from the image's left half, its condition and level; records what each call saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, image, condition, level):
+        self.calls.append((image.clone(), condition.clone()))
+        left = image[..., : image.shape[-1] // 2].mean((1, 2, 3))
+        return torch.stack([10 * left, condition.float() / 3, level.float() / 5], 1)
+
+
+class _Broken(torch.nn.Module):
+    def forward(self, image, condition, level):
+        raise RuntimeError("bad weights")
+
+
+def _member(model, name="m", fold=0, size_px=4):
+    return Member(name, fold, model, {"crop": {"n_slices": 2, "size_px": size_px, "context": 1.5}})
+
+
+def test_both_tta_views_go_in_one_call_per_member_and_are_averaged():
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (3, 2, 6, 6), dtype=np.uint8)
+    condition = np.array([CONDITIONS.index("Left Subarticular Stenosis"), 0, CONDITIONS.index("Right Neural Foraminal Narrowing")])
+    level = np.array([0, 2, 4])
+    a, b = _Recorder(), _Recorder()
+    out = batch_probabilities([_member(a), _member(b), _member(_Broken())], crops, condition, level,
+                              torch.device("cpu"), hflip_tta=True)
+    assert len(a.calls) == len(b.calls) == 1
+    image, cond = a.calls[0]
+    assert image.shape == (6, 2, 4, 4)  # both views of 3 crops, centre 4 px of the 6 stored
+    x = centre_unit(torch.from_numpy(crops), 4)
+    assert torch.equal(image[:3], x) and torch.equal(image[3:], x.flip(-1))
+    assert cond.tolist() == condition.tolist() + [FLIPPED_CONDITION[c] for c in condition]
+    assert CONDITIONS[cond[3]] == "Right Subarticular Stenosis"  # a flipped left axial crop is a right one
+    lev = torch.from_numpy(level)
+    expected = (torch.softmax(_Recorder()(x, torch.from_numpy(condition), lev), 1)
+                + torch.softmax(_Recorder()(x.flip(-1), torch.tensor([FLIPPED_CONDITION[c] for c in condition]), lev), 1)) / 2
+    assert np.allclose(out[0], expected.numpy(), atol=1e-6) and np.allclose(out[1], out[0])
+    assert isinstance(out[2], RuntimeError)  # a failing member costs only itself
+    assert centre_unit(torch.full((1, 1, 7, 7), 255, dtype=torch.uint8), 4).shape == (1, 1, 4, 4)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_batches_of_studies_give_what_one_study_at_a_time_gives(synth_dir, tmp_path):
+    cache = tmp_path / "cache"
+    prepare(synth_dir, cache, "train", workers=1)
+    coords = load_coordinates(synth_dir / "train_label_coordinates.csv")
+    runs = make_fake_runs(tmp_path / "runs", folds=(0, 1))
+    members = load_members(runs, ["attn_resnext", "cnn_lstm"], torch.device("cpu"), FaultLog())
+    assert [(m.name, m.fold) for m in members] == [("attn_resnext", 0), ("attn_resnext", 1), ("cnn_lstm", 0), ("cnn_lstm", 1)]
+    calls = []
+    for m in members:
+        m.model.register_forward_pre_hook(lambda mod, args, name=m.name: calls.append(name))
+    batched = predict_members(coords, members, cache, "train", torch.device("cpu"), studies_per_batch=8)
+    studies = coords["study_id"].nunique()
+    assert len(calls) == len(members) * 1  # 8 studies in one batch: one call per fold
+    calls.clear()
+    single = predict_members(coords, members, cache, "train", torch.device("cpu"), studies_per_batch=1, workers=1)
+    assert len(calls) == len(members) * studies
+    for name in ("attn_resnext", "cnn_lstm"):
+        a, b = batched[name].set_index("row_id"), single[name].set_index("row_id")
+        assert len(a) == len(coords.drop_duplicates(["study_id", "condition", "level"]))
+        assert np.abs(a - b.loc[a.index]).to_numpy().max() < 1e-5
+    # The folds' mean: fold 1 alone differs from the mean, and the mean is of the two folds.
+    one = predict_members(coords, [members[1]], cache, "train", torch.device("cpu"))["attn_resnext"].set_index("row_id")
+    zero = predict_members(coords, [members[0]], cache, "train", torch.device("cpu"))["attn_resnext"].set_index("row_id")
+    assert np.allclose((one + zero.loc[one.index]) / 2, batched["attn_resnext"].set_index("row_id").loc[one.index], atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_fold_that_cannot_predict_is_dropped_and_named(synth_dir, tmp_path):
+    cache = tmp_path / "cache"
+    prepare(synth_dir, cache, "train", workers=1)
+    coords = load_coordinates(synth_dir / "train_label_coordinates.csv")
+    runs = make_fake_runs(tmp_path / "runs", folds=(0, 1))
+    members = load_members(runs, ["attn_resnext"], torch.device("cpu"), FaultLog())
+    members[1].model = _Broken()
+    faults = FaultLog()
+    out = predict_members(coords, members, cache, "train", torch.device("cpu"), faults=faults)
+    alone = predict_members(coords, members[:1], cache, "train", torch.device("cpu"))
+    assert pd.testing.assert_frame_equal(out["attn_resnext"], alone["attn_resnext"]) is None
+    assert [f.name for f in faults.of("fold")] == ["attn_resnext fold 1"]
+    members[0].model = _Broken()
+    faults = FaultLog()
+    assert predict_members(coords, members, cache, "train", torch.device("cpu"), faults=faults) == {}
+    assert [f.name for f in faults.of("member")] == ["attn_resnext"]
