@@ -8,11 +8,13 @@ TEST_STUDIES ?= 40
 IMAGE_SIZE ?= 256
 SEED ?= 0
 VARIETY ?= default
-# Where a run's outputs go; the variety protocol below points them at folders of its own.
-RUNS ?= runs
-FOLDS_FILE ?= folds/folds.csv
-SUBMISSIONS ?= submission
-REPORTS ?= reports
+# Each dataset's outputs go to folders of its own, named after its data folder (as the scripts' defaults do):
+# runs/<dataset>, folds/<dataset>/folds.csv, submission/<dataset>, reports/<dataset>.
+DATASET = $(notdir $(DATA))
+RUNS ?= runs/$(DATASET)
+FOLDS_FILE ?= folds/$(DATASET)/folds.csv
+SUBMISSIONS ?= submission/$(DATASET)
+REPORTS ?= reports/$(DATASET)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: install demo test data folds baselines prepare train localizer submission clean
@@ -70,10 +72,10 @@ submission: install
 demo: install data folds baselines train localizer submission
 
 # The acquisition-variety protocol (docs/BENCHMARKS.md): after `make demo`, score its runs on the test split
-# of a dataset generated with `--variety real` (cross), then train and score on that dataset (variety-demo).
+# of a dataset generated with `--variety real` (cross), then train and score on that dataset (variety-demo,
+# into runs/synth_real and the other folders of that dataset).
 VARIETY_DATA ?= input/synth_real
-VARIETY_FLAGS := DATA=$(VARIETY_DATA) VARIETY=real RUNS=runs_variety FOLDS_FILE=folds/variety.csv \
-	SUBMISSIONS=submission/variety REPORTS=reports/variety
+VARIETY_FLAGS := DATA=$(VARIETY_DATA) VARIETY=real
 .PHONY: variety-cross variety-demo
 variety-cross: install
 	$(MAKE) data DATA=$(VARIETY_DATA) VARIETY=real
@@ -120,7 +122,7 @@ kaggle-wheels: install
 # config.yaml + best.pt + ensemble.json.
 kaggle-dataset: install
 	rm -rf $(BUILD)/kaggle_dataset
-	$(PY) kaggle/meta.py package --runs runs $(BUILD)/kaggle_dataset
+	$(PY) kaggle/meta.py package --runs runs/$(notdir $(REAL_DATA)) --dataset $(notdir $(REAL_DATA)) $(BUILD)/kaggle_dataset
 	$(PY) kaggle/meta.py fill kaggle/dataset-metadata.json $(BUILD)/kaggle_dataset/dataset-metadata.json
 
 kaggle-upload: kaggle-check kaggle-wheels kaggle-dataset

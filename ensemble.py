@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=None, help="the ensemble file; default: <runs>/ensemble.json")
     ap.add_argument("--names", nargs="+", default=None,
                     help="the classifier runs (folders under --runs) to blend; default: every one with an oof.csv")
-    a = ap.parse_args(argv)
+    a = cli.dataset_defaults(ap.parse_args(argv))
     frames = ensemble_lib.collect_oof(a.runs, a.names)
     if not frames:
         raise DataError(f"{a.runs}: no oof.csv of a trained classifier: train some folds first")

@@ -14,7 +14,7 @@ from src import cli
 from src.evaluation import evaluate, held_out_lines, held_out_table
 from src.folds import load_folds
 from src.atomic import write_json
-from src.paths import REPORTS_DIR
+from src.paths import reports_dir_for
 from src.tables import load_submission, load_train
 
 
@@ -23,12 +23,13 @@ def main(argv: list[str] | None = None) -> dict:
     cli.add_runs(ap)
     cli.add_data_dir(ap)
     cli.add_folds(ap)
-    ap.add_argument("--out-dir", type=Path, default=REPORTS_DIR, help="the reports folder")
+    ap.add_argument("--out-dir", type=Path, default=None, help="the reports folder; default: reports/<data-dir name>")
     ap.add_argument("--submissions", type=Path, default=None,
                     help="a folder of submission*.csv for the data's test split, scored against test_solution.csv")
     ap.add_argument("--held-out-only", action="store_true",
                     help="score only --submissions on the data's test split (for runs trained on another dataset)")
-    a = ap.parse_args(argv)
+    a = cli.dataset_defaults(ap.parse_args(argv))
+    a.out_dir = a.out_dir or reports_dir_for(a.data_dir)
     if a.held_out_only:
         if a.submissions is None:
             ap.error("--held-out-only needs --submissions DIR")

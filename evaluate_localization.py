@@ -32,7 +32,8 @@ from src.localizer.errors import LEVEL_OFF_MM, point_errors, summarize_errors  #
 from src.localizer.infer import Localizer, localize  # noqa: E402
 from src.localizer.plan import PLAN  # noqa: E402
 from src.metric import overlay, prior_submission, score  # noqa: E402
-from src.paths import REPORTS_DIR, cache_dir_for  # noqa: E402
+from src.paths import cache_dir_for, reports_dir_for  # noqa: E402
+from src.parallel import loader_workers  # noqa: E402
 from src.pipeline import series_table  # noqa: E402
 from src.run_folders import OOF, classifier_runs, fold_of, localizer_run, run_dir, trained_folds  # noqa: E402
 from src.tables import DataError, load_coordinates, load_submission, load_train, solution_frame  # noqa: E402
@@ -61,10 +62,12 @@ def main(argv: list[str] | None = None) -> dict:
     cli.add_fold_ids(ap, help="the folds to evaluate (default: every fold with a trained localizer)")
     cli.add_cache_dir(ap)
     cli.add_workers(ap)
-    ap.add_argument("--out", type=Path, default=REPORTS_DIR / "localization.json", help="the report JSON to write")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="the report JSON to write; default: reports/<data-dir name>/localization[_test].json")
     ap.add_argument("--split", choices=["train", "test"], default="train",
                     help="train: each fold's held-out studies; test: the test split against test_label_coordinates.csv")
-    a = ap.parse_args(argv)
+    a = cli.dataset_defaults(ap.parse_args(argv))
+    a.out = a.out or reports_dir_for(a.data_dir) / ("localization_test.json" if a.split == "test" else "localization.json")
     if a.split == "test":
         return test_split_report(a)
     cache_dir = cache_dir_for(a.data_dir, a.cache_dir)
@@ -80,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     for fold in fold_ids:
         studies = folds.loc[folds["fold"] == fold, "study_id"].tolist()
         localizer = Localizer.from_runs(a.runs, [fold], device)
-        predicted = localize(series_table(a.data_dir, "train", studies), cache_dir, "train", localizer)
+        predicted = localize(series_table(a.data_dir, "train", studies), cache_dir, "train", localizer,
+                             workers=loader_workers(a.workers))
         errors.append(point_errors(predicted, truth[truth["study_id"].isin(studies)], cache_dir, "train"))
         scores += classifier_scores(a.runs, fold, predicted, cache_dir, train, folds, device)
     table = summarize_errors(pd.concat(errors, ignore_index=True))
@@ -103,7 +107,7 @@ def test_split_report(a) -> dict:
     truth = load_coordinates(truth_file)
     prepare(a.data_dir, cache_dir, "test", workers=a.workers)
     localizer = Localizer.from_runs(a.runs, a.fold_ids, pick_device())
-    predicted = localize(series_table(a.data_dir, "test"), cache_dir, "test", localizer)
+    predicted = localize(series_table(a.data_dir, "test"), cache_dir, "test", localizer, workers=loader_workers(a.workers))
     errors = point_errors(predicted, truth, cache_dir, "test")
     table = summarize_errors(errors)
     pd.set_option("display.width", 200)

@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from src import cli  # noqa: E402
 from src.faults import MODEL_DROPPED_EXIT, FaultLog  # noqa: E402
-from src.paths import SUBMISSION_DIR, cache_dir_for  # noqa: E402
+from src.paths import cache_dir_for, submission_dir_for  # noqa: E402
 from src.pipeline import make_submission  # noqa: E402
 
 
@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_data_dir(ap)
     ap.add_argument("--split", choices=["train", "test"], default="test", help="which split's images")
     cli.add_runs(ap)
-    ap.add_argument("--out", type=Path, default=SUBMISSION_DIR / "submission.csv", help="the submission CSV to write")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="the submission CSV to write; default: submission/<data-dir name>/submission.csv")
     cli.add_cache_dir(ap)
     ap.add_argument("--ensemble", type=Path, default=None, help="the ensemble file; default: <runs>/ensemble.json if present")
     ap.add_argument("--no-tta", action="store_true", help="no horizontal-flip test-time augmentation")
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strict", action="store_true",
                     help=f"exit {MODEL_DROPPED_EXIT} (submission still written) when any fold, member or localizer was "
                          "dropped or no model was used")
-    a = ap.parse_args(argv)
+    a = cli.dataset_defaults(ap.parse_args(argv))
+    a.out = a.out or submission_dir_for(a.data_dir) / "submission.csv"
     faults = FaultLog()
     try:
         make_submission(a.data_dir, a.split, a.runs, a.out, cache_dir_for(a.data_dir, a.cache_dir), a.ensemble,

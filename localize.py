@@ -17,6 +17,7 @@ from src.atomic import write_csv  # noqa: E402
 from src.cache import prepare  # noqa: E402
 from src.localizer.infer import Localizer, localize  # noqa: E402
 from src.paths import cache_dir_for  # noqa: E402
+from src.parallel import loader_workers  # noqa: E402
 from src.pipeline import series_table  # noqa: E402
 
 
@@ -29,10 +30,11 @@ def main(argv: list[str] | None = None):
     cli.add_cache_dir(ap)
     cli.add_fold_ids(ap, help="the localizer folds to use (default: every fold found)")
     cli.add_workers(ap)
-    a = ap.parse_args(argv)
+    a = cli.dataset_defaults(ap.parse_args(argv))
     cache_dir = cache_dir_for(a.data_dir, a.cache_dir)
     prepare(a.data_dir, cache_dir, a.split, workers=a.workers)
-    coords = localize(series_table(a.data_dir, a.split), cache_dir, a.split, Localizer.from_runs(a.runs, a.fold_ids))
+    coords = localize(series_table(a.data_dir, a.split), cache_dir, a.split, Localizer.from_runs(a.runs, a.fold_ids),
+                      workers=loader_workers(a.workers))
     write_csv(coords, a.out)
     print(f"wrote {a.out}: {len(coords)} points for {coords['study_id'].nunique()} studies")
     return coords

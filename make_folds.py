@@ -7,7 +7,7 @@ from pathlib import Path
 from src import cli
 from src.atomic import write_csv
 from src.folds import fold_class_counts, make_folds, max_share_deviation, onehot_labels
-from src.paths import FOLDS_FILE
+from src.paths import folds_file_for
 from src.tables import load_train
 
 
@@ -16,10 +16,11 @@ def main(argv: list[str] | None = None) -> None:
     cli.add_data_dir(ap)
     ap.add_argument("--n-folds", type=int, default=5, help="how many folds")
     ap.add_argument("--seed", type=int, default=42, help="random seed of the stratification")
-    ap.add_argument("--out", type=Path, default=FOLDS_FILE, help="the folds file to write")
+    ap.add_argument("--out", type=Path, default=None, help="the folds file to write; default: folds/<data-dir name>/folds.csv")
     ap.add_argument("--tolerance", type=float, default=0.006, help="largest share gap left by balancing")
     ap.add_argument("--no-balance", action="store_true", help="keep iterative stratification's folds as they are")
     a = ap.parse_args(argv)
+    a.out = folds_file_for(a.data_dir, a.out)
     train = load_train(a.data_dir / "train.csv")
     folds = make_folds(train, a.n_folds, a.seed, None if a.no_balance else a.tolerance)
     write_csv(folds, a.out)

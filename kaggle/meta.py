@@ -3,9 +3,12 @@
 python kaggle/meta.py fill TEMPLATE OUT          metadata JSON with KAGGLE_USERNAME filled in from the
                                                  environment or ~/.kaggle/kaggle.json
 python kaggle/meta.py username                   the Kaggle user name, found the same way
-python kaggle/meta.py package --runs RUNS OUT    the code-and-weights dataset: the inference scripts, only the
+python kaggle/meta.py package --runs RUNS [--dataset NAME] OUT
+                                                 the code-and-weights dataset: the inference scripts, only the
                                                  src/ modules they import, and each run's config.yaml and
-                                                 best.pt plus ensemble.json
+                                                 best.pt plus ensemble.json; refused when a run's config
+                                                 names another dataset than NAME (default: the runs folder's
+                                                 name, as in runs/<dataset>)
 """
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from src.run_folders import ENSEMBLE, INFERENCE_FILES  # noqa: E402
+import yaml  # noqa: E402
+
+from src.run_folders import CONFIG, ENSEMBLE, INFERENCE_FILES  # noqa: E402
 
 SCRIPTS = ("infer.py", "localize.py")  # what the notebook runs
 
@@ -98,8 +103,33 @@ def copy_runs(runs: Path, dest: Path) -> list[Path]:
     return copied
 
 
-def package(runs: Path, out: Path, repo: Path = REPO) -> list[Path]:
-    """The code-and-weights dataset folder: scripts, their src/ closure, requirements.txt and the runs."""
+def run_datasets(runs: Path) -> dict[str, str | None]:
+    """The dataset each run fold under runs/ was trained on (its config's `dataset`, else its data_dir's name)."""
+    out = {}
+    for path in sorted(runs.glob(f"*/fold*/{CONFIG}")):
+        cfg = yaml.safe_load(path.read_text()) or {}
+        name = cfg.get("dataset") or (Path(str(cfg["data_dir"])).name if cfg.get("data_dir") else None)
+        out[path.parent.relative_to(runs).as_posix()] = name
+    return out
+
+
+def check_dataset(runs: Path, dataset: str) -> None:
+    """SystemExit with one line when runs/ has no trained run or holds runs of another dataset than `dataset`."""
+    found = run_datasets(runs)
+    if not found:
+        raise SystemExit(f"kaggle/meta.py: {runs}: no run folder with a {CONFIG}: nothing to package")
+    other = [f"{run} ({name})" for run, name in found.items() if name != dataset]
+    if other:
+        raise SystemExit(f"kaggle/meta.py: {runs}: {len(other)} of {len(found)} runs were trained on another dataset "
+                         f"than {dataset!r}: {', '.join(other[:4])}{' ...' if len(other) > 4 else ''}; "
+                         "package the runs folder of that dataset (runs/<dataset>) or pass --dataset")
+
+
+def package(runs: Path, out: Path, repo: Path = REPO, dataset: str | None = None) -> list[Path]:
+    """The code-and-weights dataset folder: scripts, their src/ closure, requirements.txt and the runs (all
+    trained on `dataset` when given, else refused)."""
+    if dataset is not None:
+        check_dataset(runs, dataset)
     scripts = [repo / s for s in SCRIPTS]
     written = []
     for path in [*scripts, *code_closure(scripts, repo), repo / "requirements.txt"]:
@@ -118,7 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("out", type=Path)
     sub.add_parser("username", help="print the Kaggle user name (KAGGLE_USERNAME, else ~/.kaggle/kaggle.json)")
     p = sub.add_parser("package", help="build the code-and-weights dataset folder")
-    p.add_argument("--runs", type=Path, default=REPO / "runs", help="the runs folder to ship")
+    p.add_argument("--runs", type=Path, required=True, help="the runs folder to ship (runs/<dataset>)")
+    p.add_argument("--dataset", default=None, help="the dataset every run must be trained on; default: the runs "
+                   "folder's name")
     p.add_argument("out", type=Path)
     a = ap.parse_args(argv)
     if a.command == "fill":
@@ -126,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     elif a.command == "username":
         print(kaggle_username())
     else:
-        written = package(a.runs, a.out)
+        written = package(a.runs, a.out, dataset=a.dataset or a.runs.resolve().name)
         print(f"{a.out}: {len(written)} files ({sum(p.suffix == '.py' for p in written)} Python files)")
 
 

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from .augment import FLIPPED_CONDITION
 from .constants import TARGETS
 from .crops import CropSpec, crop_table, cut_study
-from .device import autocast, inference_dtype
+from .device import autocast, inference_dtype, keep_freed_cpu_memory
 from .faults import FaultLog
 from .parallel import batches_ahead
 from .run_folders import fold_of, load_model, trained_folds
@@ -104,6 +104,8 @@ def predict_members(coords: pd.DataFrame, members: list[Member], cache_dir: Path
     crop at `coords`. Crops are cut once per crop spec, in batches of studies ahead of the models; a fold that
     fails is dropped (named in `faults`) and its run's other folds carry on."""
     faults = faults if faults is not None else FaultLog()
+    if device.type == "cpu":
+        keep_freed_cpu_memory()  # batched forwards would otherwise fault in fresh pages on every call
     table = crop_table(coords)
     by_spec: dict[str, list[Member]] = {}
     for m in members:

@@ -15,7 +15,7 @@ from .config import ConfigError
 from .dicom import DicomError
 from .metric import MetricError
 from .parallel import default_workers
-from .paths import FOLDS_FILE, RUNS_DIR, SYNTH_DIR
+from .paths import SYNTH_DIR, folds_file_for, runs_dir_for
 from .tables import DataError
 
 # Errors that describe bad input (naming the file) rather than a bug: printed as one line, no traceback.
@@ -37,8 +37,9 @@ def add_data_dir(ap: argparse.ArgumentParser, default: Path | None = SYNTH_DIR) 
     ap.add_argument("--data-dir", type=Path, default=default, help="the competition-format data folder")
 
 
-def add_runs(ap: argparse.ArgumentParser, default: Path | None = RUNS_DIR) -> None:
-    ap.add_argument("--runs", type=Path, default=default, help="the runs folder (runs/{name}/fold{N}/)")
+def add_runs(ap: argparse.ArgumentParser, default: Path | None = None) -> None:
+    ap.add_argument("--runs", type=Path, default=default,
+                    help="the runs folder ({name}/fold{N}/ inside it); default: runs/<data-dir name>")
 
 
 def add_cache_dir(ap: argparse.ArgumentParser) -> None:
@@ -46,8 +47,20 @@ def add_cache_dir(ap: argparse.ArgumentParser) -> None:
                     help="the preprocessing cache (writable); default: input/cache/<data-dir name>-<path hash>")
 
 
-def add_folds(ap: argparse.ArgumentParser, default: Path | None = FOLDS_FILE) -> None:
-    ap.add_argument("--folds", type=Path, default=default, help="the folds file (folds.csv: study_id, fold)")
+def add_folds(ap: argparse.ArgumentParser, default: Path | None = None) -> None:
+    ap.add_argument("--folds", type=Path, default=default,
+                    help="the folds file (study_id, fold); default: folds/<data-dir name>/folds.csv")
+
+
+def dataset_defaults(a: argparse.Namespace) -> argparse.Namespace:
+    """Parsed flags with the per-dataset defaults of those left unset: --runs runs/<data-dir name>, --folds
+    folds/<data-dir name>/folds.csv (paths.py), so one dataset's runs never mix with another's."""
+    if getattr(a, "data_dir", None) is not None:
+        if getattr(a, "runs", False) is None:
+            a.runs = runs_dir_for(a.data_dir)
+        if getattr(a, "folds", False) is None:
+            a.folds = folds_file_for(a.data_dir)
+    return a
 
 
 def add_fold_ids(ap: argparse.ArgumentParser, help: str) -> None:

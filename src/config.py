@@ -15,7 +15,7 @@ import yaml
 from .atomic import write_text
 from .constants import SAMPLE_WEIGHTS
 from .parallel import default_workers
-from .paths import FOLDS_FILE, RUNS_DIR, SYNTH_DIR
+from .paths import SYNTH_DIR, dataset_name, folds_file_for, portable as portable_path, runs_dir_for
 
 class ConfigError(KeyError, ValueError):
     """An unknown model, preset or config key; the message names where it came from."""
@@ -32,9 +32,10 @@ DEFAULTS: dict[str, Any] = {
     "fold": 0,
     "seed": 42,
     "data_dir": str(SYNTH_DIR),
-    "cache_dir": None,  # default: input/cache/<data_dir name>
-    "folds": str(FOLDS_FILE),
-    "runs": str(RUNS_DIR),
+    "dataset": None,  # derived: the data folder's name, which names the runs, folds, cache and report folders
+    "cache_dir": None,  # default: input/cache/<data_dir name>-<path hash>
+    "folds": None,  # default: folds/<dataset>/folds.csv
+    "runs": None,  # default: runs/<dataset>
     "coords": None,  # default: <data_dir>/train_label_coordinates.csv
     "crop": {
         "n_slices": 5,
@@ -169,14 +170,27 @@ def resolve(model: str | None = None, preset: str | None = None, config_file: st
     cfg["model"] = model
     cfg["preset"] = preset
     cfg["name"] = cfg["name"] or model
+    cfg["data_dir"] = str(cfg["data_dir"])
+    cfg["dataset"] = dataset_name(cfg["data_dir"])
+    cfg["runs"] = str(runs_dir_for(cfg["data_dir"], cfg["runs"]))
+    cfg["folds"] = str(folds_file_for(cfg["data_dir"], cfg["folds"]))
     if cfg["workers"] == "auto":
         cfg["workers"] = default_workers(reserve=1)
     return cfg
 
 
+# Config keys that hold paths: saved relative to the repository (portable), never as this machine's absolute paths.
+PATH_KEYS = ("data_dir", "cache_dir", "folds", "runs", "coords", "pretrained")
+
+
+def portable(cfg: dict) -> dict:
+    """The config as it is saved: its paths relative to the repository (paths.portable)."""
+    return {k: portable_path(v) if k in PATH_KEYS and v not in (None, "") else v for k, v in cfg.items()}
+
+
 def save(cfg: dict, path: Path) -> None:
-    """A resolved config as YAML (atomically)."""
-    write_text(yaml.safe_dump(cfg, sort_keys=False), path)
+    """A resolved config as YAML (atomically), its paths portable."""
+    write_text(yaml.safe_dump(portable(cfg), sort_keys=False), path)
 
 
 def load(path: Path) -> dict:

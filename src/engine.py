@@ -166,8 +166,8 @@ RUNTIME_KEYS = ("workers", "device", "resume", "epochs", "patience")
 
 def _check_same_run(out_dir: Path, cfg: dict) -> None:
     """Refuse to continue a run folder trained with another config (ConfigError naming the keys)."""
-    saved = config_lib.load(out_dir / CONFIG) or {}
-    now = yaml.safe_load(yaml.safe_dump(cfg))
+    saved = config_lib.portable(config_lib.load(out_dir / CONFIG) or {})  # older runs saved absolute paths
+    now = yaml.safe_load(yaml.safe_dump(config_lib.portable(cfg)))
     differ = sorted(k for k in set(saved) | set(now) if k not in RUNTIME_KEYS and saved.get(k) != now.get(k))
     if differ:
         raise config_lib.ConfigError(f"{out_dir}: holds a run with another config ({', '.join(differ)} differ); "

@@ -27,6 +27,11 @@ def progress_map(fn: Callable[[T], R], items: Sequence[T], workers: int, desc: s
         yield from (fn(item) for item in tqdm(items, desc=desc))
 
 
+def loader_workers(workers: int) -> int:
+    """Loader processes that read and crop studies ahead of the models: the workers less one, which runs them."""
+    return max(0, int(workers) - 1)
+
+
 def batches_ahead(dataset: Dataset, per_batch: int, workers: int, desc: str) -> Iterator[list]:
     """A per-study dataset's items in lists of per_batch, made by `workers` loader processes ahead of the caller
     (0: in this process), with a tqdm bar over the items. The items must not raise (return the error instead)."""

@@ -20,10 +20,11 @@ from .atomic import write_csv
 from .cache import prepare
 from .classify import run_classifiers
 from .constants import PREDICTED_COORDINATE_COLUMNS, TARGETS, parse_row_id
-from .device import keep_freed_cpu_memory, pick_device
+from .device import pick_device
 from .explain import explain
 from .localizer.infer import Localizer, localize
 from .faults import FaultLog
+from .parallel import loader_workers
 from .metric import overlay, prior_rows, prior_table
 from .run_folders import classifier_runs, ensemble_file, is_run_name
 from .tables import (
@@ -105,11 +106,6 @@ def _members(fitted: dict, runs: Path, faults: FaultLog) -> list[str]:
     return [n for n in named if is_run_name(runs, n)]
 
 
-def loader_workers(workers: int) -> int:
-    """Loader processes that read and crop studies ahead of the models: the workers less one, which runs them."""
-    return max(0, int(workers) - 1)
-
-
 def _localize(data_dir: Path, split: str, runs: Path, cache_dir: Path, study_ids: list[int], workers: int,
               device: torch.device, faults: FaultLog) -> pd.DataFrame:
     """Stage 1 for the studies: their series lines read, decoded once, localized; every problem named per study."""
@@ -148,8 +144,6 @@ def make_submission(data_dir: Path, split: str, runs: Path, out: Path, cache_dir
     started = time.time()
     faults = faults if faults is not None else FaultLog()
     device = device or pick_device()
-    if device.type == "cpu":
-        keep_freed_cpu_memory()  # batched forwards on the CPU would otherwise fault in fresh pages every call
     data_dir, runs, cache_dir, out = Path(data_dir), Path(runs), Path(cache_dir), Path(out)
     row_ids = expected_rows(data_dir, split, faults)
     if studies is not None:

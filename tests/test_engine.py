@@ -1,8 +1,10 @@
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 import train as train_script
 from src import config as config_lib
@@ -30,6 +32,10 @@ def test_train_cli_writes_the_run_folder(base_args, synth_dir):
     run = root / "runs" / "attn_resnext" / "fold0"
     for name in ("config.yaml", "best.pt", "last.pt", "oof.csv", "log.csv"):
         assert (run / name).is_file(), name
+    # The saved config holds no absolute path of this machine, and names its dataset.
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert not [v for v in saved.values() if isinstance(v, str) and os.path.isabs(v)]
+    assert saved["dataset"] == synth_dir.name and Path(saved["data_dir"]).name == synth_dir.name
     log = pd.read_csv(run / "log.csv")
     assert log["epoch"].tolist() == [1, 2]
     assert {"train_loss", "val_loss", "score", "acc", "lr", "seconds"} <= set(log.columns)
@@ -117,6 +123,12 @@ def test_rerun_continues_refuses_another_config_and_survives_a_corrupt_last(base
 
     assert guard(train_script.main, [*cmd, "--lr", "0.5"]) == 2
     assert "another config (lr differ)" in capsys.readouterr().err
+    # The same data named by a relative path is the same run; other data is not.
+    relative = [os.path.relpath(a) if a == args[args.index("--data-dir") + 1] else a for a in args]
+    assert guard(train_script.main, [*cmd[:-len(args) - 2], "--epochs", "2", *relative]) == 0
+    other = [str(root / "elsewhere" / "synth") if a == args[args.index("--data-dir") + 1] else a for a in args]
+    assert guard(train_script.main, [*cmd[:-len(args)], *other]) == 2
+    assert "another config (data_dir" in capsys.readouterr().err
     # A corrupt last.pt is set aside; training continues from best.pt at its epoch.
     (run / "last.pt").write_bytes(b"garbage")
     train_script.main([*cmd[:-len(args) - 2], "--epochs", "3", *args])

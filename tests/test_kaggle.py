@@ -126,3 +126,14 @@ def test_notebook_runs_against_a_kaggle_like_input_folder(synth_dir, tmp_path, m
     assert os.environ["NO_ALBUMENTATIONS_UPDATE"] == "1"
     assert any(cache.rglob("*")) and not (working / "cache").exists()  # the cache lives outside the output
     assert _tree_state(kaggle_input) == before
+
+
+def test_package_refuses_runs_of_another_dataset(tmp_path):
+    runs = make_fake_runs(tmp_path / "runs")  # trained (by config) on the default synthetic data
+    assert set(meta.run_datasets(runs).values()) == {"synth"}
+    assert meta.package(runs, tmp_path / "ok", dataset="synth")
+    with pytest.raises(SystemExit, match="runs were trained on another dataset than 'rsna-2024"):
+        meta.package(runs, tmp_path / "refused", dataset="rsna-2024-lumbar-spine-degenerative-classification")
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(SystemExit, match="nothing to package"):
+        meta.main(["package", "--runs", str(tmp_path / "empty"), str(tmp_path / "out")])

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from ..cache import load_series, series_cache_path, to_stored
 from ..constants import PREDICTED_COORDINATE_COLUMNS
-from ..device import autocast, inference_dtype, pick_device
+from ..device import autocast, inference_dtype, keep_freed_cpu_memory, pick_device
 from ..dicom import Series
 from ..faults import FaultLog
 from ..parallel import batches_ahead
@@ -254,6 +254,8 @@ def localize(table: pd.DataFrame, cache_dir: Path, split: str, localizer: Locali
     series are in the cache (cache.prepare), in batches of studies read ahead by `workers` loader processes.
     A study that fails costs only its own rows (named in `faults`)."""
     faults = faults if faults is not None else FaultLog()
+    if localizer.device.type == "cpu":
+        keep_freed_cpu_memory()  # batched forwards would otherwise fault in fresh pages on every call
     rows: list[dict] = []
     inputs = StudyInputs(table, cache_dir, split, localizer.sizes())
     for batch in batches_ahead(inputs, studies_per_batch, workers, "localize"):
