@@ -57,13 +57,18 @@ def test_both_tta_views_go_in_one_call_per_member_and_are_averaged():
     assert centre_unit(torch.full((1, 1, 7, 7), 255, dtype=torch.uint8), 4).shape == (1, 1, 4, 4)
 
 
-@pytest.mark.filterwarnings("ignore")
-def test_batches_of_studies_give_what_one_study_at_a_time_gives(synth_dir, tmp_path):
+def _two_fold_members(synth_dir, tmp_path, names):
+    """The cache and labelled coordinates of the tiny train split, and folds 0 and 1 of random-weight runs."""
     cache = tmp_path / "cache"
     prepare(synth_dir, cache, "train", workers=1)
     coords = load_coordinates(synth_dir / "train_label_coordinates.csv")
     runs = make_fake_runs(tmp_path / "runs", folds=(0, 1))
-    members = load_members(runs, ["attn_resnext", "cnn_lstm"], torch.device("cpu"), FaultLog())
+    return cache, coords, load_members(runs, names, torch.device("cpu"), FaultLog())
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_batches_of_studies_give_what_one_study_at_a_time_gives(synth_dir, tmp_path):
+    cache, coords, members = _two_fold_members(synth_dir, tmp_path, ["attn_resnext", "cnn_lstm"])
     assert [(m.name, m.fold) for m in members] == [("attn_resnext", 0), ("attn_resnext", 1), ("cnn_lstm", 0), ("cnn_lstm", 1)]
     calls = []
     for m in members:
@@ -78,19 +83,16 @@ def test_batches_of_studies_give_what_one_study_at_a_time_gives(synth_dir, tmp_p
         a, b = batched[name].set_index("row_id"), single[name].set_index("row_id")
         assert len(a) == len(coords.drop_duplicates(["study_id", "condition", "level"]))
         assert np.abs(a - b.loc[a.index]).to_numpy().max() < 1e-5
-    # The folds' mean: fold 1 alone differs from the mean, and the mean is of the two folds.
+    # A run's output is the mean of its folds (which differ).
     one = predict_members(coords, [members[1]], cache, "train", torch.device("cpu"))["attn_resnext"].set_index("row_id")
     zero = predict_members(coords, [members[0]], cache, "train", torch.device("cpu"))["attn_resnext"].set_index("row_id")
+    assert np.abs(one - zero.loc[one.index]).to_numpy().max() > 1e-3
     assert np.allclose((one + zero.loc[one.index]) / 2, batched["attn_resnext"].set_index("row_id").loc[one.index], atol=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore")
 def test_a_fold_that_cannot_predict_is_dropped_and_named(synth_dir, tmp_path):
-    cache = tmp_path / "cache"
-    prepare(synth_dir, cache, "train", workers=1)
-    coords = load_coordinates(synth_dir / "train_label_coordinates.csv")
-    runs = make_fake_runs(tmp_path / "runs", folds=(0, 1))
-    members = load_members(runs, ["attn_resnext"], torch.device("cpu"), FaultLog())
+    cache, coords, members = _two_fold_members(synth_dir, tmp_path, ["attn_resnext"])
     members[1].model = _Broken()
     faults = FaultLog()
     out = predict_members(coords, members, cache, "train", torch.device("cpu"), faults=faults)

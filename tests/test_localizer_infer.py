@@ -214,3 +214,8 @@ def test_batches_of_studies_localize_as_one_study_at_a_time(synth_dir, tmp_path)
     again = localize(table, cache, "test", loc, faults, studies_per_batch=8)
     assert [f.name for f in faults.of("fold")] == ["localizer_axial fold 1"] and len(loc.models["axial"]) == 1
     assert len(again) == len(batched)
+    loc.models["axial"][0][0].forward = broken  # no fold left: the axial conditions only go without coordinates
+    faults = FaultLog()
+    last = localize(table, cache, "test", loc, faults, studies_per_batch=8)
+    assert [f.name for f in faults.of("localizer")] == ["localizer_axial"]
+    assert len(last) == len(batched) - len(axial) and not last["condition"].str.contains("Subarticular").any()

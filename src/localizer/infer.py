@@ -109,8 +109,9 @@ class Localizer:
 
         stacks are the slices' inputs when already made (else stack_of). Each fold runs over the whole batch
         (batch_size slices per call). A fold that fails is dropped for good and named in `faults`; None when
-        no fold is left.
+        no fold is left (the series type then gives no coordinates, also named).
         """
+        faults = faults if faults is not None else FaultLog()
         if stacks is None:
             size = self.size(part)
             stacks = np.stack([stack_of(s, k, size) for s, k in slices]) if slices else np.zeros((0, 3, size, size), np.float32)
@@ -124,9 +125,11 @@ class Localizer:
                         heat.append(torch.sigmoid(model(x[i : i + self.batch_size]).float()).cpu().numpy())
             except Exception as err:  # noqa: BLE001 - a fold that cannot predict costs that fold only
                 self.models[part.key].remove((model, cfg))
-                (faults if faults is not None else FaultLog()).add(
-                    "fold", f"{localizer_run(part.key)} fold {cfg.get('fold', '?')}",
-                    f"failed to predict ({type(err).__name__}: {str(err)[:200]}); fold dropped")
+                faults.add("fold", f"{localizer_run(part.key)} fold {cfg.get('fold', '?')}",
+                           f"failed to predict ({type(err).__name__}: {str(err)[:200]}); fold dropped")
+                if not self.models[part.key]:
+                    faults.add("localizer", localizer_run(part.key), "every fold failed to predict: "
+                               f"{', '.join(part.conditions)} get no coordinates", conditions=part.conditions)
                 continue
             heat = np.concatenate(heat)
             out, used = (heat if out is None else out + heat), used + 1
@@ -157,14 +160,21 @@ class Localizer:
 
     def _searched(self, part: Part, inputs: list[StudyInput], points: dict, faults: FaultLog) -> dict[int, list[dict]]:
         """A searched part over every slice of each study's first series of its type, in one batch."""
-        todo = [(i, *inp.series[part.description][0]) for i, inp in enumerate(inputs) if inp.series.get(part.description)]
+        size = self.size(part)
+        todo, stacks = [], []
+        for i, inp in enumerate(inputs):
+            if not inp.series.get(part.description):
+                continue
+            sid, s = inp.series[part.description][0]
+            made = inp.stacks.get(part.key)
+            try:
+                stacks.append(made if made is not None and made.shape[-1] == size else series_stacks(s, size))
+            except Exception as err:  # noqa: BLE001 - one series type of one study must not take the others down
+                self._failed(faults, part, inp.study_id, err)
+                continue
+            todo.append((i, sid, s))
         if not todo:
             return {}
-        size = self.size(part)
-        stacks = []
-        for i, _, s in todo:
-            made = inputs[i].stacks.get(part.key)
-            stacks.append(made if made is not None and made.shape[-1] == size else series_stacks(s, size))
         heat = self.heatmaps(part, [(s, k) for _, _, s in todo for k in range(len(s))], np.concatenate(stacks), faults)
         out: dict[int, list[dict]] = {}
         start = 0
