@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ensemble", type=Path, default=None, help="the ensemble file; default: <runs>/ensemble.json if present")
     ap.add_argument("--no-tta", action="store_true", help="no horizontal-flip test-time augmentation")
     cli.add_workers(ap)
+    ap.add_argument("--batch-studies", type=int, default=8,
+                    help="studies per batch through the models (lower it if the GPU or RAM runs out)")
     ap.add_argument("--studies", type=int, nargs="+", default=None, help="only these studies' rows")
     ap.add_argument("--explain", type=int, nargs="+", default=None, metavar="STUDY_ID",
                     help="also write a plain-language reading and a PNG sheet of crops and attention for these studies")
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         make_submission(a.data_dir, a.split, a.runs, a.out, cache_dir_for(a.data_dir, a.cache_dir), a.ensemble,
                         tta=not a.no_tta, workers=a.workers, studies=a.studies, explain_studies=a.explain,
-                        explain_dir=a.explain_dir, per_model=a.per_model, faults=faults)
+                        explain_dir=a.explain_dir, per_model=a.per_model, faults=faults,
+                        studies_per_batch=a.batch_studies)
     except Exception as err:  # only when not even the prior could be written
         if a.debug:
             raise

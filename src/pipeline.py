@@ -107,7 +107,7 @@ def _members(fitted: dict, runs: Path, faults: FaultLog) -> list[str]:
 
 
 def _localize(data_dir: Path, split: str, runs: Path, cache_dir: Path, study_ids: list[int], workers: int,
-              device: torch.device, faults: FaultLog) -> pd.DataFrame:
+              device: torch.device, faults: FaultLog, studies_per_batch: int) -> pd.DataFrame:
     """Stage 1 for the studies: their series lines read, decoded once, localized; every problem named per study."""
     problems: list[tuple[int | None, bool, str]] = []
     table = series_table(data_dir, split, study_ids, problems)
@@ -126,20 +126,21 @@ def _localize(data_dir: Path, split: str, runs: Path, cache_dir: Path, study_ids
                    "series descriptions" if study_id is None else f"study {study_id}", "; ".join(texts),
                    study_id=study_id)
     return localize(table, cache_dir, split, Localizer.from_runs(runs, device=device, faults=faults), faults,
-                    workers=loader_workers(workers))
+                    workers=loader_workers(workers), studies_per_batch=studies_per_batch)
 
 
 def make_submission(data_dir: Path, split: str, runs: Path, out: Path, cache_dir: Path,
                     ensemble_path: Path | None = None, tta: bool = True, workers: int = 2,
                     device: torch.device | None = None, studies: list[int] | None = None,
                     explain_studies: list[int] | None = None, explain_dir: Path | None = None,
-                    per_model: bool = False, faults: FaultLog | None = None) -> pd.DataFrame:
+                    per_model: bool = False, faults: FaultLog | None = None, studies_per_batch: int = 8) -> pd.DataFrame:
     """The whole offline pipeline; returns the submission written to `out` (every expected row, valid).
 
     A fault costs only the study, fold, member or series type it touches; each is named in `faults`, printed
     in one summary and written beside `out` (faults_path). studies limits the rows to those studies;
     explain_studies also writes their reading and PNG sheet; per_model also writes each model's own
-    submission (its folds averaged) as submission_{model}.csv beside out.
+    submission (its folds averaged) as submission_{model}.csv beside out. Studies go through the models
+    studies_per_batch at a time (localize, classify).
     """
     started = time.time()
     faults = faults if faults is not None else FaultLog()
@@ -155,7 +156,7 @@ def make_submission(data_dir: Path, split: str, runs: Path, out: Path, cache_dir
     study_ids = sorted({s for s in (parse_row_id(r)[0] for r in row_ids) if s is not None})
     coords = pd.DataFrame(columns=list(PREDICTED_COORDINATE_COLUMNS))
     try:
-        coords = _localize(data_dir, split, runs, cache_dir, study_ids, workers, device, faults)
+        coords = _localize(data_dir, split, runs, cache_dir, study_ids, workers, device, faults, studies_per_batch)
     except Exception as err:  # noqa: BLE001 - the prior still gives a complete submission
         faults.add("models", "localization", f"failed ({type(err).__name__}: {err}); every row gets the prior")
     frames: dict[str, pd.DataFrame] = {}
@@ -163,7 +164,8 @@ def make_submission(data_dir: Path, split: str, runs: Path, out: Path, cache_dir
     try:
         if len(coords):
             frames = run_classifiers(coords, runs, _members(fitted, runs, faults), cache_dir, split, device, tta=tta,
-                                     workers=loader_workers(workers), faults=faults)
+                                     workers=loader_workers(workers), studies_per_batch=studies_per_batch,
+                                     faults=faults)
         if frames:
             blended = ensemble_lib.blend(frames, ensemble_lib.member_weights(fitted, list(frames)),
                                          fitted.get("temperature", {}))
