@@ -161,13 +161,15 @@ def _loaders(cfg: dict, train_ds: Dataset, val_ds: Dataset, world: int, rank: in
 
 
 # Keys that may change between a run and its continuation (training longer, on another machine).
-RUNTIME_KEYS = ("workers", "device", "resume", "epochs", "patience")
+RUNTIME_KEYS = ("workers", "device", "resume", "epochs", "patience", "runs")  # runs: the folder may move
 
 
 def _check_same_run(out_dir: Path, cfg: dict) -> None:
     """Refuse to continue a run folder trained with another config (ConfigError naming the keys)."""
     saved = config_lib.portable(config_lib.load(out_dir / CONFIG) or {})  # older runs saved absolute paths
     now = yaml.safe_load(yaml.safe_dump(config_lib.portable(cfg)))
+    if "dataset" not in saved:  # derived from data_dir, which is compared; runs saved before it lack it
+        now.pop("dataset", None)
     differ = sorted(k for k in set(saved) | set(now) if k not in RUNTIME_KEYS and saved.get(k) != now.get(k))
     if differ:
         raise config_lib.ConfigError(f"{out_dir}: holds a run with another config ({', '.join(differ)} differ); "

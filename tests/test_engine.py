@@ -129,6 +129,13 @@ def test_rerun_continues_refuses_another_config_and_survives_a_corrupt_last(base
     other = [str(root / "elsewhere" / "synth") if a == args[args.index("--data-dir") + 1] else a for a in args]
     assert guard(train_script.main, [*cmd[:-len(args)], *other]) == 2
     assert "another config (data_dir" in capsys.readouterr().err
+    # A runs folder moved elsewhere (another disk) continues where it stopped.
+    import shutil
+
+    shutil.copytree(root / "again", root / "moved")
+    moved = [str(root / "moved") if a == runs else a for a in cmd]
+    assert guard(train_script.main, [*moved[:-len(args) - 2], "--epochs", "2", *args]) == 0
+    assert "resumed" in capsys.readouterr().out
     # A corrupt last.pt is set aside; training continues from best.pt at its epoch.
     (run / "last.pt").write_bytes(b"garbage")
     train_script.main([*cmd[:-len(args) - 2], "--epochs", "3", *args])
