@@ -6,7 +6,8 @@ loader: one loader process's crops/s, raw (for augmentation on the device) and w
 augment: crops/s of the batched device augmentation on the fastest device here.
 crops: crops/s served from the crop cache with augmentation, against decoding the DICOM series each time.
 train: training samples/s of each model (AMP and peak GPU memory on CUDA).
-infer: seconds per study of the whole offline pipeline (infer.py) over the trained runs, cache warm.
+infer: seconds and model forward calls per study of the whole offline pipeline (infer.py), cache warm, over
+    --runs, else over a random-weight 5-fold x (2 classifiers + 3 localizers) ensemble of the preset.
 Prints a Markdown table to paste into docs/BENCHMARKS.md, with the machine it ran on.
 """
 from __future__ import annotations
