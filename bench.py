@@ -193,16 +193,16 @@ def bench_infer(data_dir: Path, runs: Path | None, preset: str | None, workers: 
     + 3 localizers) of the preset. keep: where to copy the submission."""
     from src.pipeline import make_submission
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench_infer_"))
-    if runs is None:
-        runs = random_runs(tmp / "runs", preset, folds=(0, 1, 2, 3, 4))
-    elif not list(Path(runs).glob("*/fold*/best.pt")):
+    if runs is not None and not list(Path(runs).glob("*/fold*/best.pt")):
         return [("inference", f"skipped: no trained runs under {runs}")]
-    cache_dir = cache_dir_for(data_dir)
-    out = tmp / "submission.csv"
-    make_submission(data_dir, "test", runs, out, cache_dir, workers=workers)  # warms the caches
-    counter, remove = count_forward_calls()
+    label = str(runs) if runs is not None else f"random {preset} x5 folds"
+    tmp = Path(tempfile.mkdtemp(prefix="bench_infer_"))
+    counter, remove = {"calls": 0, "seconds": 0.0}, lambda: None
     try:
+        runs = runs if runs is not None else random_runs(tmp / "runs", preset, folds=(0, 1, 2, 3, 4))
+        out, cache_dir = tmp / "submission.csv", cache_dir_for(data_dir)
+        make_submission(data_dir, "test", runs, out, cache_dir, workers=workers)  # warms the caches
+        counter, remove = count_forward_calls()
         start = time.perf_counter()
         result = make_submission(data_dir, "test", runs, out, cache_dir, workers=workers)
         seconds = time.perf_counter() - start
@@ -213,8 +213,8 @@ def bench_infer(data_dir: Path, runs: Path | None, preset: str | None, workers: 
         shutil.rmtree(tmp, ignore_errors=True)
     studies = len(set(row_study_ids(result["row_id"]).tolist()))
     metrics.update(s_per_study=seconds / studies, forward_calls_per_study=counter["calls"] / studies,
-                   forward_s_per_study=counter["seconds"] / studies, infer_studies=studies, infer_runs=str(runs) if runs != tmp / "runs" else f"random {preset} x5 folds")
-    return [(f"inference, whole pipeline, warm cache ({studies} studies, {metrics['infer_runs']})",
+                   forward_s_per_study=counter["seconds"] / studies, infer_studies=studies, infer_runs=label)
+    return [(f"inference, whole pipeline, warm cache ({studies} studies, {label})",
              f"{seconds / studies:.2f} s/study ({counter['seconds'] / studies:.2f} s in forward calls), "
              f"{counter['calls'] / studies:.1f} forward calls/study")]
 

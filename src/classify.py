@@ -23,7 +23,7 @@ from .parallel import batches_ahead
 from .run_folders import fold_of, load_model, trained_folds
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: two folds may hold equal configs
 class Member:
     """One fold of one classifier run, loaded."""
 
@@ -35,6 +35,11 @@ class Member:
     @property
     def spec(self) -> CropSpec:
         return CropSpec(**self.cfg["crop"])
+
+    @property
+    def spec_key(self) -> str:
+        """Members with the same key cut the same crops."""
+        return json.dumps(self.cfg["crop"], sort_keys=True)
 
 
 class StudyCrops(Dataset):
@@ -109,10 +114,10 @@ def predict_members(coords: pd.DataFrame, members: list[Member], cache_dir: Path
     table = crop_table(coords)
     by_spec: dict[str, list[Member]] = {}
     for m in members:
-        by_spec.setdefault(json.dumps(m.cfg["crop"], sort_keys=True), []).append(m)
-    sums: dict[int, list[np.ndarray]] = {id(m): [] for m in members}  # per member: its batches' probabilities
+        by_spec.setdefault(m.spec_key, []).append(m)
+    sums: dict[Member, list[np.ndarray]] = {m: [] for m in members}  # per member: its batches' probabilities
     ids: dict[str, list[np.ndarray]] = {}
-    failed: set[int] = set()
+    failed: set[Member] = set()
     for key, group in by_spec.items():
         ids[key] = []
         names = ", ".join(dict.fromkeys(m.name for m in group))
@@ -125,28 +130,27 @@ def predict_members(coords: pd.DataFrame, members: list[Member], cache_dir: Path
             if not len(rows):
                 continue
             crops = np.concatenate([c for _, _, c, _ in batch])
-            live = [m for m in group if id(m) not in failed]
+            live = [m for m in group if m not in failed]
             probs = batch_probabilities(live, crops, rows["condition_idx"].to_numpy(), rows["level_idx"].to_numpy(),
                                         device, hflip_tta=tta)
             for j, m in enumerate(live):
                 if isinstance(probs[j], Exception):
-                    failed.add(id(m))
+                    failed.add(m)
                     faults.add("fold", f"{m.name} fold {m.fold}",
                                f"dropped ({type(probs[j]).__name__}: {str(probs[j])[:200]})")
                 else:
-                    sums[id(m)].append(probs[j])
+                    sums[m].append(probs[j])
             ids[key].append(rows["row_id"].to_numpy())
     out: dict[str, pd.DataFrame] = {}
     for name in dict.fromkeys(m.name for m in members):
-        folds = [m for m in members if m.name == name and id(m) not in failed]
+        folds = [m for m in members if m.name == name and m not in failed]
         if not folds:
             faults.add("member", name, "every fold failed; member dropped, the ensemble renormalises over the others")
             continue
         per_fold = []
         for m in folds:
-            key = json.dumps(m.cfg["crop"], sort_keys=True)
-            row_ids = np.concatenate(ids[key]) if ids[key] else np.zeros(0, object)
-            p = np.concatenate(sums[id(m)]) if sums[id(m)] else np.zeros((0, 3))
+            row_ids = np.concatenate(ids[m.spec_key]) if ids[m.spec_key] else np.zeros(0, object)
+            p = np.concatenate(sums[m]) if sums[m] else np.zeros((0, 3))
             per_fold.append(pd.DataFrame(p, columns=list(TARGETS), index=pd.Index(row_ids, name="row_id")))
         out[name] = (sum(per_fold) / len(per_fold)).dropna().reset_index()
     return out

@@ -176,12 +176,12 @@ class Localizer:
         if not todo:
             return {}
         heat = self.heatmaps(part, [(s, k) for _, _, s in todo for k in range(len(s))], np.concatenate(stacks), faults)
+        if heat is None:
+            return {}
         out: dict[int, list[dict]] = {}
         start = 0
         for i, sid, s in todo:
-            h, start = (None if heat is None else heat[start : start + len(s)]), start + len(s)
-            if h is None:
-                continue
+            h, start = heat[start : start + len(s)], start + len(s)
             try:
                 found = decode_searched(part, s, h, np.arange(len(s)), size, inputs[i].study_id, sid,
                                         midline=np.mean(list(points[i].values()), 0) if points[i] else None)
