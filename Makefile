@@ -60,8 +60,10 @@ train: prepare folds
 	$(PY) train.py --fold $(FOLD) --model attn_resnext $(PRESET_FLAG) --data-dir $(DATA) --folds $(FOLDS_FILE) --runs $(RUNS)
 	$(PY) train.py --fold $(FOLD) --model cnn_lstm $(PRESET_FLAG) $(LSTM_FLAGS) --data-dir $(DATA) --folds $(FOLDS_FILE) --runs $(RUNS)
 
+# One localizer per series type; LOC_FLAGS_<type> adds flags for one type (later flags win).
+LOC_TYPES := sagittal_t2 sagittal_t1 axial
 localizer: prepare folds
-	$(PY) train.py --fold $(FOLD) --model localizer $(PRESET_FLAG) $(LOC_FLAGS) --data-dir $(DATA) --folds $(FOLDS_FILE) --runs $(RUNS)
+	$(foreach t,$(LOC_TYPES),$(PY) train.py --fold $(FOLD) --model localizer --series_type $(t) $(PRESET_FLAG) $(LOC_FLAGS) $(LOC_FLAGS_$(t)) --data-dir $(DATA) --folds $(FOLDS_FILE) --runs $(RUNS) &&) true
 
 submission: install
 	$(PY) ensemble.py --runs $(RUNS) --data-dir $(DATA)
@@ -75,7 +77,10 @@ demo: install data folds baselines train localizer submission
 # of a dataset generated with `--variety real` (cross), then train and score on that dataset (variety-demo,
 # into runs/synth_real and the other folders of that dataset).
 VARIETY_DATA ?= input/synth_real
-VARIETY_FLAGS := DATA=$(VARIETY_DATA) VARIETY=real
+# The variety's sagittal localizers need longer training and the level loss (docs/BENCHMARKS.md).
+VARIETY_FLAGS := DATA=$(VARIETY_DATA) VARIETY=real \
+  LOC_FLAGS_sagittal_t2="--loc.size_px 128 --loc.level_weight 0.5 --epochs 42 --patience 20" \
+  LOC_FLAGS_sagittal_t1="--loc.level_weight 0.5 --epochs 24"
 .PHONY: variety-cross variety-demo
 variety-cross: install
 	$(MAKE) data DATA=$(VARIETY_DATA) VARIETY=real

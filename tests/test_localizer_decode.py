@@ -3,7 +3,8 @@ import pytest
 
 from src.dicom import Series
 from src.localizer.data import gaussian_heatmaps
-from src.localizer.decode import assign_levels, decode_searched, decode_slice, refine_peak, side_of_slices
+from src.localizer.decode import (assign_levels, centre_slice, decode_searched, decode_slice, refine_peak,
+                                  side_of_slices)
 from src.localizer.frame import frame_of
 from src.localizer.plan import PARTS
 
@@ -154,3 +155,42 @@ def test_decode_searched_takes_discs_from_the_every_level_channel():
     expected = [frame.heat_to_image((r, 20))[1] for r in discs[1:]]
     assert [r["level"] for r in out] == ["L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1"]
     assert [r["y"] for r in out] == pytest.approx(expected, abs=1.0)
+
+
+def test_centre_slice_reads_a_wide_structure_at_its_middle():
+    """A canal seen on five neighbouring slices that peaks, by a hair, on the first of them is read on the
+    middle one; a separate bump further on does not pull it, and slices given in any order are sorted by depth."""
+    profile = np.array([0.05, 0.80, 0.78, 0.77, 0.76, 0.75, 0.05, 0.70])
+    depth = np.arange(8) * 4.0
+    assert int(np.argmax(profile)) == 1 and centre_slice(profile, depth) == 3
+    shuffled = np.array([5, 0, 7, 2, 6, 1, 4, 3])
+    assert shuffled[centre_slice(profile[shuffled], depth[shuffled])] == 3
+    assert centre_slice(np.array([0.1, 0.9, 0.1]), np.array([0.0, 4.0, 8.0])) == 1  # a narrow peak stays put
+    assert centre_slice(np.zeros(3), np.array([0.0, 4.0, 8.0])) == 0  # no heat: the arg-max (the first)
+
+
+def test_decode_searched_reads_the_spinal_canal_on_its_middle_slice():
+    s = _sagittal(n=7)
+    heat = np.zeros((7, 5, 50, 50), np.float32)
+    for c, r in enumerate([5, 14, 23, 32, 41]):
+        for k, v in ((1, 0.9), (2, 0.88), (3, 0.87), (4, 0.86), (5, 0.85)):
+            heat[k, c, r, 20] = v
+    out = decode_searched(PARTS["sagittal_t2"], s, with_every_level(heat), np.arange(7), 100, 1, 2)
+    assert [r["instance_number"] for r in out] == [4] * 5  # slice index 3, not 1 where the heat peaks
+
+
+def test_decode_slice_takes_each_side_from_its_own_side_of_the_canal():
+    """Axial: the left recess and a lookalike further left outshine a faint right recess. The two strongest
+    peaks would both be on the left; with the canal point (the midline) each side takes its own peak, and a
+    peak beyond reach_mm of the canal is ignored."""
+    series = _axial([0.0])  # 80 x 80 px of 1 mm: heat cell (r, c) is at patient (2c + 0.5 - 40, 2r + 0.5 - 40)
+    heat = np.zeros((40, 40), np.float32)
+    heat[20, 25], heat[20, 30], heat[20, 14] = 0.9, 0.8, 0.3  # left recess, lookalike 10 mm further left, right recess
+    heat[20, 39] = 0.95  # a bright spot 28 mm left of the recess, 38 mm from the canal
+    canal = series.pixel_to_patient(0, 39.5, 40.5)  # heat cell (20, 19.75)
+    plain = {r["condition"]: r["x"] for r in decode_slice(PARTS["axial"], series, 0, heat, 80, 1, 2, "L4/L5")}
+    assert plain["Right Subarticular Stenosis"] > 40  # both named on the patient's left half
+    out = {r["condition"]: r for r in decode_slice(PARTS["axial"], series, 0, heat, 80, 1, 2, "L4/L5", midline=canal)}
+    assert out["Left Subarticular Stenosis"]["x"] == pytest.approx(25 * 2 + 0.5, abs=0.6)
+    assert out["Right Subarticular Stenosis"]["x"] == pytest.approx(14 * 2 + 0.5, abs=0.6)
+    assert out["Right Subarticular Stenosis"]["confidence"] == pytest.approx(0.3)

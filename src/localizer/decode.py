@@ -14,7 +14,8 @@ import pandas as pd
 from ..constants import PREDICTED_COORDINATE_COLUMNS
 from ..dicom import Series
 from .frame import frame_of
-from .plan import Part
+from .plan import STRIDE, Part
+
 
 PATIENT_LEFT = np.array([1.0, 0.0, 0.0])
 
@@ -53,6 +54,30 @@ def side_of_slices(series: Series, midline: np.ndarray | None, weights: np.ndarr
     else:
         ref = float(left.mean())
     return np.where(left - ref >= 0, 1, -1)
+
+
+def centre_slice(profile: np.ndarray, depth: np.ndarray) -> int:
+    """The slice nearest the centre of a structure seen on several slices.
+
+    profile is one cell's heat on each slice and depth each slice's position along the normal (mm). The
+    centre is the heat-weighted mean depth of the run of neighbouring slices around the maximum whose heat
+    exceeds half of it, each weighted by its excess over half: a wide structure (the spinal canal spans
+    four or five sagittal slices) is read at its middle, not on whichever of its slices happens to peak.
+    """
+    order = np.argsort(depth)
+    p, d = np.asarray(profile, float)[order], np.asarray(depth, float)[order]
+    top = int(np.argmax(p))
+    half = p[top] / 2
+    lo, hi = top, top
+    while lo > 0 and p[lo - 1] > half:
+        lo -= 1
+    while hi < len(p) - 1 and p[hi + 1] > half:
+        hi += 1
+    w = p[lo : hi + 1] - half
+    if w.sum() <= 0:
+        return int(order[top])
+    centre = float((w * d[lo : hi + 1]).sum() / w.sum())
+    return int(order[lo + int(np.argmin(np.abs(d[lo : hi + 1] - centre)))])
 
 
 def local_peaks(heat: np.ndarray, n: int, min_dist: float) -> list[tuple[int, int]]:
@@ -122,8 +147,9 @@ def decode_searched(part: Part, series: Series, heat: np.ndarray, ks: np.ndarray
                     max_gap_ratio: float = 1.6) -> list[dict]:
     """Rows for every condition and level of a searched (sagittal) series from per-slice heatmaps (len(ks), C, h, w).
 
-    A midline condition looks at every slice; a lateral one only at the slices on its side of the
-    mid-sagittal plane (through `midline`, or the series centre). The candidate discs are the peaks of the
+    A midline condition looks at every slice and is read on the middle slice of the structure
+    (centre_slice); a lateral one only at the slices on its side of the mid-sagittal plane (through
+    `midline`, or the series centre), on the slice where its heat peaks. The candidate discs are the peaks of the
     every-level channel (where the discs are, whichever they are: those above L1/L2 and below L5/S1 too) and
     each level's own strongest peaks; levels are then assigned to those peaks jointly, in head-to-feet order
     with a plausible spacing, so the levels come from what each level's channel sees (the sacrum below
@@ -138,6 +164,7 @@ def decode_searched(part: Part, series: Series, heat: np.ndarray, ks: np.ndarray
         weights[ks] = heat.max(axis=(1, 2, 3))
     slice_side = side_of_slices(series, midline, weights)[ks]
     frame = frame_of(series.shape, series.spacings[ks[0]], size)
+    depth = series.positions[ks] @ series.normal
     levels = part.levels
     for condition, side in part.sides().items():
         candidates = np.arange(len(ks)) if side == 0 else np.flatnonzero(slice_side == side)
@@ -159,7 +186,10 @@ def decode_searched(part: Part, series: Series, heat: np.ndarray, ks: np.ndarray
             else:  # too few separate peaks: each level's own maximum, with little trust in the order
                 y, x = np.unravel_index(int(np.argmax(sub[:, c].max(0))), sub.shape[-2:])
                 sure = 0.1
-            j = int(np.argmax(sub[:, c, y, x]))
+            if side == 0:  # a midline structure, wider than the slice gap: its middle slice
+                j = centre_slice(sub[:, c, y, x], depth[candidates])
+            else:
+                j = int(np.argmax(sub[:, c, y, x]))
             xy = frame.heat_to_image(refine_peak(sub[j, c], y, x))
             rows.append(_row(study_id, series_id, series, ks[candidates[j]], condition, level, xy,
                              float(sub[j, c, y, x]) * sure))
@@ -167,18 +197,39 @@ def decode_searched(part: Part, series: Series, heat: np.ndarray, ks: np.ndarray
 
 
 def decode_slice(part: Part, series: Series, k: int, heat: np.ndarray, size: int, study_id: int, series_id: int,
-                 level: str, min_dist_mm: float = 8.0) -> list[dict]:
+                 level: str, min_dist_mm: float = 8.0, midline: np.ndarray | None = None,
+                 reach_mm: float = 30.0) -> list[dict]:
     """Rows of a geometry-sliced (axial) part on the slice assigned to `level`, from its heatmap (h, w).
 
-    One peak per condition; lateral conditions are named by their peak's patient x (left is +x).
+    With `midline` (the level's 3D point on the spinal canal, from the sagittal series) each lateral
+    condition is its side's strongest peak within reach_mm of the canal: the two sides look alike, so two
+    peaks on one side (one recess and a lookalike) would otherwise name one of them the other side.
+    Without it, the two strongest peaks at least min_dist_mm apart, named by their patient x (left is +x).
     """
     frame = frame_of(series.shape, series.spacings[k], size)
+    sides = part.sides()
+    if midline is not None:
+        yy, xx = np.mgrid[0 : heat.shape[0], 0 : heat.shape[1]]
+        cells = series.pixel_to_patient(k, *frame.to_image((xx + 0.5) * STRIDE - 0.5, (yy + 0.5) * STRIDE - 0.5))
+        mx, my, _ = series.patient_to_pixel(k, np.asarray(midline, float))
+        centre = series.pixel_to_patient(k, float(mx), float(my))  # the canal point on this slice
+        left = (cells - centre) @ PATIENT_LEFT
+        near = np.linalg.norm(cells - centre, axis=-1) <= reach_mm
+        rows = []
+        for condition in part.conditions:
+            side = sides[condition]
+            mask = near if side == 0 else near & (np.sign(left) == side)
+            masked = np.where(mask, heat, -np.inf) if mask.any() else heat
+            y, x = np.unravel_index(int(np.argmax(masked)), heat.shape)
+            rows.append(_row(study_id, series_id, series, k, condition, level,
+                             frame.heat_to_image(refine_peak(heat, y, x)), float(heat[y, x])))
+        return rows
     peaks = local_peaks(heat, len(part.conditions), max(min_dist_mm / frame.mm_per_cell, 1.0))
     peaks += peaks[-1:] * (len(part.conditions) - len(peaks))  # a map too small for separate peaks
     found = [(frame.heat_to_image(refine_peak(heat, y, x)), float(heat[y, x])) for y, x in peaks]
     leftness = [float(series.pixel_to_patient(k, *xy) @ PATIENT_LEFT) for xy, _ in found]
     by_left = sorted(range(len(found)), key=lambda i: -leftness[i])  # stable: ties keep the peak order
-    by_side = sorted(part.conditions, key=lambda c: -part.sides()[c])
+    by_side = sorted(part.conditions, key=lambda c: -sides[c])
     return [_row(study_id, series_id, series, k, condition, level, *found[i]) for condition, i in zip(by_side, by_left)]
 
 

@@ -215,7 +215,8 @@ class Localizer:
         for j, (i, level, sid, s, k) in enumerate(todo if heat is not None else []):
             try:
                 out.setdefault(i, []).extend(
-                    decode_slice(part, s, k, heat[j, 0], self.size(part), inputs[i].study_id, sid, level))
+                    decode_slice(part, s, k, heat[j, 0], self.size(part), inputs[i].study_id, sid, level,
+                                 midline=points[i][level]))
             except Exception as err:  # noqa: BLE001 - costs this study's rows of this series type
                 if i not in failed:
                     self._failed(faults, part, inputs[i].study_id, err)
