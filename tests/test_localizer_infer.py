@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from src.crops import CropSpec, build_crops
-from src.localizer.infer import Localizer
+from src.localizer.infer import Localizer, recentre_midline
 from src.localizer.plan import PARTS, PLAN
 from src.tables import load_coordinates, load_series_descriptions
 from conftest import make_fake_runs
@@ -219,3 +219,19 @@ def test_batches_of_studies_localize_as_one_study_at_a_time(synth_dir, tmp_path)
     last = localize(table, cache, "test", loc, faults, studies_per_batch=8)
     assert [f.name for f in faults.of("localizer")] == ["localizer_axial"]
     assert len(last) == len(batched) - len(axial) and not last["condition"].str.contains("Subarticular").any()
+
+
+def test_spinal_canal_is_recentred_between_the_foramina():
+    """The canal read on the slice at x = 8 mm, foramina (another series) at x = 12 and -28 mm, so their
+    middle is at -8: the canal moves to the slice midway, x = 0. A level without both foramina keeps its
+    slice, and the foramina rows are untouched."""
+    t2, t1 = _sagittal(n=5), _sagittal(n=5, gap=10.0)  # T2 slices at x = 8, 4, 0, -4, -8; T1 at 20 ... -20
+    canal = {"study_id": 1, "series_id": 2, "condition": "Spinal Canal Stenosis", "x": 30.0, "y": 40.0}
+    rows = [dict(canal, level="L1/L2", instance_number=1), dict(canal, level="L2/L3", instance_number=1)]
+    foramina = [{"study_id": 1, "series_id": 3, "condition": c, "level": "L1/L2", "instance_number": k, "x": 30.0,
+                 "y": 40.0} for c, k in (("Left Neural Foraminal Narrowing", 2), ("Right Neural Foraminal Narrowing", 5))]
+    t1.positions[1, 0] = 12.0  # the left foramen's slice at x = 12, the right one's at -20
+    t1.positions[4, 0] = -28.0
+    out = recentre_midline(rows + foramina, {2: t2, 3: t1})
+    assert [r["instance_number"] for r in out] == [3, 1, 2, 5]
+    assert out[2:] == foramina and out[0]["x"] == 30.0 and out[0]["level"] == "L1/L2"

@@ -1,8 +1,9 @@
 """Test-time localization: predicted coordinates in the train_label_coordinates.csv format, per study.
 
 Runs the localizer of every fold found for each series type (their heatmaps averaged) in the plan's order:
-searched (sagittal) series give each level's 3D point; a geometry-sliced (axial) series is then read on
-the slice nearest that point, in whichever of the study's series covers it. A study with a missing or
+searched (sagittal) series give each level's 3D point, the spinal canal re-centred between the foramina
+(recentre_midline); a geometry-sliced (axial) series is then read on the slice nearest that point, in
+whichever of the study's series covers it, each side on its own side of the canal. A study with a missing or
 unreadable series still gets every condition the other series allow.
 
 Studies go in batches: loader processes read each study's series and resize them once for every fold
@@ -21,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..cache import load_series, series_cache_path, to_stored
-from ..constants import PREDICTED_COORDINATE_COLUMNS
+from ..constants import PREDICTED_COORDINATE_COLUMNS, condition_side
 from ..device import autocast, inference_dtype, keep_freed_cpu_memory, pick_device
 from ..dicom import Series
 from ..faults import FaultLog
@@ -43,6 +44,31 @@ def level_points(series: Series, rows: list[dict]) -> dict[str, np.ndarray]:
     for r, p in zip(rows, patient_points(series, rows)):
         by_level.setdefault(r["level"], []).append(p)
     return {level: np.mean(points, 0) for level, points in by_level.items()}
+
+
+def recentre_midline(rows: list[dict], series: dict[int, Series]) -> list[dict]:
+    """The rows with each midline row (the spinal canal) moved to the slice of its series nearest the depth
+    midway between its own slice and the middle of the same level's left and right points (the foramina,
+    read on another series), where both sides are there. A canal spans several slices with about the same
+    heat; the structures either side of it say where its middle is. series: the Series of each series id."""
+    def point(r: dict) -> np.ndarray:
+        s = series[int(r["series_id"])]
+        return s.pixel_to_patient(s.index_of_instance(r["instance_number"]), r["x"], r["y"])
+
+    out = []
+    for r in rows:
+        sides = {side: [point(o) for o in rows if o["level"] == r["level"] and condition_side(o["condition"]) == side]
+                 for side in (-1, 1)}
+        if condition_side(r["condition"]) != 0 or not sides[-1] or not sides[1]:
+            out.append(r)
+            continue
+        middle = (np.mean(sides[-1], 0) + np.mean(sides[1], 0)) / 2
+        s = series[int(r["series_id"])]
+        depth = s.positions @ s.normal
+        own = depth[s.index_of_instance(r["instance_number"])]
+        k = int(np.argmin(np.abs(depth - (own + middle @ s.normal) / 2)))
+        out.append(dict(r, instance_number=int(s.instance_numbers[k])))
+    return out
 
 
 @dataclass
@@ -145,13 +171,33 @@ class Localizer:
         faults = faults if faults is not None else FaultLog()
         rows: dict[int, list[dict]] = {i: [] for i in range(len(inputs))}
         points: dict[int, dict[str, np.ndarray]] = {i: {} for i in range(len(inputs))}  # from the first searched series
+        centred = False
         for part in PLAN:
+            if not part.searched and not centred:  # every searched part is read: place the canal, then the levels
+                self._recentre(inputs, rows, points, faults)
+                centred = True
             if not self.models.get(part.key):
                 continue
             run = self._searched if part.searched else self._sliced
             for i, found in run(part, inputs, points, faults).items():
                 rows[i] += found
         return [r for i in range(len(inputs)) for r in rows[i]]
+
+    @staticmethod
+    def _recentre(inputs: list[StudyInput], rows: dict, points: dict, faults: FaultLog) -> None:
+        """recentre_midline on each study's rows so far, and its level points again from the moved rows."""
+        for i, inp in enumerate(inputs):
+            if not rows[i]:
+                continue
+            by_id = {sid: s for group in inp.series.values() for sid, s in group}
+            try:
+                moved = recentre_midline(rows[i], by_id)
+                first = int(moved[0]["series_id"])  # the series the level points came from
+                points[i] = level_points(by_id[first], [r for r in moved if int(r["series_id"]) == first])
+                rows[i] = moved
+            except Exception as err:  # noqa: BLE001 - the study keeps its rows as they were
+                faults.add("study", f"study {inp.study_id}", f"re-centring the spinal canal failed "
+                           f"({type(err).__name__}: {err}); its rows kept as read", study_id=inp.study_id)
 
     @staticmethod
     def _failed(faults: FaultLog, part: Part, study_id: int, err: Exception) -> None:
