@@ -94,6 +94,29 @@ def test_study_without_models_or_series_returns_what_it_can():
     assert loc.study(7, {}) == []
 
 
+class _WeakOn(_Planted):
+    """_Planted, with a tenth of the heat on the slices of one series (a blurred repeat acquisition)."""
+
+    def __init__(self, weak):
+        super().__init__()
+        self.weak = weak
+
+    def heatmaps(self, part, slices, stacks=None, faults=None):
+        heat = super().heatmaps(part, slices, stacks, faults)
+        heat[[i for i, (s, _) in enumerate(slices) if s is self.weak]] *= 0.1
+        return heat
+
+
+def test_a_study_with_two_series_of_a_type_keeps_the_more_confident_reading():
+    weak, good = _sagittal(n=5), _sagittal(n=5)
+    for first, second, expected in ((weak, good, 12), (good, weak, 11)):
+        series = dict(_study(), **{PARTS["sagittal_t1"].description: [(11, first), (12, second)]})
+        loc = _WeakOn(weak)
+        rows = [r for r in loc.study(7, series) if "Foraminal" in r["condition"]]
+        assert len(rows) == 10 and {r["series_id"] for r in rows} == {expected}
+        assert len([k for key, k in loc.calls if key == "sagittal_t1"][0]) == 10  # both series in one call
+
+
 class _Truth(Localizer):
     """A perfect localizer on a generated study: each level's heat peaks where its true 3D point projects,
     fading with the distance from the slice (beyond that of the series' nearest slice, where the labels sit,

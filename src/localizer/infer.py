@@ -205,26 +205,27 @@ class Localizer:
                    study_id=study_id, conditions=part.conditions)
 
     def _searched(self, part: Part, inputs: list[StudyInput], points: dict, faults: FaultLog) -> dict[int, list[dict]]:
-        """A searched part over every slice of each study's first series of its type, in one batch."""
+        """A searched part over every slice of every series of its type in each study, in one batch. A study
+        with several series of the type keeps the reading of the one whose rows are the most confident on
+        average (a repeated acquisition may be blurred, cut short or of another part of the spine)."""
         size = self.size(part)
         todo, stacks = [], []
         for i, inp in enumerate(inputs):
-            if not inp.series.get(part.description):
-                continue
-            sid, s = inp.series[part.description][0]
-            made = inp.stacks.get(part.key)
-            try:
-                stacks.append(made if made is not None and made.shape[-1] == size else series_stacks(s, size))
-            except Exception as err:  # noqa: BLE001 - one series type of one study must not take the others down
-                self._failed(faults, part, inp.study_id, err)
-                continue
-            todo.append((i, sid, s))
+            for n, (sid, s) in enumerate(inp.series.get(part.description, [])):
+                made = inp.stacks.get(part.key) if n == 0 else None
+                try:
+                    stacks.append(made if made is not None and made.shape[-1] == size else series_stacks(s, size))
+                except Exception as err:  # noqa: BLE001 - one series type of one study must not take the others down
+                    self._failed(faults, part, inp.study_id, err)
+                    continue
+                todo.append((i, sid, s))
         if not todo:
             return {}
         heat = self.heatmaps(part, [(s, k) for _, _, s in todo for k in range(len(s))], np.concatenate(stacks), faults)
         if heat is None:
             return {}
-        out: dict[int, list[dict]] = {}
+        best: dict[int, tuple[float, Series, list[dict]]] = {}
+        errors: dict[int, Exception] = {}
         start = 0
         for i, sid, s in todo:
             h, start = heat[start : start + len(s)], start + len(s)
@@ -232,8 +233,16 @@ class Localizer:
                 found = decode_searched(part, s, h, np.arange(len(s)), size, inputs[i].study_id, sid,
                                         midline=np.mean(list(points[i].values()), 0) if points[i] else None)
             except Exception as err:  # noqa: BLE001 - one series type of one study must not take the others down
-                self._failed(faults, part, inputs[i].study_id, err)
+                errors.setdefault(i, err)
                 continue
+            sure = float(np.mean([r["confidence"] for r in found])) if found else -1.0
+            if i not in best or sure > best[i][0]:
+                best[i] = (sure, s, found)
+        for i, err in errors.items():
+            if i not in best:  # no series of the type could be read; another that could is enough
+                self._failed(faults, part, inputs[i].study_id, err)
+        out: dict[int, list[dict]] = {}
+        for i, (_, s, found) in best.items():
             out[i] = found
             points[i] = points[i] or level_points(s, found)
         return out
