@@ -210,24 +210,22 @@ class Localizer:
         average (a repeated acquisition may be blurred, cut short or of another part of the spine)."""
         size = self.size(part)
         todo, stacks = [], []
+        errors: dict[int, Exception] = {}  # a study is named only when none of its series of the type is read
         for i, inp in enumerate(inputs):
             for n, (sid, s) in enumerate(inp.series.get(part.description, [])):
                 made = inp.stacks.get(part.key) if n == 0 else None
                 try:
                     stacks.append(made if made is not None and made.shape[-1] == size else series_stacks(s, size))
                 except Exception as err:  # noqa: BLE001 - one series type of one study must not take the others down
-                    self._failed(faults, part, inp.study_id, err)
+                    errors.setdefault(i, err)
                     continue
                 todo.append((i, sid, s))
-        if not todo:
-            return {}
-        heat = self.heatmaps(part, [(s, k) for _, _, s in todo for k in range(len(s))], np.concatenate(stacks), faults)
-        if heat is None:
-            return {}
+        heat = None
+        if todo:
+            heat = self.heatmaps(part, [(s, k) for _, _, s in todo for k in range(len(s))], np.concatenate(stacks), faults)
         best: dict[int, tuple[float, Series, list[dict]]] = {}
-        errors: dict[int, Exception] = {}
         start = 0
-        for i, sid, s in todo:
+        for i, sid, s in todo if heat is not None else []:
             h, start = heat[start : start + len(s)], start + len(s)
             try:
                 found = decode_searched(part, s, h, np.arange(len(s)), size, inputs[i].study_id, sid,
@@ -239,7 +237,7 @@ class Localizer:
             if i not in best or sure > best[i][0]:
                 best[i] = (sure, s, found)
         for i, err in errors.items():
-            if i not in best:  # no series of the type could be read; another that could is enough
+            if i not in best:
                 self._failed(faults, part, inputs[i].study_id, err)
         out: dict[int, list[dict]] = {}
         for i, (_, s, found) in best.items():
