@@ -77,10 +77,10 @@ demo: install data folds baselines train localizer submission
 # of a dataset generated with `--variety real` (cross), then train and score on that dataset (variety-demo,
 # into runs/synth_real and the other folders of that dataset).
 VARIETY_DATA ?= input/synth_real
-# The variety's sagittal localizers need longer training and the level loss (docs/BENCHMARKS.md).
+# The variety's localizers need larger inputs, longer training and (sagittal) the level loss (docs/BENCHMARKS.md).
 VARIETY_FLAGS := DATA=$(VARIETY_DATA) VARIETY=real \
   LOC_FLAGS_sagittal_t2="--loc.size_px 128 --loc.level_weight 0.5 --epochs 42 --patience 20" \
-  LOC_FLAGS_sagittal_t1="--loc.level_weight 0.5 --epochs 24" \
+  LOC_FLAGS_sagittal_t1="--loc.size_px 128 --loc.level_weight 0.5 --epochs 24 --patience 24" \
   LOC_FLAGS_axial="--loc.size_px 128 --epochs 24"
 .PHONY: variety-cross variety-demo
 variety-cross: install
