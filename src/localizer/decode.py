@@ -16,7 +16,6 @@ from ..dicom import Series
 from .frame import frame_of
 from .plan import STRIDE, Part
 
-
 PATIENT_LEFT = np.array([1.0, 0.0, 0.0])
 
 

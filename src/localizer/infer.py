@@ -55,14 +55,17 @@ def recentre_midline(rows: list[dict], series: dict[int, Series]) -> list[dict]:
         s = series[int(r["series_id"])]
         return s.pixel_to_patient(s.index_of_instance(r["instance_number"]), r["x"], r["y"])
 
+    lateral: dict[tuple[str, int], list[np.ndarray]] = {}  # (level, side) -> points
+    for r in rows:
+        if condition_side(r["condition"]):
+            lateral.setdefault((r["level"], condition_side(r["condition"])), []).append(point(r))
     out = []
     for r in rows:
-        sides = {side: [point(o) for o in rows if o["level"] == r["level"] and condition_side(o["condition"]) == side]
-                 for side in (-1, 1)}
-        if condition_side(r["condition"]) != 0 or not sides[-1] or not sides[1]:
+        left, right = lateral.get((r["level"], 1)), lateral.get((r["level"], -1))
+        if condition_side(r["condition"]) != 0 or not left or not right:
             out.append(r)
             continue
-        middle = (np.mean(sides[-1], 0) + np.mean(sides[1], 0)) / 2
+        middle = (np.mean(left, 0) + np.mean(right, 0)) / 2
         s = series[int(r["series_id"])]
         depth = s.positions @ s.normal
         own = depth[s.index_of_instance(r["instance_number"])]
