@@ -59,11 +59,16 @@ class Series:
         return n / np.linalg.norm(n)
 
     @property
+    def depths(self) -> np.ndarray:
+        """Each slice's position (mm) along the mean slice normal."""
+        return self.positions @ self.normal
+
+    @property
     def slice_gap(self) -> float:
         """Median distance (mm) between neighbouring slices along the normal; 0 for one slice."""
         if len(self) < 2:
             return 0.0
-        return float(np.median(np.abs(np.diff(self.positions @ self.normal))))
+        return float(np.median(np.abs(np.diff(self.depths))))
 
     def index_of_instance(self, instance_number: int) -> int:
         """Position in the volume of the slice with this InstanceNumber; KeyError if absent."""

@@ -163,7 +163,7 @@ def decode_searched(part: Part, series: Series, heat: np.ndarray, ks: np.ndarray
         weights[ks] = heat.max(axis=(1, 2, 3))
     slice_side = side_of_slices(series, midline, weights)[ks]
     frame = frame_of(series.shape, series.spacings[ks[0]], size)
-    depth = series.positions[ks] @ series.normal
+    depth = series.depths[ks]
     levels = part.levels
     for condition, side in part.sides().items():
         candidates = np.arange(len(ks)) if side == 0 else np.flatnonzero(slice_side == side)

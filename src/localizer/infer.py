@@ -51,14 +51,11 @@ def recentre_midline(rows: list[dict], series: dict[int, Series]) -> list[dict]:
     midway between its own slice and the middle of the same level's left and right points (the foramina,
     read on another series), where both sides are there. A canal spans several slices with about the same
     heat; the structures either side of it say where its middle is. series: the Series of each series id."""
-    def point(r: dict) -> np.ndarray:
-        s = series[int(r["series_id"])]
-        return s.pixel_to_patient(s.index_of_instance(r["instance_number"]), r["x"], r["y"])
-
     lateral: dict[tuple[str, int], list[np.ndarray]] = {}  # (level, side) -> points
     for r in rows:
         if condition_side(r["condition"]):
-            lateral.setdefault((r["level"], condition_side(r["condition"])), []).append(point(r))
+            point = patient_points(series[int(r["series_id"])], [r])[0]
+            lateral.setdefault((r["level"], condition_side(r["condition"])), []).append(point)
     out = []
     for r in rows:
         left, right = lateral.get((r["level"], 1)), lateral.get((r["level"], -1))
@@ -67,7 +64,7 @@ def recentre_midline(rows: list[dict], series: dict[int, Series]) -> list[dict]:
             continue
         middle = (np.mean(left, 0) + np.mean(right, 0)) / 2
         s = series[int(r["series_id"])]
-        depth = s.positions @ s.normal
+        depth = s.depths
         own = depth[s.index_of_instance(r["instance_number"])]
         k = int(np.argmin(np.abs(depth - (own + middle @ s.normal) / 2)))
         out.append(dict(r, instance_number=int(s.instance_numbers[k])))
