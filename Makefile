@@ -69,7 +69,8 @@ submission: install
 	$(PY) ensemble.py --runs $(RUNS) --data-dir $(DATA)
 	$(PY) infer.py --data-dir $(DATA) --runs $(RUNS) --out $(SUBMISSIONS)/submission.csv --per-model --strict
 	$(PY) evaluate.py --runs $(RUNS) --data-dir $(DATA) --folds $(FOLDS_FILE) --submissions $(SUBMISSIONS) --out-dir $(REPORTS)
-	$(PY) evaluate_localization.py --split test --runs $(RUNS) --data-dir $(DATA) --out $(REPORTS)/localization_test.json
+	$(PY) evaluate_localization.py --split test --runs $(RUNS) --data-dir $(DATA) --out $(REPORTS)/localization_test.json \
+	  --coords $(SUBMISSIONS)/submission.coordinates.csv
 
 demo: install data folds baselines train localizer submission
 
@@ -87,7 +88,8 @@ variety-cross: install
 	$(MAKE) data DATA=$(VARIETY_DATA) VARIETY=real
 	$(PY) infer.py --data-dir $(VARIETY_DATA) --runs $(RUNS) --out $(SUBMISSIONS)/cross/submission.csv --per-model
 	$(PY) evaluate.py --held-out-only --data-dir $(VARIETY_DATA) --submissions $(SUBMISSIONS)/cross --out-dir $(REPORTS)/cross
-	$(PY) evaluate_localization.py --split test --runs $(RUNS) --data-dir $(VARIETY_DATA) --out $(REPORTS)/cross/localization_test.json
+	$(PY) evaluate_localization.py --split test --runs $(RUNS) --data-dir $(VARIETY_DATA) --out $(REPORTS)/cross/localization_test.json \
+	  --coords $(SUBMISSIONS)/cross/submission.coordinates.csv
 variety-demo: install
 	$(MAKE) data folds baselines train localizer submission $(VARIETY_FLAGS)
 

@@ -8,7 +8,9 @@ the score with the labelled ones.
 
 --split test scores the test split instead, against the data's test_label_coordinates.csv (the synthetic
 generator writes it as a hidden answer), with the localizers of every fold given (all by default) run
-together as at inference; runs trained on another dataset can be scored there this way.
+together as at inference; runs trained on another dataset can be scored there this way. With --coords it
+scores that coordinates file instead of localizing again (infer.py writes one beside each submission,
+<name>.coordinates.csv, in the same format as localize.py's output).
 """
 from __future__ import annotations
 
@@ -66,10 +68,15 @@ def main(argv: list[str] | None = None) -> dict:
                     help="the report JSON to write; default: reports/<data-dir name>/localization[_test].json")
     ap.add_argument("--split", choices=["train", "test"], default="train",
                     help="train: each fold's held-out studies; test: the test split against test_label_coordinates.csv")
+    ap.add_argument("--coords", type=Path, default=None,
+                    help="with --split test: score these predicted coordinates (infer.py's <submission>.coordinates.csv "
+                         "or localize.py's output) instead of running the localizers")
     a = cli.dataset_defaults(ap.parse_args(argv))
     a.out = a.out or reports_dir_for(a.data_dir) / ("localization_test.json" if a.split == "test" else "localization.json")
     if a.split == "test":
         return test_split_report(a)
+    if a.coords is not None:
+        ap.error("--coords scores the test split: add --split test")
     cache_dir = cache_dir_for(a.data_dir, a.cache_dir)
     device = pick_device()
     train = load_train(a.data_dir / "train.csv")
@@ -99,15 +106,20 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def test_split_report(a) -> dict:
-    """Localization of every test study with the localizers of the folds given (all by default)."""
+    """Localization of every test study with the localizers of the folds given (all by default), or the
+    coordinates file given."""
     cache_dir = cache_dir_for(a.data_dir, a.cache_dir)
     truth_file = a.data_dir / "test_label_coordinates.csv"
     if not truth_file.is_file():
         raise DataError(f"{truth_file}: no test coordinates to score against (the synthetic generator writes them)")
     truth = load_coordinates(truth_file)
     prepare(a.data_dir, cache_dir, "test", workers=a.workers)
-    localizer = Localizer.from_runs(a.runs, a.fold_ids, pick_device())
-    predicted = localize(series_table(a.data_dir, "test"), cache_dir, "test", localizer, workers=loader_workers(a.workers))
+    if a.coords is not None:
+        predicted = load_coordinates(a.coords)
+    else:
+        localizer = Localizer.from_runs(a.runs, a.fold_ids, pick_device())
+        predicted = localize(series_table(a.data_dir, "test"), cache_dir, "test", localizer,
+                             workers=loader_workers(a.workers))
     errors = point_errors(predicted, truth, cache_dir, "test")
     table = summarize_errors(errors)
     pd.set_option("display.width", 200)
@@ -115,6 +127,7 @@ def test_split_report(a) -> dict:
           f"{table.round(3).to_string(index=False)}")
     off = errors.loc[errors["error_3d_mm"] > LEVEL_OFF_MM, "study_id"].nunique()
     report = {"split": "test", "data_dir": str(a.data_dir), "runs": str(a.runs), "folds": a.fold_ids,
+              "coords": None if a.coords is None else str(a.coords),
               "studies": int(errors["study_id"].nunique()), "studies_with_a_point_a_level_off": int(off),
               "localization": table.to_dict("records")}
     print(f"studies with a point a level off: {off} of {report['studies']}")

@@ -95,6 +95,11 @@ def faults_path(out: Path) -> Path:
     return Path(out).with_suffix(".faults.json")
 
 
+def coordinates_path(out: Path) -> Path:
+    """Where the coordinates a submission's crops were cut at are written: beside it, as <name>.coordinates.csv."""
+    return Path(out).with_suffix(".coordinates.csv")
+
+
 def _members(fitted: dict, runs: Path, faults: FaultLog) -> list[str]:
     """The ensemble's members (every classifier run without a fitted ensemble), each a run folder inside runs/."""
     named = list(fitted.get("weights", {}))
@@ -138,7 +143,8 @@ def make_submission(data_dir: Path, split: str, runs: Path, out: Path, cache_dir
 
     A fault costs only the study, fold, member or series type it touches; each is named in `faults`, printed
     in one summary and written beside `out` (faults_path). studies limits the rows to those studies;
-    explain_studies also writes their reading and PNG sheet; per_model also writes each model's own
+    The predicted coordinates are written beside `out` too (coordinates_path). explain_studies also writes
+    their reading and PNG sheet; per_model also writes each model's own
     submission (its folds averaged) as submission_{model}.csv beside out. Studies go through the models
     studies_per_batch at a time (localize, classify).
     """
@@ -193,8 +199,10 @@ def make_submission(data_dir: Path, split: str, runs: Path, out: Path, cache_dir
 def _extras(per_model: bool, frames: dict, prior: pd.DataFrame, row_ids: list[str], out: Path,
             explain_studies: list[int] | None, explain_dir: Path | None, coords: pd.DataFrame, result: pd.DataFrame,
             runs: Path, cache_dir: Path, split: str, device: torch.device, faults: FaultLog) -> None:
-    """Per-model submissions and explanations: extras whose failure never touches the written submission."""
+    """The coordinates, per-model submissions and explanations: extras whose failure never touches the written
+    submission."""
     try:
+        write_csv(coords, coordinates_path(out))
         if per_model:
             for name, frame in frames.items():
                 write_csv(finalize(overlay(prior, frame), row_ids, prior), out.with_name(f"submission_{name}.csv"))
@@ -202,4 +210,5 @@ def _extras(per_model: bool, frames: dict, prior: pd.DataFrame, row_ids: list[st
             explain([int(s) for s in explain_studies], coords, result, runs, cache_dir, split,
                     Path(explain_dir or out.parent / "explain"), device)
     except Exception as err:  # noqa: BLE001 - the submission is already written
-        faults.add("output", "extras", f"per-model submissions or explanations failed ({type(err).__name__}: {err})")
+        faults.add("output", "extras", f"coordinates, per-model submissions or explanations failed "
+                                       f"({type(err).__name__}: {err})")

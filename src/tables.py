@@ -161,7 +161,9 @@ def load_coordinates(path: str | Path) -> pd.DataFrame:
             "y": _to_float(raw, "y", path),
         }
     )
-    for extra in raw.columns.difference(cols):  # e.g. a localizer's confidence column
+    if "confidence" in raw:  # a localizer's
+        out["confidence"] = _to_float(raw, "confidence", path)
+    for extra in raw.columns.difference(cols + ["confidence"]):
         out[extra] = raw[extra]
     return out
 

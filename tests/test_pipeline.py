@@ -104,3 +104,26 @@ def test_make_submission_prepares_once_and_keeps_only_the_asked_studies(synth_di
     assert len(calls) == 1
     assert sorted(set(out["row_id"].str.split("_").str[0].astype(int))) == sorted(studies) and len(out) == 50
     assert load_submission(tmp_path / "s.csv")["row_id"].tolist() == out["row_id"].tolist()
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_the_coordinates_written_beside_a_submission_score_as_localizing_again(synth_dir, tmp_path):
+    import evaluate_localization
+    from src.pipeline import coordinates_path
+    from src.tables import load_coordinates
+
+    runs = make_fake_runs(tmp_path / "runs", classifiers=False)
+    out = tmp_path / "sub" / "submission.csv"
+    common = ["--data-dir", str(synth_dir), "--runs", str(runs), "--cache-dir", str(tmp_path / "cache")]
+    assert infer_script.main(common + ["--out", str(out), "--workers", "1"]) == 0
+    coords = load_coordinates(coordinates_path(out))
+    series = load_series_descriptions(synth_dir / "test_series_descriptions.csv")
+    assert set(coords["study_id"]) == set(series["study_id"]) and coords.groupby("study_id").size().eq(25).all()
+    assert coords["confidence"].between(0, 1).all()  # read back as numbers
+    again = evaluate_localization.main(common + ["--split", "test", "--out", str(tmp_path / "a.json")])
+    given = evaluate_localization.main(common + ["--split", "test", "--out", str(tmp_path / "b.json"),
+                                                 "--coords", str(coordinates_path(out))])
+    assert given["coords"] == str(coordinates_path(out)) and again["coords"] is None
+    pd.testing.assert_frame_equal(pd.DataFrame(given["localization"]), pd.DataFrame(again["localization"]), rtol=1e-9)
+    with pytest.raises(SystemExit):
+        evaluate_localization.main(common + ["--coords", str(coordinates_path(out))])
