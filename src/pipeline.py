@@ -144,8 +144,8 @@ def make_submission(data_dir: Path, split: str, runs: Path, out: Path, cache_dir
     A fault costs only the study, fold, member or series type it touches; each is named in `faults`, printed
     in one summary and written beside `out` (faults_path), as are the predicted coordinates (coordinates_path).
     studies limits the rows to those studies; explain_studies also writes their reading and PNG sheet;
-    per_model also writes each model's own submission (its folds averaged) as submission_{model}.csv beside out. Studies go through the models
-    studies_per_batch at a time (localize, classify).
+    per_model also writes each model's own submission (its folds averaged) as submission_{model}.csv beside
+    out. Studies go through the models studies_per_batch at a time (localize, classify).
     """
     started = time.time()
     faults = faults if faults is not None else FaultLog()
