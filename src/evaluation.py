@@ -218,11 +218,13 @@ def held_out_lines(rows: list[dict]) -> list[str]:
 
 def held_out_table(submissions: Path, data_dir: Path) -> pd.DataFrame:
     """Scores on a held-out split with an answer key (the synthetic test_solution.csv): the training prior,
-    every submission*.csv in a folder (submission.csv is the ensemble), the oracle, and the share of signal."""
+    the submissions infer.py writes in a folder (submission.csv, the ensemble, and submission_{model}.csv), the
+    oracle, and the share of signal. Other files there (the coordinates, the faults) are not submissions."""
     solution = load_solution(Path(data_dir) / "test_solution.csv")
     ids = solution["row_id"].tolist()
     rows = [("prior", score_parts(solution, prior_submission(solution_frame(load_train(Path(data_dir) / "train.csv")), ids)))]
-    for path in sorted(Path(submissions).glob("submission*.csv")):
+    folder = Path(submissions)
+    for path in [*folder.glob("submission.csv"), *sorted(folder.glob("submission_*.csv"))]:
         name = "ensemble" if path.stem == "submission" else path.stem.replace("submission_", "")
         rows.append((name, score_parts(solution, load_submission(path))))
     oracle = Path(data_dir) / "test_oracle.csv"

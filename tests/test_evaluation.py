@@ -63,6 +63,7 @@ def test_held_out_table_scores_every_submission(synth_dir, tmp_path):
 
     shutil.copy(synth_dir / "test_oracle.csv", tmp_path / "submission.csv")
     shutil.copy(synth_dir / "sample_submission.csv", tmp_path / "submission_uniform.csv")
+    shutil.copy(synth_dir / "test_label_coordinates.csv", tmp_path / "submission.coordinates.csv")  # not a submission
     table = held_out_table(tmp_path, synth_dir).set_index("submission")
     assert list(table.index) == ["prior", "ensemble", "uniform", "oracle"]
     assert table.loc["ensemble", "score"] == pytest.approx(table.loc["oracle", "score"])
