@@ -14,6 +14,7 @@ import pandas as pd
 from .constants import (
     COLUMN_TO_CONDITION_LEVEL,
     CONDITIONS,
+    COORDINATE_COLUMNS,
     LABEL_COLUMNS,
     LEVELS,
     SAMPLE_WEIGHTS,
@@ -146,8 +147,7 @@ def load_coordinates(path: str | Path) -> pd.DataFrame:
     """train_label_coordinates.csv (or predicted coordinates in its format), validated."""
     path = Path(path)
     raw = _read(path)
-    cols = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y"]
-    _require_columns(raw, cols, path)
+    _require_columns(raw, list(COORDINATE_COLUMNS), path)
     _check_allowed(raw, "condition", CONDITIONS, path, "condition")
     _check_allowed(raw, "level", LEVELS, path, "level")
     out = pd.DataFrame(
@@ -161,9 +161,9 @@ def load_coordinates(path: str | Path) -> pd.DataFrame:
             "y": _to_float(raw, "y", path),
         }
     )
-    if "confidence" in raw:  # a localizer's
+    if "confidence" in raw:  # a localizer's (PREDICTED_COORDINATE_COLUMNS)
         out["confidence"] = _to_float(raw, "confidence", path)
-    for extra in raw.columns.difference(cols + ["confidence"]):
+    for extra in raw.columns.difference(out.columns):
         out[extra] = raw[extra]
     return out
 
