@@ -17,7 +17,7 @@ SUBMISSIONS ?= submission/$(DATASET)
 REPORTS ?= reports/$(DATASET)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo test data folds baselines prepare train localizer submission clean
+.PHONY: install demo test data folds baselines clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,49 +40,44 @@ baselines: data
 	$(PY) score.py --solution $(DATA)/test_solution.csv --prior $(DATA)/train.csv
 	$(PY) score.py --solution $(DATA)/test_solution.csv --submission $(DATA)/test_oracle.csv
 
-# `make demo FULL=1`: the full-size models (for a GPU machine) instead of the tiny CPU preset. The CPU demo
-# also trims the two slowest trainings to fit its time budget (96 px localizers, 8 epochs; cnn_lstm 10 epochs).
-ifeq ($(FULL),1)
-PRESET_FLAG :=
-LOC_FLAGS :=
-LSTM_FLAGS :=
-else
-PRESET_FLAG := --preset tiny
-LOC_FLAGS := --epochs 8 --loc.size_px 96
-LSTM_FLAGS := --epochs 10
-endif
-FOLD ?= 0
-
-prepare: data
+# One recipe (configs/*.yaml) on any competition-format folder: folds when the folds file is missing, the
+# series cache, every model of the recipe (its `pipeline`) for each listed fold, the ensemble, infer.py on the
+# test split, the out-of-fold reports and, where DATA holds the answers (test_solution.csv,
+# test_label_coordinates.csv, as the generator writes them), the held-out tables. It never generates data.
+CONFIG ?= configs/demo.yaml
+FOLD_IDS ?= 0
+.PHONY: pipeline
+pipeline: install
+	@test -f $(DATA)/train.csv || { echo "make pipeline: $(DATA)/train.csv not found: DATA= must be a competition-format folder"; exit 2; }
+	@test -f $(CONFIG) || { echo "make pipeline: recipe $(CONFIG) not found (CONFIG=configs/....yaml)"; exit 2; }
+	test -f $(FOLDS_FILE) || $(PY) make_folds.py --data-dir $(DATA) --n-folds 5 --seed 42 --out $(FOLDS_FILE)
 	$(PY) prepare.py --data-dir $(DATA)
-
-train: prepare folds
-	$(PY) train.py --fold $(FOLD) --model attn_resnext $(PRESET_FLAG) --data-dir $(DATA) --folds $(FOLDS_FILE) --runs $(RUNS)
-	$(PY) train.py --fold $(FOLD) --model cnn_lstm $(PRESET_FLAG) $(LSTM_FLAGS) --data-dir $(DATA) --folds $(FOLDS_FILE) --runs $(RUNS)
-
-# One localizer per series type; LOC_FLAGS_<type> adds flags for one type (later flags win).
-LOC_TYPES := sagittal_t2 sagittal_t1 axial
-localizer: prepare folds
-	$(foreach t,$(LOC_TYPES),$(PY) train.py --fold $(FOLD) --model localizer --series_type $(t) $(PRESET_FLAG) $(LOC_FLAGS) $(LOC_FLAGS_$(t)) --data-dir $(DATA) --folds $(FOLDS_FILE) --runs $(RUNS) &&) true
-
-submission: install
+	set -e; models="$$($(PY) train.py --config $(CONFIG) --list-models)"; for f in $(FOLD_IDS); do for m in $$models; do \
+	  $(PY) train.py --fold $$f --model $$m --config $(CONFIG) --data-dir $(DATA) --folds $(FOLDS_FILE) --runs $(RUNS); \
+	done; done
 	$(PY) ensemble.py --runs $(RUNS) --data-dir $(DATA)
 	$(PY) infer.py --data-dir $(DATA) --runs $(RUNS) --out $(SUBMISSIONS)/submission.csv --per-model --strict
-	$(PY) evaluate.py --runs $(RUNS) --data-dir $(DATA) --folds $(FOLDS_FILE) --submissions $(SUBMISSIONS) --out-dir $(REPORTS)
-	$(PY) evaluate_localization.py --split test --runs $(RUNS) --data-dir $(DATA) --out $(REPORTS)/localization_test.json \
-	  --coords $(SUBMISSIONS)/submission.coordinates.csv
+	$(PY) evaluate_localization.py --runs $(RUNS) --data-dir $(DATA) --folds $(FOLDS_FILE) --fold-ids $(FOLD_IDS) \
+	  --out $(REPORTS)/localization.json
+	if [ -f $(DATA)/test_label_coordinates.csv ]; then $(PY) evaluate_localization.py --split test --runs $(RUNS) \
+	  --data-dir $(DATA) --out $(REPORTS)/localization_test.json --coords $(SUBMISSIONS)/submission.coordinates.csv; fi
+	$(PY) evaluate.py --runs $(RUNS) --data-dir $(DATA) --folds $(FOLDS_FILE) --out-dir $(REPORTS) \
+	  $$(test -f $(DATA)/test_solution.csv && echo --submissions $(SUBMISSIONS))
 
-demo: install data folds baselines train localizer submission
+# The CPU demo: the default synthetic set and configs/demo.yaml (tiny models, fold 0, trimmed localizers).
+# `make demo FULL=1`: the full-size models of configs/real.yaml instead (for a GPU machine).
+ifeq ($(FULL),1)
+DEMO_CONFIG := configs/real.yaml
+else
+DEMO_CONFIG := configs/demo.yaml
+endif
+demo: install data baselines
+	$(MAKE) pipeline DATA=$(DATA) CONFIG=$(DEMO_CONFIG) FOLD_IDS=0
 
 # The acquisition-variety protocol (docs/BENCHMARKS.md): after `make demo`, score its runs on the test split
-# of a dataset generated with `--variety real` (cross), then train and score on that dataset (variety-demo,
-# into runs/synth_real and the other folders of that dataset).
+# of a dataset generated with `--variety real` (cross), then train and score on that dataset with
+# configs/variety.yaml (variety-demo, into runs/synth_real and the other folders of that dataset).
 VARIETY_DATA ?= input/synth_real
-# The variety's localizers need larger inputs, longer training and (sagittal) the level loss (docs/BENCHMARKS.md).
-VARIETY_FLAGS := DATA=$(VARIETY_DATA) VARIETY=real \
-  LOC_FLAGS_sagittal_t2="--loc.size_px 128 --loc.level_weight 0.5 --epochs 42 --patience 20" \
-  LOC_FLAGS_sagittal_t1="--loc.size_px 128 --loc.level_weight 0.5 --epochs 24 --patience 24" \
-  LOC_FLAGS_axial="--loc.size_px 128 --epochs 24"
 .PHONY: variety-cross variety-demo
 variety-cross: install
 	$(MAKE) data DATA=$(VARIETY_DATA) VARIETY=real
@@ -91,7 +86,8 @@ variety-cross: install
 	$(PY) evaluate_localization.py --split test --runs $(RUNS) --data-dir $(VARIETY_DATA) --out $(REPORTS)/cross/localization_test.json \
 	  --coords $(SUBMISSIONS)/cross/submission.coordinates.csv
 variety-demo: install
-	$(MAKE) data folds baselines train localizer submission $(VARIETY_FLAGS)
+	$(MAKE) data baselines DATA=$(VARIETY_DATA) VARIETY=real
+	$(MAKE) pipeline DATA=$(VARIETY_DATA) CONFIG=configs/variety.yaml FOLD_IDS=0
 
 test: install
 	$(PY) -m pytest -q tests

@@ -1,4 +1,4 @@
-"""Fit the ensemble on out-of-fold predictions: python ensemble.py --runs runs/ [--data-dir DIR]
+"""Fit the ensemble on out-of-fold predictions: python ensemble.py --data-dir DIR [--runs runs/<data-dir name>]
 
 Every folder under --runs holding a trained classifier takes part (the two models, and any experiment run
 with `train.py --name`), unless --names picks some. Writes <runs>/ensemble.json: a weight per run and a

@@ -1,4 +1,4 @@
-"""Held-out localization report: python evaluate_localization.py --runs runs/ [--fold-ids N ...] [--data-dir DIR]
+"""Held-out localization report: python evaluate_localization.py --data-dir DIR [--runs runs/<data-dir name>] [--fold-ids N ...]
 
 For each fold: runs that fold's localizers on its held-out training studies and reports, per condition,
 median and 95th-percentile error (mm and pixels), the share within 5 mm, on the right slice (+-1) and a

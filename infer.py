@@ -1,5 +1,5 @@
 """Offline inference for a leaderboard submission:
-python infer.py --data-dir DIR [--split test] [--runs runs/] --out submission/submission.csv
+python infer.py --data-dir DIR [--split test] [--runs runs/<data-dir name>] [--out submission/<data-dir name>/submission.csv]
 
 Localizes every study (stage 1), cuts crops, runs every fold of every classifier under runs/ with
 horizontal-flip TTA, ensembles them (weights and temperatures from runs/ensemble.json when ensemble.py has

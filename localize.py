@@ -1,5 +1,5 @@
 """Predict level coordinates for studies without labels (stage 1):
-python localize.py --data-dir DIR --split test|train [--runs runs/] --out PATH
+python localize.py --data-dir DIR --split test|train [--runs runs/<data-dir name>] --out PATH
 
 Writes the train_label_coordinates.csv format (plus a confidence column): one row per study, condition
 and level where the needed series exists, so stage 2 cuts crops from it exactly as from labelled points.

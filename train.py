@@ -1,13 +1,19 @@
-"""Train one fold of one model: python train.py --fold N --model attn_resnext|cnn_lstm|localizer [--preset tiny] [--key value ...]
+"""Train one fold of one model:
+python train.py --fold N --model attn_resnext|cnn_lstm|localizer [--config configs/real.yaml] [--preset tiny] [--key value ...]
 
-`--model localizer` trains the localizer of every series type in turn (runs/localizer_{series type}/);
-`--series_type sagittal_t2` trains one. Running the same command again continues from the run's last.pt
-(a different config is refused unless --restart); a last.pt that does not load is set aside. Several GPUs: torchrun --nproc_per_node=K train.py --fold N ...
+Writes runs/<data-dir name>/{model}/fold{N}/. `--model localizer` trains the localizer of every series type
+in turn (runs/<data-dir name>/localizer_{series type}/); `--series_type sagittal_t2` trains one. A recipe
+file (configs/*.yaml) sets every model and series type at once; `--print-config` prints what each part
+would train with and exits. Running the same command again continues from the run's last.pt (a different
+config is refused unless --restart); a last.pt that does not load is set aside.
+Several GPUs: torchrun --nproc_per_node=K train.py --fold N ...
 """
 from __future__ import annotations
 
 import os
 import sys
+
+import yaml
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -26,11 +32,15 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _main(argv: list[str] | None) -> dict:
-    ap = cli.parser(__doc__, epilog="Any other config key: --key value (nested: --crop.size_px 96).")
+    ap = cli.parser(__doc__, epilog=_keys_epilog())
     ap.add_argument("--fold", type=int, default=0, help="the fold to hold out")
     ap.add_argument("--model", default=None, help=f"one of {sorted(config_lib.MODEL_DEFAULTS)} (default: the config's)")
     ap.add_argument("--preset", default=None, help=f"one of {sorted(config_lib.PRESETS)}")
-    ap.add_argument("--config", default=None, help="a YAML file of overrides")
+    ap.add_argument("--config", default=None, help="a recipe: YAML overrides (configs/demo.yaml, variety.yaml, real.yaml)")
+    ap.add_argument("--print-config", action="store_true",
+                    help="print the resolved config of every part (each model of the recipe, or --model; each "
+                         "series type of the localizer) and exit")
+    ap.add_argument("--list-models", action="store_true", help="print the models the recipe trains (its `pipeline`) and exit")
     cli.add_data_dir(ap, default=None)
     cli.add_folds(ap, default=None)
     cli.add_runs(ap, default=None)
@@ -38,6 +48,9 @@ def _main(argv: list[str] | None) -> dict:
     ap.add_argument("--resume", action="store_true", help="continue from the fold's last.pt (the default; kept for old scripts)")
     ap.add_argument("--restart", action="store_true", help="train from scratch over an earlier run in the same folder")
     args, rest = ap.parse_known_args(argv)
+    if args.list_models:
+        print(" ".join(config_lib.pipeline_models(args.config)))
+        return {}
     overrides = config_lib.parse_overrides(rest)
     overrides["fold"] = args.fold
     for key in ("data_dir", "folds", "runs", "pretrained"):
@@ -45,13 +58,34 @@ def _main(argv: list[str] | None) -> dict:
             overrides[key] = str(getattr(args, key))
     if args.restart:
         overrides["resume"] = False
+    if args.print_config:
+        models = [args.model] if args.model else config_lib.pipeline_models(args.config)
+        for cfg in (c for m in models for c in _configs(m, args, overrides)):
+            print(f"# {cfg['name']} fold {cfg['fold']}\n" + yaml.safe_dump(config_lib.portable(cfg), sort_keys=False))
+        return {}
+    configs = _configs(args.model, args, overrides)
     if args.model == "localizer":  # one model per series type, same loop
-        keys = [overrides["series_type"]] if overrides.get("series_type") else [p.key for p in PLAN]
-        name = overrides.get("name")
-        names = {k: (name if len(keys) == 1 else f"{name}_{k}") if name else localizer_run(k) for k in keys}
-        return {k: _fit(config_lib.resolve("localizer", args.preset, args.config,
-                                           dict(overrides, series_type=k, name=names[k]))) for k in keys}
-    return _fit(config_lib.resolve(args.model, args.preset, args.config, overrides))
+        return {cfg["series_type"]: _fit(cfg) for cfg in configs}
+    return _fit(configs[0])
+
+
+def _configs(model: str | None, args, overrides: dict) -> list[dict]:
+    """The resolved config of each run the command trains: one per series type for the localizer."""
+    if model != "localizer":
+        return [config_lib.resolve(model, args.preset, args.config, overrides)]
+    keys = [overrides["series_type"]] if overrides.get("series_type") else [p.key for p in PLAN]
+    name = overrides.get("name")
+    names = {k: (name if len(keys) == 1 else f"{name}_{k}") if name else localizer_run(k) for k in keys}
+    return [config_lib.resolve("localizer", args.preset, args.config, dict(overrides, series_type=k, name=names[k]))
+            for k in keys]
+
+
+def _keys_epilog() -> str:
+    """--help's list of every config key with its default."""
+    keys = "\n".join(f"  --{k} {v}" for k, v in config_lib.flat_keys())
+    return ("Any config key as --key value (nested: --crop.size_px 96; values read as YAML). The keys and their "
+            f"defaults (before the model's, the preset's and the recipe's overrides; --print-config shows "
+            f"those):\n{keys}")
 
 
 def _fit(cfg: dict) -> dict:

@@ -1,4 +1,4 @@
-"""What every script shares: one argument parser style, the common flags, and clear one-line errors.
+"""What every script shares: one argument parser style, the common flags, clear one-line errors, log lines.
 
 The same flag means the same kind of value in every script: `--data-dir DIR`, `--runs DIR`, `--cache-dir DIR`,
 `--folds PATH` (a folds.csv), `--fold-ids 0 1` (fold numbers), `--out FILE`, `--out-dir DIR`, `--workers N`.
@@ -23,7 +23,14 @@ INPUT_ERRORS = (DataError, MetricError, DicomError, ConfigError, OSError)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The script's docstring as written, and every flag's default."""
+    """The script's docstring as written, and every flag's default once: not for on/off switches, flags
+    without a default, or help that already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def parser(doc: str | None, epilog: str | None = None) -> argparse.ArgumentParser:

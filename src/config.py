@@ -1,19 +1,24 @@
-"""One default config; models, presets, config files and `--key value` flags are small overrides of it.
+"""One default config; models, presets, recipe files and `--key value` flags are small overrides of it.
 
-Resolution order: DEFAULTS <- MODEL_DEFAULTS[model] <- PRESETS[preset] <- --config FILE <- --key value.
+Resolution order: DEFAULTS <- MODEL_DEFAULTS[model] <- PRESETS[preset] <- SERIES_TYPE_DEFAULTS[series type]
+(localizer only) <- --config FILE <- --key value. A preset or a recipe file (configs/*.yaml) may also hold
+`per_model: {model: {...}}` and `per_series_type: {series type: {...}}` sections, applied after its common
+keys, so one file sets every part of a recipe (e.g. Sagittal T2's epochs apart from the axial ones). A recipe
+file may name its `preset` and list the models `make pipeline` trains (`pipeline:`).
 Nested keys use dots on the command line: `--crop.size_px 96`. Values are parsed as YAML (`--lr 3e-4`,
 `--amp none`, `--model_kwargs "{channels: [16, 32, 64, 128]}"`).
 """
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .atomic import write_text
-from .constants import SAMPLE_WEIGHTS
+from .constants import SAMPLE_WEIGHTS, SERIES_KEYS
 from .parallel import default_workers
 from .paths import SYNTH_DIR, dataset_name, folds_file_for, portable as portable_path, runs_dir_for
 
@@ -74,8 +79,7 @@ DEFAULTS: dict[str, Any] = {
             "negative_ratio": 1.0,
             # Searched series: weight of a cross-entropy across the level channels where a point is labelled,
             # so each disc gets one level (plain per-channel BCE lets a net that cannot tell the levels apart
-            # hedge them all, as on --variety real); off by default: at 8 epochs it cost precision on the
-            # default set (docs/BENCHMARKS.md).
+            # hedge them all, as on --variety real). On for the sagittal types (SERIES_TYPE_DEFAULTS).
             "level_weight": 0.0},
     "aug": {
         "where": "auto",  # cpu (albumentations in the loader workers) | device (batched on the GPU) | auto
@@ -95,6 +99,20 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     # One heatmap model per series type; `train.py --model localizer` trains one for each.
     "localizer": {"task": "localizer", "backbone": "resnet18", "batch_size": 16, "epochs": 20, "patience": 6},
 }
+
+# The localizer settings that held on realistic acquisitions (`--variety real`, docs/BENCHMARKS.md): the level
+# loss on the searched sagittal series and longer schedules. Applied after the preset, which sets the sizes.
+SERIES_TYPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sagittal_t2": {"epochs": 42, "patience": 20, "loc": {"level_weight": 0.5}},
+    "sagittal_t1": {"epochs": 24, "patience": 24, "loc": {"level_weight": 0.5}},
+    "axial": {"epochs": 24},
+}
+
+# Keys of a recipe (preset or config file) that are not run settings.
+SECTION_KEYS = ("per_model", "per_series_type")
+RECIPE_KEYS = ("pipeline",)
+# What `make pipeline` trains for each listed fold when a recipe names no `pipeline`, in this order.
+PIPELINE = ("localizer", "attn_resnext", "cnn_lstm")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Minutes on 2 CPU cores for the synthetic benchmark; tests and `make demo` use it.
@@ -143,30 +161,84 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
+def _unknown(key: str, known, where: str, prefix: str) -> ConfigError:
+    close = difflib.get_close_matches(key, [str(k) for k in known], n=1, cutoff=0.6)
+    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+    return ConfigError(f"{where}: unknown config key '{prefix}{key}'{hint}")
+
+
 def _check_keys(override: dict, base: dict, where: str, prefix: str = "") -> None:
     for key, value in override.items():
         if key not in base:
-            raise ConfigError(f"{where}: unknown config key '{prefix}{key}'")
+            raise _unknown(key, base, where, prefix)
         if isinstance(value, dict) and isinstance(base[key], dict) and key not in ("model_kwargs", "size_mm"):
             _check_keys(value, base[key], where, f"{prefix}{key}.")
+
+
+def check_recipe(recipe: dict, where: str) -> None:
+    """ConfigError naming `where` when a preset or recipe file has an unknown key, model or series type."""
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"{where}: expected a mapping of config keys, got {type(recipe).__name__}")
+    _check_keys({k: v for k, v in recipe.items() if k not in SECTION_KEYS + RECIPE_KEYS}, DEFAULTS, where)
+    for section, names in (("per_model", MODEL_DEFAULTS), ("per_series_type", sorted(SERIES_KEYS.values()))):
+        for name, override in (recipe.get(section) or {}).items():
+            if name not in names:
+                raise _unknown(name, names, where, f"{section}.")
+            _check_keys(override or {}, DEFAULTS, where, f"{section}.{name}.")
+    for model in recipe.get("pipeline") or ():
+        if model not in MODEL_DEFAULTS:
+            raise ConfigError(f"{where}: pipeline: unknown model '{model}'; known: {sorted(MODEL_DEFAULTS)}")
+
+
+def _apply(cfg: dict, recipe: dict, model: str, series_type: str | None) -> dict:
+    """A preset's or recipe file's overrides for one part: its common keys, then its per_model section for
+    the model, then (localizer) its per_series_type section for the series type."""
+    cfg = merge(cfg, {k: v for k, v in recipe.items() if k not in SECTION_KEYS + RECIPE_KEYS + ("preset",)})
+    cfg = merge(cfg, (recipe.get("per_model") or {}).get(model) or {})
+    if model == "localizer" and series_type:
+        cfg = merge(cfg, (recipe.get("per_series_type") or {}).get(series_type) or {})
+    return cfg
+
+
+def read_recipe(config_file: str | Path | None) -> dict:
+    """A recipe file (configs/*.yaml) as a dict, checked (ConfigError naming the file); {} for None."""
+    if not config_file:
+        return {}
+    path = Path(config_file)
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    check_recipe(recipe, str(path))
+    return recipe
+
+
+def pipeline_models(config_file: str | Path | None) -> list[str]:
+    """The models a recipe trains, in order (its `pipeline`, else PIPELINE)."""
+    return list(read_recipe(config_file).get("pipeline") or PIPELINE)
 
 
 def resolve(model: str | None = None, preset: str | None = None, config_file: str | Path | None = None,
             overrides: dict | None = None) -> dict:
     """The full config of one run."""
-    overrides = overrides or {}
-    file_cfg = yaml.safe_load(Path(config_file).read_text()) or {} if config_file else {}
+    overrides = dict(overrides or {})
+    file_cfg = read_recipe(config_file)
+    _check_keys(overrides, DEFAULTS, "command line")
     model = model or overrides.get("model") or file_cfg.get("model") or DEFAULTS["model"]
     if model not in MODEL_DEFAULTS:
         raise ConfigError(f"unknown model '{model}'; known: {sorted(MODEL_DEFAULTS)}")
+    preset = preset or overrides.get("preset") or file_cfg.get("preset")
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"unknown preset '{preset}'; known: {sorted(PRESETS)}")
+    series_type = overrides.get("series_type") or file_cfg.get("series_type")
+    if model == "localizer" and series_type is not None and series_type not in SERIES_KEYS.values():
+        raise ConfigError(f"unknown series type '{series_type}'; known: {sorted(SERIES_KEYS.values())}")
     cfg = merge(DEFAULTS, MODEL_DEFAULTS[model])
     if preset:
-        cfg = merge(cfg, PRESETS[preset])
-    _check_keys(file_cfg, DEFAULTS, str(config_file))
-    _check_keys(overrides, DEFAULTS, "command line")
-    cfg = merge(merge(cfg, file_cfg), overrides)
+        cfg = _apply(cfg, PRESETS[preset], model, series_type)
+    if model == "localizer" and series_type:
+        cfg = merge(cfg, SERIES_TYPE_DEFAULTS.get(series_type, {}))
+    cfg = merge(_apply(cfg, file_cfg, model, series_type), overrides)
     cfg["model"] = model
     cfg["preset"] = preset
     cfg["name"] = cfg["name"] or model
@@ -177,6 +249,17 @@ def resolve(model: str | None = None, preset: str | None = None, config_file: st
     if cfg["workers"] == "auto":
         cfg["workers"] = default_workers(reserve=1)
     return cfg
+
+
+def flat_keys(node: dict = DEFAULTS, prefix: str = "") -> list[tuple[str, Any]]:
+    """Every settable key as it is written on the command line ('crop.size_px') with its default."""
+    out: list[tuple[str, Any]] = []
+    for key, value in node.items():
+        if isinstance(value, dict) and value and key not in ("model_kwargs", "size_mm"):
+            out += flat_keys(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
 
 
 # Config keys that hold paths: saved relative to the repository (portable), never as this machine's absolute paths.
@@ -194,4 +277,5 @@ def save(cfg: dict, path: Path) -> None:
 
 
 def load(path: Path) -> dict:
+    """A saved config.yaml."""
     return yaml.safe_load(Path(path).read_text())

@@ -31,3 +31,111 @@ def test_workers_auto_follows_the_machine(monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
     assert resolve("attn_resnext")["workers"] == 1
     assert resolve("attn_resnext", overrides={"workers": 0})["workers"] == 0  # an explicit count is kept
+
+
+from pathlib import Path  # noqa: E402
+
+import yaml  # noqa: E402
+
+from conftest import REPO  # noqa: E402
+from src import config as config_lib  # noqa: E402
+from src.constants import SERIES_KEYS  # noqa: E402
+
+RECIPES = sorted((REPO / "configs").glob("*.yaml"))
+TYPES = sorted(SERIES_KEYS.values())
+
+
+def _parts(recipe: Path, **overrides) -> dict[str, dict]:
+    """Every run a recipe trains, resolved: name -> config."""
+    out = {}
+    for model in config_lib.pipeline_models(recipe):
+        for t in (TYPES if model == "localizer" else [None]):
+            extra = {"series_type": t, "name": f"localizer_{t}"} if t else {}
+            cfg = resolve(model, None, recipe, {**overrides, **extra})
+            out[cfg["name"]] = cfg
+    return out
+
+
+def test_unknown_key_suggests_the_closest():
+    with pytest.raises(KeyError, match=r"unknown config key 'lrr' \(did you mean 'lr'\?\)"):
+        resolve("attn_resnext", overrides=parse_overrides(["--lrr", "3"]))
+    with pytest.raises(KeyError, match=r"'loc.level_weigth' \(did you mean 'loc.level_weight'\?\)"):
+        resolve("localizer", overrides={"loc": {"level_weigth": 1}})
+
+
+def test_recipe_sections_apply_per_model_and_series_type(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("preset: tiny\nlr: 0.01\nper_model:\n  localizer: {epochs: 3}\n  cnn_lstm: {lr: 0.02}\n"
+                      "per_series_type:\n  axial: {epochs: 5, loc: {sigma: 3.0}}\n")
+    ax = resolve("localizer", None, recipe, {"series_type": "axial"})
+    t2 = resolve("localizer", None, recipe, {"series_type": "sagittal_t2"})
+    assert ax["preset"] == "tiny" and ax["epochs"] == 5 and ax["loc"]["sigma"] == 3.0 and ax["lr"] == 0.01
+    assert t2["epochs"] == 3 and t2["loc"]["sigma"] == 2.0 and t2["loc"]["level_weight"] == 0.5
+    assert resolve("cnn_lstm", None, recipe)["lr"] == 0.02 and resolve("attn_resnext", None, recipe)["lr"] == 0.01
+    assert resolve("localizer", None, recipe, {"series_type": "axial", "epochs": 9})["epochs"] == 9  # flags win
+    for bad, match in (("per_model:\n  vit: {}\n", "per_model.vit"), ("per_series_type:\n  sagital_t2: {}\n",
+                       "did you mean 'per_series_type.sagittal_t2'"), ("pipeline: [vit]\n", "pipeline: unknown model"),
+                       ("per_model:\n  cnn_lstm: {epoch: 1}\n", "'per_model.cnn_lstm.epoch'"), ("a: [\n", "not valid YAML")):
+        recipe.write_text(bad)
+        with pytest.raises(KeyError, match=match):
+            resolve("cnn_lstm", None, recipe)
+
+
+def test_localizer_defaults_are_the_variety_recipe():
+    """Without a recipe the localizers train what held on --variety real: the level loss on the sagittal types
+    and the longer schedules, at the preset's size; --preset tiny alone is what configs/variety.yaml trains."""
+    for t, (epochs, weight) in {"sagittal_t2": (42, 0.5), "sagittal_t1": (24, 0.5), "axial": (24, 0.0)}.items():
+        full = resolve("localizer", overrides={"series_type": t})
+        assert (full["epochs"], full["loc"]["level_weight"], full["loc"]["size_px"]) == (epochs, weight, 256)
+        tiny = resolve("localizer", "tiny", overrides={"series_type": t})
+        assert (tiny["epochs"], tiny["loc"]["size_px"]) == (epochs, 128)
+        assert tiny == resolve("localizer", None, REPO / "configs" / "variety.yaml", {"series_type": t})
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_committed_recipe_resolves(recipe):
+    parts = _parts(recipe)
+    assert {f"localizer_{t}" for t in TYPES} <= set(parts) and {"attn_resnext", "cnn_lstm"} <= set(parts)
+    for cfg in parts.values():
+        assert yaml.safe_load(yaml.safe_dump(config_lib.portable(cfg))) == config_lib.portable(cfg)
+
+
+def test_demo_recipe_keeps_the_demo_settings():
+    """configs/demo.yaml trains what `make demo` always trained (docs/BENCHMARKS.md's numbers stand)."""
+    parts = _parts(REPO / "configs" / "demo.yaml")
+    assert {c["preset"] for c in parts.values()} == {"tiny"}
+    assert (parts["attn_resnext"]["epochs"], parts["cnn_lstm"]["epochs"]) == (12, 10)
+    for t in TYPES:
+        loc = parts[f"localizer_{t}"]
+        assert (loc["epochs"], loc["patience"], loc["loc"]["size_px"], loc["loc"]["level_weight"]) == (8, 4, 96, 0.0)
+    real = _parts(REPO / "configs" / "real.yaml")
+    assert {c["preset"] for c in real.values()} == {None} and real["attn_resnext"]["backbone"] == "resnext50_32x4d"
+
+
+def test_per_type_values_reach_each_runs_saved_config(tmp_path, monkeypatch, capsys):
+    """train.py with a recipe: each series type's run folder saves that type's values (fit stubbed after the
+    config is saved, as the engine does first)."""
+    import train
+
+    def saving_fit(cfg):
+        folder = Path(cfg["runs"]) / cfg["name"] / f"fold{cfg['fold']}"
+        folder.mkdir(parents=True)
+        config_lib.save(cfg, folder / "config.yaml")
+        return {"run_dir": str(folder), "score": 0.0}
+
+    monkeypatch.setattr(train, "fit", saving_fit)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("preset: tiny\nper_series_type:\n  sagittal_t2: {epochs: 7}\n  axial: {loc: {sigma: 4.0}}\n")
+    runs = tmp_path / "runs"
+    train.main(["--model", "localizer", "--config", str(recipe), "--runs", str(runs), "--fold", "1"])
+    saved = {t: config_lib.load(runs / f"localizer_{t}" / "fold1" / "config.yaml") for t in TYPES}
+    assert saved["sagittal_t2"]["epochs"] == 7 and saved["sagittal_t1"]["epochs"] == 24
+    assert saved["axial"]["loc"]["sigma"] == 4.0 and saved["sagittal_t2"]["loc"]["sigma"] == 2.0
+    assert {c["preset"] for c in saved.values()} == {"tiny"}
+    capsys.readouterr()
+    train.main(["--print-config", "--config", str(REPO / "configs" / "demo.yaml")])
+    printed = capsys.readouterr().out
+    docs = [yaml.safe_load(d.split("\n", 1)[1]) for d in printed.split("# ")[1:]]
+    assert [d for d in printed.splitlines() if d.startswith("# ")] == [
+        "# attn_resnext fold 0", "# cnn_lstm fold 0"] + [f"# localizer_{t} fold 0" for t in ("sagittal_t2", "sagittal_t1", "axial")]
+    assert [d["loc"]["size_px"] for d in docs[2:]] == [96] * 3 and docs[1]["epochs"] == 10
