@@ -89,31 +89,38 @@ variety-demo: install
 	$(MAKE) data baselines DATA=$(VARIETY_DATA) VARIETY=real
 	$(MAKE) pipeline DATA=$(VARIETY_DATA) CONFIG=configs/variety.yaml FOLD_IDS=0
 
+# One prepared GPU check (under 8 minutes on one GPU; exits at once without one): full-size AMP samples/s and
+# peak memory per model, inference s/study, and a 2-epoch full-size training of each model (gpu_check.py).
+.PHONY: gpu-check
+gpu-check: install
+	$(PY) gpu_check.py
+
 test: install
 	$(PY) -m pytest -q tests
 
 clean:
 	rm -rf $(DATA) $(FOLDS_FILE) $(RUNS) $(REPORTS)
 
-# ---- Kaggle (needs the kaggle CLI credentials: ~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY) ----
+# ---- Kaggle (kaggle-wheels and kaggle-dataset need no credentials; the others need the kaggle CLI's:
+# kaggle.json in $KAGGLE_CONFIG_DIR or ~/.kaggle, or KAGGLE_USERNAME and KAGGLE_KEY) ----
 COMPETITION := rsna-2024-lumbar-spine-degenerative-classification
 REAL_DATA ?= input/$(COMPETITION)
-KAGGLE := $(VENV)/bin/kaggle
-BUILD := build
+KAGGLE ?= $(VENV)/bin/kaggle
+BUILD ?= build
 
 .PHONY: kaggle-check kaggle-download kaggle-wheels kaggle-dataset kaggle-upload kaggle-push kaggle-status kaggle-submit
 
 kaggle-check: install
-	@if [ -z "$$KAGGLE_USERNAME" ] && [ ! -f "$$HOME/.kaggle/kaggle.json" ]; then \
-	  echo "No Kaggle credentials: put kaggle.json in ~/.kaggle/ (Kaggle > Settings > API > Create New Token)"; \
-	  echo "or export KAGGLE_USERNAME and KAGGLE_KEY, then run this target again."; exit 1; fi
+	@$(PY) kaggle/meta.py check
 
 kaggle-download: kaggle-check
 	$(KAGGLE) competitions download -c $(COMPETITION) -p input/
 	cd input && unzip -q -o $(COMPETITION).zip -d $(COMPETITION)
 
-# Wheels the offline notebook installs when the image lacks them: built for the Python of Kaggle's current
-# image. Change these two together when Kaggle moves to another Python (e.g. KAGGLE_PYTHON=3.13 KAGGLE_ABI=cp313).
+# Wheels the offline notebook installs when the image lacks them (or has an older version than src/ needs):
+# built for the Python of Kaggle's current image. Change these two together when Kaggle moves to another
+# Python (e.g. KAGGLE_PYTHON=3.13 KAGGLE_ABI=cp313). The metadata keeps its user-name placeholder until
+# kaggle-upload fills it.
 KAGGLE_PYTHON ?= 3.12
 KAGGLE_ABI ?= cp312
 KAGGLE_PLATFORMS := --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64
@@ -121,17 +128,21 @@ kaggle-wheels: install
 	rm -rf $(BUILD)/wheels && mkdir -p $(BUILD)/wheels
 	$(VENV)/bin/pip download --no-deps --only-binary=:all: --python-version $(KAGGLE_PYTHON) --implementation cp \
 	  --abi $(KAGGLE_ABI) --abi abi3 --abi none $(KAGGLE_PLATFORMS) -d $(BUILD)/wheels -r kaggle/requirements-kaggle.txt
-	$(PY) kaggle/meta.py fill kaggle/wheels-metadata.json $(BUILD)/wheels/dataset-metadata.json
-# Code and weights as one dataset: the inference scripts, only the src/ modules they import, and each run's
-# config.yaml + best.pt + ensemble.json.
+	cp kaggle/wheels-metadata.json $(BUILD)/wheels/dataset-metadata.json
+# Code and weights as one dataset: the inference scripts, only the src/ modules they import, the package
+# minimums the notebook checks, and each run's config.yaml + best.pt + ensemble.json.
 kaggle-dataset: install
 	rm -rf $(BUILD)/kaggle_dataset
 	$(PY) kaggle/meta.py package --runs runs/$(notdir $(REAL_DATA)) --dataset $(notdir $(REAL_DATA)) $(BUILD)/kaggle_dataset
-	$(PY) kaggle/meta.py fill kaggle/dataset-metadata.json $(BUILD)/kaggle_dataset/dataset-metadata.json
+	cp kaggle/dataset-metadata.json $(BUILD)/kaggle_dataset/dataset-metadata.json
 
+# Each dataset is created, or versioned when Kaggle has it already (kaggle/meta.py upload asks first, and reads
+# the CLI's output: kaggle 1.7 exits 0 after a refused creation); any upload error stops make with one line.
 kaggle-upload: kaggle-check kaggle-wheels kaggle-dataset
-	$(KAGGLE) datasets create -p $(BUILD)/wheels --dir-mode zip -q || $(KAGGLE) datasets version -p $(BUILD)/wheels -m "wheels" --dir-mode zip -q
-	$(KAGGLE) datasets create -p $(BUILD)/kaggle_dataset --dir-mode zip -q || $(KAGGLE) datasets version -p $(BUILD)/kaggle_dataset -m "code and weights" --dir-mode zip -q
+	$(PY) kaggle/meta.py fill kaggle/wheels-metadata.json $(BUILD)/wheels/dataset-metadata.json
+	$(PY) kaggle/meta.py fill kaggle/dataset-metadata.json $(BUILD)/kaggle_dataset/dataset-metadata.json
+	$(PY) kaggle/meta.py upload $(BUILD)/wheels -m "wheels" --kaggle $(KAGGLE)
+	$(PY) kaggle/meta.py upload $(BUILD)/kaggle_dataset -m "code and weights" --kaggle $(KAGGLE)
 
 kaggle-push: kaggle-check
 	rm -rf $(BUILD)/kaggle_kernel && mkdir -p $(BUILD)/kaggle_kernel

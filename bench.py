@@ -5,7 +5,7 @@ storage: cache bytes per pixel at the real size, projected to the real training 
 loader: one loader process's crops/s, raw (for augmentation on the device) and with albumentations (CPU path).
 augment: crops/s of the batched device augmentation on the fastest device here.
 crops: crops/s served from the crop cache with augmentation, against decoding the DICOM series each time.
-train: training samples/s of each model (AMP and peak GPU memory on CUDA).
+train: training samples/s of each model, the localizers too (AMP and peak GPU memory on CUDA).
 infer: seconds and model forward calls per study of the whole offline pipeline (infer.py), cache warm, over
     --runs, else over a random-weight 5-fold x (2 classifiers + 3 localizers) ensemble of the preset.
 Prints a Markdown table to paste into docs/BENCHMARKS.md, with the machine it ran on.
@@ -219,16 +219,30 @@ def bench_infer(data_dir: Path, runs: Path | None, preset: str | None, workers: 
              f"{counter['calls'] / studies:.1f} forward calls/study")]
 
 
-def bench_train(cfg: dict, steps: int) -> list[tuple[str, str]]:
+def _train_step_fn(cfg: dict, model, device):
+    """A training step's loss on random inputs of the run's shapes (crops and labels, or localizer slices and
+    heatmap targets); its input description for the table."""
+    b = cfg["batch_size"]
+    if cfg["task"] == "localizer":
+        p = cfg["loc"]["size_px"]
+        x = torch.rand(b, 3, p, p, device=device)
+        target = torch.rand_like(model(x[:1]).float()).expand(b, -1, -1, -1).contiguous()
+        return (lambda: torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), target)), f"3x{p}px"
+    s, p = cfg["crop"]["n_slices"], cfg["crop"]["size_px"]
+    x = torch.rand(b, s, p, p, device=device)
+    c, lv = torch.randint(0, 5, (b,), device=device), torch.randint(0, 5, (b,), device=device)
+    y = torch.randint(0, 3, (b,), device=device)
+    return (lambda: torch.nn.functional.cross_entropy(model(x, c, lv).float(), y)), f"{s}x{p}px"
+
+
+def bench_train(cfg: dict, steps: int, metrics: dict | None = None) -> list[tuple[str, str]]:
+    """Training samples/s of one model on random inputs (AMP and peak GPU memory on CUDA)."""
     device = pick_device("auto")
     amp_dtype, _ = training_amp(cfg["amp"], device)
     model = build_model(cfg).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    b, s, p = cfg["batch_size"], cfg["crop"]["n_slices"], cfg["crop"]["size_px"]
-    x = torch.rand(b, s, p, p, device=device)
-    c = torch.randint(0, 5, (b,), device=device)
-    lv = torch.randint(0, 5, (b,), device=device)
-    y = torch.randint(0, 3, (b,), device=device)
+    b = cfg["batch_size"]
+    step_loss, shape = _train_step_fn(cfg, model, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for i in range(steps + 2):
@@ -237,18 +251,32 @@ def bench_train(cfg: dict, steps: int) -> list[tuple[str, str]]:
                 torch.cuda.synchronize()
             start = time.perf_counter()
         with autocast(device, amp_dtype):
-            loss = torch.nn.functional.cross_entropy(model(x, c, lv).float(), y)
+            loss = step_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     rate = steps * b / (time.perf_counter() - start)
-    what = f"train {cfg['model']} ({cfg['backbone']}, {s}x{p}px, batch {b}, {amp_dtype or 'fp32'})"
+    what = f"train {cfg['name']} ({cfg['backbone']}, {shape}, batch {b}, {amp_dtype or 'fp32'})"
     result = f"{rate:.0f} samples/s"
-    if device.type == "cuda":
-        result += f", peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    if peak is not None:
+        result += f", peak {peak:.2f} GiB"
+    if metrics is not None:
+        metrics.setdefault("train", {})[cfg["name"]] = {"samples_per_s": rate, "peak_gib": peak, "batch": b,
+                                                        "input": shape, "amp": str(amp_dtype or "fp32")}
     return [(what, result)]
+
+
+def train_configs(preset: str | None) -> list[dict]:
+    """The config of each model the default recipe trains: both classifiers and the localizer of each series
+    type."""
+    from src.localizer.plan import PLAN
+    from src.run_folders import localizer_run
+
+    return [config_lib.resolve(m, preset) for m in ("attn_resnext", "cnn_lstm")] + [
+        config_lib.resolve("localizer", preset, None, {"series_type": p.key, "name": localizer_run(p.key)}) for p in PLAN]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -277,8 +305,8 @@ def main(argv: list[str] | None = None) -> None:
     if "crops" in a.what:
         rows += bench_crops(a.data_dir, config_lib.resolve("attn_resnext", preset), a.crops, a.workers)
     if "train" in a.what:
-        for model in ("attn_resnext", "cnn_lstm"):
-            rows += bench_train(config_lib.resolve(model, preset), a.steps)
+        for cfg in train_configs(preset):
+            rows += bench_train(cfg, a.steps, metrics)
     if "infer" in a.what:
         rows += bench_infer(a.data_dir, a.runs, preset, a.workers, metrics, a.infer_out)
     print(f"machine: {machine()}\n\n| what | result |\n| --- | --- |")

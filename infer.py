@@ -11,7 +11,7 @@ renormalised), a localizer its series type. The rows nothing reached get the tra
 degradation is named in one summary at the end and in <out>.faults.json beside the submission.
 
 Exit codes: 0 the submission is written (with --strict: and every model was used); 1 nothing could be
-written; 2 bad command line or input file named on it; 3 (--strict only) written, but a fold, member or
+written; 2 bad command line, a missing data folder or an input file named on it; 3 (--strict only) written, but a fold, member or
 localizer was dropped or no model was used.
 """
 from __future__ import annotations
@@ -23,10 +23,17 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from src.versions import version_problems  # noqa: E402  (before anything that imports them)
+
+if version_problems():
+    sys.exit(f"infer.py: packages too old or missing: {'; '.join(version_problems())}; install the pinned wheels "
+             "(requirements.txt, or the notebook's wheels dataset)")
+
 from src import cli  # noqa: E402
 from src.faults import MODEL_DROPPED_EXIT, FaultLog  # noqa: E402
 from src.paths import cache_dir_for, submission_dir_for  # noqa: E402
 from src.pipeline import make_submission  # noqa: E402
+from src.tables import DataError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"exit {MODEL_DROPPED_EXIT} (submission still written) when any fold, member or localizer was "
                          "dropped or no model was used")
     a = cli.dataset_defaults(ap.parse_args(argv))
+    if not a.data_dir.is_dir():
+        raise DataError(f"{a.data_dir}: no such data folder (--data-dir)")
     a.out = a.out or submission_dir_for(a.data_dir) / "submission.csv"
     faults = FaultLog()
     try:

@@ -21,6 +21,7 @@ from src import cli  # noqa: E402
 from src import config as config_lib  # noqa: E402
 from src.engine import fit, shutdown  # noqa: E402
 from src.localizer.plan import PLAN  # noqa: E402
+from src.progress import log  # noqa: E402
 from src.run_folders import localizer_run  # noqa: E402
 
 
@@ -91,7 +92,7 @@ def _keys_epilog() -> str:
 def _fit(cfg: dict) -> dict:
     result = fit(cfg)
     refs = "".join(f", {k} {v:.4f}" for k, v in result.get("references", {}).items())
-    print(f"{cfg['name']} fold {cfg['fold']}: best epoch {result.get('best_epoch')}, "
+    log(f"{cfg['name']} fold {cfg['fold']}: best epoch {result.get('best_epoch')}, "
           f"score {result.get('score', float('nan')):.4f}{refs} -> {result['run_dir']}")
     return result
 

@@ -1,8 +1,14 @@
 """Kaggle packaging for the Makefile (never shipped to Kaggle itself):
 
+python kaggle/meta.py check                      exit 1 with what to do when no Kaggle credentials are set
 python kaggle/meta.py fill TEMPLATE OUT          metadata JSON with KAGGLE_USERNAME filled in from the
-                                                 environment or ~/.kaggle/kaggle.json
+                                                 environment or kaggle.json (in $KAGGLE_CONFIG_DIR, else
+                                                 ~/.kaggle, else ~/.config/kaggle, as the kaggle CLI looks)
 python kaggle/meta.py username                   the Kaggle user name, found the same way
+python kaggle/meta.py upload DIR -m NOTES [--kaggle EXE]
+                                                 DIR (with its dataset-metadata.json) as a new dataset, or as a
+                                                 new version when Kaggle has it already; stops with one line on
+                                                 any upload error
 python kaggle/meta.py package --runs RUNS [--dataset NAME] OUT
                                                  the code-and-weights dataset: the inference scripts, only the
                                                  src/ modules they import, and each run's config.yaml and
@@ -17,6 +23,7 @@ import ast
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,24 +32,96 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
+from src.atomic import write_text  # noqa: E402
 from src.run_folders import CONFIG, ENSEMBLE, INFERENCE_FILES  # noqa: E402
 
 SCRIPTS = ("infer.py", "localize.py")  # what the notebook runs
 
 
+def config_dir() -> Path:
+    """Where the kaggle CLI reads kaggle.json: $KAGGLE_CONFIG_DIR, else ~/.kaggle, else (Linux, when ~/.kaggle does
+    not exist) $XDG_CONFIG_HOME/kaggle or ~/.config/kaggle."""
+    if os.environ.get("KAGGLE_CONFIG_DIR"):
+        return Path(os.environ["KAGGLE_CONFIG_DIR"])
+    home = Path.home() / ".kaggle"
+    if home.exists() or not sys.platform.startswith("linux"):
+        return home
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
+
+
+NO_CREDENTIALS = ("no Kaggle credentials: put kaggle.json in {dir} (Kaggle > Settings > API > Create New Token; "
+                  "KAGGLE_CONFIG_DIR picks another folder) or export KAGGLE_USERNAME and KAGGLE_KEY")
+
+
 def kaggle_username() -> str:
+    """The Kaggle user name: KAGGLE_USERNAME, else kaggle.json in config_dir()."""
     if os.environ.get("KAGGLE_USERNAME"):
         return os.environ["KAGGLE_USERNAME"]
-    creds = Path.home() / ".kaggle" / "kaggle.json"
+    creds = config_dir() / "kaggle.json"
     if creds.is_file():
-        return json.loads(creds.read_text())["username"]
-    raise SystemExit("no Kaggle username: export KAGGLE_USERNAME or put kaggle.json in ~/.kaggle/")
+        try:
+            return json.loads(creds.read_text())["username"]
+        except (ValueError, KeyError) as err:
+            raise SystemExit(f"kaggle/meta.py: {creds}: no user name in it ({type(err).__name__}: {err})") from None
+    raise SystemExit("kaggle/meta.py: " + NO_CREDENTIALS.format(dir=config_dir()))
+
+
+def check_credentials() -> None:
+    """SystemExit naming what to do when neither KAGGLE_USERNAME + KAGGLE_KEY nor a kaggle.json is set."""
+    if not (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")) and not (config_dir() / "kaggle.json").is_file():
+        raise SystemExit(NO_CREDENTIALS.format(dir=config_dir()))
+
+
+def _kaggle(exe: str, *args: str) -> tuple[int, str]:
+    """Run the kaggle CLI; its exit code and its output (stdout and stderr), printed as it was."""
+    done = subprocess.run([exe, *args], capture_output=True, text=True)
+    output = (done.stdout or "") + (done.stderr or "")
+    if output.strip():
+        print(output.rstrip())
+    return done.returncode, output
+
+
+def _error_line(output: str) -> str | None:
+    """The first line of the kaggle CLI's output that reports an error (it often exits 0 after one)."""
+    for line in output.splitlines():
+        low = line.lower()
+        if "error" in low or "403" in low or "404" in low or "401" in low or "traceback" in low:
+            return line.strip()
+    return None
+
+
+def upload(folder: Path, notes: str, exe: str = "kaggle") -> str:
+    """Upload a dataset folder: a new version when Kaggle already has the dataset (asked first with `datasets
+    status`, so the payload is sent once), else a new dataset; a creation refused because the name is taken
+    falls back to a new version. Returns 'created' or 'versioned'; SystemExit with one line on any error,
+    whatever the CLI's exit code (kaggle 1.7 exits 0 after 'Dataset creation error')."""
+    meta_file = Path(folder) / "dataset-metadata.json"
+    if not meta_file.is_file():
+        raise SystemExit(f"kaggle/meta.py: {meta_file}: missing; build the folder first (make kaggle-wheels / kaggle-dataset)")
+    dataset = json.loads(meta_file.read_text())["id"]
+    if dataset.startswith("KAGGLE_USERNAME/"):
+        raise SystemExit(f"kaggle/meta.py: {meta_file}: the user name is still a placeholder; run `kaggle/meta.py fill` first")
+    code, output = _kaggle(exe, "datasets", "status", dataset)
+    exists = code == 0 and _error_line(output) is None and bool(output.strip())
+    done = "versioned"
+    if not exists:
+        code, output = _kaggle(exe, "datasets", "create", "-p", str(folder), "--dir-mode", "zip", "-q")
+        done = "created"
+        if "already in use" in output.lower() or "already exists" in output.lower():
+            exists = True
+    if exists:
+        code, output = _kaggle(exe, "datasets", "version", "-p", str(folder), "-m", notes, "--dir-mode", "zip", "-q")
+        done = "versioned"
+    error = _error_line(output)
+    if code != 0 or error:
+        raise SystemExit(f"kaggle/meta.py: uploading {folder} as {dataset} failed: {error or f'kaggle exited {code}'}")
+    print(f"{dataset}: {done}")
+    return done
 
 
 def fill(template: Path, out: Path, username: str) -> dict:
     meta = json.loads(template.read_text().replace("KAGGLE_USERNAME", username))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(meta, indent=2) + "\n")
+    write_text(json.dumps(meta, indent=2) + "\n", out)
     return meta
 
 
@@ -146,7 +225,12 @@ def main(argv: list[str] | None = None) -> None:
     f = sub.add_parser("fill", help="fill a metadata template with the Kaggle user name")
     f.add_argument("template", type=Path)
     f.add_argument("out", type=Path)
-    sub.add_parser("username", help="print the Kaggle user name (KAGGLE_USERNAME, else ~/.kaggle/kaggle.json)")
+    sub.add_parser("username", help="print the Kaggle user name (KAGGLE_USERNAME, else kaggle.json)")
+    sub.add_parser("check", help="exit 1 with what to do when no Kaggle credentials are set")
+    u = sub.add_parser("upload", help="upload a dataset folder: create it, or a new version when it exists")
+    u.add_argument("folder", type=Path)
+    u.add_argument("-m", "--message", default="new version", help="the version notes")
+    u.add_argument("--kaggle", default="kaggle", help="the kaggle CLI to run")
     p = sub.add_parser("package", help="build the code-and-weights dataset folder")
     p.add_argument("--runs", type=Path, required=True, help="the runs folder to ship (runs/<dataset>)")
     p.add_argument("--dataset", default=None, help="the dataset every run must be trained on; default: the runs "
@@ -157,6 +241,10 @@ def main(argv: list[str] | None = None) -> None:
         fill(a.template, a.out, kaggle_username())
     elif a.command == "username":
         print(kaggle_username())
+    elif a.command == "check":
+        check_credentials()
+    elif a.command == "upload":
+        upload(a.folder, a.message, a.kaggle)
     else:
         written = package(a.runs, a.out, dataset=a.dataset or a.runs.resolve().name)
         print(f"{a.out}: {len(written)} files ({sum(p.suffix == '.py' for p in written)} Python files)")

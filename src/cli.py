@@ -1,4 +1,4 @@
-"""What every script shares: one argument parser style, the common flags, clear one-line errors, log lines.
+"""What every script shares: one argument parser style, the common flags, clear one-line errors.
 
 The same flag means the same kind of value in every script: `--data-dir DIR`, `--runs DIR`, `--cache-dir DIR`,
 `--folds PATH` (a folds.csv), `--fold-ids 0 1` (fold numbers), `--out FILE`, `--out-dir DIR`, `--workers N`.

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,6 @@ import yaml
 from timm.scheduler import CosineLRScheduler
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm import tqdm
 
 from . import config as config_lib
 from .atomic import remove_orphans, save_torch, write_csv
@@ -30,6 +28,7 @@ from .datasets import seed_worker
 from .device import autocast, pick_device, training_amp
 from .localizer.task import LocalizerTask
 from .models import build_model
+from .progress import interactive, log, progress
 from .run_folders import BEST, CONFIG, LAST, LOG, OOF, run_dir
 from .tasks import ClassifierTask
 
@@ -196,38 +195,38 @@ def _resume(out_dir: Path, model, optimizer, scaler, main: bool) -> _Progress:
         return _from_best(out_dir, model, what, main)
     progress.log = _log_until(out_dir, progress.epoch)
     if main:
-        print(f"resumed {out_dir / LAST} at epoch {progress.epoch}")
+        log(f"resumed {out_dir / LAST} at epoch {progress.epoch}")
     return progress
 
 
 def _from_best(out_dir: Path, model, what: str, main: bool) -> _Progress:
     """Progress after a lost last.pt: best.pt's weights and the log up to its epoch, else a fresh start."""
-    log = _log_until(out_dir, 10**9)
-    best = min(log, key=lambda r: r["score"]) if log else None
+    history = _log_until(out_dir, 10**9)
+    best = min(history, key=lambda r: r["score"]) if history else None
     try:
         model.load_state_dict(torch.load(out_dir / BEST, map_location="cpu", weights_only=True)["model"])
     except Exception:  # noqa: BLE001 - no usable best.pt either
         best = None
     if best is None:
         if main:
-            print(f"{what}; no usable {BEST}: training from scratch")
+            log(f"{what}; no usable {BEST}: training from scratch")
         return _Progress()
     epoch = int(best["epoch"])
     if main:
-        print(f"{what}; continuing from {BEST} (epoch {epoch}) with a fresh optimizer")
-    return _Progress(epoch=epoch, best_score=float(best["score"]), best_epoch=epoch, log=log[:epoch])
+        log(f"{what}; continuing from {BEST} (epoch {epoch}) with a fresh optimizer")
+    return _Progress(epoch=epoch, best_score=float(best["score"]), best_epoch=epoch, log=history[:epoch])
 
 
 
 def _train_epoch(net, model, task, loader, optimizer, scheduler, scaler, cfg: dict, device, amp_dtype, first_step: int,
                  desc: str, main: bool) -> float:
     """One pass over the training loader; returns the mean loss. The loss stays on the device: the host waits
-    for it only every log_every steps (progress bar) and once at the end."""
+    for it only every log_every steps (progress bar or log line) and once at the end."""
     net.train()
     total = torch.zeros((), device=device)
-    # A bar on a terminal; in a log file only the per-epoch line that fit prints.
-    bar = tqdm(loader, desc=desc, disable=not main or not sys.stderr.isatty(), leave=False)
-    step = -1
+    # A bar on a terminal; in a log file a timestamped line every log_every steps (and fit's per-epoch line).
+    bar = progress(loader, desc, disable=not main or not interactive(), leave=False)
+    started, step = time.time(), -1
     for step, batch in enumerate(bar):
         inputs = model_inputs(task, batch, device, train=True)
         with autocast(device, amp_dtype):
@@ -241,8 +240,13 @@ def _train_epoch(net, model, task, loader, optimizer, scheduler, scaler, cfg: di
         scaler.update()
         scheduler.step_update(first_step + step + 1)
         total += loss.detach()
-        if (step + 1) % cfg["log_every"] == 0 and not bar.disable:
-            bar.set_postfix(loss=f"{float(total) / (step + 1):.4f}")
+        if (step + 1) % cfg["log_every"] == 0 and main:
+            mean = float(total) / (step + 1)  # the host waits for the device here, once per log_every steps
+            if bar.disable:
+                log(f"{desc} step {step + 1}/{len(loader)}: loss {mean:.4f}, "
+                    f"{(step + 1) / (time.time() - started):.2f} steps/s")
+            else:
+                bar.set_postfix(loss=f"{mean:.4f}")
     return float(total) / max(step + 1, 1)
 
 
@@ -260,7 +264,7 @@ def fit(cfg: dict) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
         remove_orphans(out_dir)  # left by a kill during a write
         if (out_dir / LAST).is_file() and not resuming:
-            print(f"{out_dir}: --restart: training from scratch over the earlier run")
+            log(f"{out_dir}: --restart: training from scratch over the earlier run")
         config_lib.save(cfg, out_dir / CONFIG)
 
     task = _build_task(cfg, out_dir, device, rank, world)
@@ -316,9 +320,9 @@ def fit(cfg: dict) -> dict:
             write_csv(pd.DataFrame(progress.log), out_dir / LOG)
             save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scaler": scaler.state_dict(), "state": progress.state()}, out_dir / LAST)
-            print(f"epoch {epoch + 1}: train_loss {train_loss:.4f} val_loss {metrics['val_loss']:.4f} "
-                  f"score {metrics['score']:.4f} acc {metrics['acc']:.3f} ({row['seconds']:.0f}s)"
-                  + (" *" if improved else ""))
+            log(f"{cfg['name']} fold {cfg['fold']} epoch {epoch + 1}: train_loss {train_loss:.4f} "
+                f"val_loss {metrics['val_loss']:.4f} score {metrics['score']:.4f} acc {metrics['acc']:.3f} "
+                f"({row['seconds']:.0f}s)" + (" *" if improved else ""))
     if not best_metrics and progress.log:
         best_metrics = min(progress.log, key=lambda r: r["score"])
     refs = task.references() if hasattr(task, "references") else {}

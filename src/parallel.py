@@ -6,7 +6,7 @@ import os
 from typing import Callable, Iterator, Sequence, TypeVar
 
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from .progress import progress
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -19,12 +19,12 @@ def default_workers(reserve: int = 0) -> int:
 
 
 def progress_map(fn: Callable[[T], R], items: Sequence[T], workers: int, desc: str, chunksize: int = 1) -> Iterator[R]:
-    """fn over items, results in order, with a tqdm bar; spawned worker processes when workers > 1."""
+    """fn over items, results in order, with progress (progress.py); spawned worker processes when workers > 1."""
     if workers > 1 and len(items) > 1:
         with mp.get_context("spawn").Pool(workers) as pool:
-            yield from tqdm(pool.imap(fn, items, chunksize=chunksize), total=len(items), desc=desc)
+            yield from progress(pool.imap(fn, items, chunksize=chunksize), desc, total=len(items))
     else:
-        yield from (fn(item) for item in tqdm(items, desc=desc))
+        yield from (fn(item) for item in progress(items, desc))
 
 
 def loader_workers(workers: int) -> int:
@@ -34,10 +34,10 @@ def loader_workers(workers: int) -> int:
 
 def batches_ahead(dataset: Dataset, per_batch: int, workers: int, desc: str) -> Iterator[list]:
     """A per-study dataset's items in lists of per_batch, made by `workers` loader processes ahead of the caller
-    (0: in this process), with a tqdm bar over the items. The items must not raise (return the error instead)."""
+    (0: in this process), with progress over the items (progress.py). The items must not raise (return the error instead)."""
     loader = DataLoader(dataset, batch_size=max(1, per_batch), shuffle=False, collate_fn=list, num_workers=workers,
                         prefetch_factor=2 if workers else None)
-    with tqdm(total=len(dataset), desc=desc) as bar:
+    with progress(desc=desc, total=len(dataset)) as bar:
         for batch in loader:
             yield batch
             bar.update(len(batch))

@@ -26,6 +26,7 @@ from .localizer.infer import Localizer, localize
 from .faults import FaultLog
 from .parallel import loader_workers
 from .metric import overlay, prior_rows, prior_table
+from .progress import log
 from .run_folders import classifier_runs, ensemble_file, is_run_name
 from .tables import (
     DataError,
@@ -188,7 +189,7 @@ def make_submission(data_dir: Path, split: str, runs: Path, out: Path, cache_dir
             split, device, faults)
     faults.write(faults_path(out))
     seconds = time.time() - started
-    print(f"wrote {out}: {len(result)} rows for {len(study_ids)} studies "
+    log(f"wrote {out}: {len(result)} rows for {len(study_ids)} studies "
           f"({coords['study_id'].nunique() if len(coords) else 0} localized, {len(modelled)} rows from the models); "
           f"{seconds / max(len(study_ids), 1):.2f} s per study")
     print(faults.summary())

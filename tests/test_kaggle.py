@@ -1,6 +1,7 @@
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -100,7 +101,17 @@ def test_notebook_runs_against_a_kaggle_like_input_folder(synth_dir, tmp_path, m
     wheels = kaggle_input / "rsna2024-lumbar-wheels"
     wheels.mkdir()
     _wheel(wheels, "rsna_notebook_probe", "1.0")  # missing here: must be installed
-    _wheel(wheels, "pydicom", "0.0.1")  # already installed: must be left alone
+    _wheel(wheels, "pydicom", "0.0.1")  # installed at a good enough version: must be left alone
+    _wheel(wheels, "rsna_old_probe", "2.0")  # installed at 1.0, older than the minimum: must be replaced
+    old_site = tmp_path / "old_site"
+    old_site.mkdir()
+    _wheel(old_site, "rsna_old_probe", "1.0")
+    import zipfile
+
+    zipfile.ZipFile(old_site / "rsna_old_probe-1.0-py3-none-any.whl").extractall(old_site)
+    monkeypatch.syspath_prepend(str(old_site))
+    versions = code / "src" / "versions.py"  # the shipped table of minimums, with the probe's minimum added
+    versions.write_text(versions.read_text() + '\nMINIMUM_VERSIONS["rsna-old-probe"] = "1.5"\n')
     before = _tree_state(kaggle_input)
     working, cache, site = tmp_path / "working", tmp_path / "cache", tmp_path / "site"
     working.mkdir()
@@ -108,6 +119,7 @@ def test_notebook_runs_against_a_kaggle_like_input_folder(synth_dir, tmp_path, m
     monkeypatch.setenv("KAGGLE_WORKING", str(working))
     monkeypatch.setenv("RSNA_CACHE", str(cache))
     monkeypatch.setenv("PIP_TARGET", str(site))  # pip installs here instead of into the test's environment
+    monkeypatch.setenv("PYTHONPATH", str(site))  # and infer.py, a subprocess, finds it there
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # no internet
     notebook = json.loads((REPO / "notebooks" / "kaggle_inference.ipynb").read_text())
     namespace: dict = {}
@@ -118,7 +130,9 @@ def test_notebook_runs_against_a_kaggle_like_input_folder(synth_dir, tmp_path, m
             exec(compile(source, "kaggle_inference.ipynb", "exec"), namespace)
     printed = capsys.readouterr().out
     assert (site / "rsna_notebook_probe" / "__init__.py").is_file()
-    assert not (site / "pydicom").exists() and "pydicom 3.0.2: already installed, kept" in printed
+    assert not (site / "pydicom").exists() and "pydicom 3.0.2: kept (installed, needs >= 3.0)" in printed
+    assert "rsna-old-probe 2.0: installed (1.0 is older than the 1.5 src/ needs)" in printed
+    assert (site / "rsna_old_probe-2.0.dist-info").is_dir()
     assert "localize" in printed and "wrote" in printed  # infer.py's progress came through the cell
     sub = pd.read_csv(working / "submission.csv")
     sample = pd.read_csv(competition / "sample_submission.csv")
@@ -137,3 +151,123 @@ def test_package_refuses_runs_of_another_dataset(tmp_path):
     assert not (tmp_path / "refused").exists()
     with pytest.raises(SystemExit, match="nothing to package"):
         meta.main(["package", "--runs", str(tmp_path / "empty"), str(tmp_path / "out")])
+
+
+def _fake_kaggle(folder, status_output: str, status_code: int):
+    """A `kaggle` executable that logs its arguments, answers `datasets status` as told, and behaves like kaggle
+    1.7.4.5 on `datasets create` for a dataset that exists: prints the error and exits 0."""
+    exe = folder / "kaggle"
+    log = folder / "calls.txt"
+    exe.write_text(f"""#!/bin/sh
+echo "$*" >> {log}
+case "$1 $2" in
+  "datasets status") echo "{status_output}"; exit {status_code};;
+  "datasets create") echo "Dataset creation error: The requested title is already in use"; exit 0;;
+  "datasets version") echo "Dataset version is being created. Please check progress at https://x"; exit 0;;
+esac
+exit 0
+""")
+    exe.chmod(0o755)
+    return exe, log
+
+
+def _dataset_folder(tmp_path, user="alice"):
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    fill(REPO / "kaggle" / "dataset-metadata.json", folder / "dataset-metadata.json", user)
+    return folder
+
+
+@pytest.mark.parametrize("status_output, status_code, calls", [
+    ("404 Client Error: Not Found", 1, ["datasets status", "datasets create", "datasets version"]),  # asked wrong
+    ("ready", 0, ["datasets status", "datasets version"]),  # Kaggle has it: the payload is sent once
+])
+def test_upload_versions_a_dataset_that_exists(tmp_path, status_output, status_code, calls, capsys):
+    exe, log = _fake_kaggle(tmp_path, status_output, status_code)
+    assert meta.upload(_dataset_folder(tmp_path), "new weights", str(exe)) == "versioned"
+    made = log.read_text().splitlines()
+    assert [" ".join(c.split()[:2]) for c in made] == calls
+    assert "-m new weights" in made[-1] and "alice/rsna2024-lumbar-code-weights" in made[0]
+
+
+def test_make_kaggle_upload_makes_a_new_version(tmp_path):
+    """The Makefile target itself, against the fake CLI (wheels and dataset built beforehand: -o)."""
+    import subprocess
+    import sys
+
+    exe, log = _fake_kaggle(tmp_path, "404 Client Error: Not Found", 1)
+    build = tmp_path / "build"
+    for sub, template in (("wheels", "wheels-metadata.json"), ("kaggle_dataset", "dataset-metadata.json")):
+        (build / sub).mkdir(parents=True)
+        shutil.copy(REPO / "kaggle" / template, build / sub / "dataset-metadata.json")
+    env = {**os.environ, "KAGGLE_USERNAME": "alice", "KAGGLE_KEY": "k"}
+    done = subprocess.run(["make", "-o", "kaggle-wheels", "-o", "kaggle-dataset", "-o", "install", "kaggle-upload",
+                           f"KAGGLE={exe}", f"BUILD={build}", f"PY={sys.executable}"], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    made = log.read_text().splitlines()
+    assert sum(c.startswith("datasets version") for c in made) == 2
+    assert "alice/rsna2024-lumbar-wheels: versioned" in done.stdout
+    # An upload error stops make, whatever the CLI's exit code.
+    exe.write_text("#!/bin/sh\necho 'Dataset version creation error: See previous output'\nexit 0\n")
+    done = subprocess.run(["make", "-o", "kaggle-wheels", "-o", "kaggle-dataset", "-o", "install", "kaggle-upload",
+                           f"KAGGLE={exe}", f"BUILD={build}", f"PY={sys.executable}"], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "failed: Dataset version creation error" in done.stderr
+
+
+def test_credentials_follow_kaggle_config_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.delenv("KAGGLE_KEY", raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "cfg"))
+    with pytest.raises(SystemExit, match=f"put kaggle.json in {tmp_path / 'cfg'}"):
+        meta.check_credentials()
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "kaggle.json").write_text('{"username": "bob", "key": "k"}')
+    meta.check_credentials()
+    assert meta.kaggle_username() == "bob"
+    with pytest.raises(SystemExit, match="placeholder"):
+        meta.upload(_dataset_folder(tmp_path, "KAGGLE_USERNAME"), "x", "false")
+
+
+def test_wheels_need_no_credentials():
+    """kaggle-wheels downloads only: it neither depends on kaggle-check nor fills the user name."""
+    import re
+
+    text = (REPO / "Makefile").read_text()
+    rule = re.search(r"^kaggle-wheels:(.*)\n((?:\t.*\n)+)", text, re.M)
+    assert "kaggle-check" not in rule.group(1) and "meta.py fill" not in rule.group(2)
+
+
+def _makefile_value(name: str) -> str:
+    import re
+
+    return re.search(rf"^{name} \?= (\S+)", (REPO / "Makefile").read_text(), re.M).group(1)
+
+
+def test_real_kaggle_wheels_install_together(tmp_path):
+    """`make kaggle-wheels` (PyPI) installed into a fresh venv of this Python, when it is Kaggle's Python."""
+    import subprocess
+    import sys
+
+    kaggle_python = _makefile_value("KAGGLE_PYTHON")
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if here != kaggle_python:
+        pytest.skip(f"this is Python {here}; the wheels are built for Kaggle's Python {kaggle_python} (Makefile KAGGLE_PYTHON)")
+    build = tmp_path / "build"
+    done = subprocess.run(["make", "-o", "install", "kaggle-wheels", f"BUILD={build}",
+                           f"VENV={Path(sys.executable).parent.parent}"], cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0 and "Could not find" in done.stderr + done.stdout:
+        pytest.skip("no package index reachable for the wheels")
+    assert done.returncode == 0, done.stderr[-2000:]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    wheels = sorted(str(w) for w in (build / "wheels").glob("*.whl"))
+    subprocess.run([str(py), "-m", "pip", "install", "--no-index", "--no-deps", "--quiet", *wheels], check=True)
+    pins = [line.split("==") for line in (REPO / "kaggle" / "requirements-kaggle.txt").read_text().splitlines()
+            if "==" in line and not line.startswith("#")]
+    check = "import importlib.metadata as m, sys; print(' '.join(m.version(n) for n in sys.argv[1:]))"
+    got = subprocess.run([str(py), "-c", check, *[n for n, _ in pins]], capture_output=True, text=True, check=True)
+    assert got.stdout.split() == [v for _, v in pins]
+    subprocess.run([str(py), "-c", "import pydicom, pylibjpeg, yaml; from pydicom.pixels import apply_rescale"], check=True)

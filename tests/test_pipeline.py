@@ -54,8 +54,21 @@ def test_submission_complete_and_valid_despite_bad_input(broken_data, tmp_path):
     assert others[list(TARGETS)].round(6).drop_duplicates().shape[0] > 3
 
 
-def test_nothing_written_gives_nonzero_exit(tmp_path, capsys):
-    code = infer_script.main(["--data-dir", str(tmp_path / "nowhere"), "--runs", str(tmp_path), "--out",
+def test_missing_data_folder_is_bad_input(tmp_path, capsys):
+    """Like every other script: exit 2 and one line naming the folder (cli.guard), nothing written."""
+    from src import cli
+
+    code = cli.guard(infer_script.main, ["--data-dir", str(tmp_path / "nowhere"), "--runs", str(tmp_path), "--out",
+                                         str(tmp_path / "s.csv"), "--cache-dir", str(tmp_path / "c")])
+    assert code == 2 and not (tmp_path / "s.csv").exists()
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'nowhere'}: no such data folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_nothing_written_gives_exit_1(tmp_path, capsys):
+    """A data folder without any split file or sample: not even the prior can be written."""
+    (tmp_path / "empty").mkdir()
+    code = infer_script.main(["--data-dir", str(tmp_path / "empty"), "--runs", str(tmp_path), "--out",
                               str(tmp_path / "s.csv"), "--cache-dir", str(tmp_path / "c")])
     assert code == 1 and not (tmp_path / "s.csv").exists()
     assert "nothing written" in capsys.readouterr().err

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from ..atomic import atomic_path, write_csv
 from ..cache import entries_signature, load_series, series_cache_path, to_stored, to_unit
 from ..dicom import Series
+from ..progress import progress
 from .frame import Frame, frame_of
 from .plan import STRIDE, part
 
@@ -81,7 +81,7 @@ def build_slice_store(
 
     by_series = {sid: g for sid, g in coords.groupby("series_id")}
     rows, points, images = [], [], []
-    for r in tqdm(series_table.itertuples(), total=len(series_table), desc=f"slices {series_type}"):
+    for r in progress(series_table.itertuples(), f"slices {series_type}", total=len(series_table)):
         path = series_cache_path(cache_dir, "train", r.study_id, r.series_id)
         if not path.is_file():
             continue
