@@ -226,7 +226,8 @@ def _train_step_fn(cfg: dict, model, device):
     if cfg["task"] == "localizer":
         p = cfg["loc"]["size_px"]
         x = torch.rand(b, 3, p, p, device=device)
-        target = torch.rand_like(model(x[:1]).float()).expand(b, -1, -1, -1).contiguous()
+        with torch.no_grad():
+            target = torch.rand_like(model(x).float())
         return (lambda: torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), target)), f"3x{p}px"
     s, p = cfg["crop"]["n_slices"], cfg["crop"]["size_px"]
     x = torch.rand(b, s, p, p, device=device)
