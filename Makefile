@@ -46,21 +46,24 @@ baselines: data
 # test_label_coordinates.csv, as the generator writes them), the held-out tables. It never generates data.
 CONFIG ?= configs/demo.yaml
 FOLD_IDS ?= 0
+# CACHE_DIR= moves the decoded-series cache (default: input/cache/<dataset>-<path hash>).
+CACHE_FLAG = $(if $(CACHE_DIR),--cache-dir $(CACHE_DIR))
 .PHONY: pipeline
 pipeline: install
 	@test -f $(DATA)/train.csv || { echo "make pipeline: $(DATA)/train.csv not found: DATA= must be a competition-format folder"; exit 2; }
 	@test -f $(CONFIG) || { echo "make pipeline: recipe $(CONFIG) not found (CONFIG=configs/....yaml)"; exit 2; }
 	test -f $(FOLDS_FILE) || $(PY) make_folds.py --data-dir $(DATA) --n-folds 5 --seed 42 --out $(FOLDS_FILE)
-	$(PY) prepare.py --data-dir $(DATA)
+	$(PY) prepare.py --data-dir $(DATA) $(CACHE_FLAG)
 	set -e; models="$$($(PY) train.py --config $(CONFIG) --list-models)"; for f in $(FOLD_IDS); do for m in $$models; do \
-	  $(PY) train.py --fold $$f --model $$m --config $(CONFIG) --data-dir $(DATA) --folds $(FOLDS_FILE) --runs $(RUNS); \
+	  $(PY) train.py --fold $$f --model $$m --config $(CONFIG) --data-dir $(DATA) --folds $(FOLDS_FILE) --runs $(RUNS) \
+	    $(if $(CACHE_DIR),--cache_dir $(CACHE_DIR)); \
 	done; done
 	$(PY) ensemble.py --runs $(RUNS) --data-dir $(DATA)
-	$(PY) infer.py --data-dir $(DATA) --runs $(RUNS) --out $(SUBMISSIONS)/submission.csv --per-model --strict
+	$(PY) infer.py --data-dir $(DATA) --runs $(RUNS) --out $(SUBMISSIONS)/submission.csv --per-model --strict $(CACHE_FLAG)
 	$(PY) evaluate_localization.py --runs $(RUNS) --data-dir $(DATA) --folds $(FOLDS_FILE) --fold-ids $(FOLD_IDS) \
-	  --out $(REPORTS)/localization.json
+	  --out $(REPORTS)/localization.json $(CACHE_FLAG)
 	if [ -f $(DATA)/test_label_coordinates.csv ]; then $(PY) evaluate_localization.py --split test --runs $(RUNS) \
-	  --data-dir $(DATA) --out $(REPORTS)/localization_test.json --coords $(SUBMISSIONS)/submission.coordinates.csv; fi
+	  --data-dir $(DATA) --out $(REPORTS)/localization_test.json --coords $(SUBMISSIONS)/submission.coordinates.csv $(CACHE_FLAG); fi
 	$(PY) evaluate.py --runs $(RUNS) --data-dir $(DATA) --folds $(FOLDS_FILE) --out-dir $(REPORTS) \
 	  $$(test -f $(DATA)/test_solution.csv && echo --submissions $(SUBMISSIONS))
 

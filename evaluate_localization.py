@@ -2,7 +2,8 @@
 
 For each fold: runs that fold's localizers on its held-out training studies and reports, per condition,
 median and 95th-percentile error (mm and pixels), the share within 5 mm, on the right slice (+-1) and a
-level off, with the confidence of the points a level off and of the others. Then, for every classifier
+level off, with the confidence of the points a level off and of the others (and every point's error in
+<out stem>_errors.csv, which evaluate.py draws per condition). Then, for every classifier
 trained on that fold, the out-of-fold competition score with crops cut at the predicted coordinates beside
 the score with the labelled ones.
 
@@ -24,7 +25,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from src import cli  # noqa: E402
-from src.atomic import write_json  # noqa: E402
+from src.atomic import write_csv, write_json  # noqa: E402
 from src.cache import prepare  # noqa: E402
 from src.classify import load_members, predict_members  # noqa: E402
 from src.device import pick_device  # noqa: E402
@@ -54,6 +55,12 @@ def classifier_scores(runs: Path, fold: int, predicted: pd.DataFrame, cache_dir:
             out.append({"model": name, "fold": fold, "score_labelled": score(solution, load_submission(run / OOF)),
                         "score_predicted": score(solution, overlay(prior, probs))})
     return out
+
+
+def errors_file(report: Path) -> Path:
+    """The per-point errors beside a report JSON (localization.json -> localization_errors.csv), which
+    evaluate.py draws as histograms per condition."""
+    return report.with_name(f"{report.stem}_errors.csv")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -94,7 +101,9 @@ def main(argv: list[str] | None = None) -> dict:
                              workers=loader_workers(a.workers))
         errors.append(point_errors(predicted, truth[truth["study_id"].isin(studies)], cache_dir, "train"))
         scores += classifier_scores(a.runs, fold, predicted, cache_dir, train, folds, device)
-    table = summarize_errors(pd.concat(errors, ignore_index=True))
+    errors = pd.concat(errors, ignore_index=True)
+    write_csv(errors, errors_file(a.out))
+    table = summarize_errors(errors)
     pd.set_option("display.width", 200)
     print(f"localization on held-out folds {fold_ids}\n{table.round(3).to_string(index=False)}")
     if scores:
@@ -121,6 +130,7 @@ def test_split_report(a) -> dict:
         predicted = localize(series_table(a.data_dir, "test"), cache_dir, "test", localizer,
                              workers=loader_workers(a.workers))
     errors = point_errors(predicted, truth, cache_dir, "test")
+    write_csv(errors, errors_file(a.out))
     table = summarize_errors(errors)
     pd.set_option("display.width", 200)
     print(f"localization on the test split of {a.data_dir} ({errors['study_id'].nunique()} studies)\n"

@@ -115,6 +115,14 @@ def split_row_id(rid: str) -> tuple[int, str]:
     return study, column
 
 
+def level_of(rid: str) -> str:
+    """The level of a row id ('123_spinal_canal_stenosis_l1_l2' -> 'L1/L2'); ValueError if malformed."""
+    column = split_row_id(rid)[1]
+    if column not in COLUMN_TO_CONDITION_LEVEL:
+        raise ValueError(f"row id {rid!r} names no label column")
+    return COLUMN_TO_CONDITION_LEVEL[column][1]
+
+
 def row_study_ids(row_ids: Iterable[str]) -> np.ndarray:
     """Study ids of many row ids at once (int64)."""
     return np.array([split_row_id(r)[0] for r in row_ids], dtype=np.int64)

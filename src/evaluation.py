@@ -1,4 +1,6 @@
-"""Out-of-fold evaluation: the competition score, the two papers' metrics and plots, prior and oracle."""
+"""Out-of-fold evaluation: the competition score (per model, level and fold), the two papers' metrics and plots,
+calibration (reliability diagrams before and after the fitted temperatures), prior and oracle, and the
+localization error histograms of evaluate_localization.py's per-point errors."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import (  # noqa: E402
     ConfusionMatrixDisplay,
     accuracy_score,
@@ -24,7 +27,7 @@ from sklearn.metrics import (  # noqa: E402
 
 from . import ensemble as ensemble_lib  # noqa: E402
 from .atomic import write_json, write_text  # noqa: E402
-from .constants import GROUPS, SEVERITIES, TARGETS, group_of, row_study_ids  # noqa: E402
+from .constants import CONDITIONS, GROUPS, LEVELS, SEVERITIES, TARGETS, group_of, level_of, row_study_ids  # noqa: E402
 from .metric import prior_submission, score_parts  # noqa: E402
 from .run_folders import LOG, ensemble_file, trained_folds  # noqa: E402
 from .tables import DataError, load_solution, load_submission, load_train, solution_frame  # noqa: E402
@@ -111,20 +114,102 @@ def plot_roc_pr(curves: dict[str, tuple], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_curves(name: str, logs: list[tuple[str, pd.DataFrame]], path: Path) -> None:
-    """Training and validation loss and accuracy per epoch (the CNN-LSTM paper's curves), every fold."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+def plot_curves(name: str, logs: list[tuple[str, pd.DataFrame]], path: Path, prior: float | None = None) -> None:
+    """Per epoch and fold: training and validation loss, the validation competition score (with the prior's
+    for reference) and accuracy (the CNN-LSTM paper's curves)."""
+    fig, (a, c, b) = plt.subplots(1, 3, figsize=(15, 4))
     for fold, log in logs:
         a.plot(log["epoch"], log["train_loss"], "-", label=f"{fold} train")
         a.plot(log["epoch"], log["val_loss"], "--", label=f"{fold} val")
+        c.plot(log["epoch"], log["score"], "-o", ms=3, label=f"{fold} val score")
         b.plot(log["epoch"], log["acc"], "-", label=f"{fold} val accuracy")
+    if prior is not None:
+        c.axhline(prior, color="k", ls=":", lw=1, label=f"prior {prior:.3f}")
     a.set(title=f"{name}: loss", xlabel="epoch", ylabel="weighted cross-entropy")
+    c.set(title=f"{name}: competition score (lower is better)", xlabel="epoch", ylabel="weighted log loss")
     b.set(title=f"{name}: validation accuracy", xlabel="epoch", ylabel="accuracy")
-    a.legend(fontsize=7)
-    b.legend(fontsize=7)
+    for ax in (a, b, c):
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> tuple[list, float]:
+    """Per severity: (mean predicted, observed frequency) per bin (sklearn's calibration_curve), and the
+    expected calibration error over the three classes (bin-size weighted |observed - predicted|)."""
+    curves, errors = [], []
+    for k in range(3):
+        y, p = (labels == k).astype(int), probs[:, k]
+        if 0 < y.sum() < len(y):
+            observed, predicted = calibration_curve(y, p, n_bins=bins, strategy="quantile")
+            curves.append((k, predicted, observed))
+            edges = np.quantile(p, np.linspace(0, 1, bins + 1))
+            which = np.clip(np.searchsorted(edges[1:-1], p, side="right"), 0, bins - 1)
+            errors.append(sum(abs(y[which == b].mean() - p[which == b].mean()) * (which == b).mean()
+                              for b in range(bins) if (which == b).any()))
+    return curves, float(np.mean(errors)) if errors else float("nan")
+
+
+def plot_reliability(name: str, labels, before, after, groups, path: Path) -> dict[str, dict[str, float]]:
+    """Reliability diagram per condition group: predicted against observed frequency of each severity, before
+    (dashed) and after (solid) the fitted temperatures; returns the expected calibration error of each."""
+    fig, axes = plt.subplots(1, len(GROUPS), figsize=(4.2 * len(GROUPS), 4.2))
+    ece: dict[str, dict[str, float]] = {}
+    colors = ("tab:green", "tab:orange", "tab:red")
+    for ax, g in zip(axes, GROUPS):
+        m = groups == g
+        ece[g] = {}
+        for when, probs, style in (("before", before, "--"), ("after", after, "-")):
+            curves, ece[g][when] = calibration(labels[m], probs[m])
+            for k, predicted, observed in curves:
+                ax.plot(predicted, observed, style, marker="o", ms=3, color=colors[k],
+                        label=f"{SEVERITIES[k]} {when}" if when == "after" or k == 0 else None)
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set(title=f"{g}: ECE {ece[g]['before']:.3f} -> {ece[g]['after']:.3f}", xlabel="predicted probability",
+               ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1))
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{name}: reliability, before (dashed) and after (solid) the fitted temperatures (out of fold)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return ece
+
+
+def score_by(solution: pd.DataFrame, frames: dict[str, pd.DataFrame], key: pd.Series) -> dict[str, dict[str, float]]:
+    """The competition score of each model on the rows of each value of `key` (a level, a fold): {value: {model:
+    score}}; NaN where a subset cannot be scored."""
+    out: dict[str, dict[str, float]] = {}
+    for value in sorted(key.dropna().unique(), key=str):
+        part = solution[(key == value).to_numpy()].reset_index(drop=True)
+        out[str(value)] = {}
+        for name, frame in frames.items():
+            try:
+                out[str(value)][name] = score_parts(part, frame)["score"]
+            except (ValueError, KeyError):
+                out[str(value)][name] = float("nan")
+    return out
+
+
+def plot_localization_errors(errors: pd.DataFrame, title: str, path: Path, cap_mm: float = 30.0) -> None:
+    """Histogram of in-plane error (mm) per condition; points past cap_mm (a level off) pile up in the last bin."""
+    fig, axes = plt.subplots(1, len(CONDITIONS), figsize=(3.6 * len(CONDITIONS), 3.4), sharey=True)
+    for ax, condition in zip(axes, CONDITIONS):
+        e = errors.loc[errors["condition"] == condition, "error_mm"].dropna().clip(upper=cap_mm)
+        ax.hist(e, bins=np.linspace(0, cap_mm, 31), color="tab:blue")
+        ax.axvline(5.0, color="k", ls=":", lw=1)
+        within = float((e <= 5).mean()) if len(e) else float("nan")
+        ax.set(title=f"{condition}\n{len(e)} points, {100 * within:.1f}% within 5 mm", xlabel=f"error (mm, capped at {cap_mm:g})")
+        ax.title.set_fontsize(8)
+    axes[0].set_ylabel("points")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# evaluate_localization.py's per-point errors, beside its JSON in the reports folder.
+LOCALIZATION_ERRORS = {"localization_errors.csv": "held-out folds", "localization_test_errors.csv": "test split"}
 
 
 def evaluate(runs: Path, train: pd.DataFrame, folds: pd.DataFrame, out_dir: Path, oracle: pd.DataFrame | None = None,
@@ -152,6 +237,12 @@ def evaluate(runs: Path, train: pd.DataFrame, folds: pd.DataFrame, out_dir: Path
     if "oracle" in rows:
         span = rows["prior"]["score"] - rows["oracle"]["score"]
         metrics["signal_captured"] = {n: (rows["prior"]["score"] - rows[n]["score"]) / span for n in frames}
+    levels = solution["row_id"].map(level_of)
+    fold_of = dict(zip(folds["study_id"], folds["fold"]))
+    study_fold = pd.Series(row_study_ids(solution["row_id"])).map(fold_of)
+    scored = {**frames, "prior": prior}
+    metrics["by_level"] = score_by(solution, scored, levels)
+    metrics["by_fold"] = score_by(solution, scored, study_fold.map(lambda f: f"fold {int(f)}" if f == f else None))
     curves, reports = {}, {}
     for name, frame in frames.items():
         labels, probs, groups = _aligned(solution, frame)
@@ -163,13 +254,32 @@ def evaluate(runs: Path, train: pd.DataFrame, folds: pd.DataFrame, out_dir: Path
         plot_confusion(name, labels, probs, groups, out_dir / f"confusion_{name}.png")
         logs = [(d.name, pd.read_csv(d / LOG)) for d in trained_folds(runs, name) if (d / LOG).is_file()]
         if logs:
-            plot_curves(name, logs, out_dir / f"curves_{name}.png")
+            plot_curves(name, logs, out_dir / f"curves_{name}.png", rows["prior"]["score"])
     plot_roc_pr(curves, out_dir / "roc_pr.png")
+    metrics["calibration"] = _reliability(solution, frames, fitted, out_dir)
+    for file, what in LOCALIZATION_ERRORS.items():
+        if (out_dir / file).is_file():
+            plot_localization_errors(pd.read_csv(out_dir / file), f"localization error, {what}",
+                                     out_dir / file.replace(".csv", ".png"))
     if held_out is not None:
         metrics["test"] = held_out.to_dict("records")
     write_json(metrics, out_dir / "metrics.json")
     write_text(render(metrics, reports, sorted(p.name for p in out_dir.glob("*.png"))), out_dir / "report.md")
     return metrics
+
+
+def _reliability(solution: pd.DataFrame, frames: dict[str, pd.DataFrame], fitted: dict, out_dir: Path) -> dict:
+    """The reliability diagram of the ensemble (else the one model): its probabilities before and after the
+    fitted temperatures of ensemble.json."""
+    members = {n: f for n, f in frames.items() if n != "ensemble"}
+    name = "ensemble" if "ensemble" in frames else next(iter(members))
+    weights = ensemble_lib.member_weights(fitted, list(members))
+    before = ensemble_lib.blend(members, weights, {})
+    after = ensemble_lib.blend(members, weights, fitted.get("temperature", {}))
+    labels, p_before, groups = _aligned(solution, before)
+    _, p_after, _ = _aligned(solution, after)
+    ece = plot_reliability(name, labels, p_before, p_after, groups, out_dir / "reliability.png")
+    return {"model": name, "temperature": fitted.get("temperature", {}), "ece": ece}
 
 
 def render(metrics: dict, reports: dict, pictures: list[str]) -> str:
@@ -186,6 +296,18 @@ def render(metrics: dict, reports: dict, pictures: list[str]) -> str:
     if "signal_captured" in metrics:
         lines += ["", "Share of the learnable signal captured, (prior - model) / (prior - oracle): "
                   + ", ".join(f"{n} {100 * v:.1f}%" for n, v in metrics["signal_captured"].items()) + "."]
+    for title, key in (("Score per level", "by_level"), ("Score per fold", "by_fold")):
+        table = metrics.get(key) or {}
+        names = list(next(iter(table.values()), {}))
+        lines += ["", f"## {title}", "", "| | " + " | ".join(names) + " |", "| --- " * (len(names) + 1) + "|"]
+        lines += [f"| {value} | " + " | ".join(f"{s:.4f}" for s in scores.values()) + " |" for value, scores in table.items()]
+    if "calibration" in metrics:
+        cal = metrics["calibration"]
+        temps = ", ".join(f"{g} {t:.2f}" for g, t in cal["temperature"].items()) or "none fitted"
+        lines += ["", "## Calibration", "", f"{cal['model']}, temperatures: {temps}. Expected calibration error "
+                  "(quantile bins, mean over the three severities) before -> after the temperatures: "
+                  + ", ".join(f"{g} {e['before']:.3f} -> {e['after']:.3f}" for g, e in cal["ece"].items())
+                  + ". ![reliability](reliability.png)"]
     lines += ["", "## The attention paper's metrics", "",
               "Per condition group; `3-class` is macro-averaged (AUC and AUPRC one-vs-rest), `binary` is moderate or "
               "severe against normal/mild at p >= 0.5. The paper's own numbers (ACC 0.9486, AUC 0.969, F1 0.938, "

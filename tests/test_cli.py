@@ -37,6 +37,12 @@ def test_every_script_shows_its_defaults_and_the_shared_flags(capsys):
         assert "--debug" in text, script
         if "--data-dir" in text:
             assert "(default: " in text, script
+        # Each default once: none for switches or unset flags, none after help that states it already.
+        assert "(default: None)" not in text and "(default: False)" not in text, script
+        options = text.split("options:")[-1].split(" --")
+        assert all(o.count("default") <= 1 for o in options), (script, [o for o in options if o.count("default") > 1])
+    text = _help("train.py", capsys)  # every config key with its default, and the recipe flags
+    assert "--crop.size_px 128" in text and "--loc.level_weight 0.0" in text and "--print-config" in text
     text = _help("evaluate_localization.py", capsys)
     assert "--fold-ids N" in text and "--folds FOLDS" in text and "--out-dir" not in text
     assert "--out-dir OUT_DIR" in _help("evaluate.py", capsys)

@@ -40,9 +40,15 @@ def test_evaluate_writes_report_metrics_and_pictures(synth_dir, tmp_path):
             frame = pd.DataFrame(p, columns=list(TARGETS))
             frame.insert(0, "row_id", part["row_id"].to_numpy())
             frame.to_csv(run / "oof.csv", index=False)
-            pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.8], "val_loss": [1.1, 0.9], "acc": [0.5, 0.6]}).to_csv(
-                run / "log.csv", index=False)
+            pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.8], "val_loss": [1.1, 0.9], "acc": [0.5, 0.6],
+                          "score": [0.9, 0.7]}).to_csv(run / "log.csv", index=False)
     out = tmp_path / "reports"
+    out.mkdir()
+    pd.DataFrame({"study_id": [1, 1, 2], "condition": ["Spinal Canal Stenosis"] * 2 + ["Left Subarticular Stenosis"],
+                  "level": ["L1/L2", "L2/L3", "L1/L2"], "error_mm": [1.0, 40.0, 3.0]}).to_csv(
+        out / "localization_errors.csv", index=False)
+    (tmp_path / "runs" / "ensemble.json").write_text(json.dumps(
+        {"weights": {"attn_resnext": 0.6, "cnn_lstm": 0.4}, "temperature": {"spinal": 0.7, "foraminal": 1.0, "subarticular": 1.3}}))
     metrics = evaluate_script.main(["--runs", str(tmp_path / "runs"), "--data-dir", str(synth_dir),
                                     "--folds", str(tmp_path / "folds.csv"), "--out-dir", str(out)])
     saved = json.loads((out / "metrics.json").read_text())
@@ -50,9 +56,21 @@ def test_evaluate_writes_report_metrics_and_pictures(synth_dir, tmp_path):
     assert saved["scores"]["attn_resnext"]["score"] < saved["scores"]["cnn_lstm"]["score"] < saved["scores"]["prior"]["score"]
     assert saved["scores"]["oracle"]["score"] < saved["scores"]["prior"]["score"]
     assert 0 < metrics["signal_captured"]["attn_resnext"] <= 1.5
-    for png in ("confusion_attn_resnext.png", "curves_cnn_lstm.png", "roc_pr.png"):
+    for png in ("confusion_attn_resnext.png", "curves_cnn_lstm.png", "roc_pr.png", "reliability.png",
+                "localization_errors.png"):
         assert (out / png).stat().st_size > 1000
+    # Per level and per fold: every level and fold, every model and the prior; the folds' rows make up the whole.
+    assert list(saved["by_level"]) == ["L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1"]
+    assert list(saved["by_fold"]) == ["fold 0", "fold 1"]
+    assert set(saved["by_fold"]["fold 0"]) == {"attn_resnext", "cnn_lstm", "ensemble", "prior"}
+    assert all(v["attn_resnext"] < v["prior"] for v in saved["by_level"].values())
+    cal = saved["calibration"]
+    assert cal["model"] == "ensemble" and cal["temperature"]["spinal"] == 0.7
+    assert set(cal["ece"]) == {"spinal", "foraminal", "subarticular"}
+    assert cal["ece"]["foraminal"]["before"] == pytest.approx(cal["ece"]["foraminal"]["after"])  # temperature 1
     report = (out / "report.md").read_text()
+    assert "## Score per level" in report and "| L5/S1 |" in report and "| fold 1 |" in report
+    assert "## Calibration" in report and "spinal 0.70" in report
     assert "0.9486" in report and "different dataset" in report and "precision" in report and "roc_pr.png" in report
 
 
@@ -70,3 +88,16 @@ def test_held_out_table_scores_every_submission(synth_dir, tmp_path):
     assert table.loc["ensemble", "signal_captured"] == pytest.approx(1.0)
     assert table.loc["prior", "signal_captured"] == pytest.approx(0.0)
     assert table.loc["uniform", "spinal"] == pytest.approx(np.log(3))  # 1/3 everywhere: log 3 per group
+
+
+def test_calibration_error_tells_calibrated_from_overconfident():
+    from src.evaluation import calibration
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet([1, 1, 1], 20000)
+    labels = np.array([rng.choice(3, p=p) for p in probs])  # drawn from the predictions: calibrated
+    _, calibrated = calibration(labels, probs)
+    sharp = probs ** 4 / (probs ** 4).sum(1, keepdims=True)  # the same ranking, overconfident
+    curves, overconfident = calibration(labels, sharp)
+    assert calibrated < 0.02 and overconfident > 0.08
+    assert [k for k, _, _ in curves] == [0, 1, 2] and all(len(p) == len(o) for _, p, o in curves)

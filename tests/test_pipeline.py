@@ -137,6 +137,8 @@ def test_the_coordinates_written_beside_a_submission_score_as_localizing_again(s
     given = evaluate_localization.main(common + ["--split", "test", "--out", str(tmp_path / "b.json"),
                                                  "--coords", str(coordinates_path(out))])
     assert given["coords"] == str(coordinates_path(out)) and again["coords"] is None
+    errors = pd.read_csv(tmp_path / "b_errors.csv")  # every point's error, for evaluate.py's histograms
+    assert len(errors) == sum(r["points"] for r in given["localization"]) and {"condition", "error_mm"} <= set(errors)
     pd.testing.assert_frame_equal(pd.DataFrame(given["localization"]), pd.DataFrame(again["localization"]), rtol=1e-9)
     with pytest.raises(SystemExit):
         evaluate_localization.main(common + ["--coords", str(coordinates_path(out))])
