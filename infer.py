@@ -11,13 +11,15 @@ renormalised), a localizer its series type. The rows nothing reached get the tra
 degradation is named in one summary at the end and in <out>.faults.json beside the submission.
 
 Exit codes: 0 the submission is written (with --strict: and every model was used); 1 nothing could be
-written; 2 bad command line, a missing data folder or an input file named on it; 3 (--strict only) written, but a fold, member or
+written; 2 bad command line, a missing data folder or an input file named on it; 4 the submission was
+written, but a file written after it (the coordinates, the faults, a per-model submission) failed; 3 (--strict only) written, but a fold, member or
 localizer was dropped or no model was used.
 """
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -34,6 +36,8 @@ from src.faults import MODEL_DROPPED_EXIT, FaultLog  # noqa: E402
 from src.paths import cache_dir_for, submission_dir_for  # noqa: E402
 from src.pipeline import make_submission  # noqa: E402
 from src.tables import DataError  # noqa: E402
+
+WRITTEN_BUT_EXTRA_FAILED_EXIT = 4
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,16 +66,24 @@ def main(argv: list[str] | None = None) -> int:
         raise DataError(f"{a.data_dir}: no such data folder (--data-dir)")
     a.out = a.out or submission_dir_for(a.data_dir) / "submission.csv"
     faults = FaultLog()
+    started = time.time()
     try:
         make_submission(a.data_dir, a.split, a.runs, a.out, cache_dir_for(a.data_dir, a.cache_dir), a.ensemble,
                         tta=not a.no_tta, workers=a.workers, studies=a.studies, explain_studies=a.explain,
                         explain_dir=a.explain_dir, per_model=a.per_model, faults=faults,
                         studies_per_batch=a.batch_studies)
-    except Exception as err:  # only when not even the prior could be written
+    except Exception as err:  # only when not even the prior could be written, or a file after it failed
         if a.debug:
             raise
+        if a.out.is_file() and a.out.stat().st_mtime >= started:
+            print(f"infer.py: {a.out} was written (every row), but a later file failed: {type(err).__name__}: {err}",
+                  file=sys.stderr)
+            return WRITTEN_BUT_EXTRA_FAILED_EXIT
         print(f"infer.py: nothing written: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+    if faults.of("output"):
+        print(f"infer.py: {a.out} was written (every row), but a file beside it failed (see the summary)", file=sys.stderr)
+        return WRITTEN_BUT_EXTRA_FAILED_EXIT
     return MODEL_DROPPED_EXIT if a.strict and faults.model_dropped else 0
 
 

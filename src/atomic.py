@@ -36,11 +36,15 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     suffix: an ending the writer insists on (np.save adds .npy, np.savez .npz unless the name has it).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path, suffix)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:  # a full disk or a read-only folder: say which file could not be written
+        if err.filename is None or Path(err.filename) == tmp:
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -20,7 +20,7 @@ from .crops import CropSpec, crop_table, cut_study
 from .device import autocast, inference_dtype, keep_freed_cpu_memory
 from .faults import FaultLog
 from .parallel import batches_ahead
-from .run_folders import fold_of, load_model, trained_folds
+from .run_folders import BEST, fold_of, first_line, load_error, load_model, trained_folds
 
 
 @dataclass(eq=False)  # hashed by identity: two folds may hold equal configs
@@ -31,6 +31,7 @@ class Member:
     fold: int
     model: torch.nn.Module
     cfg: dict
+    run: Path | None = None  # its fold folder, to name in faults
 
     @property
     def spec(self) -> CropSpec:
@@ -136,8 +137,9 @@ def predict_members(coords: pd.DataFrame, members: list[Member], cache_dir: Path
             for j, m in enumerate(live):
                 if isinstance(probs[j], Exception):
                     failed.add(m)
+                    where = f"{m.run / BEST}: " if m.run is not None else ""
                     faults.add("fold", f"{m.name} fold {m.fold}",
-                               f"dropped ({type(probs[j]).__name__}: {str(probs[j])[:200]})")
+                               f"{where}cannot predict ({first_line(probs[j])}); fold dropped")
                 else:
                     sums[m].append(probs[j])
             ids[key].append(rows["row_id"].to_numpy())
@@ -168,9 +170,9 @@ def load_members(runs: Path, names: list[str], device: torch.device, faults: Fau
             try:
                 model, cfg = load_model(run, device)
             except Exception as err:  # noqa: BLE001 - a bad fold costs that fold only
-                faults.add("fold", f"{name} fold {fold_of(run)}", f"dropped ({type(err).__name__}: {str(err)[:200]})")
+                faults.add("fold", f"{name} fold {fold_of(run)}", f"{load_error(run, err)}; fold dropped")
                 continue
-            members.append(Member(name, fold_of(run), model, cfg))
+            members.append(Member(name, fold_of(run), model, cfg, run))
             loaded += 1
         if not loaded:
             faults.add("member", name, "no trained fold under " + str(runs) if not runs_of else "every fold failed; "

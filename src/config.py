@@ -190,6 +190,11 @@ def check_recipe(recipe: dict, where: str) -> None:
             raise ConfigError(f"{where}: pipeline: unknown model '{model}'; known: {sorted(MODEL_DEFAULTS)}")
 
 
+def check_saved(cfg: dict, where: str) -> None:
+    """ConfigError naming `where` when a saved config.yaml holds a key the config does not know."""
+    _check_keys(cfg, DEFAULTS, where)
+
+
 def _apply(cfg: dict, recipe: dict, model: str, series_type: str | None) -> dict:
     """A preset's or recipe file's overrides for one part: its common keys, then its per_model section for
     the model, then (localizer) its per_series_type section for the series type."""

@@ -91,6 +91,11 @@ class Series:
         return geometry.nearest_slice(point, self.positions, self.orientations, self.spacings, shapes)
 
 
+# Marks a series note whose geometry was replaced by a fallback: its crops may not sit where the tags say, so
+# the study counts as degraded (unit 'geometry') rather than only repaired.
+GEOMETRY_FALLBACK = "geometry fallback:"
+
+
 def decode(ds: pydicom.Dataset) -> np.ndarray:
     """Pixel data of one dataset as float32 with RescaleSlope/Intercept applied (any transfer syntax)."""
     arr = ds.pixel_array
@@ -135,7 +140,9 @@ def read_series(series_dir: str | Path, normalize: bool = True, description: str
 
     Survives, with a DicomWarning: unreadable or truncated files and files without image geometry
     (skipped), slices of another shape (resized to the most common shape, geometry adjusted), several
-    orientation groups (kept, ordered along the mean normal), missing optional tags. Raises DicomError
+    orientation groups (kept, ordered along the mean normal), missing optional tags, and, noted as a
+    GEOMETRY_FALLBACK: PixelSpacing that differs between slices (the median is used) and positions that do
+    not spread along the normal (InstanceNumber order, one slice thickness apart). Raises DicomError
     only when no slice can be read. normalize=True maps intensities to [0, 1] (normalize_intensity).
     """
     series_dir = Path(series_dir)
@@ -172,6 +179,7 @@ def read_series(series_dir: str | Path, normalize: bool = True, description: str
         raise DicomError(f"{series_dir}: none of {len(files)} files could be read")
 
     shape = Counter(im.shape for im in images).most_common(1)[0][0]
+    kept = np.array([im.shape == shape for im in images])  # slices whose PixelSpacing is their own tag's
     for i, im in enumerate(images):
         if im.shape != shape:
             note(f"{series_dir}: instance {instances[i]} has shape {im.shape}, resized to {shape}")
@@ -192,6 +200,23 @@ def read_series(series_dir: str | Path, normalize: bool = True, description: str
     signs = np.sign(normals @ normals[0])
     signs[signs == 0] = 1
     mean_normal = (normals * signs[:, None]).mean(0)
+    spacings_a = np.stack(spacings)
+    median_spacing = np.median(spacings_a[kept], axis=0)
+    off = kept & (np.abs(spacings_a - median_spacing) > 0.01 * median_spacing).any(1)
+    if off.any():  # slices of one shape and field of view share one pixel spacing: a differing tag is wrong
+        note(f"{series_dir}: {GEOMETRY_FALLBACK} PixelSpacing of {int(off.sum())} of {len(off)} slices differs from "
+             f"the others' {median_spacing[0]:.3f} x {median_spacing[1]:.3f} mm; the series' median is used")
+        spacings_a[off] = median_spacing
+    depth = positions_a @ mean_normal
+    if len(depth) > 1 and len(np.unique(np.round(depth, 2))) < max(2, len(depth) // 2):
+        # Positions that do not spread along the normal cannot order the slices nor place a level on one:
+        # the slices go in InstanceNumber order, one slice gap apart (the median SliceThickness, else 1 mm).
+        gap = float(np.median([t for t in thickness if t])) if any(thickness) else 1.0
+        rank = np.argsort(np.asarray(instances), kind="stable")
+        positions_a = positions_a.copy()
+        positions_a[rank] = positions_a[rank[0]] + np.arange(len(rank))[:, None] * gap * mean_normal / np.linalg.norm(mean_normal)
+        note(f"{series_dir}: {GEOMETRY_FALLBACK} {len(depth)} slices at {len(np.unique(np.round(depth, 2)))} distinct "
+             f"positions along the normal; ordered by InstanceNumber, {gap:g} mm apart")
     order = np.argsort(positions_a @ mean_normal, kind="stable")
 
     if any(i < 0 for i in instances):
@@ -212,7 +237,7 @@ def read_series(series_dir: str | Path, normalize: bool = True, description: str
         instance_numbers=np.asarray(instances, dtype=np.int64)[order],
         positions=positions_a[order],
         orientations=orientations_a[order],
-        spacings=np.stack(spacings)[order],
+        spacings=spacings_a[order],
         thickness=float(np.median(known_thickness)) if known_thickness else None,
         description=description,
         n_orientation_groups=len(reps),

@@ -6,6 +6,7 @@ by name (TASKS); the model from the model registry (models.MODELS).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -23,13 +24,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from . import config as config_lib
-from .atomic import remove_orphans, save_torch, write_csv
+from .atomic import remove_orphans, save_torch, write_csv, write_json
 from .datasets import seed_worker
 from .device import autocast, pick_device, training_amp
 from .localizer.task import LocalizerTask
 from .models import build_model
 from .progress import interactive, log, progress
-from .run_folders import BEST, CONFIG, LAST, LOG, OOF, run_dir
+from .folds import check_fold
+from .run_folders import BEST, CONFIG, DONE, LAST, LOG, OOF, run_dir
 from .tasks import ClassifierTask
 
 TASKS = {"classifier": ClassifierTask, "localizer": LocalizerTask}
@@ -175,6 +177,21 @@ def _check_same_run(out_dir: Path, cfg: dict) -> None:
                                      "pass --restart to train it again from scratch, or --name for a new run folder")
 
 
+def _finished(out_dir: Path, cfg: dict) -> dict | None:
+    """The best epoch's row of a run that ended (its done marker) and that this config would not continue
+    (no more epochs, or patience run out), else None."""
+    try:
+        done = json.loads((out_dir / DONE).read_text())
+    except (OSError, ValueError):
+        return None
+    if done.get("epoch", 0) < cfg["epochs"] and done.get("bad_epochs", 0) < cfg["patience"]:
+        return None
+    rows = _log_until(out_dir, 10**9)
+    best = min(rows, key=lambda r: r["score"]) if rows else {}
+    return {**best, "best_epoch": done.get("best_epoch"), "score": float(done.get("score", best.get("score", math.nan))),
+            "epoch": done.get("epoch")}
+
+
 def _log_until(out_dir: Path, epoch: int) -> list[dict]:
     return pd.read_csv(out_dir / LOG).to_dict("records")[:epoch] if (out_dir / LOG).is_file() else []
 
@@ -257,17 +274,32 @@ def fit(cfg: dict) -> dict:
     device = pick_device(cfg["device"], local_rank)
     seed_everything(cfg["seed"] + rank)
     out_dir = run_dir(cfg["runs"], cfg["name"], cfg["fold"])
-    resuming = cfg["resume"] and (out_dir / LAST).is_file()
-    if resuming and (out_dir / CONFIG).is_file():
+    if cfg["resume"] and (out_dir / CONFIG).is_file():
         _check_same_run(out_dir, cfg)
+        finished = _finished(out_dir, cfg)
+        if finished is not None:
+            if main:
+                log(f"{out_dir}: finished at epoch {finished['epoch']} (best epoch {finished['best_epoch']}, score "
+                    f"{finished['score']:.4f}); nothing to do: --epochs N continues it, --restart trains it again")
+            return {**finished, "run_dir": str(out_dir), "references": {}}
+    check_fold(Path(cfg["data_dir"]) / "train.csv", Path(cfg["folds"]), cfg["fold"])  # before any folder is made
+    if main and not cfg["resume"] and out_dir.is_dir():
+        aside = out_dir.with_name(f"{out_dir.name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(out_dir, aside)  # never trained over: the earlier run stays whole beside the new one
+        log(f"{out_dir}: --restart: the earlier run moved aside to {aside.name}; training from scratch")
+    resuming = cfg["resume"] and (out_dir / LAST).is_file()
+    made = not out_dir.is_dir()
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         remove_orphans(out_dir)  # left by a kill during a write
-        if (out_dir / LAST).is_file() and not resuming:
-            log(f"{out_dir}: --restart: training from scratch over the earlier run")
+    try:
+        task = _build_task(cfg, out_dir, device, rank, world)
+    except BaseException:
+        if main and made and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # an input error leaves no empty run folder behind
+        raise
+    if main:
         config_lib.save(cfg, out_dir / CONFIG)
-
-    task = _build_task(cfg, out_dir, device, rank, world)
     train_ds, val_ds = task.train_dataset(), task.val_dataset()
     train_loader, val_loader, sampler = _loaders(cfg, train_ds, val_ds, world, rank, device)
 
@@ -284,7 +316,12 @@ def fit(cfg: dict) -> dict:
                                   warmup_prefix=True, t_in_epochs=False)
     amp_dtype, use_scaler = training_amp(cfg["amp"], device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    progress = _resume(out_dir, model, optimizer, scaler, main) if resuming else _Progress()
+    if resuming:
+        progress = _resume(out_dir, model, optimizer, scaler, main)
+    elif cfg["resume"] and ((out_dir / BEST).is_file() or (out_dir / LOG).is_file()):  # a run without its last.pt
+        progress = _from_best(out_dir, model, f"{out_dir}: no {LAST}", main)
+    else:
+        progress = _Progress()
     scheduler.step_update(progress.epoch * steps)
     net = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None) if world > 1 else model
     if cfg["compile"] and device.type == "cuda":
@@ -325,5 +362,11 @@ def fit(cfg: dict) -> dict:
                 f"({row['seconds']:.0f}s)" + (" *" if improved else ""))
     if not best_metrics and progress.log:
         best_metrics = min(progress.log, key=lambda r: r["score"])
+    if main:  # the final state, even when no epoch ran here (a run continued from best.pt), and the done marker
+        if not (out_dir / LAST).is_file():
+            save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(), "state": progress.state()}, out_dir / LAST)
+        write_json({**progress.state(), "epochs": cfg["epochs"], "patience": cfg["patience"],
+                    "score": progress.best_score}, out_dir / DONE)
     refs = task.references() if hasattr(task, "references") else {}
     return {**best_metrics, "best_epoch": progress.best_epoch, "run_dir": str(out_dir), "references": refs}

@@ -92,10 +92,73 @@ def member_weights(fitted: dict, names: list[str]) -> dict[str, float]:
     return {n: fitted["weights"].get(n, 1.0) for n in names} if fitted.get("weights") else {n: 1.0 for n in names}
 
 
-def load(path: Path | None) -> dict:
-    """ensemble.json, or equal weights and no temperature when there is none."""
-    if path is not None and Path(path).is_file():
-        return json.loads(Path(path).read_text())
-    if path is not None:
+def _number(value) -> float | None:
+    """A JSON value as a finite float, else None (a bool, a string, NaN, Infinity)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if np.isfinite(value) else None
+
+
+def load(path: Path | None, faults=None) -> dict:
+    """ensemble.json, validated: weights finite and >= 0 with a positive sum, temperatures finite and > 0 of
+    known groups, a prior of three finite non-negative values per group. An entry that is not is named (in
+    `faults`, a FaultLog, as unit 'ensemble'; else warned) and falls back alone: a weight to the mean of the
+    valid ones (equal weights when none is valid or they sum to 0), a temperature to 1, the prior to the
+    data's. A file that does not parse gives equal weights and no temperature. No file: the same, warned."""
+    empty = {"weights": {}, "temperature": {}}
+    if path is None:
+        return empty
+    path = Path(path)
+    if not path.is_file():
         warnings.warn(f"no ensemble file at {path}: equal weights, no temperature", stacklevel=2)
-    return {"weights": {}, "temperature": {}}
+        return empty
+
+    def bad(what: str) -> None:
+        message = f"{path}: {what}"
+        if faults is not None:
+            faults.add("ensemble", "ensemble file", message)
+        else:
+            warnings.warn(message, stacklevel=3)
+
+    try:
+        fitted = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        bad(f"does not read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); equal weights, "
+            "no temperature")
+        return empty
+    if not isinstance(fitted, dict):
+        bad("not a JSON object; equal weights, no temperature")
+        return empty
+    out = dict(fitted)
+    weights = fitted.get("weights") if isinstance(fitted.get("weights"), dict) else {}
+    if "weights" in fitted and not isinstance(fitted["weights"], dict):
+        bad("'weights' is not an object; equal weights")
+    valid = {n: _number(w) for n, w in weights.items()}
+    for name, w in valid.items():
+        if w is None or w < 0:
+            bad(f"weight of {name!r} is {weights[name]!r}, not a finite number >= 0; it gets the mean of the others")
+    good = {n: w for n, w in valid.items() if w is not None and w >= 0}
+    if weights and sum(good.values()) <= 0:
+        if good:
+            bad("the weights sum to 0; equal weights")
+        out["weights"] = {n: 1.0 for n in weights}
+    else:
+        mean = sum(good.values()) / len(good) if good else 1.0
+        out["weights"] = {n: good.get(n, mean) for n in weights}
+    temps = fitted.get("temperature") if isinstance(fitted.get("temperature"), dict) else {}
+    out["temperature"] = {}
+    for group, t in temps.items():
+        value = _number(t)
+        if group not in GROUPS:
+            bad(f"temperature of unknown group {group!r} ignored (groups: {', '.join(GROUPS)})")
+        elif value is None or value <= 0:
+            bad(f"temperature of {group} is {t!r}, not a finite number > 0; it is 1")
+        else:
+            out["temperature"][group] = value
+    prior = fitted.get("prior")
+    if prior is not None and not (isinstance(prior, dict) and all(
+            isinstance(prior.get(g), list) and len(prior[g]) == len(TARGETS)
+            and all(_number(v) is not None and v >= 0 for v in prior[g]) and sum(prior[g]) > 0 for g in GROUPS)):
+        bad("'prior' is not three finite non-negative values per group; the data's prior is used")
+        out.pop("prior")
+    return out

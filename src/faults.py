@@ -3,10 +3,13 @@ fell back, why, and how many rows it sent to the prior. Printed as one summary a
 beside the submission as JSON.
 
 Units, from smallest: a repair (a study's data was read with a problem that was repaired: a skipped
-slice, a dropped repeated line; no row lost), a study (a series or the whole study was lost: only its rows
+slice, a dropped repeated line; no row lost), a geometry fallback (a series' positions or spacings were
+replaced: its rows are predicted, but perhaps from the wrong place), a study (a series or the whole study was lost: only its rows
 are touched), the input (a file-level problem, e.g. a malformed row id), a fold of a model (the model's other folds
 carry on), a member of the ensemble (the other members carry on, weights renormalised), a localizer series
-type (the other series types carry on), and the models as a whole (no model could be used).
+type (the other series types carry on), the models as a whole (no model could be used), the ensemble file
+(an entry fell back to equal weights or temperature 1) and the predictions (rows whose blended predictions
+were not finite got the prior).
 """
 from __future__ import annotations
 
@@ -17,14 +20,14 @@ from pathlib import Path
 from .atomic import write_json
 from .constants import parse_row_id, slug
 
-# Units that mean a trained model was not used: `infer.py --strict` exits with MODEL_DROPPED_EXIT for them.
-MODEL_UNITS = ("fold", "member", "localizer", "models")
+# Units that mean the models were not used as trained: `infer.py --strict` exits with MODEL_DROPPED_EXIT for them.
+MODEL_UNITS = ("fold", "member", "localizer", "models", "ensemble", "predictions", "geometry")
 MODEL_DROPPED_EXIT = 3
 
 
 @dataclass
 class Fault:
-    unit: str  # repair | study | input | fold | member | localizer | models | output
+    unit: str  # repair | geometry | study | input | fold | member | localizer | models | ensemble | predictions | output
     name: str  # what it touches, e.g. 'study 4003253', 'attn_resnext fold 1', 'localizer axial'
     reason: str
     rows: int = 0  # rows of the submission it sent to the prior (counted at the end)
@@ -50,7 +53,8 @@ class FaultLog:
 
     @property
     def model_dropped(self) -> bool:
-        """Whether any fold, member or localizer was dropped, or no model was used at all."""
+        """Whether any fold, member or localizer was dropped, an ensemble entry fell back, some predictions were
+        invalid, or no model was used at all."""
         return bool(self.of(*MODEL_UNITS))
 
     def summary(self) -> str:
@@ -67,7 +71,8 @@ class FaultLog:
         fold or member that others covered) that got the prior."""
         parsed = {r: parse_row_id(r) for r in row_ids if r in fell_back}
         for f in self.faults:
-            if f.unit in ("repair", "fold", "member", "output") or (f.unit == "input" and f.study_id is None):
+            if f.unit in ("repair", "fold", "member", "output", "ensemble", "predictions", "geometry") or (
+                    f.unit == "input" and f.study_id is None):
                 continue  # covered by the others, or counted where it was found
             f.rows = sum(1 for study, column in parsed.values()
                          if (f.study_id is None or study == f.study_id)

@@ -8,7 +8,7 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from .constants import LABEL_COLUMNS, SEVERITIES
-from .tables import solution_frame
+from .tables import DataError, load_train, solution_frame
 
 
 def onehot_labels(train: pd.DataFrame) -> np.ndarray:
@@ -109,7 +109,10 @@ def load_folds(path) -> pd.DataFrame:
     missing = {"study_id", "fold"} - set(folds.columns)
     if missing:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
-    return folds.astype({"study_id": np.int64, "fold": int})
+    try:
+        return folds.astype({"study_id": np.int64, "fold": int})
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: study_id and fold must be whole numbers ({err})") from None
 
 
 def fold_solution(train: pd.DataFrame, folds: pd.DataFrame, fold: int) -> pd.DataFrame:
@@ -118,6 +121,31 @@ def fold_solution(train: pd.DataFrame, folds: pd.DataFrame, fold: int) -> pd.Dat
     if len(ids) == 0:
         raise ValueError(f"fold {fold} has no studies (folds present: {sorted(folds['fold'].unique())})")
     return solution_frame(train, ids)
+
+
+DEFAULT_FOLDS = 5  # what ensure_folds writes when there is no folds file
+
+
+def check_fold(train_csv: Path, folds_file: Path, fold: int) -> None:
+    """DataError in one line before anything is built: the folds file (when it exists) gives a fold to every
+    study of train_csv, and `fold` is one of its folds (of the DEFAULT_FOLDS that ensure_folds writes, else)."""
+    folds_file = Path(folds_file)
+    if not folds_file.is_file():
+        if not 0 <= fold < DEFAULT_FOLDS:
+            raise DataError(f"--fold {fold}: no folds file at {folds_file} yet; the one written there holds folds "
+                            f"0-{DEFAULT_FOLDS - 1}")
+        return
+    try:
+        folds = load_folds(folds_file)
+    except (ValueError, pd.errors.ParserError) as err:
+        raise DataError(f"{folds_file}: {str(err).removeprefix(f'{folds_file}: ')}") from None
+    unknown = set(load_train(train_csv)["study_id"]) - set(folds["study_id"])
+    if unknown:
+        raise DataError(f"{folds_file}: {len(unknown)} studies of {train_csv} have no fold (e.g. {sorted(unknown)[0]}); "
+                        f"write the folds again: python make_folds.py --data-dir {Path(train_csv).parent} --out {folds_file}")
+    present = sorted(int(f) for f in folds["fold"].unique())
+    if fold not in present:
+        raise DataError(f"--fold {fold}: {folds_file} holds folds {', '.join(map(str, present))}")
 
 
 def ensure_folds(path: str | Path, train: pd.DataFrame) -> pd.DataFrame:

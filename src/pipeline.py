@@ -23,6 +23,7 @@ from .constants import PREDICTED_COORDINATE_COLUMNS, TARGETS, parse_row_id
 from .device import pick_device
 from .explain import explain
 from .localizer.infer import Localizer, localize
+from .dicom import GEOMETRY_FALLBACK
 from .faults import FaultLog
 from .parallel import loader_workers
 from .metric import overlay, prior_rows, prior_table
@@ -31,8 +32,8 @@ from .run_folders import classifier_runs, ensemble_file, is_run_name
 from .tables import (
     DataError,
     bad_row_ids,
+    load_row_ids,
     load_series_descriptions,
-    load_submission,
     load_train,
     solution_frame,
     submission_row_ids,
@@ -52,14 +53,21 @@ def expected_rows(data_dir: Path, split: str, faults: FaultLog | None = None) ->
     Every row of sample_submission is kept, whatever it holds: a row id that is not a study id and a label
     column is named in `faults` and gets the prior (uniform where not even its condition group is known).
     """
+    faults = faults if faults is not None else FaultLog()
     sample = Path(data_dir) / "sample_submission.csv"
     if split == "test" and sample.is_file():
-        rows = load_submission(sample, strict=False)["row_id"].astype(str)
-        for i in bad_row_ids(rows):
-            (faults if faults is not None else FaultLog()).add(
-                "input", f"row {rows.iloc[i]!r}", f"{sample}: line {i + 2}: not a study id and a label column; "
-                "the row is written with the prior", rows=1)
-        return rows.tolist()
+        problems: list[str] = []
+        try:
+            rows = pd.Series(load_row_ids(sample, problems), dtype=str)
+        except DataError as err:
+            faults.add("input", "sample_submission.csv", f"{err}; 25 rows per study of the series file instead")
+        else:
+            for text in problems:
+                faults.add("repair", "sample_submission.csv", text)
+            for i in bad_row_ids(rows):
+                faults.add("input", f"row {rows.iloc[i]!r}", f"{sample}: row {rows.iloc[i]!r} is not a study id and a "
+                           "label column; the row is written with the prior", rows=1)
+            return rows.tolist()
     return submission_row_ids(series_table(data_dir, split)["study_id"].drop_duplicates().tolist())
 
 
@@ -79,13 +87,19 @@ def prior_frame(row_ids: list[str], data_dir: Path, fitted: dict) -> pd.DataFram
     return prior_rows(table, row_ids)
 
 
-def finalize(submission: pd.DataFrame, row_ids: list[str], prior: pd.DataFrame) -> pd.DataFrame:
-    """Rows in the expected order; any invalid row replaced by the prior; every row summing to 1."""
+def finalize(submission: pd.DataFrame, row_ids: list[str], prior: pd.DataFrame, faults: FaultLog | None = None,
+             what: str = "the submission") -> pd.DataFrame:
+    """Rows in the expected order; any invalid row (non-finite, negative, summing to 0) replaced by the prior
+    and named in `faults` (unit 'predictions'); every row summing to 1."""
     values = submission.set_index("row_id").loc[row_ids, list(TARGETS)].to_numpy(dtype=float)
-    bad = ~np.isfinite(values).all(1) | (values < 0).any(1) | (values.sum(1) <= 0)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values).all(1) | (values < 0).any(1) | ~(values.sum(1) > 0)
     if bad.any():
-        warnings.warn(f"{int(bad.sum())} rows had invalid predictions; they get the prior", stacklevel=2)
-        values[bad] = prior.set_index("row_id").loc[np.asarray(row_ids)[bad], list(TARGETS)].to_numpy()
+        ids = np.asarray(row_ids)[bad]
+        (faults if faults is not None else FaultLog()).add(
+            "predictions", what, f"{int(bad.sum())} rows had non-finite or invalid predictions (e.g. {ids[0]}); "
+            "they get the prior", rows=int(bad.sum()))
+        values[bad] = prior.set_index("row_id").loc[ids, list(TARGETS)].to_numpy()
     result = pd.DataFrame(values / values.sum(1, keepdims=True), columns=list(TARGETS))
     result.insert(0, "row_id", row_ids)
     return result
@@ -105,7 +119,7 @@ def _members(fitted: dict, runs: Path, faults: FaultLog) -> list[str]:
     """The ensemble's members (every classifier run without a fitted ensemble), each a run folder inside runs/."""
     named = list(fitted.get("weights", {}))
     if not named:
-        return classifier_runs(runs)
+        return classifier_runs(runs, faults=faults)
     for name in named:
         if not is_run_name(runs, name):
             faults.add("member", str(name), f"named in the ensemble file but not a run folder inside {runs}; ignored")
@@ -127,9 +141,11 @@ def _localize(data_dir: Path, split: str, runs: Path, cache_dir: Path, study_ids
         if study_id is None or study_id in wanted:
             by_study.setdefault((study_id, lost), []).append(text)
     for (study_id, lost), texts in by_study.items():
-        # One line per study: a lost series costs rows ('study'); a repaired one is only named ('repair').
-        faults.add("input" if study_id is None else "study" if lost else "repair",
-                   "series descriptions" if study_id is None else f"study {study_id}", "; ".join(texts),
+        # One line per study: a lost series costs rows ('study'); a repaired one is only named ('repair'),
+        # unless its geometry fell back ('geometry': its crops may be off, a degradation under --strict).
+        unit = "input" if study_id is None else "study" if lost else \
+            "geometry" if any(GEOMETRY_FALLBACK in t for t in texts) else "repair"
+        faults.add(unit, "series descriptions" if study_id is None else f"study {study_id}", "; ".join(texts),
                    study_id=study_id)
     return localize(table, cache_dir, split, Localizer.from_runs(runs, device=device, faults=faults), faults,
                     workers=loader_workers(workers), studies_per_batch=studies_per_batch)
@@ -156,7 +172,7 @@ def make_submission(data_dir: Path, split: str, runs: Path, out: Path, cache_dir
     if studies is not None:
         keep = {int(x) for x in studies}
         row_ids = [r for r in row_ids if parse_row_id(r)[0] in keep]
-    fitted = ensemble_lib.load(ensemble_path if ensemble_path is not None else ensemble_file(runs))
+    fitted = ensemble_lib.load(ensemble_path if ensemble_path is not None else ensemble_file(runs), faults)
     prior = prior_frame(row_ids, data_dir, fitted)
     submission = prior
     study_ids = sorted({s for s in (parse_row_id(r)[0] for r in row_ids) if s is not None})
@@ -182,17 +198,23 @@ def make_submission(data_dir: Path, split: str, runs: Path, out: Path, cache_dir
         frames, submission, modelled = {}, prior, set()
     if not frames and row_ids and not faults.of("models"):
         faults.add("models", "classifiers", f"no classifier could be used (runs: {runs}); every row gets the prior")
-    result = finalize(submission, row_ids, prior)
+    result = finalize(submission, row_ids, prior, faults)
     write_csv(result, out)
     faults.count_rows(row_ids, set(row_ids) - modelled)
     _extras(per_model, frames, prior, row_ids, out, explain_studies, explain_dir, coords, result, runs, cache_dir,
             split, device, faults)
-    faults.write(faults_path(out))
+    late: OSError | None = None  # the faults file could not be written (a full disk): said after the summary
+    try:
+        faults.write(faults_path(out))
+    except OSError as err:
+        late = err
     seconds = time.time() - started
     log(f"wrote {out}: {len(result)} rows for {len(study_ids)} studies "
           f"({coords['study_id'].nunique() if len(coords) else 0} localized, {len(modelled)} rows from the models); "
           f"{seconds / max(len(study_ids), 1):.2f} s per study")
     print(faults.summary())
+    if late is not None:
+        raise late
     return result
 
 
@@ -205,10 +227,11 @@ def _extras(per_model: bool, frames: dict, prior: pd.DataFrame, row_ids: list[st
         write_csv(coords, coordinates_path(out))
         if per_model:
             for name, frame in frames.items():
-                write_csv(finalize(overlay(prior, frame), row_ids, prior), out.with_name(f"submission_{name}.csv"))
+                write_csv(finalize(overlay(prior, frame), row_ids, prior, faults, f"submission_{name}.csv"),
+                          out.with_name(f"submission_{name}.csv"))
         if explain_studies:
             explain([int(s) for s in explain_studies], coords, result, runs, cache_dir, split,
                     Path(explain_dir or out.parent / "explain"), device)
     except Exception as err:  # noqa: BLE001 - the submission is already written
-        faults.add("output", "extras", f"coordinates, per-model submissions or explanations failed "
-                                       f"({type(err).__name__}: {err})")
+        faults.add("output", "files beside the submission", f"coordinates, per-model submissions or explanations "
+                   f"failed ({type(err).__name__}: {err}); {out} itself is complete")

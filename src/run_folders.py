@@ -1,17 +1,20 @@
 """The runs/ layout, in one place: runs/{name}/fold{N}/ with config.yaml, best.pt, last.pt, oof.csv, log.csv,
-and runs/ensemble.json. Finding runs, telling classifiers from localizers and rebuilding a trained model all
+done.json, and runs/ensemble.json. Finding runs, telling classifiers from localizers and rebuilding a trained model all
 go through here.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
+import yaml
 
 from . import config as config_lib
 from .models import build_model
 
 CONFIG, BEST, LAST, OOF, LOG = "config.yaml", "best.pt", "last.pt", "oof.csv", "log.csv"
+DONE = "done.json"  # written when a training run ends: rerunning the same command then does nothing
 ENSEMBLE = "ensemble.json"
 # What inference needs of a run folder (the Kaggle dataset ships these and nothing else).
 INFERENCE_FILES = (CONFIG, BEST)
@@ -40,26 +43,73 @@ def trained_folds(runs: str | Path, name: str, folds: list[int] | None = None) -
     return sorted(found, key=fold_of)
 
 
+class RunFileError(ValueError):
+    """A file of a run folder that cannot be used; the message names the file and the first line of why."""
+
+
+def first_line(err: BaseException) -> str:
+    """An exception as one line: its type and the first non-empty line of its message."""
+    text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 def read_config(run: Path) -> dict:
-    """The resolved config a run was trained with."""
-    return config_lib.load(Path(run) / CONFIG)
+    """The resolved config a run was trained with; RunFileError naming config.yaml when it cannot be read,
+    does not parse, is not a mapping or names a key the config does not know."""
+    path = Path(run) / CONFIG
+    try:
+        cfg = yaml.safe_load(path.read_text())
+        if not isinstance(cfg, dict):
+            raise RunFileError(f"{path}: not a mapping of config keys")
+        config_lib.check_saved(cfg, str(path))
+    except RunFileError:
+        raise
+    except config_lib.ConfigError as err:
+        raise RunFileError(str(err)) from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise RunFileError(f"{path}: does not read ({first_line(err)})") from None
+    return cfg
 
 
-def run_names(runs: str | Path, task: str, model: str | None = None) -> list[str]:
-    """Names of the runs under runs/ with at least one trained fold of this task (and model, if given), sorted."""
+def run_names(runs: str | Path, task: str, model: str | None = None, faults=None) -> list[str]:
+    """Names of the runs under runs/ with at least one trained fold of this task (and model, if given), sorted.
+
+    A run is told by the first of its folds whose config.yaml reads (the others are dropped where they are
+    loaded); a run folder none of whose configs reads, or that cannot be listed, is skipped and named in
+    `faults` (a FaultLog) or warned."""
     names = []
     for folder in sorted(p for p in Path(runs).glob("*") if p.is_dir()):
-        trained = trained_folds(runs, folder.name)
-        if trained:
-            cfg = read_config(trained[0])
-            if cfg.get("task") == task and model in (None, cfg.get("model")):
-                names.append(folder.name)
+        try:
+            trained = trained_folds(runs, folder.name)
+        except OSError as err:
+            _skipped(faults, folder.name, f"{folder}: cannot be listed ({first_line(err)}); run skipped")
+            continue
+        cfg, errors = None, []
+        for run in trained:
+            try:
+                cfg = read_config(run)
+                break
+            except RunFileError as err:
+                errors.append(str(err))
+        if cfg is None:
+            if errors:
+                _skipped(faults, folder.name, f"no fold's {CONFIG} reads ({errors[0]}); run skipped")
+            continue
+        if cfg.get("task") == task and model in (None, cfg.get("model")):
+            names.append(folder.name)
     return names
 
 
-def classifier_runs(runs: str | Path, model: str | None = None) -> list[str]:
+def _skipped(faults, name: str, reason: str) -> None:
+    if faults is not None:
+        faults.add("member", name, reason)
+    else:
+        warnings.warn(f"{name}: {reason}", stacklevel=3)
+
+
+def classifier_runs(runs: str | Path, model: str | None = None, faults=None) -> list[str]:
     """Every trained classifier run (any `train.py --name`; of one model if given)."""
-    return run_names(runs, "classifier", model)
+    return run_names(runs, "classifier", model, faults)
 
 
 def is_run_name(runs: str | Path, name: str) -> bool:
@@ -79,9 +129,17 @@ def load_model(run: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     cfg = read_config(run)
     cfg["pretrained"] = None  # the trained weights replace any backbone initialisation
     model = build_model(cfg)
-    state = torch.load(Path(run) / BEST, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
+    path = Path(run) / BEST
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+    except Exception as err:  # noqa: BLE001 - named with its file, the caller drops the fold
+        raise RunFileError(f"{path}: does not load ({first_line(err)})") from None
     return model.to(device).eval(), cfg
+
+
+def load_error(run: Path, err: BaseException) -> str:
+    """Why a fold folder did not load, in one line naming the file (load_model's RunFileError says it)."""
+    return str(err) if isinstance(err, RunFileError) else f"{run}: does not load ({first_line(err)})"
 
 
 def random_runs(root: str | Path, preset: str | None = "tiny", folds: tuple[int, ...] = (0,), classifiers: bool = True,

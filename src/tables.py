@@ -201,6 +201,20 @@ def load_submission(path: str | Path, strict: bool = True) -> pd.DataFrame:
     return out
 
 
+def load_row_ids(path: str | Path, problems: list[str] | None = None) -> list[str]:
+    """A sample_submission's row ids in order, read leniently (inference must write each of them): only the
+    row_id column is read, and a repeated row id is kept once, its line named in `problems`."""
+    path = Path(path)
+    raw = _read(path)
+    _require_columns(raw, ["row_id"], path)
+    ids = raw["row_id"].astype(str)
+    repeated = ids.duplicated()
+    for i in np.flatnonzero(repeated.to_numpy()):
+        if problems is not None:
+            problems.append(f"{path}: line {i + 2}: row {ids.iloc[i]!r} repeats an earlier line; written once")
+    return ids[~repeated].tolist()
+
+
 def load_solution(path: str | Path) -> pd.DataFrame:
     """A solution file: row_id, one-hot normal_mild/moderate/severe and sample_weight."""
     path = Path(path)

@@ -134,17 +134,51 @@ def test_rerun_continues_refuses_another_config_and_survives_a_corrupt_last(base
 
     shutil.copytree(root / "again", root / "moved")
     moved = [str(root / "moved") if a == runs else a for a in cmd]
-    assert guard(train_script.main, [*moved[:-len(args) - 2], "--epochs", "2", *args]) == 0
+    assert guard(train_script.main, [*moved[:-len(args) - 2], "--epochs", "3", *args]) == 0
     assert "resumed" in capsys.readouterr().out
+    # A finished run is never trained over: the same command says so and changes nothing.
+    before = (root / "moved" / "cnn_lstm" / "fold0" / "best.pt").stat().st_mtime_ns
+    assert guard(train_script.main, [*moved[:-len(args) - 2], "--epochs", "3", *args]) == 0
+    assert "finished at epoch 3" in capsys.readouterr().out
+    assert (root / "moved" / "cnn_lstm" / "fold0" / "best.pt").stat().st_mtime_ns == before
     # A corrupt last.pt is set aside; training continues from best.pt at its epoch.
     (run / "last.pt").write_bytes(b"garbage")
     train_script.main([*cmd[:-len(args) - 2], "--epochs", "3", *args])
     out = capsys.readouterr().out
     assert "set aside as last.pt.corrupt" in out and "continuing from best.pt" in out
     assert (run / "last.pt.corrupt").is_file() and torch.load(run / "last.pt", weights_only=True)["state"]["epoch"] == 3
+    # With last.pt gone too, the run continues from best.pt rather than from scratch, and writes a new last.pt.
+    (run / "last.pt").unlink()
+    (run / "done.json").unlink()
+    train_script.main([*cmd[:-len(args) - 2], "--epochs", "3", *args])
+    out = capsys.readouterr().out
+    assert "no last.pt; continuing from best.pt" in out and (run / "last.pt").is_file()
+    train_script.main([*cmd[:-len(args) - 2], "--epochs", "3", *args])
+    assert "finished at epoch 3" in capsys.readouterr().out
+    # --restart alone trains again, and the earlier run is moved aside whole, not overwritten.
     train_script.main([*cmd, "--restart"])
     assert "training from scratch" in capsys.readouterr().out
     assert pd.read_csv(run / "log.csv")["epoch"].tolist() == [1]
+    aside = [p for p in run.parent.glob("fold0.before-*")]
+    assert len(aside) == 1 and pd.read_csv(aside[0] / "log.csv")["epoch"].max() == 3
+
+
+def test_bad_fold_or_folds_file_is_one_line_and_leaves_no_folder(base_args, capsys):
+    from src.cli import guard
+
+    args, root = base_args
+    runs = root / "badfold"
+    assert guard(train_script.main, ["--fold", "7", "--model", "cnn_lstm", "--runs", str(runs), *args]) == 2
+    err = capsys.readouterr().err
+    assert "--fold 7:" in err and "holds folds 0, 1, 2, 3, 4" in err and len(err.strip().splitlines()) == 1
+    folds_at = args[args.index("--folds") + 1]
+    short = root / "short_folds.csv"
+    pd.read_csv(folds_at).iloc[1:].to_csv(short, index=False)  # one study without a fold
+    other = [str(short) if a == folds_at else a for a in args]
+    assert guard(train_script.main, ["--fold", "0", "--model", "cnn_lstm", "--runs", str(runs), *other]) == 2
+    err = capsys.readouterr().err
+    assert f"{short}: 1 studies of" in err and "have no fold" in err
+    assert not runs.exists()
 
 
 def test_device_augmentation_path_trains_on_cpu_tensors(base_args, monkeypatch):

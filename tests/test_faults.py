@@ -15,9 +15,10 @@ import infer as infer_script
 from conftest import make_fake_runs
 from src.constants import TARGETS
 from src.faults import MODEL_DROPPED_EXIT
-from src.pipeline import faults_path
+from infer import WRITTEN_BUT_EXTRA_FAILED_EXIT
+from src.pipeline import coordinates_path, faults_path
 from src.run_folders import run_dir
-from src.tables import load_series_descriptions, load_submission
+from src.tables import load_row_ids, load_series_descriptions, load_submission
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Expect:
     reason: str  # a piece of what it says
     rows: set[str] = field(default_factory=set)  # rows allowed to differ from the clean run
     code: int = 0  # infer.py --strict's exit code
+    block: bool = False  # a folder where the submission's coordinates file goes: a write after the submission fails
 
 
 def _infer(data: Path, runs: Path, out_dir: Path) -> tuple[pd.DataFrame, int, dict, str]:
@@ -190,11 +192,86 @@ def study_without_folder(data, runs, clean):
     return Expect("study", f"study {study}", "series folder not found", _rows(clean[2], study))
 
 
+def _subarticular(clean) -> set[str]:
+    sub = clean[2]
+    return set(sub.loc[sub["row_id"].str.contains("subarticular"), "row_id"])
+
+
+def broken_localizer_config(data, runs, clean):
+    (run_dir(runs, "localizer_axial", 0) / "config.yaml").write_text("loc: [unclosed\n")
+    return Expect("fold", "localizer_axial fold 0", "config.yaml: does not read (", _subarticular(clean), MODEL_DROPPED_EXIT)
+
+
+def broken_classifier_config(data, runs, clean):
+    (run_dir(runs, "attn_resnext", 0) / "config.yaml").write_text("- not\n- a mapping\n")
+    return Expect("member", "attn_resnext", "config.yaml: not a mapping", set(clean[2]["row_id"]), MODEL_DROPPED_EXIT)
+
+
+def unknown_key_in_config(data, runs, clean):
+    path = run_dir(runs, "cnn_lstm", 0) / "config.yaml"
+    path.write_text(path.read_text() + "lrr: 3\n")
+    return Expect("member", "cnn_lstm", "unknown config key 'lrr' (did you mean 'lr'?)", set(clean[2]["row_id"]),
+                  MODEL_DROPPED_EXIT)
+
+
+def _ensemble_file(name: str, text: str, says: str):
+    def fault(data, runs, clean):  # each bad entry falls back alone: here to the clean run's equal weights
+        (runs / "ensemble.json").write_text(text)
+        return Expect("ensemble", "ensemble file", says, code=MODEL_DROPPED_EXIT)
+    fault.__name__ = f"ensemble_{name}"
+    return fault
+
+
+ENSEMBLE_FAULTS = [
+    _ensemble_file("infinite_weight", '{"weights": {"attn_resnext": Infinity, "cnn_lstm": 0.5}}',
+                   "weight of 'attn_resnext' is inf"),
+    _ensemble_file("negative_weight", '{"weights": {"attn_resnext": -1, "cnn_lstm": 0.5}}', "weight of 'attn_resnext' is -1"),
+    _ensemble_file("nan_weight", '{"weights": {"attn_resnext": NaN, "cnn_lstm": 2}}', "weight of 'attn_resnext' is nan"),
+    _ensemble_file("negative_temperature", '{"weights": {}, "temperature": {"spinal": -1}}', "temperature of spinal is -1"),
+    _ensemble_file("not_json", '{"weights": {"attn_resnext": 0.5', "does not read"),
+]
+
+
+def duplicate_sample_row(data, runs, clean):
+    path = data / "sample_submission.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines[:3], lines[1], *lines[3:]]) + "\n")
+    return Expect("repair", "sample_submission.csv", "repeats an earlier line; written once")
+
+
+def collapsed_axial_positions(data, runs, clean):
+    study = _study(data, 1)
+    files = sorted(_series(data, study, "Axial T2").glob("*.dcm"))
+    position = pydicom.dcmread(files[0]).ImagePositionPatient
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.ImagePositionPatient = position
+        ds.save_as(f)
+    return Expect("geometry", f"study {study}", "distinct positions along the normal; ordered by InstanceNumber",
+                  _rows(clean[2], study), MODEL_DROPPED_EXIT)
+
+
+def mixed_pixel_spacing(data, runs, clean):
+    study = _study(data, 2)
+    f = sorted(_series(data, study, "Sagittal T1").glob("*.dcm"))[1]
+    ds = pydicom.dcmread(f)
+    ds.PixelSpacing = [float(v) * 1.5 for v in ds.PixelSpacing]
+    ds.save_as(f)
+    return Expect("geometry", f"study {study}", "PixelSpacing of 1 of", _rows(clean[2], study), MODEL_DROPPED_EXIT)
+
+
+def extra_file_not_writable(data, runs, clean):
+    return Expect("output", "files beside the submission", "Is a directory", code=WRITTEN_BUT_EXTRA_FAILED_EXIT,
+                  block=True)
+
+
 CASES = [duplicate_series_line, corrupt_fold, corrupt_member, corrupt_axial_localizer, header_only_series_csv, no_runs,
          bad_ensemble_member, duplicate_instance_numbers, unknown_row_id, traversal_row_id,
          *(_file_fault(w, "skipped unreadable slice") for w in (truncated, zero_byte, not_dicom, missing_geometry)),
          _file_fault(other_shape, "resized"),
-         deleted_series, empty_study, study_without_folder]
+         deleted_series, empty_study, study_without_folder,
+         broken_localizer_config, broken_classifier_config, unknown_key_in_config, *ENSEMBLE_FAULTS,
+         duplicate_sample_row, collapsed_axial_positions, mixed_pixel_spacing, extra_file_not_writable]
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -204,9 +281,10 @@ def test_a_fault_degrades_only_its_unit_and_is_named(clean, case, tmp_path):
     shutil.copytree(clean[0], data)
     shutil.copytree(clean[1], runs)
     expect = case(data, runs, clean)
+    if expect.block:
+        coordinates_path(tmp_path / "out" / "submission.csv").mkdir(parents=True)
     sub, code, faults, out = _infer(data, runs, tmp_path / "out")
-    sample = load_submission(data / "sample_submission.csv", strict=False)
-    assert sub["row_id"].tolist() == sample["row_id"].tolist()  # every row written, in order
+    assert sub["row_id"].tolist() == load_row_ids(data / "sample_submission.csv")  # every row written, in order
     values = sub[list(TARGETS)].to_numpy()
     assert np.isfinite(values).all() and np.allclose(values.sum(1), 1)
     before = clean[2].set_index("row_id")[list(TARGETS)]

@@ -79,7 +79,8 @@ def test_broken_classifier_run_still_gives_every_row(synth_dir, tmp_path):
     runs = make_fake_runs(tmp_path / "runs")
     (runs / "attn_resnext" / "fold0" / "best.pt").write_bytes(b"not a checkpoint")
     out = tmp_path / "submission.csv"
-    with pytest.warns(UserWarning, match="attn_resnext fold 0: dropped"):
+    best = runs / "attn_resnext" / "fold0" / "best.pt"
+    with pytest.warns(UserWarning, match=f"attn_resnext fold 0: {best}: does not load .*; fold dropped"):
         code = infer_script.main(["--data-dir", str(synth_dir), "--runs", str(runs), "--out", str(out),
                                   "--cache-dir", str(tmp_path / "cache"), "--workers", "1", "--batch-studies", "3"])
     assert code == 0  # without --strict a dropped member still exits 0 (the corruption suite checks --strict)
@@ -96,9 +97,13 @@ def test_finalize_orders_rows_and_repairs_invalid_ones():
     prior = pd.DataFrame({"row_id": ids, "normal_mild": 0.5, "moderate": 0.3, "severe": 0.2})
     sub = pd.DataFrame({"row_id": ids[::-1], "normal_mild": [2.0, np.nan, 1.0], "moderate": [1.0, 0.1, 1.0],
                         "severe": [1.0, 0.1, 0.0]})
-    with pytest.warns(UserWarning, match="1 rows had invalid predictions"):
-        out = finalize(sub, ids, prior)
+    from src.faults import FaultLog
+
+    faults = FaultLog()
+    with pytest.warns(UserWarning, match="1 rows had non-finite or invalid predictions"):
+        out = finalize(sub, ids, prior, faults)
     assert out["row_id"].tolist() == ids
+    assert [(f.unit, f.rows) for f in faults.faults] == [("predictions", 1)] and faults.model_dropped
     assert out[list(TARGETS)].to_numpy().ravel() == pytest.approx([0.5, 0.5, 0.0, 0.5, 0.3, 0.2, 0.5, 0.25, 0.25])
 
 

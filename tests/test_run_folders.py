@@ -34,3 +34,29 @@ def test_load_model_rebuilds_from_the_run_alone(tmp_path):
     assert not model.training and cfg["model"] == "attn_resnext"
     saved = torch.load(run_dir(runs, "attn_resnext", 0) / "best.pt", weights_only=True)["model"]
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+
+
+def test_a_broken_config_costs_only_its_run_and_is_named(tmp_path):
+    import pytest
+
+    from src.faults import FaultLog
+    from src.run_folders import RunFileError, read_config
+
+    runs = make_fake_runs(tmp_path / "runs", folds=(0, 1))
+    (run_dir(runs, "localizer_axial", 0) / "config.yaml").write_text("loc: [unclosed\n")
+    (run_dir(runs, "localizer_axial", 1) / "config.yaml").write_text("loc: [unclosed\n")
+    (run_dir(runs, "cnn_lstm", 0) / "config.yaml").write_text("- a list\n")  # its fold 1 still tells the run
+    faults = FaultLog()
+    with pytest.warns(UserWarning, match="localizer_axial"):
+        assert classifier_runs(runs, faults=faults) == ["attn_resnext", "cnn_lstm"]
+    assert [(f.unit, f.name) for f in faults.faults] == [("member", "localizer_axial")]
+    assert "config.yaml: does not read (" in faults.faults[0].reason and "\n" not in faults.faults[0].reason
+    with pytest.raises(RunFileError, match=r"cnn_lstm/fold0/config.yaml: not a mapping"):
+        read_config(run_dir(runs, "cnn_lstm", 0))
+    path = run_dir(runs, "attn_resnext", 1) / "config.yaml"
+    path.write_text(path.read_text() + "lrr: 3\n")
+    with pytest.raises(RunFileError, match=r"unknown config key 'lrr' \(did you mean 'lr'\?\)"):
+        load_model(run_dir(runs, "attn_resnext", 1), torch.device("cpu"))
+    (run_dir(runs, "attn_resnext", 0) / "best.pt").write_bytes(b"x" * 10)
+    with pytest.raises(RunFileError, match=r"attn_resnext/fold0/best.pt: does not load \(\w+"):
+        load_model(run_dir(runs, "attn_resnext", 0), torch.device("cpu"))

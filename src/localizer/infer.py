@@ -27,7 +27,7 @@ from ..device import autocast, inference_dtype, keep_freed_cpu_memory, pick_devi
 from ..dicom import Series
 from ..faults import FaultLog
 from ..parallel import batches_ahead
-from ..run_folders import BEST, fold_of, load_model, localizer_run, trained_folds
+from ..run_folders import fold_of, load_error, load_model, localizer_run, trained_folds
 from .data import series_stacks, stack_of
 from .decode import decode_searched, decode_slice
 from .plan import PLAN, Part
@@ -105,9 +105,8 @@ class Localizer:
             for run in trained_folds(runs, name, folds):
                 try:
                     model, cfg = load_model(run, device)
-                except Exception as err:  # noqa: BLE001 - a bad checkpoint costs its fold only
-                    faults.add("fold", f"{name} fold {fold_of(run)}", f"{run / BEST} does not load "
-                               f"({type(err).__name__}: {str(err)[:200]}); fold dropped")
+                except Exception as err:  # noqa: BLE001 - a bad config or checkpoint costs its fold only
+                    faults.add("fold", f"{name} fold {fold_of(run)}", f"{load_error(run, err)}; fold dropped")
                     continue
                 first = models[part.key][0][1]["loc"]["size_px"] if models[part.key] else cfg["loc"]["size_px"]
                 if cfg["loc"]["size_px"] != first:  # heatmaps of different sizes cannot be averaged
