@@ -12,8 +12,9 @@ degradation is named in one summary at the end and in <out>.faults.json beside t
 
 Exit codes: 0 the submission is written (with --strict: and every model was used); 1 nothing could be
 written; 2 bad command line, a missing data folder or an input file named on it; 4 the submission was
-written, but a file written after it (the coordinates, the faults, a per-model submission) failed; 3 (--strict only) written, but a fold, member or
-localizer was dropped or no model was used.
+written, but a file written after it (the coordinates, the faults, a per-model submission) failed;
+3 (--strict only) written, but a fold, member or localizer was dropped, an ensemble entry or a series'
+geometry fell back, some predictions were invalid, or no model was used.
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-model", action="store_true", help="also write submission_{model}.csv per classifier")
     ap.add_argument("--strict", action="store_true",
                     help=f"exit {MODEL_DROPPED_EXIT} (submission still written) when any fold, member or localizer was "
-                         "dropped or no model was used")
+                         "dropped, an ensemble entry or a series' geometry fell back, or no model was used")
     a = cli.dataset_defaults(ap.parse_args(argv))
     if not a.data_dir.is_dir():
         raise DataError(f"{a.data_dir}: no such data folder (--data-dir)")

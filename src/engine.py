@@ -31,7 +31,7 @@ from .localizer.task import LocalizerTask
 from .models import build_model
 from .progress import interactive, log, progress
 from .folds import check_fold
-from .run_folders import BEST, CONFIG, DONE, LAST, LOG, OOF, run_dir
+from .run_folders import BEST, CONFIG, DONE, LAST, LOG, OOF, first_line, run_dir
 from .tasks import ClassifierTask
 
 TASKS = {"classifier": ClassifierTask, "localizer": LocalizerTask}
@@ -208,7 +208,7 @@ def _resume(out_dir: Path, model, optimizer, scaler, main: bool) -> _Progress:
     except Exception as err:  # noqa: BLE001 - a broken checkpoint is set aside, never fatal
         if main:
             os.replace(out_dir / LAST, out_dir / f"{LAST}.corrupt")
-        what = f"{out_dir / LAST} does not load ({type(err).__name__}: {str(err)[:120]}); set aside as {LAST}.corrupt"
+        what = f"{out_dir / LAST} does not load ({first_line(err)}); set aside as {LAST}.corrupt"
         return _from_best(out_dir, model, what, main)
     progress.log = _log_until(out_dir, progress.epoch)
     if main:

@@ -27,7 +27,7 @@ from ..device import autocast, inference_dtype, keep_freed_cpu_memory, pick_devi
 from ..dicom import Series
 from ..faults import FaultLog
 from ..parallel import batches_ahead
-from ..run_folders import fold_of, load_error, load_model, localizer_run, trained_folds
+from ..run_folders import first_line, fold_of, load_error, load_model, localizer_run, trained_folds
 from .data import series_stacks, stack_of
 from .decode import decode_searched, decode_slice
 from .plan import PLAN, Part
@@ -151,7 +151,7 @@ class Localizer:
             except Exception as err:  # noqa: BLE001 - a fold that cannot predict costs that fold only
                 self.models[part.key].remove((model, cfg))
                 faults.add("fold", f"{localizer_run(part.key)} fold {cfg.get('fold', '?')}",
-                           f"failed to predict ({type(err).__name__}: {str(err)[:200]}); fold dropped")
+                           f"failed to predict ({first_line(err)}); fold dropped")
                 if not self.models[part.key]:
                     faults.add("localizer", localizer_run(part.key), "every fold failed to predict: "
                                f"{', '.join(part.conditions)} get no coordinates", conditions=part.conditions)
