@@ -63,6 +63,8 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay": 1.0e-2,
     "warmup_epochs": 1.0,
     "grad_clip": 1.0,
+    "ema_decay": 0.0,  # > 0: an EMA of the weights (timm ModelEmaV3, with warm-up) is validated and saved as best.pt
+    "label_smoothing": 0.0,  # classifier: cross-entropy against (1 - e) one-hot + e/3 (noisy readers' labels)
     "class_weights": list(SAMPLE_WEIGHTS),
     "patience": 5,
     "amp": "bf16",  # bf16 | fp16 | none; only used on CUDA

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 import yaml
 from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -196,32 +197,69 @@ def _log_until(out_dir: Path, epoch: int) -> list[dict]:
     return pd.read_csv(out_dir / LOG).to_dict("records")[:epoch] if (out_dir / LOG).is_file() else []
 
 
-def _resume(out_dir: Path, model, optimizer, scaler, main: bool) -> _Progress:
-    """Weights, optimizer, scaler and progress from last.pt. A last.pt that does not load is named and set
+@dataclass
+class _Trainer:
+    """What a training step needs: the model (and its DDP or compiled wrapper `net`), optimizer, schedule,
+    scaler, device and AMP dtype, and the EMA of the weights when the config asks for one (ema_decay > 0)."""
+
+    model: torch.nn.Module
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: CosineLRScheduler
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    ema: ModelEmaV3 | None = None
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What is validated and saved as best.pt: the EMA weights when there are some."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def checkpoint(self, progress: _Progress) -> dict:
+        """last.pt: everything needed to continue exactly."""
+        out = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+               "scaler": self.scaler.state_dict(), "state": progress.state()}
+        if self.ema is not None:
+            out["ema"] = self.ema.module.state_dict()
+        return out
+
+    def load(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(ckpt.get("ema", ckpt["model"]))
+
+
+def _resume(out_dir: Path, trainer: _Trainer, main: bool) -> _Progress:
+    """Weights, optimizer, scaler, EMA and progress from last.pt. A last.pt that does not load is named and set
     aside (last.pt.corrupt); training then continues from best.pt's weights at its epoch, or from scratch."""
     try:
         ckpt = torch.load(out_dir / LAST, map_location="cpu", weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
+        trainer.load(ckpt)
         progress = _Progress(**ckpt["state"])
     except Exception as err:  # noqa: BLE001 - a broken checkpoint is set aside, never fatal
         if main:
             os.replace(out_dir / LAST, out_dir / f"{LAST}.corrupt")
         what = f"{out_dir / LAST} does not load ({first_line(err)}); set aside as {LAST}.corrupt"
-        return _from_best(out_dir, model, what, main)
+        return _from_best(out_dir, trainer, what, main)
     progress.log = _log_until(out_dir, progress.epoch)
     if main:
         log(f"resumed {out_dir / LAST} at epoch {progress.epoch}")
     return progress
 
 
-def _from_best(out_dir: Path, model, what: str, main: bool) -> _Progress:
-    """Progress after a lost last.pt: best.pt's weights and the log up to its epoch, else a fresh start."""
+def _from_best(out_dir: Path, trainer: _Trainer, what: str, main: bool) -> _Progress:
+    """Progress after a lost last.pt: best.pt's weights (the EMA's too) and the log up to its epoch, else a
+    fresh start."""
     history = _log_until(out_dir, 10**9)
     best = min(history, key=lambda r: r["score"]) if history else None
     try:
-        model.load_state_dict(torch.load(out_dir / BEST, map_location="cpu", weights_only=True)["model"])
+        weights = torch.load(out_dir / BEST, map_location="cpu", weights_only=True)["model"]
+        trainer.model.load_state_dict(weights)
+        if trainer.ema is not None:
+            trainer.ema.module.load_state_dict(weights)
     except Exception:  # noqa: BLE001 - no usable best.pt either
         best = None
     if best is None:
@@ -235,27 +273,28 @@ def _from_best(out_dir: Path, model, what: str, main: bool) -> _Progress:
 
 
 
-def _train_epoch(net, model, task, loader, optimizer, scheduler, scaler, cfg: dict, device, amp_dtype, first_step: int,
-                 desc: str, main: bool) -> float:
+def _train_epoch(t: _Trainer, task, loader, cfg: dict, first_step: int, desc: str, main: bool) -> float:
     """One pass over the training loader; returns the mean loss. The loss stays on the device: the host waits
     for it only every log_every steps (progress bar or log line) and once at the end."""
-    net.train()
-    total = torch.zeros((), device=device)
+    t.net.train()
+    total = torch.zeros((), device=t.device)
     # A bar on a terminal; in a log file a timestamped line every log_every steps (and fit's per-epoch line).
     bar = progress(loader, desc, disable=not main or not interactive(), leave=False)
     started, step = time.time(), -1
     for step, batch in enumerate(bar):
-        inputs = model_inputs(task, batch, device, train=True)
-        with autocast(device, amp_dtype):
-            out = net(**inputs)
+        inputs = model_inputs(task, batch, t.device, train=True)
+        with autocast(t.device, t.amp_dtype):
+            out = t.net(**inputs)
         loss = task.loss(out, {**batch, **inputs})
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step_update(first_step + step + 1)
+        t.optimizer.zero_grad(set_to_none=True)
+        t.scaler.scale(loss).backward()
+        t.scaler.unscale_(t.optimizer)
+        torch.nn.utils.clip_grad_norm_(t.model.parameters(), cfg["grad_clip"])
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+        t.scheduler.step_update(first_step + step + 1)
+        if t.ema is not None:
+            t.ema.update(t.model, step=first_step + step + 1)
         total += loss.detach()
         if (step + 1) % cfg["log_every"] == 0 and main:
             mean = float(total) / (step + 1)  # the host waits for the device here, once per log_every steps
@@ -316,16 +355,19 @@ def fit(cfg: dict) -> dict:
                                   warmup_prefix=True, t_in_epochs=False)
     amp_dtype, use_scaler = training_amp(cfg["amp"], device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    if resuming:
-        progress = _resume(out_dir, model, optimizer, scaler, main)
-    elif cfg["resume"] and ((out_dir / BEST).is_file() or (out_dir / LOG).is_file()):  # a run without its last.pt
-        progress = _from_best(out_dir, model, f"{out_dir}: no {LAST}", main)
-    else:
-        progress = _Progress()
-    scheduler.step_update(progress.epoch * steps)
+    # EMA with timm's warm-up (decay 1 - (1 + step)^-2/3, capped at ema_decay), so short runs average their end.
+    ema = ModelEmaV3(model, decay=cfg["ema_decay"], use_warmup=True) if cfg["ema_decay"] else None
     net = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None) if world > 1 else model
     if cfg["compile"] and device.type == "cuda":
         net = torch.compile(net)
+    trainer = _Trainer(model, net, optimizer, scheduler, scaler, device, amp_dtype, ema)
+    if resuming:
+        progress = _resume(out_dir, trainer, main)
+    elif cfg["resume"] and ((out_dir / BEST).is_file() or (out_dir / LOG).is_file()):  # a run without its last.pt
+        progress = _from_best(out_dir, trainer, f"{out_dir}: no {LAST}", main)
+    else:
+        progress = _Progress()
+    scheduler.step_update(progress.epoch * steps)
 
     best_metrics: dict = {}
     for epoch in range(progress.epoch, cfg["epochs"]):
@@ -337,9 +379,9 @@ def fit(cfg: dict) -> dict:
             sampler.set_epoch(epoch)
         if train_loader.num_workers == 0 and getattr(train_ds, "transform", None) is not None:
             train_ds.transform.set_random_seed(cfg["seed"] + epoch)
-        train_loss = _train_epoch(net, model, task, train_loader, optimizer, scheduler, scaler, cfg, device, amp_dtype,
-                                  epoch * steps, f"{cfg['name']} fold {cfg['fold']} epoch {epoch + 1}/{cfg['epochs']}", main)
-        metrics, oof = _validate(model, val_loader, task, device, amp_dtype, world, main)
+        train_loss = _train_epoch(trainer, task, train_loader, cfg, epoch * steps,
+                                  f"{cfg['name']} fold {cfg['fold']} epoch {epoch + 1}/{cfg['epochs']}", main)
+        metrics, oof = _validate(trainer.eval_model, val_loader, task, device, amp_dtype, world, main)
         row = {"epoch": epoch + 1, "train_loss": train_loss, **metrics,
                "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - started}
         progress.log.append(row)
@@ -352,11 +394,10 @@ def fit(cfg: dict) -> dict:
         progress.epoch = epoch + 1
         if main:
             if improved:
-                save_torch({"model": model.state_dict()}, out_dir / BEST)
+                save_torch({"model": trainer.eval_model.state_dict()}, out_dir / BEST)
                 write_csv(oof, out_dir / OOF)
             write_csv(pd.DataFrame(progress.log), out_dir / LOG)
-            save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(), "state": progress.state()}, out_dir / LAST)
+            save_torch(trainer.checkpoint(progress), out_dir / LAST)
             log(f"{cfg['name']} fold {cfg['fold']} epoch {epoch + 1}: train_loss {train_loss:.4f} "
                 f"val_loss {metrics['val_loss']:.4f} score {metrics['score']:.4f} acc {metrics['acc']:.3f} "
                 f"({row['seconds']:.0f}s)" + (" *" if improved else ""))
@@ -364,8 +405,7 @@ def fit(cfg: dict) -> dict:
         best_metrics = min(progress.log, key=lambda r: r["score"])
     if main:  # the final state, even when no epoch ran here (a run continued from best.pt), and the done marker
         if not (out_dir / LAST).is_file():
-            save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(), "state": progress.state()}, out_dir / LAST)
+            save_torch(trainer.checkpoint(progress), out_dir / LAST)
         write_json({**progress.state(), "epochs": cfg["epochs"], "patience": cfg["patience"],
                     "score": progress.best_score}, out_dir / DONE)
     refs = task.references() if hasattr(task, "references") else {}

@@ -85,11 +85,13 @@ class ClassifierTask:
         return CropDataset(self.crops, self.val_index, eval_transform(self.spec.size_px))
 
     def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Cross-entropy with the metric's class weights 1/2/4; unknown labels (-1) are ignored."""
+        """Cross-entropy with the metric's class weights 1/2/4 (and label_smoothing); unknown labels (-1) are
+        ignored."""
         label = batch["label"].to(logits.device, non_blocking=True)
         if self.class_weights.device != logits.device:  # moved once, not every step
             self.class_weights = self.class_weights.to(logits.device)
-        return F.cross_entropy(logits.float(), label, weight=self.class_weights, ignore_index=-1)
+        return F.cross_entropy(logits.float(), label, weight=self.class_weights, ignore_index=-1,
+                               label_smoothing=self.cfg["label_smoothing"])
 
     def evaluate(self, logits: torch.Tensor, rows: torch.Tensor) -> tuple[dict, pd.DataFrame]:
         """Validation loss, competition score and accuracy of one pass; returns them and the oof frame.

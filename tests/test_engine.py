@@ -195,3 +195,20 @@ def test_device_augmentation_path_trains_on_cpu_tensors(base_args, monkeypatch):
     assert seen and all(s[1:] == (3, 40, 40) for s in seen)  # 32 px crops stored with a 1.25 margin
     assert pd.read_csv(root / "devaug" / "attn_resnext" / "fold0" / "log.csv")["epoch"].tolist() == [1]
     assert result["score"] == result["score"]  # a number, not NaN
+
+
+def test_ema_weights_are_validated_saved_and_resumed(base_args):
+    """ema_decay > 0: best.pt holds the EMA weights, last.pt carries them, and a continued run picks them up."""
+    args, root = base_args
+    cmd = ["--fold", "0", "--model", "cnn_lstm", "--runs", str(root / "ema"), "--ema_decay", "0.9",
+           "--label_smoothing", "0.1", *args]
+    train_script.main([*cmd, "--epochs", "1"])
+    run = root / "ema" / "cnn_lstm" / "fold0"
+    last = torch.load(run / "last.pt", weights_only=True)
+    best = torch.load(run / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(best[k], last["ema"][k]) for k in best)  # validated and saved: the EMA
+    assert any(not torch.equal(last["ema"][k], last["model"][k]) for k in best if best[k].is_floating_point())
+    train_script.main([*cmd, "--epochs", "2"])
+    again = torch.load(run / "last.pt", weights_only=True)
+    assert again["state"]["epoch"] == 2 and set(again["ema"]) == set(last["ema"])
+    assert config_lib.load(run / "config.yaml")["label_smoothing"] == 0.1
