@@ -15,6 +15,7 @@ from src import ensemble as ensemble_lib
 from src.atomic import write_json
 from src.metric import prior_table
 from src.run_folders import ensemble_file
+from src.stacker import fit_stacker, nested_scores
 from src.tables import DataError, load_train, solution_frame
 
 
@@ -25,6 +26,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=None, help="the ensemble file; default: <runs>/ensemble.json")
     ap.add_argument("--names", nargs="+", default=None,
                     help="the classifier runs (folders under --runs) to blend; default: every one with an oof.csv")
+    ap.add_argument("--stacker", action="store_true",
+                    help="also fit the metric-fitted stacker (src/stacker.py) and report its nested-fold score beside "
+                         "the weighted ensemble's; infer.py then applies it")
     a = cli.dataset_defaults(ap.parse_args(argv))
     frames = ensemble_lib.collect_oof(a.runs, a.names)
     if not frames:
@@ -32,6 +36,11 @@ def main(argv: list[str] | None = None) -> dict:
     solution = solution_frame(load_train(a.data_dir / "train.csv"))
     fitted = ensemble_lib.fit_ensemble(frames, solution)
     fitted["prior"] = prior_table(solution)
+    if a.stacker:
+        fitted["stacker_nested"] = nested_scores(frames, solution)
+        fitted["stacker"] = fit_stacker(frames, solution)
+        print(f"stacker: nested {fitted['stacker_nested']['folds']}-fold OOF score {fitted['stacker_nested']['stacker']:.4f} "
+              f"against {fitted['stacker_nested']['ensemble']:.4f} for weights and temperatures fitted the same way")
     out = a.out or ensemble_file(a.runs)
     write_json(fitted, out)
     print(f"wrote {out}: OOF score {fitted['oof_score']:.4f} on {fitted['rows']} rows "

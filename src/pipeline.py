@@ -29,6 +29,7 @@ from .parallel import loader_workers
 from .metric import overlay, prior_rows, prior_table
 from .progress import log
 from .run_folders import classifier_runs, ensemble_file, is_run_name
+from .stacker import apply_stacker, valid_stacker
 from .tables import (
     DataError,
     bad_row_ids,
@@ -126,6 +127,17 @@ def _members(fitted: dict, runs: Path, faults: FaultLog) -> list[str]:
     return [n for n in named if is_run_name(runs, n)]
 
 
+def _combine(frames: dict[str, pd.DataFrame], fitted: dict, faults: FaultLog) -> pd.DataFrame:
+    """The members' predictions made one: by the stacker of ensemble.json when it has one that fits the members
+    that predicted (else named, and the weighted blend), or by the weights and temperatures."""
+    if "stacker" in fitted:
+        why = valid_stacker(fitted["stacker"], list(frames))
+        if why is None:
+            return apply_stacker(fitted["stacker"], frames)
+        faults.add("ensemble", "stacker", f"{why}; the weighted blend is used instead")
+    return ensemble_lib.blend(frames, ensemble_lib.member_weights(fitted, list(frames)), fitted.get("temperature", {}))
+
+
 def _localize(data_dir: Path, split: str, runs: Path, cache_dir: Path, study_ids: list[int], workers: int,
               device: torch.device, faults: FaultLog, studies_per_batch: int) -> pd.DataFrame:
     """Stage 1 for the studies: their series lines read, decoded once, localized; every problem named per study."""
@@ -189,8 +201,7 @@ def make_submission(data_dir: Path, split: str, runs: Path, out: Path, cache_dir
                                      workers=loader_workers(workers), studies_per_batch=studies_per_batch,
                                      faults=faults)
         if frames:
-            blended = ensemble_lib.blend(frames, ensemble_lib.member_weights(fitted, list(frames)),
-                                         fitted.get("temperature", {}))
+            blended = _combine(frames, fitted, faults)
             submission = overlay(prior, blended)
             modelled = set(blended["row_id"]) & set(row_ids)
     except Exception as err:  # noqa: BLE001 - the prior still gives a complete submission

@@ -1,0 +1,64 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from src.constants import GROUPS, TARGETS, group_of, row_study_ids
+from src.metric import score
+from src.stacker import apply_stacker, fit_stacker, metric_loss, nested_scores, valid_stacker
+from src.tables import load_train, solution_frame
+
+
+def _frames(solution: pd.DataFrame, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Two members: one informative but overconfident, one weak; the stacker can weigh and soften them."""
+    rng = np.random.default_rng(seed)
+    truth = solution[list(TARGETS)].to_numpy()
+    out = {}
+    for name, mix, power in (("a", 0.6, 3.0), ("b", 0.3, 1.0)):
+        p = (mix * truth + (1 - mix) * rng.dirichlet([1, 1, 1], len(truth))) ** power
+        frame = pd.DataFrame(p / p.sum(1, keepdims=True), columns=list(TARGETS))
+        frame.insert(0, "row_id", solution["row_id"].to_numpy())
+        out[name] = frame
+    return out
+
+
+def test_metric_loss_is_the_competition_score(synth_dir):
+    solution = solution_frame(load_train(synth_dir / "train.csv"))
+    frame = _frames(solution)["b"]
+    probs = torch.tensor(frame[list(TARGETS)].to_numpy())
+    _, study = np.unique(row_study_ids(solution["row_id"]), return_inverse=True)
+    loss = metric_loss(probs, torch.tensor(solution[list(TARGETS)].to_numpy().argmax(1)),
+                       torch.tensor(solution["sample_weight"].to_numpy(float)),
+                       torch.tensor([GROUPS.index(group_of(r)) for r in solution["row_id"]]), torch.tensor(study))
+    assert float(loss) == pytest.approx(score(solution, frame), rel=1e-9)
+
+
+def test_stacker_beats_its_members_and_is_scored_honestly(synth_dir):
+    solution = solution_frame(load_train(synth_dir / "train.csv"))
+    frames = _frames(solution)
+    fitted = fit_stacker(frames, solution, l2=0.01)  # a weak pull: 196 rows, the fit itself is under test
+    assert valid_stacker(fitted, ["a", "b"]) is None and fitted["members"] == ["a", "b"]
+    stacked = apply_stacker(fitted, frames)
+    assert np.allclose(stacked[list(TARGETS)].sum(1), 1) and stacked["row_id"].tolist() == solution["row_id"].tolist()
+    assert score(solution, stacked) < min(score(solution, f) for f in frames.values())
+    honest = nested_scores(frames, solution, k=3, l2=0.01)
+    assert honest["stacker"] > score(solution, stacked) - 1e-9  # fitted on other studies: never better in-sample
+    assert honest["rows"] == len(solution)
+    assert valid_stacker(fitted, ["a"]) == "the stacker needs b, which did not predict"
+    assert "wrong shape" in valid_stacker({**fitted, "W": [[1.0]]}, ["a", "b"])
+
+
+def test_inference_applies_a_fitting_stacker_and_names_one_that_does_not(synth_dir):
+    from src.faults import FaultLog
+    from src.pipeline import _combine
+
+    solution = solution_frame(load_train(synth_dir / "train.csv"))
+    frames = _frames(solution)
+    fitted = {"weights": {"a": 0.5, "b": 0.5}, "temperature": {}, "stacker": fit_stacker(frames, solution)}
+    faults = FaultLog()
+    pd.testing.assert_frame_equal(_combine(frames, fitted, faults), apply_stacker(fitted["stacker"], frames))
+    assert not faults.faults
+    with pytest.warns(UserWarning, match="the stacker needs b, which did not predict; the weighted blend"):
+        out = _combine({"a": frames["a"]}, fitted, faults)
+    assert np.allclose(out[list(TARGETS)].to_numpy(), frames["a"][list(TARGETS)].to_numpy())
+    assert [f.unit for f in faults.faults] == ["ensemble"] and faults.model_dropped
