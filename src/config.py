@@ -98,6 +98,8 @@ DEFAULTS: dict[str, Any] = {
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "attn_resnext": {},
     "cnn_lstm": {"backbone": "resnet18"},
+    # The baseline of issue 24: 4 plain conv blocks (model_kwargs.channels), no timm backbone, no attention.
+    "plain_cnn": {"backbone": None},
     # One heatmap model per series type; `train.py --model localizer` trains one for each.
     "localizer": {"task": "localizer", "backbone": "resnet18", "batch_size": 16, "epochs": 20, "patience": 6},
 }

@@ -102,6 +102,28 @@ class CNNLSTM(nn.Module):
         return self.head(torch.cat([seq, self.embed(condition * len(LEVELS) + level)], 1))
 
 
+class PlainCNN(nn.Module):
+    """The baseline the papers' models must beat: 4 blocks of conv-BN-ReLU-conv-BN-ReLU-maxpool over the crop's
+    slices as channels (widths `channels`), global average pooling, the (condition, level) embedding, MLP head."""
+
+    def __init__(self, in_chans: int = 5, channels: tuple[int, ...] = (32, 64, 128, 256), embed_dim: int = 32,
+                 hidden: int = 256, drop: float = 0.2):
+        super().__init__()
+        blocks, c_in = [], in_chans
+        for c in channels:
+            blocks += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                       nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+            c_in = c
+        self.features = nn.Sequential(*blocks)
+        self.embed = nn.Embedding(N_PAIRS, embed_dim)
+        self.head = _head(c_in + embed_dim, hidden, drop)
+
+    def forward(self, image: torch.Tensor, condition: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        x = self.features(image).mean((2, 3))
+        return self.head(torch.cat([x, self.embed(condition * len(LEVELS) + level)], 1))
+
+
 class HeatmapNet(nn.Module):
     """Keypoint heatmaps: a timm encoder (features_only) and a small U-Net decoder to stride 2."""
 
@@ -139,13 +161,18 @@ def _cnn_lstm(cfg: dict) -> nn.Module:
                    cfg["embed_dim"], cfg["hidden"], cfg["drop"])
 
 
+def _plain_cnn(cfg: dict) -> nn.Module:
+    return PlainCNN(cfg["crop"]["n_slices"], tuple(cfg["model_kwargs"].get("channels", (32, 64, 128, 256))),
+                    cfg["embed_dim"], cfg["hidden"], cfg["drop"])
+
+
 def _localizer(cfg: dict) -> nn.Module:
     return HeatmapNet(cfg["backbone"], 3, localizer_plan.part(cfg["series_type"]).channels, cfg["pretrained"], cfg["model_kwargs"],
                       cfg["loc"]["decoder_channels"])
 
 
 MODELS: dict[str, Callable[[dict], nn.Module]] = {"attn_resnext": _attn_resnext, "cnn_lstm": _cnn_lstm,
-                                                  "localizer": _localizer}
+                                                  "plain_cnn": _plain_cnn, "localizer": _localizer}
 
 
 def build_model(cfg: dict) -> nn.Module:

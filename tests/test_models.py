@@ -12,7 +12,7 @@ def _batch(cfg, n=4):
 
 
 def test_shapes_and_finite_outputs():
-    for name in ("attn_resnext", "cnn_lstm"):
+    for name in ("attn_resnext", "cnn_lstm", "plain_cnn"):
         cfg = resolve(name, "tiny")
         model = build_model(cfg).eval()
         logits = model(*_batch(cfg))
@@ -85,3 +85,12 @@ def test_non_resnet_backbone_rejected():
         assert "not a timm ResNet" in str(err)
     else:
         raise AssertionError("expected a ValueError")
+
+
+def test_plain_cnn_baseline_is_four_conv_blocks():
+    cfg = resolve("plain_cnn", "tiny")
+    model = build_model(cfg)
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    pools = [m for m in model.features if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(convs) == 8 and len(pools) == 4 and [c.out_channels for c in convs[1::2]] == [16, 32, 64, 128]
+    assert convs[0].in_channels == cfg["crop"]["n_slices"] and cfg["task"] == "classifier"
