@@ -11,7 +11,7 @@ from scipy.optimize import minimize, minimize_scalar
 
 from .constants import GROUPS, TARGETS, group_of
 from .metric import score
-from .run_folders import OOF, classifier_runs, is_run_name, trained_folds
+from .run_folders import OOF, classifier_runs, first_line, is_run_name, trained_folds
 from .tables import DataError, load_submission
 
 
@@ -123,16 +123,25 @@ def load(path: Path | None, faults=None) -> dict:
     try:
         fitted = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        bad(f"does not read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); equal weights, "
-            "no temperature")
+        bad(f"does not read ({first_line(err)}); equal weights, no temperature")
         return empty
     if not isinstance(fitted, dict):
         bad("not a JSON object; equal weights, no temperature")
         return empty
-    out = dict(fitted)
-    weights = fitted.get("weights") if isinstance(fitted.get("weights"), dict) else {}
-    if "weights" in fitted and not isinstance(fitted["weights"], dict):
+    out = {**fitted, "weights": _valid_weights(fitted.get("weights", {}), bad),
+           "temperature": _valid_temperatures(fitted.get("temperature", {}), bad)}
+    if "prior" in fitted and not _valid_prior(fitted["prior"]):
+        bad("'prior' is not three finite non-negative values per group; the data's prior is used")
+        out.pop("prior")
+    return out
+
+
+def _valid_weights(weights, bad) -> dict[str, float]:
+    """ensemble.json's weights with each invalid one (not finite and >= 0) named and set to the mean of the
+    valid ones; all equal when none is valid or they sum to 0."""
+    if not isinstance(weights, dict):
         bad("'weights' is not an object; equal weights")
+        return {}
     valid = {n: _number(w) for n, w in weights.items()}
     for name, w in valid.items():
         if w is None or w < 0:
@@ -141,24 +150,27 @@ def load(path: Path | None, faults=None) -> dict:
     if weights and sum(good.values()) <= 0:
         if good:
             bad("the weights sum to 0; equal weights")
-        out["weights"] = {n: 1.0 for n in weights}
-    else:
-        mean = sum(good.values()) / len(good) if good else 1.0
-        out["weights"] = {n: good.get(n, mean) for n in weights}
-    temps = fitted.get("temperature") if isinstance(fitted.get("temperature"), dict) else {}
-    out["temperature"] = {}
-    for group, t in temps.items():
+        return {n: 1.0 for n in weights}
+    mean = sum(good.values()) / len(good) if good else 1.0
+    return {n: good.get(n, mean) for n in weights}
+
+
+def _valid_temperatures(temps, bad) -> dict[str, float]:
+    """ensemble.json's temperatures of known groups that are finite and > 0; each other one named (so 1)."""
+    out: dict[str, float] = {}
+    for group, t in (temps if isinstance(temps, dict) else {}).items():
         value = _number(t)
         if group not in GROUPS:
             bad(f"temperature of unknown group {group!r} ignored (groups: {', '.join(GROUPS)})")
         elif value is None or value <= 0:
             bad(f"temperature of {group} is {t!r}, not a finite number > 0; it is 1")
         else:
-            out["temperature"][group] = value
-    prior = fitted.get("prior")
-    if prior is not None and not (isinstance(prior, dict) and all(
-            isinstance(prior.get(g), list) and len(prior[g]) == len(TARGETS)
-            and all(_number(v) is not None and v >= 0 for v in prior[g]) and sum(prior[g]) > 0 for g in GROUPS)):
-        bad("'prior' is not three finite non-negative values per group; the data's prior is used")
-        out.pop("prior")
+            out[group] = value
     return out
+
+
+def _valid_prior(prior) -> bool:
+    """Whether a prior table holds three finite non-negative values with a positive sum for every group."""
+    return isinstance(prior, dict) and all(
+        isinstance(prior.get(g), list) and len(prior[g]) == len(TARGETS)
+        and all(_number(v) is not None and v >= 0 for v in prior[g]) and sum(prior[g]) > 0 for g in GROUPS)
