@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--stacker", action="store_true",
                     help="also fit the metric-fitted stacker (src/stacker.py) and report its nested-fold score beside "
                          "the weighted ensemble's; infer.py then applies it")
+    ap.add_argument("--stacker-context", action="store_true",
+                    help="with --stacker: each row also sees the rest of its study (the same condition's other "
+                         "levels, the study's most severe spinal level)")
     a = cli.dataset_defaults(ap.parse_args(argv))
     frames = ensemble_lib.collect_oof(a.runs, a.names)
     if not frames:
@@ -37,8 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
     fitted = ensemble_lib.fit_ensemble(frames, solution)
     fitted["prior"] = prior_table(solution)
     if a.stacker:
-        fitted["stacker_nested"] = nested_scores(frames, solution)
-        fitted["stacker"] = fit_stacker(frames, solution)
+        fitted["stacker_nested"] = nested_scores(frames, solution, context=a.stacker_context)
+        fitted["stacker"] = fit_stacker(frames, solution, context=a.stacker_context)
         print(f"stacker: nested {fitted['stacker_nested']['folds']}-fold OOF score {fitted['stacker_nested']['stacker']:.4f} "
               f"against {fitted['stacker_nested']['ensemble']:.4f} for weights and temperatures fitted the same way")
     out = a.out or ensemble_file(a.runs)

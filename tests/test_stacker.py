@@ -62,3 +62,24 @@ def test_inference_applies_a_fitting_stacker_and_names_one_that_does_not(synth_d
         out = _combine({"a": frames["a"]}, fitted, faults)
     assert np.allclose(out[list(TARGETS)].to_numpy(), frames["a"][list(TARGETS)].to_numpy())
     assert [f.unit for f in faults.faults] == ["ensemble"] and faults.model_dropped
+
+
+def test_context_stacker_sees_the_rest_of_the_study(synth_dir):
+    from src.stacker import _context
+
+    solution = solution_frame(load_train(synth_dir / "train.csv"))
+    frames = _frames(solution)
+    ids = solution["row_id"].tolist()
+    logp = np.log(frames["b"].set_index("row_id").loc[ids, list(TARGETS)].to_numpy())
+    ctx = _context(logp, ids)
+    # Row 0's first three context values: the mean of its study's same condition at the other four levels.
+    study, column = ids[0].split("_", 1)
+    condition = column.rsplit("_", 2)[0]
+    others = [i for i, r in enumerate(ids) if r.startswith(f"{study}_{condition}_") and i != 0]
+    assert len(others) == 4 and np.allclose(ctx[0, :3], logp[others].mean(0))
+    spinal = [i for i, r in enumerate(ids) if r.startswith(f"{study}_spinal")]
+    assert ctx[0, 3] == pytest.approx(logp[spinal, 2].max())
+    fitted = fit_stacker(frames, solution, context=True)
+    assert fitted["context"] and valid_stacker(fitted, ["a", "b"]) is None
+    assert np.asarray(fitted["W"]).shape == (3, 3, 10)
+    assert score(solution, apply_stacker(fitted, frames)) < score(solution, frames["b"])
