@@ -319,7 +319,8 @@ def fit(cfg: dict) -> dict:
         if finished is not None:
             if main:
                 log(f"{out_dir}: finished at epoch {finished['epoch']} (best epoch {finished['best_epoch']}, score "
-                    f"{finished['score']:.4f}); nothing to do: --epochs N continues it, --restart trains it again")
+                    f"{finished['score']:.4f}); nothing to do: more --epochs (or --patience, if it stopped early) "
+                    "continue it, --restart trains it again")
             return {**finished, "run_dir": str(out_dir), "references": {}}
     check_fold(Path(cfg["data_dir"]) / "train.csv", Path(cfg["folds"]), cfg["fold"])  # before any folder is made
     if main and not cfg["resume"] and out_dir.is_dir():
