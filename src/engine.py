@@ -306,13 +306,10 @@ def _train_epoch(t: _Trainer, task, loader, cfg: dict, first_step: int, desc: st
     return float(total) / max(step + 1, 1)
 
 
-def fit(cfg: dict) -> dict:
-    """Train one fold of one model as the config says; returns the best epoch's metrics."""
-    rank, world, local_rank = _distributed()
-    main = rank == 0
-    device = pick_device(cfg["device"], local_rank)
-    seed_everything(cfg["seed"] + rank)
-    out_dir = run_dir(cfg["runs"], cfg["name"], cfg["fold"])
+def _open_run(cfg: dict, out_dir: Path, main: bool) -> dict | None:
+    """Before anything is built: the saved config must match (ConfigError), a finished run returns its result
+    (nothing to do), the folds file and fold id must be valid (DataError), and --restart moves the earlier run
+    aside. None when training goes ahead."""
     if cfg["resume"] and (out_dir / CONFIG).is_file():
         _check_same_run(out_dir, cfg)
         finished = _finished(out_dir, cfg)
@@ -327,6 +324,19 @@ def fit(cfg: dict) -> dict:
         aside = out_dir.with_name(f"{out_dir.name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
         os.replace(out_dir, aside)  # never trained over: the earlier run stays whole beside the new one
         log(f"{out_dir}: --restart: the earlier run moved aside to {aside.name}; training from scratch")
+    return None
+
+
+def fit(cfg: dict) -> dict:
+    """Train one fold of one model as the config says; returns the best epoch's metrics."""
+    rank, world, local_rank = _distributed()
+    main = rank == 0
+    device = pick_device(cfg["device"], local_rank)
+    seed_everything(cfg["seed"] + rank)
+    out_dir = run_dir(cfg["runs"], cfg["name"], cfg["fold"])
+    finished = _open_run(cfg, out_dir, main)
+    if finished is not None:
+        return finished
     resuming = cfg["resume"] and (out_dir / LAST).is_file()
     made = not out_dir.is_dir()
     if main:
