@@ -27,7 +27,7 @@ from sklearn.metrics import (  # noqa: E402
 
 from . import ensemble as ensemble_lib  # noqa: E402
 from .atomic import write_json, write_text  # noqa: E402
-from .constants import CONDITIONS, GROUPS, LEVELS, SEVERITIES, TARGETS, group_of, level_of, row_study_ids  # noqa: E402
+from .constants import CONDITIONS, GROUPS, SEVERITIES, TARGETS, group_of, level_of, row_study_ids  # noqa: E402
 from .metric import prior_submission, score_parts  # noqa: E402
 from .run_folders import LOG, ensemble_file, trained_folds  # noqa: E402
 from .tables import DataError, load_solution, load_submission, load_train, solution_frame  # noqa: E402
