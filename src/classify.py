@@ -19,6 +19,7 @@ from .constants import TARGETS
 from .crops import CropSpec, crop_table, cut_study
 from .device import autocast, inference_dtype, keep_freed_cpu_memory
 from .faults import FaultLog
+from .models import StudyModel
 from .parallel import batches_ahead
 from .run_folders import BEST, fold_of, first_line, load_error, load_model, trained_folds
 
@@ -79,24 +80,32 @@ def centre_unit(crops: torch.Tensor, size_px: int) -> torch.Tensor:
 
 @torch.no_grad()
 def batch_probabilities(members: list[Member], crops: np.ndarray, condition: np.ndarray, level: np.ndarray,
-                        device: torch.device, hflip_tta: bool = False) -> dict[int, np.ndarray | Exception]:
+                        device: torch.device, hflip_tta: bool = False,
+                        study: np.ndarray | None = None) -> dict[int, np.ndarray | Exception]:
     """Each member's severity probabilities (N, 3) for one batch of stored crops, in one forward call per member;
     with hflip_tta the flipped crops (with their mirrored condition where the flip swaps sides, as in
-    training augmentation) go in the same call and the two views are averaged. A member that fails gets its
-    exception instead."""
+    training augmentation) go in the same call and the two views are averaged. A study-level member sees
+    each study's crops together (`study`: each crop's study id; the flipped view as studies of its own). A
+    member that fails gets its exception instead."""
     dtype = inference_dtype(device)
     n = len(crops)
     x = torch.from_numpy(np.ascontiguousarray(crops)).to(device)
     cond = torch.from_numpy(np.asarray(condition, np.int64)).to(device)
     lev = torch.from_numpy(np.asarray(level, np.int64)).to(device)
+    _, which = np.unique(np.zeros(n) if study is None else np.asarray(study), return_inverse=True)
+    group = torch.from_numpy(which.astype(np.int64)).to(device)
     if hflip_tta:
         mirrored = torch.tensor(FLIPPED_CONDITION, device=device)
         x, cond, lev = torch.cat([x, x.flip(-1)]), torch.cat([cond, mirrored[cond]]), torch.cat([lev, lev])
+        group = torch.cat([group, group + int(which.max(initial=-1)) + 1])
     out: dict[int, np.ndarray | Exception] = {}
     for j, m in enumerate(members):
         try:
             with autocast(device, dtype):
-                p = torch.softmax(m.model(centre_unit(x, m.spec.size_px), cond, lev).float(), 1)
+                images = centre_unit(x, m.spec.size_px)
+                logits = (m.model.row_logits(images, cond, lev, group) if isinstance(m.model, StudyModel)
+                          else m.model(images, cond, lev))
+                p = torch.softmax(logits.float(), 1)
             out[j] = ((p[:n] + p[n:]) / 2 if hflip_tta else p).cpu().numpy()
         except Exception as err:  # noqa: BLE001 - a fold that cannot predict costs that fold only
             out[j] = err
@@ -133,7 +142,7 @@ def predict_members(coords: pd.DataFrame, members: list[Member], cache_dir: Path
             crops = np.concatenate([c for _, _, c, _ in batch])
             live = [m for m in group if m not in failed]
             probs = batch_probabilities(live, crops, rows["condition_idx"].to_numpy(), rows["level_idx"].to_numpy(),
-                                        device, hflip_tta=tta)
+                                        device, hflip_tta=tta, study=rows["study_id"].to_numpy())
             for j, m in enumerate(live):
                 if isinstance(probs[j], Exception):
                     failed.add(m)

@@ -63,6 +63,8 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay": 1.0e-2,
     "warmup_epochs": 1.0,
     "grad_clip": 1.0,
+    # The study-level model (task 'study'): its per-crop model and the transformer across a study's crops.
+    "study": {"crop_model": "attn_resnext", "dim": 128, "heads": 4, "layers": 2},
     "ema_decay": 0.0,  # > 0: an EMA of the weights (timm ModelEmaV3, with warm-up) is validated and saved as best.pt
     "label_smoothing": 0.0,  # classifier: cross-entropy against (1 - e) one-hot + e/3 (noisy readers' labels)
     "class_weights": list(SAMPLE_WEIGHTS),
@@ -100,6 +102,8 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "cnn_lstm": {"backbone": "resnet18"},
     # The baseline of issue 24: 4 plain conv blocks (model_kwargs.channels), no timm backbone, no attention.
     "plain_cnn": {"backbone": None},
+    # Every crop of a study together (src/study.py); batch_size counts studies.
+    "study": {"task": "study", "batch_size": 8},
     # One heatmap model per series type; `train.py --model localizer` trains one for each.
     "localizer": {"task": "localizer", "backbone": "resnet18", "batch_size": 16, "epochs": 20, "patience": 6},
 }
@@ -132,6 +136,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr": 2.0e-3,
         "patience": 4,
         "loc": {"size_px": 128, "decoder_channels": 32},
+        "per_model": {"study": {"batch_size": 8, "study": {"dim": 64}}},
     },
 }
 

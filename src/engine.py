@@ -33,9 +33,10 @@ from .models import build_model
 from .progress import interactive, log, progress
 from .folds import check_fold
 from .run_folders import BEST, CONFIG, DONE, LAST, LOG, OOF, first_line, run_dir
+from .study import StudyTask
 from .tasks import ClassifierTask
 
-TASKS = {"classifier": ClassifierTask, "localizer": LocalizerTask}
+TASKS = {"classifier": ClassifierTask, "localizer": LocalizerTask, "study": StudyTask}
 
 
 def seed_everything(seed: int) -> None:

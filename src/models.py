@@ -73,12 +73,16 @@ class AttnResNeXt(nn.Module):
         self.embed = nn.Embedding(N_PAIRS, embed_dim)
         self.head = _head(self.net.num_features + embed_dim, hidden, drop)
 
-    def forward(self, image: torch.Tensor, condition: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    def features(self, image: torch.Tensor, condition: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """What the head sees: the pooled attended features and the (condition, level) embedding."""
         n = self.net
         x = self.att_stem(n.act1(n.bn1(n.conv1(image))))
         x = n.layer4(n.layer3(n.layer2(n.layer1(n.maxpool(x)))))
         x = self.att_last(x).mean((2, 3))
-        return self.head(torch.cat([x, self.embed(condition * len(LEVELS) + level)], 1))
+        return torch.cat([x, self.embed(condition * len(LEVELS) + level)], 1)
+
+    def forward(self, image: torch.Tensor, condition: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(image, condition, level))
 
 
 class CNNLSTM(nn.Module):
@@ -94,12 +98,16 @@ class CNNLSTM(nn.Module):
         self.embed = nn.Embedding(N_PAIRS, embed_dim)
         self.head = _head(lstm_hidden * (2 if bidirectional else 1) + embed_dim, hidden, drop)
 
-    def forward(self, image: torch.Tensor, condition: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    def features(self, image: torch.Tensor, condition: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """What the head sees: the LSTM's last states and the (condition, level) embedding."""
         b, s, h, w = image.shape
         feats = self.encoder(image.reshape(b * s, 1, h, w)).reshape(b, s, -1)
         _, (h_n, _) = self.lstm(feats)
         seq = torch.cat(list(h_n[-2:]) if self.lstm.bidirectional else [h_n[-1]], 1)  # last layer, both directions
-        return self.head(torch.cat([seq, self.embed(condition * len(LEVELS) + level)], 1))
+        return torch.cat([seq, self.embed(condition * len(LEVELS) + level)], 1)
+
+    def forward(self, image: torch.Tensor, condition: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(image, condition, level))
 
 
 class PlainCNN(nn.Module):
@@ -171,8 +179,61 @@ def _localizer(cfg: dict) -> nn.Module:
                       cfg["loc"]["decoder_channels"])
 
 
+def positions() -> tuple[torch.Tensor, torch.Tensor]:
+    """(condition, level) index of each of the N_PAIRS positions of a study, condition-major."""
+    pos = torch.arange(N_PAIRS)
+    return pos // len(LEVELS), pos % len(LEVELS)
+
+
+class StudyModel(nn.Module):
+    """The whole study at once: a per-crop model (one of the papers') reads each of a study's 25 crops; a
+    transformer over the crops' features (attention across levels and conditions; missing crops masked)
+    adds a correction to each crop's own logits. The correction starts at zero, so training starts from
+    the per-crop model. Input (B, 25, S, P, P) with mask (B, 25); output logits (B, 25, 3)."""
+
+    def __init__(self, crop_model: nn.Module, dim: int = 128, heads: int = 4, layers: int = 2, drop: float = 0.1):
+        super().__init__()
+        self.crop = crop_model
+        in_features = crop_model.head[0].in_features
+        self.project = nn.Linear(in_features, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, drop, batch_first=True, norm_first=True)
+        self.context = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.out = nn.Linear(dim, 3)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, image: torch.Tensor, condition: torch.Tensor, level: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        b, n = mask.shape
+        feats = self.crop.features(image.flatten(0, 1), condition.flatten(), level.flatten())  # (B*25, F)
+        own = self.crop.head(feats).view(b, n, 3)
+        tokens = self.project(feats).view(b, n, -1)
+        context = self.context(tokens, src_key_padding_mask=~mask)
+        return own + self.out(context)
+
+    def row_logits(self, crops: torch.Tensor, condition: torch.Tensor, level: torch.Tensor,
+                   study: torch.Tensor) -> torch.Tensor:
+        """Logits (N, 3) of a flat batch of crops (N, S, P, P) of several studies (`study`: 0..K-1 per crop):
+        each study's crops placed at their (condition, level) positions, the others masked; how inference,
+        which cuts crops row by row, runs a study model."""
+        n = int(study.max()) + 1 if len(study) else 0
+        pos = condition * len(LEVELS) + level
+        images = crops.new_zeros((n, N_PAIRS, *crops.shape[1:]))
+        images[study, pos] = crops
+        mask = torch.zeros(n, N_PAIRS, dtype=torch.bool, device=crops.device)
+        mask[study, pos] = True
+        cond, lev = (t.to(crops.device).repeat(n).view(n, -1) for t in positions())
+        return self(images, cond, lev, mask)[study, pos]
+
+
+def _study(cfg: dict) -> nn.Module:
+    crop_cfg = {**cfg, "model": cfg["study"]["crop_model"]}
+    return StudyModel(MODELS[crop_cfg["model"]](crop_cfg), cfg["study"]["dim"], cfg["study"]["heads"],
+                      cfg["study"]["layers"], cfg["drop"])
+
+
 MODELS: dict[str, Callable[[dict], nn.Module]] = {"attn_resnext": _attn_resnext, "cnn_lstm": _cnn_lstm,
-                                                  "plain_cnn": _plain_cnn, "localizer": _localizer}
+                                                  "plain_cnn": _plain_cnn, "study": _study, "localizer": _localizer}
 
 
 def build_model(cfg: dict) -> nn.Module:

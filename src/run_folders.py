@@ -71,7 +71,7 @@ def read_config(run: Path) -> dict:
     return cfg
 
 
-def run_names(runs: str | Path, task: str, model: str | None = None, faults=None) -> list[str]:
+def run_names(runs: str | Path, task: str | tuple[str, ...], model: str | None = None, faults=None) -> list[str]:
     """Names of the runs under runs/ with at least one trained fold of this task (and model, if given), sorted.
 
     A run is told by the first of its folds whose config.yaml reads (the others are dropped where they are
@@ -95,7 +95,7 @@ def run_names(runs: str | Path, task: str, model: str | None = None, faults=None
             if errors:
                 _skipped(faults, folder.name, f"no fold's {CONFIG} reads ({errors[0]}); run skipped")
             continue
-        if cfg.get("task") == task and model in (None, cfg.get("model")):
+        if cfg.get("task") in ((task,) if isinstance(task, str) else task) and model in (None, cfg.get("model")):
             names.append(folder.name)
     return names
 
@@ -107,9 +107,13 @@ def _skipped(faults, name: str, reason: str) -> None:
         warnings.warn(f"{name}: {reason}", stacklevel=3)
 
 
+# Tasks whose runs predict severities (ensemble members): per crop, or per study (src/study.py).
+CLASSIFIER_TASKS = ("classifier", "study")
+
+
 def classifier_runs(runs: str | Path, model: str | None = None, faults=None) -> list[str]:
-    """Every trained classifier run (any `train.py --name`; of one model if given)."""
-    return run_names(runs, "classifier", model, faults)
+    """Every trained classifier run, per-crop or study-level (any `train.py --name`; of one model if given)."""
+    return run_names(runs, CLASSIFIER_TASKS, model, faults)
 
 
 def is_run_name(runs: str | Path, name: str) -> bool:

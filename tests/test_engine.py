@@ -212,3 +212,30 @@ def test_ema_weights_are_validated_saved_and_resumed(base_args):
     again = torch.load(run / "last.pt", weights_only=True)
     assert again["state"]["epoch"] == 2 and set(again["ema"]) == set(last["ema"])
     assert config_lib.load(run / "config.yaml")["label_smoothing"] == 0.1
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_study_model_trains_and_infer_uses_it(base_args, synth_dir, tmp_path):
+    """task 'study': one item per study, every crop of it; its oof.csv covers the fold like a classifier's,
+    the run is an ensemble member, and infer.py runs it over each study's crops together."""
+    import infer as infer_script
+    from conftest import make_fake_runs
+    from src.run_folders import classifier_runs
+
+    args, root = base_args
+    runs = make_fake_runs(tmp_path / "runs", classifiers=False)
+    result = train_script.main(["--fold", "0", "--model", "study", "--runs", str(runs), "--epochs", "1",
+                                "--study.layers", "1", *args])
+    assert result["score"] == result["score"]
+    run = runs / "study" / "fold0"
+    oof = load_submission(run / "oof.csv")
+    solution = fold_solution(load_train(synth_dir / "train.csv"), load_folds(root / "folds.csv"), 0)
+    assert set(solution["row_id"]) <= set(oof["row_id"])
+    assert classifier_runs(runs) == ["study"]
+    out = tmp_path / "sub" / "submission.csv"
+    code = infer_script.main(["--data-dir", str(synth_dir), "--runs", str(runs), "--out", str(out), "--strict",
+                              "--cache-dir", str(root / "cache_infer"), "--workers", "1"])
+    assert code == 0
+    sub = load_submission(out)
+    assert sub["row_id"].tolist() == load_submission(synth_dir / "sample_submission.csv")["row_id"].tolist()
+    assert sub[list(TARGETS)].round(6).drop_duplicates().shape[0] > 3  # the study model predicted

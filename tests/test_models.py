@@ -94,3 +94,37 @@ def test_plain_cnn_baseline_is_four_conv_blocks():
     pools = [m for m in model.features if isinstance(m, torch.nn.MaxPool2d)]
     assert len(convs) == 8 and len(pools) == 4 and [c.out_channels for c in convs[1::2]] == [16, 32, 64, 128]
     assert convs[0].in_channels == cfg["crop"]["n_slices"] and cfg["task"] == "classifier"
+
+
+def test_study_model_sees_a_study_at_once_and_masks_missing_crops():
+    from src.models import StudyModel, positions
+
+    cfg = resolve("study", "tiny", overrides={"crop": {"size_px": 32}})
+    model = build_model(cfg).eval()
+    assert isinstance(model, StudyModel) and cfg["batch_size"] == 8  # studies per batch under tiny
+    torch.manual_seed(0)
+    for p in model.out.parameters():  # trained corrections, not the zero start
+        torch.nn.init.normal_(p, std=0.5)
+    c, lv = (t.repeat(2).view(2, -1) for t in positions())
+    x = torch.rand(2, 25, 3, 32, 32)
+    mask = torch.ones(2, 25, dtype=torch.bool)
+    mask[1, 20:] = False
+    with torch.no_grad():
+        out = model(x, c, lv, mask)
+        y = x.clone()
+        y[1, 20:] = torch.rand(5, 3, 32, 32)  # what lies at masked positions changes nothing else
+        again = model(y, c, lv, mask)
+        assert out.shape == (2, 25, 3) and torch.allclose(out[1, :20], again[1, :20], atol=1e-5)
+        y[1, 3] = 0.0  # a present crop changes the others of its study (attention across crops), not other studies
+        third = model(y, c, lv, mask)
+        assert not torch.allclose(third[1, 5], again[1, 5]) and torch.allclose(third[0], again[0], atol=1e-5)
+        # Inference's flat rows of two studies give the same logits as the study batch.
+        keep = torch.tensor([0, 7, 24])
+        flat = torch.cat([x[0], x[1, keep]])
+        study = torch.cat([torch.zeros(25, dtype=torch.long), torch.ones(3, dtype=torch.long)])
+        rows = model.row_logits(flat, torch.cat([c[0], c[1, keep]]), torch.cat([lv[0], lv[1, keep]]), study)
+        sub = torch.zeros(1, 25, dtype=torch.bool)
+        sub[0, keep] = True
+        alone = model(x[1:2], c[1:2], lv[1:2], sub)[0, keep]
+        assert torch.allclose(rows[:25], model(x[:1], c[:1], lv[:1], torch.ones(1, 25, dtype=torch.bool))[0], atol=1e-5)
+        assert torch.allclose(rows[25:], alone, atol=1e-5)

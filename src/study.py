@@ -1,0 +1,95 @@
+"""The study-level model's task: every crop of a study in one item, all 25 (condition, level) outputs at once.
+
+Crops are those of the classifier (ClassifierTask cuts them); an item is a study: its crops placed at their
+(condition, level) position, a mask of the positions that have a crop, and the labels (-1 where unknown).
+Training augments every crop on the device (DeviceAugment, as the classifier's device path); validation
+scores the rows with a crop exactly as the classifier does (oof.csv, prior for the rest).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from .classify import centre_unit
+from .constants import LEVELS
+from .models import N_PAIRS as N_POSITIONS
+from .models import positions
+from .tasks import ClassifierTask
+
+
+
+class StudyDataset(Dataset):
+    """Items: crops (25, S, P, P) 8-bit raw (zeros where missing), mask (25), label (25; -1 unknown), row (the
+    study's index in `studies`)."""
+
+    def __init__(self, crops: np.ndarray, index: pd.DataFrame):
+        self.crops = crops
+        self.index = index.reset_index(drop=True)
+        self.studies = sorted(self.index["study_id"].unique())
+        self._rows = {s: g for s, g in self.index.groupby("study_id")}
+
+    def __len__(self) -> int:
+        return len(self.studies)
+
+    def __getitem__(self, i: int) -> dict:
+        rows = self._rows[self.studies[i]]
+        pos = (rows["condition_idx"] * len(LEVELS) + rows["level_idx"]).to_numpy()
+        crops = np.zeros((N_POSITIONS, *self.crops.shape[1:]), dtype=self.crops.dtype)
+        crops[pos] = self.crops[rows["crop"].to_numpy()]
+        mask = np.zeros(N_POSITIONS, dtype=bool)
+        mask[pos] = True
+        label = np.full(N_POSITIONS, -1, dtype=np.int64)
+        known = rows["label"].notna().to_numpy()
+        label[pos[known]] = rows["label"].to_numpy()[known].astype(np.int64)
+        return {"image": torch.from_numpy(crops), "mask": torch.from_numpy(mask), "label": torch.from_numpy(label),
+                "row": torch.tensor(i)}
+
+
+class StudyTask(ClassifierTask):
+    """Severity of every (condition, level) of a study from all its crops together (models.StudyModel)."""
+
+    input_keys = ("image", "condition", "level", "mask")
+
+    def __init__(self, cfg: dict, is_main: bool = True, device: torch.device = torch.device("cpu")):
+        super().__init__({**cfg, "aug": {**cfg["aug"], "where": "device"}}, is_main, device)  # crops augmented there
+        self._train = StudyDataset(self.crops, self.train_index)
+        self._val = StudyDataset(self.crops, self.val_index)
+
+    def train_dataset(self) -> StudyDataset:
+        return self._train
+
+    def val_dataset(self) -> StudyDataset:
+        return self._val
+
+    def to_device(self, batch: dict, device: torch.device, train: bool) -> dict[str, torch.Tensor]:
+        """Crops as float in [0, 1] at size_px (augmented one by one in training), every position's condition
+        (mirrored where an axial crop was flipped) and level, and the mask."""
+        images = batch["image"].to(device, non_blocking=True)
+        b = images.shape[0]
+        condition, level = (t.to(device).repeat(b) for t in positions())
+        flat = images.flatten(0, 1)
+        if train:
+            flat, condition = self.device_augment(flat, condition)
+        else:
+            flat = centre_unit(flat, self.spec.size_px)
+        return {"image": flat.view(b, N_POSITIONS, *flat.shape[1:]), "condition": condition.view(b, -1),
+                "level": level.view(b, -1), "mask": batch["mask"].to(device, non_blocking=True)}
+
+    def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The classifier's weighted cross-entropy over every position with a crop and a label."""
+        label = torch.where(batch["mask"].to(logits.device), batch["label"].to(logits.device), -1)
+        return super().loss(logits.reshape(-1, 3), {"label": label.reshape(-1)})
+
+    def evaluate(self, logits: torch.Tensor, rows: torch.Tensor) -> tuple[dict, pd.DataFrame]:
+        """The classifier's numbers on the positions that had a crop (rows of val_index)."""
+        ds = self._val
+        flat_logits, flat_rows = [], []
+        for k, i in enumerate(rows.tolist()):
+            g = ds._rows[ds.studies[i]]
+            pos = (g["condition_idx"] * len(LEVELS) + g["level_idx"]).to_numpy()
+            flat_logits.append(logits[k, pos])
+            flat_rows.append(torch.from_numpy(g.index.to_numpy()))
+        return super().evaluate(torch.cat(flat_logits), torch.cat(flat_rows))
