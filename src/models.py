@@ -228,8 +228,10 @@ class StudyModel(nn.Module):
 
 def _study(cfg: dict) -> nn.Module:
     crop_cfg = {**cfg, "model": cfg["study"]["crop_model"]}
-    return StudyModel(MODELS[crop_cfg["model"]](crop_cfg), cfg["study"]["dim"], cfg["study"]["heads"],
-                      cfg["study"]["layers"], cfg["drop"])
+    crop = MODELS[crop_cfg["model"]](crop_cfg)
+    if cfg["study"].get("init_from"):  # warm start from a trained per-crop run of the same fold
+        crop.load_state_dict(torch.load(cfg["study"]["init_from"], map_location="cpu", weights_only=True)["model"])
+    return StudyModel(crop, cfg["study"]["dim"], cfg["study"]["heads"], cfg["study"]["layers"], cfg["drop"])
 
 
 MODELS: dict[str, Callable[[dict], nn.Module]] = {"attn_resnext": _attn_resnext, "cnn_lstm": _cnn_lstm,

@@ -132,6 +132,8 @@ def load_model(run: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """The model of a run folder, rebuilt from its config.yaml with its best weights, in eval mode."""
     cfg = read_config(run)
     cfg["pretrained"] = None  # the trained weights replace any backbone initialisation
+    if isinstance(cfg.get("study"), dict):
+        cfg["study"] = {**cfg["study"], "init_from": None}  # and a study model's warm start
     model = build_model(cfg)
     path = Path(run) / BEST
     try:

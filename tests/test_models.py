@@ -128,3 +128,18 @@ def test_study_model_sees_a_study_at_once_and_masks_missing_crops():
         alone = model(x[1:2], c[1:2], lv[1:2], sub)[0, keep]
         assert torch.allclose(rows[:25], model(x[:1], c[:1], lv[:1], torch.ones(1, 25, dtype=torch.bool))[0], atol=1e-5)
         assert torch.allclose(rows[25:], alone, atol=1e-5)
+
+
+def test_study_model_starts_from_a_trained_per_crop_run(tmp_path):
+    crop_cfg = resolve("attn_resnext", "tiny")
+    crop = build_model(crop_cfg)
+    torch.save({"model": crop.state_dict()}, tmp_path / "best.pt")
+    study = build_model(resolve("study", "tiny", overrides={"study": {"init_from": str(tmp_path / "best.pt")}}))
+    assert all(torch.equal(v, crop.state_dict()[k]) for k, v in study.crop.state_dict().items())
+    x = torch.rand(1, 25, 3, 64, 64)
+    from src.models import positions
+
+    c, lv = (t.view(1, -1) for t in positions())
+    with torch.no_grad():  # the correction starts at zero: the study model starts as the per-crop model
+        same = crop.eval()(x[0], c[0], lv[0])
+        assert torch.allclose(study.eval()(x, c, lv, torch.ones(1, 25, dtype=torch.bool))[0], same, atol=1e-5)
