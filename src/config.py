@@ -153,6 +153,18 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
+def _number_or_value(value: Any) -> Any:
+    """YAML 1.1 reads '3e-4' as a string; a string that Python reads as a finite number is that number."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        if number == number and abs(number) != float("inf"):
+            return number
+    return value
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     """['--lr', '3e-4', '--crop.size_px', '96'] -> {'lr': 0.0003, 'crop': {'size_px': 96}}."""
     out: dict = {}
@@ -161,7 +173,7 @@ def parse_overrides(pairs: list[str]) -> dict:
         key = pairs[i]
         if not key.startswith("--") or i + 1 >= len(pairs):
             raise ConfigError(f"command line: expected '--key value' pairs, got {pairs[i:]!r}")
-        value = yaml.safe_load(pairs[i + 1])
+        value = _number_or_value(yaml.safe_load(pairs[i + 1]))
         node = out
         parts = key[2:].replace("-", "_").split(".")
         for part in parts[:-1]:

@@ -139,3 +139,9 @@ def test_per_type_values_reach_each_runs_saved_config(tmp_path, monkeypatch, cap
     assert [d for d in printed.splitlines() if d.startswith("# ")] == [
         "# attn_resnext fold 0", "# cnn_lstm fold 0"] + [f"# localizer_{t} fold 0" for t in ("sagittal_t2", "sagittal_t1", "axial")]
     assert [d["loc"]["size_px"] for d in docs[2:]] == [96] * 3 and docs[1]["epochs"] == 10
+
+
+def test_scientific_notation_on_the_command_line_is_a_number():
+    """YAML 1.1 reads '3e-4' as a string; the README's own example `--lr 3e-4` must give a float."""
+    assert parse_overrides(["--lr", "3e-4", "--min_lr", "1.0e-6", "--name", "e5", "--seed", "7"]) == {
+        "lr": 3e-4, "min_lr": 1e-6, "name": "e5", "seed": 7}
