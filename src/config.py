@@ -65,7 +65,9 @@ DEFAULTS: dict[str, Any] = {
     "grad_clip": 1.0,
     # The study-level model (task 'study'): its per-crop model and the transformer across a study's crops.
     # init_from: a trained per-crop run's best.pt (the same fold's) to start the per-crop model from.
-    "study": {"crop_model": "attn_resnext", "dim": 128, "heads": 4, "layers": 2, "init_from": None},
+    # any_severe_weight: the metric's any-severe-spinal term added to the loss, with this weight.
+    "study": {"crop_model": "attn_resnext", "dim": 128, "heads": 4, "layers": 2, "init_from": None,
+              "any_severe_weight": 0.0},
     "ema_decay": 0.0,  # > 0: an EMA of the weights (timm ModelEmaV3, with warm-up) is validated and saved as best.pt
     "label_smoothing": 0.0,  # classifier: cross-entropy against (1 - e) one-hot + e/3 (noisy readers' labels)
     "class_weights": list(SAMPLE_WEIGHTS),

@@ -79,9 +79,27 @@ class StudyTask(ClassifierTask):
                 "level": level.view(b, -1), "mask": batch["mask"].to(device, non_blocking=True)}
 
     def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
-        """The classifier's weighted cross-entropy over every position with a crop and a label."""
+        """The classifier's weighted cross-entropy over every position with a crop and a label, plus
+        study.any_severe_weight x the metric's any-severe-spinal term (any_severe_loss)."""
         label = torch.where(batch["mask"].to(logits.device), batch["label"].to(logits.device), -1)
-        return super().loss(logits.reshape(-1, 3), {"label": label.reshape(-1)})
+        loss = super().loss(logits.reshape(-1, 3), {"label": label.reshape(-1)})
+        weight = self.cfg["study"]["any_severe_weight"]
+        return loss + weight * any_severe_loss(logits, label, self.class_weights) if weight else loss
+
+
+def any_severe_loss(logits: torch.Tensor, label: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
+    """The metric's any-severe-spinal term on a batch of studies (B, 25, 3): binary cross-entropy of each
+    study's highest p(severe) over its spinal positions with a crop against whether any labelled spinal level
+    is severe, weighted by the highest class weight of its labelled spinal levels."""
+    spinal = slice(0, len(LEVELS))  # CONDITIONS[0] is the spinal canal; positions are condition-major
+    p = torch.softmax(logits[:, spinal].float(), -1)[..., 2]
+    lab = label[:, spinal]
+    known = lab >= 0
+    worst = p.masked_fill(~known, 0.0).amax(1).clamp(1e-7, 1 - 1e-7)
+    target = (lab == 2).any(1).float()
+    weight = torch.where(known, class_weights.to(p.device)[lab.clamp(min=0)], 0.0).amax(1)
+    bce = F.binary_cross_entropy(worst, target, reduction="none")
+    return (bce * weight).sum() / weight.sum().clamp_min(1e-6)
 
     def evaluate(self, logits: torch.Tensor, rows: torch.Tensor) -> tuple[dict, pd.DataFrame]:
         """The classifier's numbers on the positions that had a crop (rows of val_index)."""

@@ -83,3 +83,4 @@ def test_context_stacker_sees_the_rest_of_the_study(synth_dir):
     assert fitted["context"] and valid_stacker(fitted, ["a", "b"]) is None
     assert np.asarray(fitted["W"]).shape == (3, 3, 10)
     assert score(solution, apply_stacker(fitted, frames)) < score(solution, frames["b"])
+

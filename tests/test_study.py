@@ -1,0 +1,35 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from src.constants import TARGETS
+
+
+def test_study_any_severe_loss_is_the_metrics_term():
+    """On a batch of studies the study model's extra loss equals the metric's any-severe-spinal part."""
+    from src.constants import SAMPLE_WEIGHTS
+    from src.metric import score_parts
+    from src.study import any_severe_loss
+
+    rng = np.random.default_rng(0)
+    logits = torch.tensor(rng.normal(size=(6, 25, 3)))
+    label = torch.tensor(rng.integers(0, 3, size=(6, 25)))
+    label[2, :5] = -1  # a study without a labelled spinal level does not count
+    label[3, 1] = -1
+    probs = torch.softmax(logits, -1).numpy()
+    rows, sol = [], []
+    from src.constants import LABEL_COLUMNS
+    for s in range(6):
+        for k, column in enumerate(LABEL_COLUMNS):
+            if label[s, k] < 0:
+                continue
+            rid = f"{100 + s}_{column}"
+            rows.append([rid, *probs[s, k]])
+            onehot = np.eye(3)[int(label[s, k])]
+            sol.append([rid, *onehot, SAMPLE_WEIGHTS[int(label[s, k])]])
+    sub = pd.DataFrame(rows, columns=["row_id", *TARGETS])
+    solution = pd.DataFrame(sol, columns=["row_id", *TARGETS, "sample_weight"])
+    expected = score_parts(solution, sub)["any_severe_spinal"]
+    got = float(any_severe_loss(logits, label, torch.tensor(SAMPLE_WEIGHTS, dtype=torch.float64)))
+    assert got == pytest.approx(expected, rel=1e-6)
