@@ -87,6 +87,18 @@ class StudyTask(ClassifierTask):
         return loss + weight * any_severe_loss(logits, label, self.class_weights) if weight else loss
 
 
+    def evaluate(self, logits: torch.Tensor, rows: torch.Tensor) -> tuple[dict, pd.DataFrame]:
+        """The classifier's numbers on the positions that had a crop (rows of val_index)."""
+        ds = self._val
+        flat_logits, flat_rows = [], []
+        for k, i in enumerate(rows.tolist()):
+            g = ds._rows[ds.studies[i]]
+            pos = (g["condition_idx"] * len(LEVELS) + g["level_idx"]).to_numpy()
+            flat_logits.append(logits[k, pos])
+            flat_rows.append(torch.from_numpy(g.index.to_numpy()))
+        return super().evaluate(torch.cat(flat_logits), torch.cat(flat_rows))
+
+
 def any_severe_loss(logits: torch.Tensor, label: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
     """The metric's any-severe-spinal term on a batch of studies (B, 25, 3): binary cross-entropy of each
     study's highest p(severe) over its spinal positions with a crop against whether any labelled spinal level
@@ -100,14 +112,3 @@ def any_severe_loss(logits: torch.Tensor, label: torch.Tensor, class_weights: to
     weight = torch.where(known, class_weights.to(p.device)[lab.clamp(min=0)], 0.0).amax(1)
     bce = F.binary_cross_entropy(worst, target, reduction="none")
     return (bce * weight).sum() / weight.sum().clamp_min(1e-6)
-
-    def evaluate(self, logits: torch.Tensor, rows: torch.Tensor) -> tuple[dict, pd.DataFrame]:
-        """The classifier's numbers on the positions that had a crop (rows of val_index)."""
-        ds = self._val
-        flat_logits, flat_rows = [], []
-        for k, i in enumerate(rows.tolist()):
-            g = ds._rows[ds.studies[i]]
-            pos = (g["condition_idx"] * len(LEVELS) + g["level_idx"]).to_numpy()
-            flat_logits.append(logits[k, pos])
-            flat_rows.append(torch.from_numpy(g.index.to_numpy()))
-        return super().evaluate(torch.cat(flat_logits), torch.cat(flat_rows))
