@@ -18,6 +18,12 @@ from .localizer import plan as localizer_plan
 N_PAIRS = len(CONDITIONS) * len(LEVELS)
 
 
+def pair_index(condition, level):
+    """The (condition, level) pair's index among the N_PAIRS, condition-major: what the models' embedding
+    and a study's positions are indexed by (tensors, arrays or ints alike)."""
+    return condition * len(LEVELS) + level
+
+
 def create_backbone(name: str, pretrained: str | None, in_chans: int, **kwargs) -> nn.Module:
     """A timm model (kwargs e.g. num_classes=0 or features_only=True); weights come from a local file when
     `pretrained` is given (nothing is downloaded)."""
@@ -79,7 +85,7 @@ class AttnResNeXt(nn.Module):
         x = self.att_stem(n.act1(n.bn1(n.conv1(image))))
         x = n.layer4(n.layer3(n.layer2(n.layer1(n.maxpool(x)))))
         x = self.att_last(x).mean((2, 3))
-        return torch.cat([x, self.embed(condition * len(LEVELS) + level)], 1)
+        return torch.cat([x, self.embed(pair_index(condition, level))], 1)
 
     def forward(self, image: torch.Tensor, condition: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(image, condition, level))
@@ -104,7 +110,7 @@ class CNNLSTM(nn.Module):
         feats = self.encoder(image.reshape(b * s, 1, h, w)).reshape(b, s, -1)
         _, (h_n, _) = self.lstm(feats)
         seq = torch.cat(list(h_n[-2:]) if self.lstm.bidirectional else [h_n[-1]], 1)  # last layer, both directions
-        return torch.cat([seq, self.embed(condition * len(LEVELS) + level)], 1)
+        return torch.cat([seq, self.embed(pair_index(condition, level))], 1)
 
     def forward(self, image: torch.Tensor, condition: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(image, condition, level))
@@ -129,7 +135,7 @@ class PlainCNN(nn.Module):
 
     def forward(self, image: torch.Tensor, condition: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         x = self.features(image).mean((2, 3))
-        return self.head(torch.cat([x, self.embed(condition * len(LEVELS) + level)], 1))
+        return self.head(torch.cat([x, self.embed(pair_index(condition, level))], 1))
 
 
 class HeatmapNet(nn.Module):
@@ -180,7 +186,7 @@ def _localizer(cfg: dict) -> nn.Module:
 
 
 def positions() -> tuple[torch.Tensor, torch.Tensor]:
-    """(condition, level) index of each of the N_PAIRS positions of a study, condition-major."""
+    """(condition, level) index of each of the N_PAIRS positions of a study (the inverse of pair_index)."""
     pos = torch.arange(N_PAIRS)
     return pos // len(LEVELS), pos % len(LEVELS)
 
@@ -217,7 +223,7 @@ class StudyModel(nn.Module):
         each study's crops placed at their (condition, level) positions, the others masked; how inference,
         which cuts crops row by row, runs a study model."""
         n = int(study.max()) + 1 if len(study) else 0
-        pos = condition * len(LEVELS) + level
+        pos = pair_index(condition, level)
         images = crops.new_zeros((n, N_PAIRS, *crops.shape[1:]))
         images[study, pos] = crops
         mask = torch.zeros(n, N_PAIRS, dtype=torch.bool, device=crops.device)

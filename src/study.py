@@ -16,10 +16,8 @@ from torch.utils.data import Dataset
 from .classify import centre_unit
 from .constants import LEVELS
 from .models import N_PAIRS as N_POSITIONS
-from .models import positions
+from .models import pair_index, positions
 from .tasks import ClassifierTask
-
-
 
 class StudyDataset(Dataset):
     """Items: crops (25, S, P, P) 8-bit raw (zeros where missing), mask (25), label (25; -1 unknown), row (the
@@ -36,7 +34,7 @@ class StudyDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         rows = self._rows[self.studies[i]]
-        pos = (rows["condition_idx"] * len(LEVELS) + rows["level_idx"]).to_numpy()
+        pos = pair_index(rows["condition_idx"], rows["level_idx"]).to_numpy()
         crops = np.zeros((N_POSITIONS, *self.crops.shape[1:]), dtype=self.crops.dtype)
         crops[pos] = self.crops[rows["crop"].to_numpy()]
         mask = np.zeros(N_POSITIONS, dtype=bool)
@@ -86,14 +84,13 @@ class StudyTask(ClassifierTask):
         weight = self.cfg["study"]["any_severe_weight"]
         return loss + weight * any_severe_loss(logits, label, self.class_weights) if weight else loss
 
-
     def evaluate(self, logits: torch.Tensor, rows: torch.Tensor) -> tuple[dict, pd.DataFrame]:
         """The classifier's numbers on the positions that had a crop (rows of val_index)."""
         ds = self._val
         flat_logits, flat_rows = [], []
         for k, i in enumerate(rows.tolist()):
             g = ds._rows[ds.studies[i]]
-            pos = (g["condition_idx"] * len(LEVELS) + g["level_idx"]).to_numpy()
+            pos = pair_index(g["condition_idx"], g["level_idx"]).to_numpy()
             flat_logits.append(logits[k, pos])
             flat_rows.append(torch.from_numpy(g.index.to_numpy()))
         return super().evaluate(torch.cat(flat_logits), torch.cat(flat_rows))
