@@ -40,18 +40,27 @@ def metric_loss(probs: torch.Tensor, label: torch.Tensor, weight: torch.Tensor, 
     nll = -torch.log(p.gather(1, label[:, None]).squeeze(1))
     parts = [(nll[group == g] * weight[group == g]).sum() / weight[group == g].sum() for g in range(len(GROUPS))]
     spinal = group == GROUPS.index("spinal")
-    s_study, s_sev = study[spinal], p[spinal, 2]
-    s_label, s_w = (label[spinal] == 2).to(p.dtype), weight[spinal].to(p.dtype)
-    n = int(study.max()) + 1
-    worst = torch.full((n,), -1.0, dtype=p.dtype).scatter_reduce(0, s_study, s_sev, "amax")
-    any_label = torch.zeros(n, dtype=p.dtype).scatter_reduce(0, s_study, s_label, "amax")
-    any_weight = torch.zeros(n, dtype=p.dtype).scatter_reduce(0, s_study, s_w, "amax")
-    has = worst >= 0
-    q = worst[has].clamp(EPS, 1 - EPS)
-    bce = -(any_label[has] * torch.log(q) + (1 - any_label[has]) * torch.log(1 - q))
-    parts.append((bce * any_weight[has]).sum() / any_weight[has].sum())
+    parts.append(any_severe_term(p[spinal, 2], label[spinal] == 2, weight[spinal], study[spinal]))
     weights = torch.tensor([1.0, 1.0, 1.0, ANY_SEVERE_SCALAR], dtype=p.dtype)
     return (torch.stack(parts) * weights).sum() / weights.sum()
+
+
+def any_severe_term(severe: torch.Tensor, is_severe: torch.Tensor, weight: torch.Tensor, study: torch.Tensor,
+                    eps: float = EPS) -> torch.Tensor:
+    """The metric's any-severe-spinal term from spinal rows, differentiable: per study (`study`: its index per
+    row) the binary log loss of its highest p(severe) against whether any of its rows is severe, weighted by
+    the highest sample weight of its rows; 0 without rows."""
+    if not len(study):
+        return severe.sum() * 0.0
+    n = int(study.max()) + 1
+    dtype = severe.dtype
+    worst = torch.full((n,), -1.0, dtype=dtype, device=severe.device).scatter_reduce(0, study, severe, "amax")
+    label = torch.zeros(n, dtype=dtype, device=severe.device).scatter_reduce(0, study, is_severe.to(dtype), "amax")
+    w = torch.zeros(n, dtype=dtype, device=severe.device).scatter_reduce(0, study, weight.to(dtype), "amax")
+    has = worst >= 0
+    q = worst[has].clamp(eps, 1 - eps)
+    bce = -(label[has] * torch.log(q) + (1 - label[has]) * torch.log(1 - q))
+    return (bce * w[has]).sum() / w[has].sum().clamp_min(1e-12)
 
 
 N_CONTEXT = 4  # study-context features per row (_context)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .classify import centre_unit
 from .constants import LEVELS
 from .models import N_PAIRS as N_POSITIONS
 from .models import pair_index, positions
+from .stacker import any_severe_term
 from .tasks import ClassifierTask
 
 class StudyDataset(Dataset):
@@ -97,15 +97,12 @@ class StudyTask(ClassifierTask):
 
 
 def any_severe_loss(logits: torch.Tensor, label: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
-    """The metric's any-severe-spinal term on a batch of studies (B, 25, 3): binary cross-entropy of each
-    study's highest p(severe) over its spinal positions with a crop against whether any labelled spinal level
-    is severe, weighted by the highest class weight of its labelled spinal levels."""
+    """The metric's any-severe-spinal term (stacker.any_severe_term) on a batch of studies (B, 25, 3): each
+    study's labelled spinal positions, weighted by their class weights."""
     spinal = slice(0, len(LEVELS))  # CONDITIONS[0] is the spinal canal; positions are condition-major
-    p = torch.softmax(logits[:, spinal].float(), -1)[..., 2]
+    severe = torch.softmax(logits[:, spinal].float(), -1)[..., 2]
     lab = label[:, spinal]
     known = lab >= 0
-    worst = p.masked_fill(~known, 0.0).amax(1).clamp(1e-7, 1 - 1e-7)
-    target = (lab == 2).any(1).float()
-    weight = torch.where(known, class_weights.to(p.device)[lab.clamp(min=0)], 0.0).amax(1)
-    bce = F.binary_cross_entropy(worst, target, reduction="none")
-    return (bce * weight).sum() / weight.sum().clamp_min(1e-6)
+    study = torch.arange(len(lab), device=lab.device)[:, None].expand_as(lab)
+    return any_severe_term(severe[known], lab[known] == 2, class_weights.to(severe.device)[lab[known]], study[known],
+                           eps=1e-7)
