@@ -188,14 +188,18 @@ def _finished(out_dir: Path, cfg: dict) -> dict | None:
         return None
     if done.get("epoch", 0) < cfg["epochs"] and done.get("bad_epochs", 0) < cfg["patience"]:
         return None
-    rows = _log_until(out_dir, 10**9)
-    best = min(rows, key=lambda r: r["score"]) if rows else {}
-    return {**best, "best_epoch": done.get("best_epoch"), "score": float(done.get("score", best.get("score", math.nan))),
-            "epoch": done.get("epoch")}
+    return {**(_best_row(_log_until(out_dir)) or {}), "best_epoch": done.get("best_epoch"),
+            "score": float(done.get("best_score", math.nan)), "epoch": done.get("epoch")}
 
 
-def _log_until(out_dir: Path, epoch: int) -> list[dict]:
+def _log_until(out_dir: Path, epoch: int | None = None) -> list[dict]:
+    """log.csv's rows up to `epoch` (all by default); [] without a log."""
     return pd.read_csv(out_dir / LOG).to_dict("records")[:epoch] if (out_dir / LOG).is_file() else []
+
+
+def _best_row(rows: list[dict]) -> dict | None:
+    """The epoch row with the lowest validation score, or None."""
+    return min(rows, key=lambda r: r["score"]) if rows else None
 
 
 @dataclass
@@ -254,8 +258,8 @@ def _resume(out_dir: Path, trainer: _Trainer, main: bool) -> _Progress:
 def _from_best(out_dir: Path, trainer: _Trainer, what: str, main: bool) -> _Progress:
     """Progress after a lost last.pt: best.pt's weights (the EMA's too) and the log up to its epoch, else a
     fresh start."""
-    history = _log_until(out_dir, 10**9)
-    best = min(history, key=lambda r: r["score"]) if history else None
+    history = _log_until(out_dir)
+    best = _best_row(history)
     try:
         weights = torch.load(out_dir / BEST, map_location="cpu", weights_only=True)["model"]
         trainer.model.load_state_dict(weights)
@@ -414,11 +418,10 @@ def fit(cfg: dict) -> dict:
                 f"val_loss {metrics['val_loss']:.4f} score {metrics['score']:.4f} acc {metrics['acc']:.3f} "
                 f"({row['seconds']:.0f}s)" + (" *" if improved else ""))
     if not best_metrics and progress.log:
-        best_metrics = min(progress.log, key=lambda r: r["score"])
+        best_metrics = _best_row(progress.log)
     if main:  # the final state, even when no epoch ran here (a run continued from best.pt), and the done marker
         if not (out_dir / LAST).is_file():
             save_torch(trainer.checkpoint(progress), out_dir / LAST)
-        write_json({**progress.state(), "epochs": cfg["epochs"], "patience": cfg["patience"],
-                    "score": progress.best_score}, out_dir / DONE)
+        write_json({**progress.state(), "epochs": cfg["epochs"], "patience": cfg["patience"]}, out_dir / DONE)
     refs = task.references() if hasattr(task, "references") else {}
     return {**best_metrics, "best_epoch": progress.best_epoch, "run_dir": str(out_dir), "references": refs}
