@@ -26,6 +26,7 @@ import torch  # noqa: E402
 from src import cli  # noqa: E402
 from src.atomic import write_json  # noqa: E402
 from src.paths import INPUT_DIR, REPO, REPORTS_ROOT  # noqa: E402
+from src.run_folders import first_line  # noqa: E402
 
 RECIPE = REPO / "configs" / "real.yaml"
 
@@ -36,7 +37,7 @@ def _step(name: str, results: dict, fn) -> None:
     try:
         fn()
     except Exception as err:  # noqa: BLE001 - the other measurements still run
-        results.setdefault("errors", {})[name] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        results.setdefault("errors", {})[name] = first_line(err)
     results.setdefault("seconds", {})[name] = round(time.time() - started, 1)
 
 

@@ -58,7 +58,7 @@ def read_config(run: Path) -> dict:
     does not parse, is not a mapping or names a key the config does not know."""
     path = Path(run) / CONFIG
     try:
-        cfg = yaml.safe_load(path.read_text())
+        cfg = config_lib.load(path)
         if not isinstance(cfg, dict):
             raise RunFileError(f"{path}: not a mapping of config keys")
         config_lib.check_saved(cfg, str(path))
