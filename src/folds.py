@@ -70,8 +70,11 @@ def balance_folds(
     return folds
 
 
+DEFAULT_FOLDS = 5  # make_folds' default, and so what ensure_folds writes when there is no folds file
+
+
 def make_folds(
-    train: pd.DataFrame, n_folds: int = 5, seed: int = 42, tolerance: float | None = 0.006
+    train: pd.DataFrame, n_folds: int = DEFAULT_FOLDS, seed: int = 42, tolerance: float | None = 0.006
 ) -> pd.DataFrame:
     """One row per study with its fold; a study (= patient in this competition) is in exactly one fold.
 
@@ -123,9 +126,6 @@ def fold_solution(train: pd.DataFrame, folds: pd.DataFrame, fold: int) -> pd.Dat
     return solution_frame(train, ids)
 
 
-DEFAULT_FOLDS = 5  # what ensure_folds writes when there is no folds file
-
-
 def check_fold(train_csv: Path, folds_file: Path, fold: int) -> None:
     """DataError in one line before anything is built: the folds file (when it exists) gives a fold to every
     study of train_csv, and `fold` is one of its folds (of the DEFAULT_FOLDS that ensure_folds writes, else)."""
@@ -139,10 +139,7 @@ def check_fold(train_csv: Path, folds_file: Path, fold: int) -> None:
         folds = load_folds(folds_file)
     except (ValueError, pd.errors.ParserError) as err:
         raise DataError(f"{folds_file}: {str(err).removeprefix(f'{folds_file}: ')}") from None
-    unknown = set(load_train(train_csv)["study_id"]) - set(folds["study_id"])
-    if unknown:
-        raise DataError(f"{folds_file}: {len(unknown)} studies of {train_csv} have no fold (e.g. {sorted(unknown)[0]}); "
-                        f"write the folds again: python make_folds.py --data-dir {Path(train_csv).parent} --out {folds_file}")
+    _check_every_study_has_a_fold(folds_file, folds, load_train(train_csv), train_csv)
     present = sorted(int(f) for f in folds["fold"].unique())
     if fold not in present:
         raise DataError(f"--fold {fold}: {folds_file} holds folds {', '.join(map(str, present))}")
@@ -154,9 +151,18 @@ def ensure_folds(path: str | Path, train: pd.DataFrame) -> pd.DataFrame:
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         make_folds(train).to_csv(path, index=False)
-        print(f"no folds file at {path}: wrote one (5 folds, seed 42)")
+        print(f"no folds file at {path}: wrote one ({DEFAULT_FOLDS} folds, seed 42)")
     folds = load_folds(path)
+    _check_every_study_has_a_fold(path, folds, train)
+    return folds
+
+
+def _check_every_study_has_a_fold(folds_file: Path, folds: pd.DataFrame, train: pd.DataFrame,
+                                  train_csv: Path | None = None) -> None:
+    """DataError naming the folds file when a study of train.csv has no fold in it."""
     unknown = set(train["study_id"]) - set(folds["study_id"])
     if unknown:
-        raise ValueError(f"{path}: {len(unknown)} studies of train.csv have no fold (e.g. {sorted(unknown)[0]})")
-    return folds
+        redo = f"; write the folds again: python make_folds.py --data-dir {Path(train_csv).parent} --out {folds_file}" \
+            if train_csv is not None else ""
+        raise DataError(f"{folds_file}: {len(unknown)} studies of {train_csv or 'train.csv'} have no fold "
+                        f"(e.g. {sorted(unknown)[0]}){redo}")
