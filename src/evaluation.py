@@ -60,10 +60,15 @@ def paper_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, dict[str, 
     return {k: {m: float(v) for m, v in d.items()} for k, d in out.items()}
 
 
+def row_folds(solution: pd.DataFrame, folds: pd.DataFrame) -> pd.Series:
+    """The fold of each solution row's study (NaN where the folds file has none), aligned to the rows."""
+    return pd.Series(row_study_ids(solution["row_id"]), index=solution.index).map(
+        dict(zip(folds["study_id"], folds["fold"])))
+
+
 def fold_prior(train: pd.DataFrame, folds: pd.DataFrame, solution: pd.DataFrame) -> pd.DataFrame:
     """Each fold's rows get the prior fitted on the other folds (what a model of that fold could know)."""
-    fold_of = dict(zip(folds["study_id"], folds["fold"]))
-    study = pd.Series(row_study_ids(solution["row_id"]), index=solution.index).map(fold_of)
+    study = row_folds(solution, folds)
     parts = []
     for f in sorted(study.dropna().unique()):
         ids = solution.loc[study == f, "row_id"].tolist()
@@ -237,12 +242,10 @@ def evaluate(runs: Path, train: pd.DataFrame, folds: pd.DataFrame, out_dir: Path
     if "oracle" in rows:
         span = rows["prior"]["score"] - rows["oracle"]["score"]
         metrics["signal_captured"] = {n: (rows["prior"]["score"] - rows[n]["score"]) / span for n in frames}
-    levels = solution["row_id"].map(level_of)
-    fold_of = dict(zip(folds["study_id"], folds["fold"]))
-    study_fold = pd.Series(row_study_ids(solution["row_id"])).map(fold_of)
     scored = {**frames, "prior": prior}
-    metrics["by_level"] = score_by(solution, scored, levels)
-    metrics["by_fold"] = score_by(solution, scored, study_fold.map(lambda f: f"fold {int(f)}" if f == f else None))
+    metrics["by_level"] = score_by(solution, scored, solution["row_id"].map(level_of))
+    metrics["by_fold"] = score_by(solution, scored, row_folds(solution, folds).map(
+        lambda f: f"fold {int(f)}" if f == f else None))
     curves, reports = {}, {}
     for name, frame in frames.items():
         labels, probs, groups = _aligned(solution, frame)
@@ -275,7 +278,10 @@ def _reliability(solution: pd.DataFrame, frames: dict[str, pd.DataFrame], fitted
     name = "ensemble" if "ensemble" in frames else next(iter(members))
     weights = ensemble_lib.member_weights(fitted, list(members))
     before = ensemble_lib.blend(members, weights, {})
-    after = ensemble_lib.blend(members, weights, fitted.get("temperature", {}))
+    # The ensemble's own frame already has the temperatures; one model gets them here.
+    after = frames.get("ensemble")
+    if after is None:
+        after = ensemble_lib.blend(members, weights, fitted.get("temperature", {}))
     labels, p_before, groups = _aligned(solution, before)
     _, p_after, _ = _aligned(solution, after)
     ece = plot_reliability(name, labels, p_before, p_after, groups, out_dir / "reliability.png")
