@@ -235,7 +235,7 @@ def read_recipe(config_file: str | Path | None) -> dict:
         return {}
     path = Path(config_file)
     try:
-        recipe = yaml.safe_load(path.read_text()) or {}
+        recipe = load(path) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     check_recipe(recipe, str(path))
