@@ -70,6 +70,11 @@ DEFAULTS: dict[str, Any] = {
               "any_severe_weight": 0.0},
     "ema_decay": 0.0,  # > 0: an EMA of the weights (timm ModelEmaV3, with warm-up) is validated and saved as best.pt
     "label_smoothing": 0.0,  # classifier: cross-entropy against (1 - e) one-hot + e/3 (noisy readers' labels)
+    # Training crops also cut where a localizer would put them (crops.jittered): `copies` moved variants of every
+    # training point, one drawn per item. errors: null = normal offsets (sd `mm` in-plane, `slices`); 'localizer'
+    # = the signed errors of this fold's localizer runs (their oof.csv) against the labels; or an errors CSV
+    # (evaluate_localization.py's <report>_errors.csv).
+    "jitter": {"copies": 0, "errors": None, "mm": 2.0, "slices": 0.5},
     "class_weights": list(SAMPLE_WEIGHTS),
     "patience": 5,
     "amp": "bf16",  # bf16 | fp16 | none; only used on CUDA

@@ -94,9 +94,38 @@ def crop_table(coords: pd.DataFrame) -> pd.DataFrame:
     table["row_id"] = [row_id(s, c, lv) for s, c, lv in zip(table["study_id"], table["condition"], table["level"])]
     table["condition_idx"] = table["condition"].map({c: i for i, c in enumerate(CONDITIONS)}).astype(int)
     table["level_idx"] = table["level"].map({lv: i for i, lv in enumerate(LEVELS)}).astype(int)
-    # A few real studies have the same point twice (or on two series): keep the first per row_id.
-    table = table.drop_duplicates("row_id").sort_values(["study_id", "condition_idx", "level_idx"])
+    # A few real studies have the same point twice (or on two series): keep the first per row_id (and variant).
+    variant = ["variant"] if "variant" in table else []
+    table = table.drop_duplicates(["row_id", *variant]).sort_values(["study_id", "condition_idx", "level_idx", *variant])
     return table.reset_index(drop=True)
+
+
+JITTER_COLUMNS = ("dx_mm", "dy_mm", "dslice")  # a crop's offset from its point: in-plane (mm) and in slices
+
+
+def jittered(coords: pd.DataFrame, copies: int, errors: pd.DataFrame | None = None, mm: float = 2.0,
+             slices: float = 0.5, seed: int = 0) -> pd.DataFrame:
+    """The coordinates (variant 0) plus `copies` variants of each point moved the way a localizer errs.
+
+    Offsets (JITTER_COLUMNS) are drawn from `errors` (localizer.errors.point_errors rows: the measured signed
+    errors of the same condition, resampled; misses skipped) or, without errors, from normal distributions
+    with standard deviations `mm` in-plane and `slices` (rounded to whole slices).
+    """
+    rng = np.random.default_rng(seed)
+    out = [coords.assign(variant=0, dx_mm=0.0, dy_mm=0.0, dslice=0.0)]
+    found = None if errors is None else errors.dropna(subset=list(JITTER_COLUMNS))
+    for v in range(1, copies + 1):
+        offsets = np.zeros((len(coords), 3))
+        for condition, rows in coords.groupby("condition").indices.items():
+            if found is not None and len(found):
+                pool = found[found["condition"] == condition]
+                pool = (pool if len(pool) else found)[list(JITTER_COLUMNS)].to_numpy(float)
+                offsets[rows] = pool[rng.integers(len(pool), size=len(rows))]
+            else:
+                offsets[rows] = rng.normal(0.0, [mm, mm, slices], size=(len(rows), 3))
+        offsets[:, 2] = np.round(offsets[:, 2])
+        out.append(coords.assign(variant=v, dx_mm=offsets[:, 0], dy_mm=offsets[:, 1], dslice=offsets[:, 2]))
+    return pd.concat(out, ignore_index=True)
 
 
 def cut_study(rows: list[dict], cache_dir: Path, split: str, spec: CropSpec) -> tuple[list[int], np.ndarray, list[str]]:
@@ -118,8 +147,13 @@ def cut_study(rows: list[dict], cache_dir: Path, split: str, spec: CropSpec) -> 
         except KeyError:
             problems.append(f"{r['row_id']}: instance {r['instance_number']} not in series {r['series_id']}")
             continue
+        x, y = r["x"], r["y"]
+        if r.get("dslice") or r.get("dx_mm") or r.get("dy_mm"):  # a jittered variant (crops.jittered)
+            index = int(np.clip(index + int(r["dslice"]), 0, len(series) - 1))
+            row_mm, col_mm = series.spacings[index]
+            x, y = x + r["dx_mm"] / col_mm, y + r["dy_mm"] / row_mm
         mm = spec.mm(r["condition"]) * spec.context
-        out[k] = to_stored(cut_crop(series, index, r["x"], r["y"], mm, spec.stored_px, spec.n_slices))
+        out[k] = to_stored(cut_crop(series, index, x, y, mm, spec.stored_px, spec.n_slices))
         ok.append(k)
     return ok, out, problems
 
@@ -133,13 +167,17 @@ def build_crops(
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Cut (or reuse) the crops of every coordinate row; returns a read-only memmap and its index table.
 
+    Rows may carry a `variant` and offsets (crops.jittered): each variant of a point is a crop of its own.
+
     The crops are stored once per (coordinates, spec) under out_dir as a .npy (8-bit, see cache.to_unit) plus an index
     .csv, keyed by a hash, written atomically; rows whose series or instance is missing are dropped with
     a note in the index file's companion .log.
     """
     table = crop_table(coords)
     key = hashlib.md5(
-        (pd.util.hash_pandas_object(table[["row_id", "series_id", "instance_number", "x", "y"]], index=False).values.tobytes()
+        (pd.util.hash_pandas_object(table[["row_id", "series_id", "instance_number", "x", "y",
+                                           *[c for c in ("variant", *JITTER_COLUMNS) if c in table]]],
+                                    index=False).values.tobytes()
          + json.dumps(asdict(spec), sort_keys=True).encode() + split.encode() + str(Path(cache_dir).resolve()).encode()
          + entries_signature(cache_dir, split, zip(table["study_id"], table["series_id"])))
     ).hexdigest()[:12]

@@ -18,12 +18,15 @@ def flip_condition(condition_idx: int) -> int:
 class CropDataset(Dataset):
     """Items: image (S, P, P) float32 in [0, 1], condition, level, label (-1 when unknown), row."""
 
-    def __init__(self, crops: np.ndarray, index: pd.DataFrame, transform: A.Compose | None):
-        """transform None serves the raw stored crop (with its margin, 8-bit) for augmentation on the device."""
+    def __init__(self, crops: np.ndarray, index: pd.DataFrame, transform: A.Compose | None,
+                 variants: np.ndarray | None = None):
+        """transform None serves the raw stored crop (with its margin, 8-bit) for augmentation on the device.
+        variants: (rows, V) crop numbers of each row's variants (crops.jittered); each item draws one."""
         self.crops = crops
         self.index = index.reset_index(drop=True)
         self.transform = transform
-        self._crop = self.index["crop"].to_numpy()
+        self._variants = variants
+        self._fixed = self.index["crop"].to_numpy()
         self._cond = self.index["condition_idx"].to_numpy()
         self._level = self.index["level_idx"].to_numpy()
         labels = self.index["label"].to_numpy(dtype=float) if "label" in self.index else np.full(len(self.index), np.nan)
@@ -32,15 +35,22 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def _crop(self, rows: np.ndarray) -> np.ndarray:
+        """The crop numbers served for these rows: a random variant of each when there are variants."""
+        if self._variants is None:
+            return self._fixed[rows]
+        return self._variants[rows, np.random.randint(self._variants.shape[1], size=len(rows))]
+
     def __getitems__(self, indices: list[int]) -> list[dict]:
         """A whole batch at once (DataLoader calls this when it exists). Raw crops (no transform) are read in
         one sorted memmap access and stay 8-bit: the device converts them, the loader only copies."""
         if self.transform is not None:
             return [self[i] for i in indices]
         idx = np.asarray(indices)
-        order = np.argsort(self._crop[idx], kind="stable")
+        crop = self._crop(idx)
+        order = np.argsort(crop, kind="stable")
         images = np.empty((len(idx), *self.crops.shape[1:]), dtype=self.crops.dtype)
-        images[order] = self.crops[self._crop[idx[order]]]
+        images[order] = self.crops[crop[order]]
         return [{"image": torch.from_numpy(images[k]), "condition": torch.tensor(int(self._cond[i])),
                  "level": torch.tensor(int(self._level[i])), "label": torch.tensor(int(self._label[i])),
                  "row": torch.tensor(int(i))} for k, i in enumerate(idx)]
@@ -48,7 +58,7 @@ class CropDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         if self.transform is None:
             return self.__getitems__([i])[0]
-        stack = to_unit(self.crops[self._crop[i]])  # (S, P, P) in [0, 1]
+        stack = to_unit(self.crops[self._crop(np.array([i]))[0]])  # (S, P, P) in [0, 1]
         out = self.transform(image=np.ascontiguousarray(stack.transpose(1, 2, 0)))  # HWC, slices as channels
         condition = flip_condition(self._cond[i]) if was_flipped(out) else int(self._cond[i])
         image = out["image"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -15,11 +16,14 @@ import torch.nn.functional as F
 from .augment import DeviceAugment, eval_transform, train_transform, use_device_path
 from .cache import prepare
 from .constants import TARGETS
-from .crops import CropSpec, build_crops
+from .crops import CropSpec, build_crops, jittered
 from .datasets import CropDataset
 from .folds import ensure_folds, fold_solution
+from .localizer.errors import point_errors
+from .localizer.plan import PLAN
 from .metric import overlay, prior_submission, score_parts
 from .paths import cache_dir_for
+from .run_folders import localizer_run, run_dir
 from .tables import labels_long, load_coordinates, load_submission, load_train, solution_frame
 
 
@@ -36,6 +40,28 @@ def training_tables(cfg: dict, is_main: bool) -> tuple[Path, Path, pd.DataFrame,
     return data_dir, cache_dir, train, folds, coords
 
 
+def jitter_errors(cfg: dict, coords: pd.DataFrame, cache_dir: Path) -> pd.DataFrame | None:
+    """The signed localization errors cfg['jitter'] samples from (None: normal offsets): an errors CSV, or
+    'localizer': this fold's localizer runs' predictions on their held-out studies against the labels."""
+    source = cfg["jitter"]["errors"]
+    if not source:
+        return None
+    if source != "localizer":
+        errors = pd.read_csv(source)
+        missing = [c for c in ("condition", "dx_mm", "dy_mm", "dslice") if c not in errors]
+        if missing:
+            raise ValueError(f"{source}: jitter errors file lacks columns {missing} (evaluate_localization.py writes them)")
+        return errors
+    files = [run_dir(cfg["runs"], localizer_run(p.key), cfg["fold"]) / "oof.csv" for p in PLAN]
+    found = [f for f in files if f.is_file()]
+    if not found:
+        raise FileNotFoundError(f"jitter.errors 'localizer': none of {[str(f) for f in files]} exists: train this "
+                                f"fold's localizer first (train.py --fold {cfg['fold']} --model localizer)")
+    predicted = pd.concat([load_coordinates(f) for f in found], ignore_index=True)
+    truth = coords[coords["study_id"].isin(predicted["study_id"]) & coords["condition"].isin(predicted["condition"])]
+    return point_errors(predicted, truth, cache_dir, "train")
+
+
 class ClassifierTask:
     """Severity classification of level-wise crops cut at the labelled coordinates."""
 
@@ -45,13 +71,25 @@ class ClassifierTask:
         self.cfg = cfg
         _, cache_dir, self.train, self.folds, coords = training_tables(cfg, is_main)
         self.spec = CropSpec(**cfg["crop"])
+        jitter = cfg["jitter"]
+        if jitter["copies"]:
+            coords = jittered(coords, jitter["copies"], jitter_errors(cfg, coords, cache_dir), jitter["mm"],
+                              jitter["slices"], cfg["seed"])
         self.crops, index = build_crops(coords, cache_dir, "train", self.spec, cache_dir / "crops", cfg["workers"])
+        variants = None
+        if "variant" in index:  # one row per point (its labelled crop), its variants' crop numbers apart
+            variants = index.pivot(index="row_id", columns="variant", values="crop")
+            index = index[index["variant"] == 0].drop(columns=["variant", "dx_mm", "dy_mm", "dslice"])
         labels = labels_long(self.train)[["row_id", "label"]]
         index = index.merge(labels, on="row_id", how="left")
         fold_of = dict(zip(self.folds["study_id"], self.folds["fold"]))
         index["fold"] = index["study_id"].map(fold_of)
         self.train_index = index[(index["fold"] != cfg["fold"]) & index["label"].notna()].reset_index(drop=True)
         self.val_index = index[index["fold"] == cfg["fold"]].reset_index(drop=True)
+        self.train_variants = None
+        if variants is not None:  # a variant not cut (its slice outside the series) serves the labelled crop
+            wide = variants.loc[self.train_index["row_id"]]
+            self.train_variants = wide.fillna({v: wide[0] for v in wide.columns}).to_numpy(np.int64)
         if self.train_index.empty or self.val_index.empty:
             raise ValueError(f"fold {cfg['fold']}: {len(self.train_index)} training and {len(self.val_index)} validation crops")
         self.val_solution = fold_solution(self.train, self.folds, cfg["fold"])
@@ -79,7 +117,7 @@ class ClassifierTask:
     def train_dataset(self) -> CropDataset:
         """Augmented crops; raw ones (augmented in to_device) on the device path."""
         cpu = None if self.device_augment else train_transform(self.cfg["aug"], self.spec.size_px)
-        return CropDataset(self.crops, self.train_index, cpu)
+        return CropDataset(self.crops, self.train_index, cpu, self.train_variants)
 
     def val_dataset(self) -> CropDataset:
         return CropDataset(self.crops, self.val_index, eval_transform(self.spec.size_px))

@@ -212,3 +212,44 @@ def test_generated_axial_crops_stay_in_their_block(variety_dir):
         for j in neighbour_slices(s, k, 5, centre):
             assert abs(float(s.patient_to_pixel(j, centre)[2])) <= 2.2 * s.slice_gap, (r.series_id, k, j)
     assert blocks > 0
+
+
+def test_jittered_variants_draw_the_measured_errors_or_normal_offsets(synth_dir):
+    import pandas as pd
+
+    from src.crops import jittered
+
+    coords = load_coordinates(synth_dir / "train_label_coordinates.csv")
+    errors = pd.DataFrame({"condition": ["Spinal Canal Stenosis", "Spinal Canal Stenosis", "Left Neural Foraminal Narrowing"],
+                           "dx_mm": [3.0, np.nan, -1.0], "dy_mm": [-2.0, 0.0, 4.0], "dslice": [1.0, 0.0, -1.0]})
+    table = jittered(coords, 2, errors, seed=1)
+    assert len(table) == 3 * len(coords) and sorted(table["variant"].unique()) == [0, 1, 2]
+    assert (table.loc[table["variant"] == 0, ["dx_mm", "dy_mm", "dslice"]] == 0).all().all()
+    moved = table[table["variant"] > 0]
+    spinal = moved[moved["condition"] == "Spinal Canal Stenosis"]
+    assert (spinal[["dx_mm", "dy_mm", "dslice"]].to_numpy() == [3.0, -2.0, 1.0]).all()  # the miss (NaN) is skipped
+    other = moved[moved["condition"] == "Right Subarticular Stenosis"]  # no errors of its own: the whole pool
+    assert set(other["dx_mm"]) <= {3.0, -1.0} and len(other)
+    normal = jittered(coords, 3, None, mm=2.0, slices=0.5, seed=0)
+    drawn = normal[normal["variant"] > 0]
+    assert 1.6 < drawn["dx_mm"].std() < 2.4 and (drawn["dslice"] == drawn["dslice"].round()).all()
+    assert drawn["dslice"].abs().max() >= 1
+
+
+def test_a_jittered_variant_is_the_crop_of_the_moved_point(synth_dir, tmp_path):
+    prepare(synth_dir, tmp_path, "train", workers=1)
+    coords = load_coordinates(synth_dir / "train_label_coordinates.csv")
+    row = coords[coords["condition"] == "Spinal Canal Stenosis"].iloc[[2]].reset_index(drop=True)
+    series = load_series(series_cache_path(tmp_path, "train", row.at[0, "study_id"], row.at[0, "series_id"]))
+    k = series.index_of_instance(row.at[0, "instance_number"])
+    row_mm, col_mm = series.spacings[k + 1]
+    spec = CropSpec(n_slices=3, size_px=24)
+    variant = row.assign(variant=1, dx_mm=3 * col_mm, dy_mm=-2 * row_mm, dslice=1.0)
+    table = __import__("pandas").concat([row.assign(variant=0, dx_mm=0.0, dy_mm=0.0, dslice=0.0), variant])
+    crops, index = build_crops(table, tmp_path, "train", spec, tmp_path / "crops", workers=1)
+    moved = row.assign(instance_number=int(series.instance_numbers[k + 1]), x=row.at[0, "x"] + 3, y=row.at[0, "y"] - 2)
+    expected, _ = build_crops(moved, tmp_path, "train", spec, tmp_path / "crops", workers=1)
+    plain, _ = build_crops(row, tmp_path, "train", spec, tmp_path / "crops", workers=1)
+    assert list(index["variant"]) == [0, 1]
+    assert np.array_equal(crops[index["crop"][1]], expected[0]) and np.array_equal(crops[index["crop"][0]], plain[0])
+    assert not np.array_equal(crops[index["crop"][1]], plain[0])

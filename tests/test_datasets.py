@@ -74,3 +74,18 @@ def test_raw_crops_are_served_whole_in_batches_and_in_order():
     assert torch.equal(ds[0]["image"], items[1]["image"])
     loader = torch.utils.data.DataLoader(ds, batch_size=3)
     assert next(iter(loader))["image"].shape == (3, 2, 4, 4)
+
+
+def test_rows_with_variants_serve_one_of_their_own_variants():
+    import numpy as np
+    import pandas as pd
+
+    from src.datasets import CropDataset
+
+    crops = np.arange(5 * 1 * 2 * 2, dtype=np.uint8).reshape(5, 1, 2, 2)
+    index = pd.DataFrame({"crop": [0, 2], "condition_idx": [0, 1], "level_idx": [0, 0], "label": [1, 2]})
+    ds = CropDataset(crops, index, None, variants=np.array([[0, 1], [2, 4]]))
+    np.random.seed(0)
+    served = [[int(it["image"][0, 0, 0]) // 4 for it in ds.__getitems__([0, 1])] for _ in range(40)]
+    assert {s[0] for s in served} == {0, 1} and {s[1] for s in served} == {2, 4}
+    assert {int(CropDataset(crops, index, None)[1]["image"][0, 0, 0]) // 4} == {2}  # no variants: the row's crop

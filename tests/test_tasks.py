@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -34,6 +36,43 @@ def test_classifier_task_splits_by_study_and_scores_every_validation_row(overrid
     assert metrics["acc"] == 1.0 and metrics["score"] < flat["score"] < task.references()["prior"] + 1.0
     loss = task.loss(perfect, {"label": torch.tensor(np.where(np.arange(len(labels)) % 2, labels, -1))})
     assert float(loss) < 1e-6  # unknown labels (-1) are ignored
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_jittered_training_crops_are_variants_of_the_training_rows_only(overrides, tmp_path):
+    jitter = {"copies": 2, "errors": None, "mm": 2.0, "slices": 0.5}
+    task = ClassifierTask(resolve("attn_resnext", "tiny", None, {**overrides, "jitter": jitter}))
+    plain = ClassifierTask(resolve("attn_resnext", "tiny", None, overrides))
+    assert task.train_variants.shape == (len(task.train_index), 3) and plain.train_variants is None
+    assert (task.train_variants[:, 0] == task.train_index["crop"]).all()
+    assert task.train_index.drop(columns="crop").equals(plain.train_index.drop(columns="crop"))
+    assert len(task.val_index) == len(plain.val_index) and len(task.crops) > 2.5 * len(plain.crops)
+    assert (task.train_variants[:, 1:] != task.train_variants[:, :1]).mean() > 0.9
+    missing = {**jitter, "errors": "localizer"}
+    with pytest.raises(FileNotFoundError, match="oof.csv"):
+        ClassifierTask(resolve("attn_resnext", "tiny", None, {**overrides, "jitter": missing, "runs": str(tmp_path)}))
+
+
+def test_jitter_errors_come_from_this_folds_localizer_predictions(overrides, tmp_path):
+    from src.atomic import write_csv
+    from src.cache import prepare
+    from src.run_folders import localizer_run, run_dir
+    from src.tables import load_coordinates
+    from src.tasks import jitter_errors
+
+    cfg = resolve("attn_resnext", "tiny", None, {**overrides, "runs": str(tmp_path), "fold": 1,
+                                                  "jitter": {"copies": 1, "errors": "localizer"}})
+    coords = load_coordinates(Path(overrides["data_dir"]) / "train_label_coordinates.csv")
+    part = PLAN[0]
+    predicted = coords[coords["condition"].isin(part.conditions)].head(6).assign(x=lambda d: d["x"] + 2.0)
+    out = run_dir(tmp_path, localizer_run(part.key), 1)
+    out.mkdir(parents=True)
+    write_csv(predicted, out / "oof.csv")
+    prepare(Path(overrides["data_dir"]), Path(overrides["cache_dir"]), "train", workers=1)
+    errors = jitter_errors(cfg, coords, Path(overrides["cache_dir"]))
+    found = errors.dropna(subset=["dx_mm"])  # the studies' other labelled points are misses
+    assert len(found) == 6 and (found["dx_mm"] > 0).all() and (found["dslice"] == 0).all()
+    assert found["dy_mm"].abs().max() < 1e-6 and set(errors["condition"]) <= set(part.conditions)
 
 
 @pytest.mark.filterwarnings("ignore")

@@ -11,7 +11,9 @@ from ..dicom import Series
 
 
 def point_errors(pred: pd.DataFrame, truth: pd.DataFrame, cache_dir: Path, split: str) -> pd.DataFrame:
-    """One row per labelled point: in-plane error (px, mm) on the predicted slice, 3D error, right slice (+-1).
+    """One row per labelled point: in-plane error (px, mm) on the predicted slice, 3D error, right slice (+-1),
+    and the signed error: dx_mm, dy_mm (predicted minus labelled along the predicted slice's columns and rows)
+    and dslice (slices from the labelled point to the predicted slice), which crops.jittered samples from.
 
     The labelled 3D point is projected onto the predicted slice, so points predicted on another series
     (several axial series) are compared fairly; a labelled point without a prediction is a miss.
@@ -28,7 +30,8 @@ def point_errors(pred: pd.DataFrame, truth: pd.DataFrame, cache_dir: Path, split
     out = []
     for r in merged.itertuples():
         row = {"study_id": r.study_id, "condition": r.condition, "level": r.level, "error_px": np.nan,
-               "error_mm": np.nan, "error_3d_mm": np.nan, "instance_ok": False,
+               "error_mm": np.nan, "error_3d_mm": np.nan, "instance_ok": False, "dx_mm": np.nan, "dy_mm": np.nan,
+               "dslice": np.nan,
                "confidence": getattr(r, "confidence", np.nan)}
         if not np.isnan(r.x):
             truth_s, pred_s = get(r.study_id, int(r.series_id_true)), get(r.study_id, int(r.series_id))
@@ -39,16 +42,19 @@ def point_errors(pred: pd.DataFrame, truth: pd.DataFrame, cache_dir: Path, split
             row_mm, col_mm = pred_s.spacings[kp]
             row.update(error_px=float(np.hypot(r.x - xq, r.y - yq)),
                        error_mm=float(np.hypot((r.x - xq) * col_mm, (r.y - yq) * row_mm)),
-                       error_3d_mm=float(np.linalg.norm(p - q)))
+                       error_3d_mm=float(np.linalg.norm(p - q)),
+                       dx_mm=float((r.x - xq) * col_mm), dy_mm=float((r.y - yq) * row_mm))
             if int(r.series_id) == int(r.series_id_true):
-                row["instance_ok"] = abs(kp - kt) <= 1
-            else:
-                row["instance_ok"] = abs(float(dist)) <= 1.5 * max(pred_s.slice_gap, 1e-6)
+                row["dslice"] = float(kp - kt)
+            else:  # the labelled point's distance from the predicted slice, in slice gaps
+                row["dslice"] = float(np.round(-float(dist) / max(pred_s.slice_gap, 1e-6)))
+            row["instance_ok"] = abs(row["dslice"]) <= 1
         out.append(row)
     return pd.DataFrame(out, columns=list(ERROR_COLUMNS))
 
 
-ERROR_COLUMNS = ("study_id", "condition", "level", "error_px", "error_mm", "error_3d_mm", "instance_ok", "confidence")
+ERROR_COLUMNS = ("study_id", "condition", "level", "error_px", "error_mm", "error_3d_mm", "instance_ok", "confidence",
+                 "dx_mm", "dy_mm", "dslice")
 LEVEL_OFF_MM = 15.0  # a 3D error this large is another disc: neighbouring discs are 25-45 mm apart
 
 
