@@ -27,19 +27,19 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from src import cli  # noqa: E402
-from src import config as config_lib  # noqa: E402
+from src.training import config as config_lib  # noqa: E402
 from src.atomic import write_json  # noqa: E402
-from src.augment import DeviceAugment, train_transform  # noqa: E402
-from src.cache import prepare  # noqa: E402
+from src.classifier.augment import DeviceAugment, train_transform  # noqa: E402
+from src.data.cache import prepare  # noqa: E402
 from src.constants import row_study_ids  # noqa: E402
-from src.crops import CropSpec, build_crops, cut_crop  # noqa: E402
-from src.datasets import CropDataset  # noqa: E402
-from src.dicom import read_series  # noqa: E402
-from src.device import autocast, pick_device, training_amp  # noqa: E402
-from src.models import build_model  # noqa: E402
+from src.classifier.crops import CropSpec, build_crops, cut_crop  # noqa: E402
+from src.classifier.datasets import CropDataset  # noqa: E402
+from src.data.dicom import read_series  # noqa: E402
+from src.training.device import autocast, pick_device, training_amp  # noqa: E402
+from src.classifier.models import build_model  # noqa: E402
 from src.paths import cache_dir_for  # noqa: E402
 from src.run_folders import random_runs  # noqa: E402
-from src.tables import load_coordinates, load_series_descriptions  # noqa: E402
+from src.data.tables import load_coordinates, load_series_descriptions  # noqa: E402
 
 
 def machine() -> str:
@@ -107,7 +107,7 @@ REAL_IMAGES, REAL_PX = 147_000, 512 * 512  # the real training set: about 147,00
 def bench_storage(workers: int, metrics: dict, studies: int = 2) -> list[tuple[str, str]]:
     """Cache bytes per pixel on synthetic series generated at the real data's size (512 px base, matrices of
     384-640 px), projected to the real training set; the lossless codec beside the default."""
-    from src.cache import encode_volume, series_cache_path
+    from src.data.cache import encode_volume, series_cache_path
     from src.synth import SynthConfig, generate
 
     root = Path(tempfile.mkdtemp(prefix="bench_storage_"))
@@ -191,7 +191,7 @@ def bench_infer(data_dir: Path, runs: Path | None, preset: str | None, workers: 
     """Seconds per study and model forward calls per study of the whole offline pipeline on the data's test
     split, cache warm: over `runs` when given, else over a random-weight ensemble of 5 folds x (2 classifiers
     + 3 localizers) of the preset. keep: where to copy the submission."""
-    from src.pipeline import make_submission
+    from src.inference.pipeline import make_submission
 
     if runs is not None and not list(Path(runs).glob("*/fold*/best.pt")):
         return [("inference", f"skipped: no trained runs under {runs}")]

@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 from src import cli
-from src import ensemble as ensemble_lib
+from src.inference import ensemble as ensemble_lib
 from src.atomic import write_json
-from src.metric import prior_table
+from src.evaluation.metric import prior_table
 from src.run_folders import ensemble_file
-from src.stacker import fit_stacker, nested_scores
-from src.tables import DataError, load_train, solution_frame
+from src.inference.stacker import fit_stacker, nested_scores
+from src.data.tables import DataError, load_train, solution_frame
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 from src import cli
-from src.evaluation import evaluate, held_out_lines, held_out_table
-from src.folds import load_folds
+from src.evaluation.reports import evaluate, held_out_lines, held_out_table
+from src.data.folds import load_folds
 from src.atomic import write_json
 from src.paths import reports_dir_for
-from src.tables import load_submission, load_train
+from src.data.tables import load_submission, load_train
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -33,10 +33,10 @@ if version_problems():
              "(requirements.txt, or the notebook's wheels dataset)")
 
 from src import cli  # noqa: E402
-from src.faults import MODEL_DROPPED_EXIT, FaultLog  # noqa: E402
+from src.inference.faults import MODEL_DROPPED_EXIT, FaultLog  # noqa: E402
 from src.paths import cache_dir_for, submission_dir_for  # noqa: E402
-from src.pipeline import make_submission  # noqa: E402
-from src.tables import DataError  # noqa: E402
+from src.inference.pipeline import make_submission  # noqa: E402
+from src.data.tables import DataError  # noqa: E402
 
 WRITTEN_BUT_EXTRA_FAILED_EXIT = 4
 

@@ -14,11 +14,11 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from src import cli  # noqa: E402
 from src.atomic import write_csv  # noqa: E402
-from src.cache import prepare  # noqa: E402
+from src.data.cache import prepare  # noqa: E402
 from src.localizer.infer import Localizer, localize  # noqa: E402
 from src.paths import cache_dir_for  # noqa: E402
 from src.parallel import loader_workers  # noqa: E402
-from src.pipeline import series_table  # noqa: E402
+from src.inference.pipeline import series_table  # noqa: E402
 
 
 def main(argv: list[str] | None = None):

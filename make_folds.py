@@ -6,9 +6,9 @@ from pathlib import Path
 
 from src import cli
 from src.atomic import write_csv
-from src.folds import fold_class_counts, make_folds, max_share_deviation, onehot_labels
+from src.data.folds import fold_class_counts, make_folds, max_share_deviation, onehot_labels
 from src.paths import folds_file_for
-from src.tables import load_train
+from src.data.tables import load_train
 
 
 def main(argv: list[str] | None = None) -> None:

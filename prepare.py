@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from src import cli
-from src.cache import prepare
+from src.data.cache import prepare
 from src.paths import cache_dir_for
 
 

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 from src import cli
-from src.metric import prior_submission, score_parts
-from src.tables import load_solution, load_submission, load_train, solution_frame
+from src.evaluation.metric import prior_submission, score_parts
+from src.data.tables import load_solution, load_submission, load_train, solution_frame
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

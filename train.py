@@ -18,8 +18,8 @@ import yaml
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from src import cli  # noqa: E402
-from src import config as config_lib  # noqa: E402
-from src.engine import fit, shutdown  # noqa: E402
+from src.training import config as config_lib  # noqa: E402
+from src.training.engine import fit, shutdown  # noqa: E402
 from src.localizer.plan import PLAN  # noqa: E402
 from src.progress import log  # noqa: E402
 from src.run_folders import localizer_run  # noqa: E402

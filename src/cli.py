@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import ConfigError
-from .dicom import DicomError
-from .metric import MetricError
+from .training.config import ConfigError
+from .data.dicom import DicomError
+from .evaluation.metric import MetricError
 from .parallel import default_workers
 from .paths import SYNTH_DIR, folds_file_for, runs_dir_for
-from .tables import DataError
+from .data.tables import DataError
 
 # Errors that describe bad input (naming the file) rather than a bug: printed as one line, no traceback.
 INPUT_ERRORS = (DataError, MetricError, DicomError, ConfigError, OSError)

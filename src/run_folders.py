@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import config as config_lib
-from .models import build_model
+from .training import config as config_lib
+from .classifier.models import build_model
 
 CONFIG, BEST, LAST, OOF, LOG = "config.yaml", "best.pt", "last.pt", "oof.csv", "log.csv"
 DONE = "done.json"  # written when a training run ends: rerunning the same command then does nothing

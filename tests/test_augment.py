@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.augment import DeviceAugment, train_transform, use_device_path
-from src.config import DEFAULTS
+from src.classifier.augment import DeviceAugment, train_transform, use_device_path
+from src.training.config import DEFAULTS
 from src.constants import CONDITIONS
 
 AUG = DEFAULTS["aug"]

@@ -3,12 +3,12 @@ import pandas as pd
 import pytest
 import torch
 
-from src.augment import FLIPPED_CONDITION
-from src.cache import prepare
-from src.classify import Member, batch_probabilities, centre_unit, load_members, predict_members
+from src.classifier.augment import FLIPPED_CONDITION
+from src.data.cache import prepare
+from src.inference.classify import Member, batch_probabilities, centre_unit, load_members, predict_members
 from src.constants import CONDITIONS
-from src.faults import FaultLog
-from src.tables import load_coordinates
+from src.inference.faults import FaultLog
+from src.data.tables import load_coordinates
 from conftest import make_fake_runs
 
 

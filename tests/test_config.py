@@ -1,6 +1,6 @@
 import pytest
 
-from src.config import DEFAULTS, parse_overrides, resolve
+from src.training.config import DEFAULTS, parse_overrides, resolve
 
 
 def test_override_order_and_parsing(tmp_path):
@@ -38,7 +38,7 @@ from pathlib import Path  # noqa: E402
 import yaml  # noqa: E402
 
 from conftest import REPO  # noqa: E402
-from src import config as config_lib  # noqa: E402
+from src.training import config as config_lib  # noqa: E402
 from src.constants import SERIES_KEYS  # noqa: E402
 
 RECIPES = sorted((REPO / "configs").glob("*.yaml"))

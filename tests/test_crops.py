@@ -2,10 +2,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from src.cache import load_series, prepare, series_cache_path
-from src.crops import CropSpec, build_crops, crop_table, cut_crop
-from src.dicom import Series, read_series
-from src.tables import load_coordinates, load_series_descriptions
+from src.data.cache import load_series, prepare, series_cache_path
+from src.classifier.crops import CropSpec, build_crops, crop_table, cut_crop
+from src.data.dicom import Series, read_series
+from src.data.tables import load_coordinates, load_series_descriptions
 
 
 def _series(n=5, h=60, w=80, spacing=(0.7, 0.5), tilt_deg=0.0):
@@ -98,7 +98,7 @@ def test_cache_round_trip_and_idempotent(synth_dir, tmp_path):
 
 
 def test_lossless_codec_and_bytes_per_pixel(synth_dir, tmp_path):
-    from src.cache import decode_volume, encode_volume
+    from src.data.cache import decode_volume, encode_volume
 
     with _nowarn():
         volume = read_series(next((synth_dir / "train_images").glob("*/*"))).volume
@@ -176,9 +176,9 @@ def test_build_crops_from_labelled_and_predicted_tables(synth_dir, tmp_path):
 def test_crop_store_is_8bit_and_served_in_unit_range(synth_dir, tmp_path):
     import torch
 
-    from src.augment import DeviceAugment, eval_transform
-    from src.config import DEFAULTS
-    from src.datasets import CropDataset
+    from src.classifier.augment import DeviceAugment, eval_transform
+    from src.training.config import DEFAULTS
+    from src.classifier.datasets import CropDataset
 
     prepare(synth_dir, tmp_path, "train", workers=1)
     coords = load_coordinates(synth_dir / "train_label_coordinates.csv")
@@ -196,7 +196,7 @@ def test_crop_store_is_8bit_and_served_in_unit_range(synth_dir, tmp_path):
 def test_generated_axial_crops_stay_in_their_block(variety_dir):
     """On generated axial series (blocks angled along each disc, several series, instance order against
     position), every slice of a labelled point's crop lies within two gaps of it along its slice's normal."""
-    from src.crops import neighbour_slices
+    from src.classifier.crops import neighbour_slices
 
     coords = load_coordinates(variety_dir / "train_label_coordinates.csv")
     axial = coords[coords["condition"].str.contains("Subarticular")]
@@ -217,7 +217,7 @@ def test_generated_axial_crops_stay_in_their_block(variety_dir):
 def test_jittered_variants_draw_the_measured_errors_or_normal_offsets(synth_dir):
     import pandas as pd
 
-    from src.crops import jittered
+    from src.classifier.crops import jittered
 
     coords = load_coordinates(synth_dir / "train_label_coordinates.csv")
     errors = pd.DataFrame({"condition": ["Spinal Canal Stenosis", "Spinal Canal Stenosis", "Left Neural Foraminal Narrowing"],

@@ -2,10 +2,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from src.augment import eval_transform, train_transform
-from src.config import DEFAULTS
+from src.classifier.augment import eval_transform, train_transform
+from src.training.config import DEFAULTS
 from src.constants import CONDITIONS
-from src.datasets import CropDataset, flip_condition
+from src.classifier.datasets import CropDataset, flip_condition
 
 
 def test_flip_condition_mapping():
@@ -63,7 +63,7 @@ def test_raw_crops_are_served_whole_in_batches_and_in_order():
     import pandas as pd
     import torch
 
-    from src.datasets import CropDataset
+    from src.classifier.datasets import CropDataset
 
     crops = np.arange(6 * 2 * 4 * 4, dtype=np.float16).reshape(6, 2, 4, 4)
     index = pd.DataFrame({"crop": [5, 0, 3], "condition_idx": [3, 1, 0], "level_idx": [4, 0, 2], "label": [2, np.nan, 0]})
@@ -80,7 +80,7 @@ def test_rows_with_variants_serve_one_of_their_own_variants():
     import numpy as np
     import pandas as pd
 
-    from src.datasets import CropDataset
+    from src.classifier.datasets import CropDataset
 
     crops = np.arange(5 * 1 * 2 * 2, dtype=np.uint8).reshape(5, 1, 2, 2)
     index = pd.DataFrame({"crop": [0, 2], "condition_idx": [0, 1], "level_idx": [0, 0], "label": [1, 2]})

@@ -4,7 +4,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import JPEG2000Lossless, ExplicitVRLittleEndian, MRImageStorage, RLELossless, generate_uid
 
-from src.dicom import DicomError, DicomWarning, normalize_intensity, read_series
+from src.data.dicom import DicomError, DicomWarning, normalize_intensity, read_series
 
 AXIAL = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 
@@ -138,7 +138,7 @@ def _copy_series(src, dst, edit) -> None:
 def test_geometry_comes_from_the_tags_not_file_or_instance_order(variety_dir, tmp_path):
     """Generated series re-saved under shuffled file names with InstanceNumber reversed read back in the
     same order along the normal, with the same positions and intensities."""
-    from src.tables import load_series_descriptions
+    from src.data.tables import load_series_descriptions
 
     table = load_series_descriptions(variety_dir / "train_series_descriptions.csv")
     rng = np.random.default_rng(0)
@@ -161,7 +161,7 @@ def test_geometry_comes_from_the_tags_not_file_or_instance_order(variety_dir, tm
 def test_intensity_normalisation_is_per_series(variety_dir, tmp_path):
     """A series stored with 10x the values (another scanner's gain) normalises to the same volume, whatever
     the other series of its study hold."""
-    from src.tables import load_series_descriptions
+    from src.data.tables import load_series_descriptions
 
     table = load_series_descriptions(variety_dir / "train_series_descriptions.csv")
     r = table.iloc[0]

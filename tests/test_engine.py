@@ -7,13 +7,13 @@ import torch
 import yaml
 
 import train as train_script
-from src import config as config_lib
+from src.training import config as config_lib
 from src.constants import TARGETS, group_of
-from src.engine import fit
-from src.folds import fold_solution, load_folds
-from src.metric import score
-from src.models import build_model
-from src.tables import load_submission, load_train
+from src.training.engine import fit
+from src.data.folds import fold_solution, load_folds
+from src.evaluation.metric import score
+from src.classifier.models import build_model
+from src.data.tables import load_submission, load_train
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ def test_bad_fold_or_folds_file_is_one_line_and_leaves_no_folder(base_args, caps
 
 def test_device_augmentation_path_trains_on_cpu_tensors(base_args, monkeypatch):
     """aug.where=device: the loader serves raw crops (with margin) and the batch is augmented on the device."""
-    from src import augment
+    from src.classifier import augment
 
     args, root = base_args
     seen = []

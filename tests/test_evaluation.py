@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 
 import evaluate as evaluate_script
-from src import config as config_lib
+from src.training import config as config_lib
 from src.constants import TARGETS
-from src.evaluation import paper_metrics
-from src.tables import load_train, solution_frame
+from src.evaluation.reports import paper_metrics
+from src.data.tables import load_train, solution_frame
 
 
 def test_paper_metrics_by_hand():
@@ -77,7 +77,7 @@ def test_evaluate_writes_report_metrics_and_pictures(synth_dir, tmp_path):
 def test_held_out_table_scores_every_submission(synth_dir, tmp_path):
     import shutil
 
-    from src.evaluation import held_out_table
+    from src.evaluation.reports import held_out_table
 
     shutil.copy(synth_dir / "test_oracle.csv", tmp_path / "submission.csv")
     shutil.copy(synth_dir / "sample_submission.csv", tmp_path / "submission_uniform.csv")
@@ -91,7 +91,7 @@ def test_held_out_table_scores_every_submission(synth_dir, tmp_path):
 
 
 def test_calibration_error_tells_calibrated_from_overconfident():
-    from src.evaluation import calibration
+    from src.evaluation.reports import calibration
 
     rng = np.random.default_rng(0)
     probs = rng.dirichlet([1, 1, 1], 20000)

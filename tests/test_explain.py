@@ -4,7 +4,7 @@ import pytest
 import infer as infer_script
 from conftest import make_fake_runs
 from src.constants import TARGETS
-from src.explain import reading
+from src.evaluation.explain import reading
 
 
 def test_reading_in_plain_language():

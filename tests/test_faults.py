@@ -14,11 +14,11 @@ import pytest
 import infer as infer_script
 from conftest import make_fake_runs
 from src.constants import TARGETS
-from src.faults import MODEL_DROPPED_EXIT
+from src.inference.faults import MODEL_DROPPED_EXIT
 from infer import WRITTEN_BUT_EXTRA_FAILED_EXIT
-from src.pipeline import coordinates_path, faults_path
+from src.inference.pipeline import coordinates_path, faults_path
 from src.run_folders import run_dir
-from src.tables import load_row_ids, load_series_descriptions, load_submission
+from src.data.tables import load_row_ids, load_series_descriptions, load_submission
 
 
 @dataclass

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 
 import make_folds as make_folds_script
-from src.folds import fold_class_counts, fold_solution, load_folds, make_folds, max_share_deviation, onehot_labels
-from src.tables import load_train
+from src.data.folds import fold_class_counts, fold_solution, load_folds, make_folds, max_share_deviation, onehot_labels
+from src.data.tables import load_train
 
 
 def test_real_train_folds_stratified(shared):
@@ -44,8 +44,8 @@ def test_cli_writes_disjoint_folds(synth_dir, tmp_path, capsys):
 
 
 def test_fold_solution_scores_oof(synth_dir):
-    from src.metric import score
-    from src.tables import load_submission
+    from src.evaluation.metric import score
+    from src.data.tables import load_submission
 
     train = load_train(synth_dir / "train.csv")
     folds = make_folds(train, n_folds=2, seed=0)

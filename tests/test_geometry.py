@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import pandas as pd
 
-from src import geometry
+from src.data import geometry
 from src.constants import AXIAL_T2, SAGITTAL_T2
-from src.dicom import read_series
-from src.synth import rotation
+from src.data.dicom import read_series
+from src.synth.render import rotation
 
 
 def test_pixel_patient_round_trip_oblique():
@@ -45,7 +45,7 @@ def test_nearest_slice_respects_image_bounds():
     assert geometry.nearest_slice([-50, 10, 5], positions, orientations, spacings, shapes)[0] == -1
 
 
-@pytest.mark.filterwarnings("ignore::src.dicom.DicomWarning")
+@pytest.mark.filterwarnings("ignore::src.data.dicom.DicomWarning")
 def test_sagittal_label_lands_in_axial_canal(synth_dir):
     """A spinal-canal point picked on the sagittal T2 maps to an axial slice near the disc, inside the canal."""
     coords = pd.read_csv(synth_dir / "train_label_coordinates.csv")

@@ -49,11 +49,12 @@ def test_copy_runs_takes_only_what_inference_needs(tmp_path):
 
 def test_package_ships_only_what_inference_imports(tmp_path):
     closure = {p.relative_to(REPO).as_posix() for p in meta.code_closure([REPO / "infer.py", REPO / "localize.py"])}
-    assert {"src/__init__.py", "src/pipeline.py", "src/localizer/__init__.py", "src/localizer/infer.py",
-            "src/localizer/plan.py", "src/run_folders.py", "src/dicom.py", "src/classify.py"} <= closure
-    # Training, data generation, folds and evaluation never ship.
-    assert not closure & {"src/synth.py", "src/engine.py", "src/tasks.py", "src/folds.py", "src/evaluation.py",
-                          "src/localizer/task.py", "kaggle/meta.py"}
+    assert {"src/__init__.py", "src/inference/pipeline.py", "src/localizer/__init__.py", "src/localizer/infer.py",
+            "src/localizer/plan.py", "src/run_folders.py", "src/data/dicom.py", "src/inference/classify.py"} <= closure
+    # Training, data generation, folds and evaluation reports never ship.
+    assert not closure & {"src/training/engine.py", "src/classifier/task.py", "src/data/folds.py",
+                          "src/evaluation/reports.py", "src/localizer/task.py", "kaggle/meta.py"}
+    assert not [p for p in closure if p.startswith("src/synth/")]
     written = meta.package(make_fake_runs(tmp_path / "runs"), tmp_path / "out")
     names = {p.relative_to(tmp_path / "out").as_posix() for p in written}
     assert {"infer.py", "localize.py", "requirements.txt", "runs/attn_resnext/fold0/best.pt"} <= names

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from src.dicom import Series
+from src.data.dicom import Series
 from src.localizer.data import gaussian_heatmaps
 from src.localizer.decode import (assign_levels, centre_slice, decode_searched, decode_slice, refine_peak,
                                   side_of_slices)

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from src.crops import CropSpec, build_crops
+from src.classifier.crops import CropSpec, build_crops
 from src.localizer.infer import Localizer, recentre_midline
 from src.localizer.plan import PARTS, PLAN
-from src.tables import load_coordinates, load_series_descriptions
+from src.data.tables import load_coordinates, load_series_descriptions
 from conftest import make_fake_runs
 from test_localizer_decode import _axial, _sagittal
 
@@ -165,7 +165,7 @@ def test_generated_variety_studies_decode_to_their_true_points(variety_dir):
     1 mm in plane, axial points on the slice nearest the truth (+-1), and levels never shift."""
     import pandas as pd
 
-    from src.dicom import read_series
+    from src.data.dicom import read_series
 
     latent = pd.read_csv(variety_dir / "train_latent.csv")
     table = load_series_descriptions(variety_dir / "train_series_descriptions.csv")
@@ -201,8 +201,8 @@ def test_batches_of_studies_localize_as_one_study_at_a_time(synth_dir, tmp_path)
     import pandas as pd
     import torch
 
-    from src.cache import prepare
-    from src.faults import FaultLog
+    from src.data.cache import prepare
+    from src.inference.faults import FaultLog
     from src.localizer.infer import localize
 
     cache = tmp_path / "cache"

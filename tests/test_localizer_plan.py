@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from src.config import resolve
+from src.training.config import resolve
 from src.constants import AXIAL_T2, CONDITION_SERIES, CONDITIONS, LEVELS, LOCALIZER_ORDER, SAGITTAL_T1, SERIES_KEYS
 from src.localizer.plan import PARTS, PLAN, build_plan, part
-from src.models import build_model
+from src.classifier.models import build_model
 
 
 def test_plan_is_derived_from_the_constants():

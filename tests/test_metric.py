@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from src.constants import TARGETS
-from src.metric import MetricError, prior_submission, score, score_parts
+from src.evaluation.metric import MetricError, prior_submission, score, score_parts
 
 ROWS = [
     # row_id, true class
@@ -105,7 +105,7 @@ def test_prior_is_weighted_frequency_and_beats_uniform():
 
 
 def test_real_prior_scores_about_091(shared):
-    from src.tables import load_train, solution_frame
+    from src.data.tables import load_train, solution_frame
 
     sol = solution_frame(load_train(shared / "train.csv"))
     assert score(sol, prior_submission(sol, sol["row_id"].tolist())) == pytest.approx(0.911, abs=0.005)

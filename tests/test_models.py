@@ -1,8 +1,8 @@
 import timm
 import torch
 
-from src.config import resolve
-from src.models import AttnResNeXt, build_model
+from src.training.config import resolve
+from src.classifier.models import AttnResNeXt, build_model
 
 
 def _batch(cfg, n=4):
@@ -97,7 +97,7 @@ def test_plain_cnn_baseline_is_four_conv_blocks():
 
 
 def test_study_model_sees_a_study_at_once_and_masks_missing_crops():
-    from src.models import StudyModel, positions
+    from src.classifier.models import StudyModel, positions
 
     cfg = resolve("study", "tiny", overrides={"crop": {"size_px": 32}})
     model = build_model(cfg).eval()
@@ -137,7 +137,7 @@ def test_study_model_starts_from_a_trained_per_crop_run(tmp_path):
     study = build_model(resolve("study", "tiny", overrides={"study": {"init_from": str(tmp_path / "best.pt")}}))
     assert all(torch.equal(v, crop.state_dict()[k]) for k, v in study.crop.state_dict().items())
     x = torch.rand(1, 25, 3, 64, 64)
-    from src.models import positions
+    from src.classifier.models import positions
 
     c, lv = (t.view(1, -1) for t in positions())
     with torch.no_grad():  # the correction starts at zero: the study model starts as the per-crop model

@@ -7,7 +7,7 @@ import pytest
 import infer as infer_script
 from conftest import make_fake_runs
 from src.constants import TARGETS
-from src.tables import load_series_descriptions, load_submission
+from src.data.tables import load_series_descriptions, load_submission
 
 
 @pytest.fixture()
@@ -91,13 +91,13 @@ def test_broken_classifier_run_still_gives_every_row(synth_dir, tmp_path):
 
 
 def test_finalize_orders_rows_and_repairs_invalid_ones():
-    from src.pipeline import finalize
+    from src.inference.pipeline import finalize
 
     ids = ["1_spinal_canal_stenosis_l1_l2", "1_spinal_canal_stenosis_l2_l3", "1_spinal_canal_stenosis_l3_l4"]
     prior = pd.DataFrame({"row_id": ids, "normal_mild": 0.5, "moderate": 0.3, "severe": 0.2})
     sub = pd.DataFrame({"row_id": ids[::-1], "normal_mild": [2.0, np.nan, 1.0], "moderate": [1.0, 0.1, 1.0],
                         "severe": [1.0, 0.1, 0.0]})
-    from src.faults import FaultLog
+    from src.inference.faults import FaultLog
 
     faults = FaultLog()
     with pytest.warns(UserWarning, match="1 rows had non-finite or invalid predictions"):
@@ -109,11 +109,11 @@ def test_finalize_orders_rows_and_repairs_invalid_ones():
 
 @pytest.mark.filterwarnings("ignore")
 def test_make_submission_prepares_once_and_keeps_only_the_asked_studies(synth_dir, tmp_path, monkeypatch):
-    import src.cache
-    import src.pipeline as pipeline
+    import src.data.cache
+    import src.inference.pipeline as pipeline
 
     calls = []
-    real = src.cache.prepare
+    real = src.data.cache.prepare
     monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: calls.append(a) or real(*a, **k))
     runs = make_fake_runs(tmp_path / "runs")
     studies = load_series_descriptions(synth_dir / "test_series_descriptions.csv")["study_id"].unique()[:2].tolist()
@@ -127,8 +127,8 @@ def test_make_submission_prepares_once_and_keeps_only_the_asked_studies(synth_di
 @pytest.mark.filterwarnings("ignore")
 def test_the_coordinates_written_beside_a_submission_score_as_localizing_again(synth_dir, tmp_path):
     import evaluate_localization
-    from src.pipeline import coordinates_path
-    from src.tables import load_coordinates
+    from src.inference.pipeline import coordinates_path
+    from src.data.tables import load_coordinates
 
     runs = make_fake_runs(tmp_path / "runs", classifiers=False)
     out = tmp_path / "sub" / "submission.csv"

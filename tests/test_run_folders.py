@@ -39,7 +39,7 @@ def test_load_model_rebuilds_from_the_run_alone(tmp_path):
 def test_a_broken_config_costs_only_its_run_and_is_named(tmp_path):
     import pytest
 
-    from src.faults import FaultLog
+    from src.inference.faults import FaultLog
     from src.run_folders import RunFileError, read_config
 
     runs = make_fake_runs(tmp_path / "runs", folds=(0, 1))

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from src.constants import GROUPS, TARGETS, group_of, row_study_ids
-from src.metric import score
-from src.stacker import apply_stacker, fit_stacker, metric_loss, nested_scores, valid_stacker
-from src.tables import load_train, solution_frame
+from src.evaluation.metric import score
+from src.inference.stacker import apply_stacker, fit_stacker, metric_loss, nested_scores, valid_stacker
+from src.data.tables import load_train, solution_frame
 
 
 def _frames(solution: pd.DataFrame, seed: int = 0) -> dict[str, pd.DataFrame]:
@@ -49,8 +49,8 @@ def test_stacker_beats_its_members_and_is_scored_honestly(synth_dir):
 
 
 def test_inference_applies_a_fitting_stacker_and_names_one_that_does_not(synth_dir):
-    from src.faults import FaultLog
-    from src.pipeline import _combine
+    from src.inference.faults import FaultLog
+    from src.inference.pipeline import _combine
 
     solution = solution_frame(load_train(synth_dir / "train.csv"))
     frames = _frames(solution)
@@ -65,7 +65,7 @@ def test_inference_applies_a_fitting_stacker_and_names_one_that_does_not(synth_d
 
 
 def test_context_stacker_sees_the_rest_of_the_study(synth_dir):
-    from src.stacker import _context
+    from src.inference.stacker import _context
 
     solution = solution_frame(load_train(synth_dir / "train.csv"))
     frames = _frames(solution)

@@ -9,8 +9,8 @@ from src.constants import TARGETS
 def test_study_any_severe_loss_is_the_metrics_term():
     """On a batch of studies the study model's extra loss equals the metric's any-severe-spinal part."""
     from src.constants import SAMPLE_WEIGHTS
-    from src.metric import score_parts
-    from src.study import any_severe_loss
+    from src.evaluation.metric import score_parts
+    from src.classifier.study import any_severe_loss
 
     rng = np.random.default_rng(0)
     logits = torch.tensor(rng.normal(size=(6, 25, 3)))

@@ -7,21 +7,12 @@ import pydicom
 import pytest
 
 from src.constants import CONDITION_SERIES, CONDITIONS, LABEL_COLUMNS, LEVELS, TARGETS
-from src.metric import prior_submission, score
-from src.synth import (
-    REAL_AXIAL_SERIES,
-    REAL_SAGITTAL_COUNTS,
-    REAL_STUDIES,
-    REAL_STUDIES_WITHOUT_SOME_COORDINATES,
-    SEQUENCES,
-    TISSUE,
-    Anatomy,
-    generate,
-    label_probabilities,
-    metric_optimal,
-    render_anatomy,
-)
-from src.tables import (
+from src.evaluation.metric import prior_submission, score
+from src.synth import generate
+from src.synth.anatomy import SEQUENCES, TISSUE, Anatomy, render_anatomy
+from src.synth.config import REAL_AXIAL_SERIES, REAL_SAGITTAL_COUNTS, REAL_STUDIES, REAL_STUDIES_WITHOUT_SOME_COORDINATES
+from src.synth.labels import label_probabilities, metric_optimal
+from src.data.tables import (
     load_coordinates,
     load_series_descriptions,
     load_solution,

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from src.constants import LABEL_COLUMNS, TARGETS
-from src.tables import (
+from src.data.tables import (
     DataError,
     load_coordinates,
     load_series_descriptions,

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from src.config import resolve
+from src.training.config import resolve
 from src.localizer.plan import PLAN
 from src.localizer.data import gaussian_heatmaps
 from src.localizer.task import LocalizerTask, level_loss
-from src.tasks import ClassifierTask
+from src.classifier.task import ClassifierTask
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +55,10 @@ def test_jittered_training_crops_are_variants_of_the_training_rows_only(override
 
 def test_jitter_errors_come_from_this_folds_localizer_predictions(overrides, tmp_path):
     from src.atomic import write_csv
-    from src.cache import prepare
+    from src.data.cache import prepare
     from src.run_folders import localizer_run, run_dir
-    from src.tables import load_coordinates
-    from src.tasks import jitter_errors
+    from src.data.tables import load_coordinates
+    from src.classifier.task import jitter_errors
 
     cfg = resolve("attn_resnext", "tiny", None, {**overrides, "runs": str(tmp_path), "fold": 1,
                                                   "jitter": {"copies": 1, "errors": "localizer"}})

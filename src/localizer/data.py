@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..atomic import atomic_path, write_csv
-from ..cache import entries_signature, load_series, series_cache_path, to_stored, to_unit
-from ..dicom import Series
+from ..data.cache import entries_signature, load_series, series_cache_path, to_stored, to_unit
+from ..data.dicom import Series
 from ..progress import progress
 from .frame import Frame, frame_of
 from .plan import STRIDE, part

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cache import load_series, series_cache_path
-from ..dicom import Series
+from ..data.cache import load_series, series_cache_path
+from ..data.dicom import Series
 
 
 def point_errors(pred: pd.DataFrame, truth: pd.DataFrame, cache_dir: Path, split: str) -> pd.DataFrame:

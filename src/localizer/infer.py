@@ -21,11 +21,11 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from ..cache import load_series, series_cache_path, to_stored
+from ..data.cache import load_series, series_cache_path, to_stored
 from ..constants import PREDICTED_COORDINATE_COLUMNS, condition_side
-from ..device import autocast, inference_dtype, keep_freed_cpu_memory, pick_device
-from ..dicom import Series
-from ..faults import FaultLog
+from ..training.device import autocast, inference_dtype, keep_freed_cpu_memory, pick_device
+from ..data.dicom import Series
+from ..inference.faults import FaultLog
 from ..parallel import batches_ahead
 from ..run_folders import first_line, fold_of, load_error, load_model, localizer_run, trained_folds
 from .data import series_stacks, stack_of

@@ -6,10 +6,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ..cache import load_series, series_cache_path
+from ..data.cache import load_series, series_cache_path
 from ..constants import PREDICTED_COORDINATE_COLUMNS
-from ..tables import load_series_descriptions
-from ..tasks import training_tables
+from ..data.tables import load_series_descriptions
+from ..classifier.task import training_tables
 from .data import SliceDataset, build_slice_store, loc_transform
 from .decode import decode_series_points
 from .errors import point_errors

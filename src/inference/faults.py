@@ -17,8 +17,8 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .atomic import write_json
-from .constants import parse_row_id, slug
+from ..atomic import write_json
+from ..constants import parse_row_id, slug
 
 # Units that mean the models were not used as trained: `infer.py --strict` exits with MODEL_DROPPED_EXIT for them.
 MODEL_UNITS = ("fold", "member", "localizer", "models", "ensemble", "predictions", "geometry")

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .constants import (
+from ..constants import (
     ANY_SEVERE_SCALAR,
     COLUMN_TO_CONDITION_LEVEL,
     GROUPS,
@@ -26,7 +26,7 @@ from .constants import (
     row_study_ids,
     split_row_id,
 )
-from .metric import score
+from ..evaluation.metric import score
 
 EPS = 1e-15  # sklearn's log_loss clipping
 

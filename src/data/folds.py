@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
-from .constants import LABEL_COLUMNS, SEVERITIES
+from ..constants import LABEL_COLUMNS, SEVERITIES
 from .tables import DataError, load_train, solution_frame
 
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import yaml
 
-from .atomic import write_text
-from .constants import SAMPLE_WEIGHTS, SERIES_KEYS
-from .parallel import default_workers
-from .paths import SYNTH_DIR, dataset_name, folds_file_for, portable as portable_path, runs_dir_for
+from ..atomic import write_text
+from ..constants import SAMPLE_WEIGHTS, SERIES_KEYS
+from ..parallel import default_workers
+from ..paths import SYNTH_DIR, dataset_name, folds_file_for, portable as portable_path, runs_dir_for
 
 class ConfigError(KeyError, ValueError):
     """An unknown model, preset or config key; the message names where it came from."""

@@ -14,17 +14,17 @@ import torch
 import torch.nn.functional as F
 
 from .augment import DeviceAugment, eval_transform, train_transform, use_device_path
-from .cache import prepare
-from .constants import TARGETS
+from ..data.cache import prepare
+from ..constants import TARGETS
 from .crops import CropSpec, build_crops, jittered
 from .datasets import CropDataset
-from .folds import ensure_folds, fold_solution
-from .localizer.errors import point_errors
-from .localizer.plan import PLAN
-from .metric import overlay, prior_submission, score_parts
-from .paths import cache_dir_for
-from .run_folders import localizer_run, run_dir
-from .tables import labels_long, load_coordinates, load_submission, load_train, solution_frame
+from ..data.folds import ensure_folds, fold_solution
+from ..localizer.errors import point_errors
+from ..localizer.plan import PLAN
+from ..evaluation.metric import overlay, prior_submission, score_parts
+from ..paths import cache_dir_for
+from ..run_folders import localizer_run, run_dir
+from ..data.tables import labels_long, load_coordinates, load_submission, load_train, solution_frame
 
 
 def training_tables(cfg: dict, is_main: bool) -> tuple[Path, Path, pd.DataFrame, pd.DataFrame, pd.DataFrame]:

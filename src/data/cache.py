@@ -21,9 +21,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path, write_text
+from ..atomic import atomic_path, write_text
 from .dicom import DicomError, Series, read_series
-from .parallel import progress_map
+from ..parallel import progress_map
 from .tables import load_series_descriptions
 
 CODECS = {"jpeg": (".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95]), "png": (".png", [cv2.IMWRITE_PNG_COMPRESSION, 6])}

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import log_loss
 
-from .constants import (
+from ..constants import (
     ANY_SEVERE_SCALAR,
     GROUPS,
     REAL_CLASS_FREQUENCIES,

@@ -12,12 +12,12 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from .classify import centre_unit
-from .constants import LEVELS
+from ..inference.classify import centre_unit
+from ..constants import LEVELS
 from .models import N_PAIRS as N_POSITIONS
 from .models import pair_index, positions
-from .stacker import any_severe_term
-from .tasks import ClassifierTask
+from ..inference.stacker import any_severe_term
+from .task import ClassifierTask
 
 class StudyDataset(Dataset):
     """Items: crops (25, S, P, P) 8-bit raw (zeros where missing), mask (25), label (25; -1 unknown), row (the

@@ -14,14 +14,14 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from .augment import FLIPPED_CONDITION
-from .constants import TARGETS
-from .crops import CropSpec, crop_table, cut_study
-from .device import autocast, inference_dtype, keep_freed_cpu_memory
+from ..classifier.augment import FLIPPED_CONDITION
+from ..constants import TARGETS
+from ..classifier.crops import CropSpec, crop_table, cut_study
+from ..training.device import autocast, inference_dtype, keep_freed_cpu_memory
 from .faults import FaultLog
-from .models import StudyModel
-from .parallel import batches_ahead
-from .run_folders import BEST, fold_of, first_line, load_error, load_model, trained_folds
+from ..classifier.models import StudyModel
+from ..parallel import batches_ahead
+from ..run_folders import BEST, fold_of, first_line, load_error, load_model, trained_folds
 
 
 @dataclass(eq=False)  # hashed by identity: two folds may hold equal configs

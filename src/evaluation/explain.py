@@ -11,11 +11,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from .cache import load_series, series_cache_path, to_unit  # noqa: E402
-from .constants import CONDITIONS, LEVELS, SEVERITIES, TARGETS, row_id  # noqa: E402
-from .crops import CropSpec, build_crops  # noqa: E402
-from .device import pick_device  # noqa: E402
-from .run_folders import classifier_runs, load_model, trained_folds  # noqa: E402
+from ..data.cache import load_series, series_cache_path, to_unit  # noqa: E402
+from ..constants import CONDITIONS, LEVELS, SEVERITIES, TARGETS, row_id  # noqa: E402
+from ..classifier.crops import CropSpec, build_crops  # noqa: E402
+from ..training.device import pick_device  # noqa: E402
+from ..run_folders import classifier_runs, load_model, trained_folds  # noqa: E402
 
 
 def _phrase(condition: str) -> str:

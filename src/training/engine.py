@@ -25,16 +25,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from . import config as config_lib
-from .atomic import remove_orphans, save_torch, write_csv, write_json
-from .datasets import seed_worker
+from ..atomic import remove_orphans, save_torch, write_csv, write_json
+from ..classifier.datasets import seed_worker
 from .device import autocast, pick_device, training_amp
-from .localizer.task import LocalizerTask
-from .models import build_model
-from .progress import interactive, log, progress
-from .folds import check_fold
-from .run_folders import BEST, CONFIG, DONE, LAST, LOG, OOF, first_line, run_dir
-from .study import StudyTask
-from .tasks import ClassifierTask
+from ..localizer.task import LocalizerTask
+from ..classifier.models import build_model
+from ..progress import interactive, log, progress
+from ..data.folds import check_fold
+from ..run_folders import BEST, CONFIG, DONE, LAST, LOG, OOF, first_line, run_dir
+from ..classifier.study import StudyTask
+from ..classifier.task import ClassifierTask
 
 TASKS = {"classifier": ClassifierTask, "localizer": LocalizerTask, "study": StudyTask}
 

@@ -12,8 +12,8 @@ import torch
 from timm.layers import SEModule
 from torch import nn
 
-from .constants import CONDITIONS, LEVELS
-from .localizer import plan as localizer_plan
+from ..constants import CONDITIONS, LEVELS
+from ..localizer import plan as localizer_plan
 
 N_PAIRS = len(CONDITIONS) * len(LEVELS)
 

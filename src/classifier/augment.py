@@ -17,7 +17,7 @@ import cv2
 import torch
 import torch.nn.functional as F
 
-from .constants import AXIAL_T2, CONDITION_SERIES, CONDITIONS, MIRROR_CONDITION
+from ..constants import AXIAL_T2, CONDITION_SERIES, CONDITIONS, MIRROR_CONDITION
 
 # Condition index after a horizontal flip of its crop: left <-> right on axial crops only (on a sagittal crop
 # a flip swaps anterior and posterior, which leaves the condition's side as it is).

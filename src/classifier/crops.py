@@ -14,12 +14,12 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from . import geometry
-from .atomic import atomic_path, write_csv, write_text
-from .cache import entries_signature, load_series, series_cache_path, to_stored
-from .constants import CONDITIONS, LEVELS, group_of, label_column, row_id
-from .dicom import Series, normalize_intensity
-from .parallel import progress_map
+from ..data import geometry
+from ..atomic import atomic_path, write_csv, write_text
+from ..data.cache import entries_signature, load_series, series_cache_path, to_stored
+from ..constants import CONDITIONS, LEVELS, group_of, label_column, row_id
+from ..data.dicom import Series, normalize_intensity
+from ..parallel import progress_map
 
 
 @dataclass(frozen=True)

@@ -16,21 +16,21 @@ import pandas as pd
 import torch
 
 from . import ensemble as ensemble_lib
-from .atomic import write_csv
-from .cache import prepare
+from ..atomic import write_csv
+from ..data.cache import prepare
 from .classify import run_classifiers
-from .constants import PREDICTED_COORDINATE_COLUMNS, TARGETS, parse_row_id
-from .device import pick_device
-from .explain import explain
-from .localizer.infer import Localizer, localize
-from .dicom import GEOMETRY_FALLBACK
+from ..constants import PREDICTED_COORDINATE_COLUMNS, TARGETS, parse_row_id
+from ..training.device import pick_device
+from ..evaluation.explain import explain
+from ..localizer.infer import Localizer, localize
+from ..data.dicom import GEOMETRY_FALLBACK
 from .faults import FaultLog
-from .parallel import loader_workers
-from .metric import overlay, prior_rows, prior_table
-from .progress import log
-from .run_folders import classifier_runs, ensemble_file, is_run_name
+from ..parallel import loader_workers
+from ..evaluation.metric import overlay, prior_rows, prior_table
+from ..progress import log
+from ..run_folders import classifier_runs, ensemble_file, is_run_name
 from .stacker import apply_stacker, valid_stacker
-from .tables import (
+from ..data.tables import (
     DataError,
     bad_row_ids,
     load_row_ids,

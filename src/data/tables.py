@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .constants import (
+from ..constants import (
     COLUMN_TO_CONDITION_LEVEL,
     CONDITIONS,
     COORDINATE_COLUMNS,

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .augment import FLIPPED_CONDITION, was_flipped
-from .cache import to_unit
+from ..data.cache import to_unit
 
 def flip_condition(condition_idx: int) -> int:
     """Condition index after a horizontal flip of its crop (left <-> right on axial crops)."""

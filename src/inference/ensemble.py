@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize, minimize_scalar
 
-from .constants import GROUPS, TARGETS, group_of
-from .metric import score
-from .run_folders import OOF, classifier_runs, first_line, is_run_name, trained_folds
-from .tables import DataError, load_submission
+from ..constants import GROUPS, TARGETS, group_of
+from ..evaluation.metric import score
+from ..run_folders import OOF, classifier_runs, first_line, is_run_name, trained_folds
+from ..data.tables import DataError, load_submission
 
 
 def sharpen(probs: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:

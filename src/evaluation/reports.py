@@ -25,12 +25,12 @@ from sklearn.metrics import (  # noqa: E402
     roc_curve,
 )
 
-from . import ensemble as ensemble_lib  # noqa: E402
-from .atomic import write_json, write_text  # noqa: E402
-from .constants import CONDITIONS, GROUPS, SEVERITIES, TARGETS, group_of, level_of, row_study_ids  # noqa: E402
+from ..inference import ensemble as ensemble_lib  # noqa: E402
+from ..atomic import write_json, write_text  # noqa: E402
+from ..constants import CONDITIONS, GROUPS, SEVERITIES, TARGETS, group_of, level_of, row_study_ids  # noqa: E402
 from .metric import prior_submission, score_parts  # noqa: E402
-from .run_folders import LOG, ensemble_file, trained_folds  # noqa: E402
-from .tables import DataError, load_solution, load_submission, load_train, solution_frame  # noqa: E402
+from ..run_folders import LOG, ensemble_file, trained_folds  # noqa: E402
+from ..data.tables import DataError, load_solution, load_submission, load_train, solution_frame  # noqa: E402
 
 # The attention paper's own results (lumbar disc herniation, its private data): a reference, not a target.
 PAPER = {"acc": 0.9486, "auc": 0.969, "f1": 0.938, "precision": 0.935, "recall": 0.9412, "auprc": 0.981}
