@@ -34,19 +34,19 @@ from src.data.folds import fold_solution, load_folds  # noqa: E402
 from src.localizer.errors import LEVEL_OFF_MM, point_errors, summarize_errors  # noqa: E402
 from src.localizer.infer import Localizer, localize  # noqa: E402
 from src.localizer.plan import PLAN  # noqa: E402
-from src.evaluation.metric import overlay, prior_submission, score  # noqa: E402
+from src.evaluation.metric import fold_prior, overlay, score  # noqa: E402
 from src.paths import cache_dir_for, reports_dir_for  # noqa: E402
 from src.parallel import loader_workers  # noqa: E402
 from src.inference.pipeline import series_table  # noqa: E402
 from src.run_folders import OOF, classifier_runs, fold_of, localizer_run, run_dir, trained_folds  # noqa: E402
-from src.data.tables import DataError, load_coordinates, load_submission, load_train, solution_frame  # noqa: E402
+from src.data.tables import DataError, load_coordinates, load_submission, load_train  # noqa: E402
 
 
 def classifier_scores(runs: Path, fold: int, predicted: pd.DataFrame, cache_dir: Path, train: pd.DataFrame,
                       folds: pd.DataFrame, device: torch.device) -> list[dict]:
     """Each classifier's score on one fold with crops at the labelled (its oof.csv) and the predicted coordinates."""
     solution = fold_solution(train, folds, fold)
-    prior = prior_submission(solution_frame(train, folds.loc[folds["fold"] != fold, "study_id"]), solution["row_id"].tolist())
+    prior = fold_prior(train, folds, solution)
     out = []
     for name in classifier_runs(runs):
         for member in load_members(runs, [name], device, FaultLog(), [fold]):

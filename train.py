@@ -20,6 +20,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 from src import cli  # noqa: E402
 from src.training import config as config_lib  # noqa: E402
 from src.training.engine import fit, shutdown  # noqa: E402
+from src.training.registry import TASKS  # noqa: E402
 from src.localizer.plan import PLAN  # noqa: E402
 from src.progress import log  # noqa: E402
 from src.run_folders import localizer_run  # noqa: E402
@@ -90,7 +91,7 @@ def _keys_epilog() -> str:
 
 
 def _fit(cfg: dict) -> dict:
-    result = fit(cfg)
+    result = fit(cfg, TASKS)
     refs = "".join(f", {k} {v:.4f}" for k, v in result.get("references", {}).items())
     log(f"{cfg['name']} fold {cfg['fold']}: best epoch {result.get('best_epoch')}, "
           f"score {result.get('score', float('nan')):.4f}{refs} -> {result['run_dir']}")

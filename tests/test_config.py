@@ -117,7 +117,7 @@ def test_per_type_values_reach_each_runs_saved_config(tmp_path, monkeypatch, cap
     config is saved, as the engine does first)."""
     import train
 
-    def saving_fit(cfg):
+    def saving_fit(cfg, tasks):
         folder = Path(cfg["runs"]) / cfg["name"] / f"fold{cfg['fold']}"
         folder.mkdir(parents=True)
         config_lib.save(cfg, folder / "config.yaml")

@@ -10,6 +10,7 @@ import train as train_script
 from src.training import config as config_lib
 from src.constants import TARGETS, group_of
 from src.training.engine import fit
+from src.training.registry import TASKS
 from src.data.folds import fold_solution, load_folds
 from src.evaluation.metric import score
 from src.classifier.models import build_model
@@ -61,11 +62,11 @@ def test_resume_continues_exactly(base_args):
     def cfg_for(runs, **extra):
         return config_lib.resolve("cnn_lstm", "tiny", None, dict(common, runs=str(root / runs), **extra))
 
-    straight = fit(cfg_for("straight"))
-    fit(cfg_for("killed", epochs=2) | {"epochs": 1})  # as if killed after the first epoch
+    straight = fit(cfg_for("straight"), TASKS)
+    fit(cfg_for("killed", epochs=2) | {"epochs": 1}, TASKS)  # as if killed after the first epoch
     run = root / "killed" / "cnn_lstm" / "fold0"
     assert torch.load(run / "last.pt", weights_only=True)["state"]["epoch"] == 1
-    resumed = fit(cfg_for("killed", resume=True))
+    resumed = fit(cfg_for("killed", resume=True), TASKS)
     assert pd.read_csv(run / "log.csv")["epoch"].tolist() == [1, 2]
     a = torch.load(root / "straight" / "cnn_lstm" / "fold0" / "last.pt", weights_only=True)["model"]
     b = torch.load(run / "last.pt", weights_only=True)["model"]

@@ -11,6 +11,13 @@ from src.localizer.task import LocalizerTask, level_loss
 from src.classifier.task import ClassifierTask
 
 
+def ready(task):
+    """A task as the engine uses it: prepared (caches written), then loaded."""
+    task.prepare()
+    task.load()
+    return task
+
+
 @pytest.fixture(scope="module")
 def overrides(synth_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("tasks")
@@ -20,7 +27,7 @@ def overrides(synth_dir, tmp_path_factory):
 
 @pytest.mark.filterwarnings("ignore")
 def test_classifier_task_splits_by_study_and_scores_every_validation_row(overrides):
-    task = ClassifierTask(resolve("attn_resnext", "tiny", None, overrides))
+    task = ready(ClassifierTask(resolve("attn_resnext", "tiny", None, overrides)))
     train_studies, val_studies = set(task.train_index["study_id"]), set(task.val_index["study_id"])
     assert train_studies and val_studies and not train_studies & val_studies
     assert task.train_index["label"].notna().all()  # unlabelled crops never train
@@ -38,11 +45,22 @@ def test_classifier_task_splits_by_study_and_scores_every_validation_row(overrid
     assert float(loss) < 1e-6  # unknown labels (-1) are ignored
 
 
+@pytest.mark.parametrize("task_class", [ClassifierTask, LocalizerTask])
+def test_building_a_task_decodes_and_writes_nothing(synth_dir, tmp_path, task_class):
+    overrides = {"data_dir": str(synth_dir), "cache_dir": str(tmp_path / "cache"), "folds": str(tmp_path / "folds.csv"),
+                 "runs": str(tmp_path / "runs"), "series_type": PLAN[0].key}
+    model = "localizer" if task_class is LocalizerTask else "attn_resnext"
+    task_class(resolve(model, "tiny", None, overrides))
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(FileNotFoundError):  # load reads what prepare writes
+        task_class(resolve(model, "tiny", None, overrides)).load()
+
+
 @pytest.mark.filterwarnings("ignore")
 def test_jittered_training_crops_are_variants_of_the_training_rows_only(overrides, tmp_path):
     jitter = {"copies": 2, "errors": None, "mm": 2.0, "slices": 0.5}
-    task = ClassifierTask(resolve("attn_resnext", "tiny", None, {**overrides, "jitter": jitter}))
-    plain = ClassifierTask(resolve("attn_resnext", "tiny", None, overrides))
+    task = ready(ClassifierTask(resolve("attn_resnext", "tiny", None, {**overrides, "jitter": jitter})))
+    plain = ready(ClassifierTask(resolve("attn_resnext", "tiny", None, overrides)))
     assert task.train_variants.shape == (len(task.train_index), 3) and plain.train_variants is None
     assert (task.train_variants[:, 0] == task.train_index["crop"]).all()
     assert task.train_index.drop(columns="crop").equals(plain.train_index.drop(columns="crop"))
@@ -50,7 +68,7 @@ def test_jittered_training_crops_are_variants_of_the_training_rows_only(override
     assert (task.train_variants[:, 1:] != task.train_variants[:, :1]).mean() > 0.9
     missing = {**jitter, "errors": "localizer"}
     with pytest.raises(FileNotFoundError, match="oof.csv"):
-        ClassifierTask(resolve("attn_resnext", "tiny", None, {**overrides, "jitter": missing, "runs": str(tmp_path)}))
+        ready(ClassifierTask(resolve("attn_resnext", "tiny", None, {**overrides, "jitter": missing, "runs": str(tmp_path)})))
 
 
 def test_jitter_errors_come_from_this_folds_localizer_predictions(overrides, tmp_path):
@@ -78,7 +96,7 @@ def test_jitter_errors_come_from_this_folds_localizer_predictions(overrides, tmp
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("part", PLAN, ids=lambda p: p.key)
 def test_localizer_task_recovers_labelled_points_from_their_own_targets(overrides, part):
-    task = LocalizerTask(resolve("localizer", "tiny", None, dict(overrides, series_type=part.key, loc={"size_px": 64})))
+    task = ready(LocalizerTask(resolve("localizer", "tiny", None, dict(overrides, series_type=part.key, loc={"size_px": 64}))))
     index = task.store.index
     assert not set(index["study_id"].iloc[task.train_rows]) & set(index["study_id"].iloc[task.val_rows])
     val = task.val_dataset()

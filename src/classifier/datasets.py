@@ -70,13 +70,3 @@ class CropDataset(Dataset):
             "label": torch.tensor(int(self._label[i])),
             "row": torch.tensor(i),
         }
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: seed numpy and the worker's albumentations pipeline from torch's seed."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    info = torch.utils.data.get_worker_info()
-    if info is not None and getattr(info.dataset, "transform", None) is not None:
-        info.dataset.transform.set_random_seed(seed)
-

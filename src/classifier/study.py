@@ -51,8 +51,11 @@ class StudyTask(ClassifierTask):
 
     input_keys = ("image", "condition", "level", "mask")
 
-    def __init__(self, cfg: dict, is_main: bool = True, device: torch.device = torch.device("cpu")):
-        super().__init__({**cfg, "aug": {**cfg["aug"], "where": "device"}}, is_main, device)  # crops augmented there
+    def __init__(self, cfg: dict, device: torch.device = torch.device("cpu")):
+        super().__init__({**cfg, "aug": {**cfg["aug"], "where": "device"}}, device)  # crops augmented there
+
+    def load(self) -> None:
+        super().load()
         self._train = StudyDataset(self.crops, self.train_index)
         self._val = StudyDataset(self.crops, self.val_index)
 

@@ -1,8 +1,7 @@
-"""What the generic train loop trains: a task builds the data, the loss and the validation numbers.
+"""The classifier's task (training.task.Task): severity of level-wise crops, the loss and the validation numbers.
 
-The loop (engine.fit) only calls a task's methods and the model's forward, so adding a model or a whole
-stage is a registry entry (engine.TASKS), never a copy of the loop. The classifier's task is here; the
-localizer's lives with the localizer (localizer/task.py). Both start from `training_tables`.
+The localizer's task lives with the localizer (localizer/task.py); both prepare and read their tables with
+`prepare_tables` and `read_tables`.
 """
 from __future__ import annotations
 
@@ -14,30 +13,16 @@ import torch
 import torch.nn.functional as F
 
 from .augment import DeviceAugment, eval_transform, train_transform, use_device_path
-from ..data.cache import prepare
+from ..data.inputs import prepare_tables, read_tables
 from ..constants import TARGETS
-from .crops import CropSpec, build_crops, jittered
+from .crops import JITTER_COLUMNS, CropSpec, build_crops, jittered
 from .datasets import CropDataset
-from ..data.folds import ensure_folds, fold_solution
+from ..data.folds import fold_solution
 from ..localizer.errors import point_errors
 from ..localizer.plan import PLAN
-from ..evaluation.metric import overlay, prior_submission, score_parts
-from ..paths import cache_dir_for
+from ..evaluation.metric import fold_prior, overlay, score_parts
 from ..run_folders import localizer_run, run_dir
-from ..data.tables import labels_long, load_coordinates, load_submission, load_train, solution_frame
-
-
-def training_tables(cfg: dict, is_main: bool) -> tuple[Path, Path, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """What every task starts from: data and cache folders (series decoded on the main process), train
-    labels, folds and the coordinates (cfg['coords'] or the data's train_label_coordinates.csv)."""
-    data_dir = Path(cfg["data_dir"])
-    cache_dir = cache_dir_for(data_dir, cfg.get("cache_dir"))
-    if is_main:  # decode any series not cached yet (a no-op once prepare.py has run)
-        prepare(data_dir, cache_dir, "train", workers=cfg["workers"])
-    train = load_train(data_dir / "train.csv")
-    folds = ensure_folds(cfg["folds"], train)
-    coords = load_coordinates(Path(cfg["coords"]) if cfg.get("coords") else data_dir / "train_label_coordinates.csv")
-    return data_dir, cache_dir, train, folds, coords
+from ..data.tables import labels_long, load_coordinates, load_submission
 
 
 def jitter_errors(cfg: dict, coords: pd.DataFrame, cache_dir: Path) -> pd.DataFrame | None:
@@ -66,37 +51,48 @@ class ClassifierTask:
     """Severity classification of level-wise crops cut at the labelled coordinates."""
 
     input_keys = ("image", "condition", "level")
+    shown = ("val_loss", "score", "acc")
 
-    def __init__(self, cfg: dict, is_main: bool = True, device: torch.device = torch.device("cpu")):
+    def __init__(self, cfg: dict, device: torch.device = torch.device("cpu")):
         self.cfg = cfg
-        _, cache_dir, self.train, self.folds, coords = training_tables(cfg, is_main)
+        self.device = device
         self.spec = CropSpec(**cfg["crop"])
-        jitter = cfg["jitter"]
+
+    def _crops(self, coords: pd.DataFrame, cache_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
+        """The crops of the coordinates (and of their jittered variants when cfg['jitter'] asks for them)."""
+        jitter = self.cfg["jitter"]
         if jitter["copies"]:
-            coords = jittered(coords, jitter["copies"], jitter_errors(cfg, coords, cache_dir), jitter["mm"],
-                              jitter["slices"], cfg["seed"])
-        self.crops, index = build_crops(coords, cache_dir, "train", self.spec, cache_dir / "crops", cfg["workers"])
+            coords = jittered(coords, jitter["copies"], jitter_errors(self.cfg, coords, cache_dir), jitter["mm"],
+                              jitter["slices"], self.cfg["seed"])
+        return build_crops(coords, cache_dir, "train", self.spec, cache_dir / "crops", self.cfg["workers"])
+
+    def prepare(self) -> None:
+        prepare_tables(self.cfg)
+        _, cache_dir, _, _, coords = read_tables(self.cfg)
+        self._crops(coords, cache_dir)
+
+    def load(self) -> None:
+        cfg = self.cfg
+        _, cache_dir, self.train, self.folds, coords = read_tables(cfg)
+        self.crops, index = self._crops(coords, cache_dir)
         variants = None
         if "variant" in index:  # one row per point (its labelled crop), its variants' crop numbers apart
             variants = index.pivot(index="row_id", columns="variant", values="crop")
-            index = index[index["variant"] == 0].drop(columns=["variant", "dx_mm", "dy_mm", "dslice"])
-        labels = labels_long(self.train)[["row_id", "label"]]
-        index = index.merge(labels, on="row_id", how="left")
-        fold_of = dict(zip(self.folds["study_id"], self.folds["fold"]))
-        index["fold"] = index["study_id"].map(fold_of)
+            index = index[index["variant"] == 0].drop(columns=["variant", *JITTER_COLUMNS])
+        index = index.merge(labels_long(self.train)[["row_id", "label"]], on="row_id", how="left")
+        index["fold"] = index["study_id"].map(dict(zip(self.folds["study_id"], self.folds["fold"])))
         self.train_index = index[(index["fold"] != cfg["fold"]) & index["label"].notna()].reset_index(drop=True)
         self.val_index = index[index["fold"] == cfg["fold"]].reset_index(drop=True)
+        if self.train_index.empty or self.val_index.empty:
+            raise ValueError(f"fold {cfg['fold']}: {len(self.train_index)} training and {len(self.val_index)} validation crops")
         self.train_variants = None
         if variants is not None:  # a variant not cut (its slice outside the series) serves the labelled crop
             wide = variants.loc[self.train_index["row_id"]]
             self.train_variants = wide.fillna({v: wide[0] for v in wide.columns}).to_numpy(np.int64)
-        if self.train_index.empty or self.val_index.empty:
-            raise ValueError(f"fold {cfg['fold']}: {len(self.train_index)} training and {len(self.val_index)} validation crops")
         self.val_solution = fold_solution(self.train, self.folds, cfg["fold"])
-        train_studies = self.folds.loc[self.folds["fold"] != cfg["fold"], "study_id"]
-        self.prior = prior_submission(solution_frame(self.train, train_studies), self.val_solution["row_id"].tolist())
+        self.prior = fold_prior(self.train, self.folds, self.val_solution)
         self.class_weights = torch.tensor(cfg["class_weights"], dtype=torch.float32)
-        use_device = use_device_path(cfg["aug"], device)
+        use_device = use_device_path(cfg["aug"], self.device)
         self.device_augment = DeviceAugment(cfg["aug"], self.spec.size_px) if use_device else None
 
     def to_device(self, batch: dict, device: torch.device, train: bool) -> dict[str, torch.Tensor]:

@@ -14,6 +14,7 @@ from ..constants import (
     group_of,
     row_study_ids,
 )
+from ..data.tables import solution_frame
 
 
 class MetricError(ValueError):
@@ -139,3 +140,19 @@ def prior_rows(table: dict[str, list[float]], row_ids: list[str]) -> pd.DataFram
 def prior_submission(train_solution: pd.DataFrame, row_ids: list[str], weighted: bool = True) -> pd.DataFrame:
     """The prior fitted on training labels (prior_table) for the given rows."""
     return prior_rows(prior_table(train_solution, weighted), row_ids)
+
+
+def row_folds(solution: pd.DataFrame, folds: pd.DataFrame) -> pd.Series:
+    """The fold of each solution row's study (NaN where the folds file has none), aligned to the rows."""
+    return pd.Series(row_study_ids(solution["row_id"]), index=solution.index).map(
+        dict(zip(folds["study_id"], folds["fold"])))
+
+
+def fold_prior(train: pd.DataFrame, folds: pd.DataFrame, solution: pd.DataFrame) -> pd.DataFrame:
+    """Each fold's rows get the prior fitted on the other folds (what a model of that fold could know)."""
+    study = row_folds(solution, folds)
+    parts = []
+    for f in sorted(study.dropna().unique()):
+        ids = solution.loc[study == f, "row_id"].tolist()
+        parts.append(prior_submission(solution_frame(train, folds.loc[folds["fold"] != f, "study_id"]), ids))
+    return pd.concat(parts, ignore_index=True)

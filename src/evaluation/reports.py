@@ -28,7 +28,7 @@ from sklearn.metrics import (  # noqa: E402
 from ..inference import ensemble as ensemble_lib  # noqa: E402
 from ..atomic import write_json, write_text  # noqa: E402
 from ..constants import CONDITIONS, GROUPS, SEVERITIES, TARGETS, group_of, level_of, row_study_ids  # noqa: E402
-from .metric import prior_submission, score_parts  # noqa: E402
+from .metric import fold_prior, prior_submission, row_folds, score_parts  # noqa: E402
 from ..run_folders import LOG, ensemble_file, trained_folds  # noqa: E402
 from ..data.tables import DataError, load_solution, load_submission, load_train, solution_frame  # noqa: E402
 
@@ -58,22 +58,6 @@ def paper_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, dict[str, 
         "auc": roc_auc_score(y, p) if both else np.nan, "auprc": average_precision_score(y, p) if both else np.nan,
     }
     return {k: {m: float(v) for m, v in d.items()} for k, d in out.items()}
-
-
-def row_folds(solution: pd.DataFrame, folds: pd.DataFrame) -> pd.Series:
-    """The fold of each solution row's study (NaN where the folds file has none), aligned to the rows."""
-    return pd.Series(row_study_ids(solution["row_id"]), index=solution.index).map(
-        dict(zip(folds["study_id"], folds["fold"])))
-
-
-def fold_prior(train: pd.DataFrame, folds: pd.DataFrame, solution: pd.DataFrame) -> pd.DataFrame:
-    """Each fold's rows get the prior fitted on the other folds (what a model of that fold could know)."""
-    study = row_folds(solution, folds)
-    parts = []
-    for f in sorted(study.dropna().unique()):
-        ids = solution.loc[study == f, "row_id"].tolist()
-        parts.append(prior_submission(solution_frame(train, folds.loc[folds["fold"] != f, "study_id"]), ids))
-    return pd.concat(parts, ignore_index=True)
 
 
 def _aligned(solution: pd.DataFrame, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

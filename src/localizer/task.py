@@ -1,6 +1,8 @@
 """What the train loop trains for the localizer of one series type (cfg['series_type'])."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -9,8 +11,8 @@ import torch.nn.functional as F
 from ..data.cache import load_series, series_cache_path
 from ..constants import PREDICTED_COORDINATE_COLUMNS
 from ..data.tables import load_series_descriptions
-from ..classifier.task import training_tables
-from .data import SliceDataset, build_slice_store, loc_transform
+from ..data.inputs import prepare_tables, read_tables
+from .data import SliceDataset, SliceStore, build_slice_store, loc_transform
 from .decode import decode_series_points
 from .errors import point_errors
 from .plan import part
@@ -30,15 +32,27 @@ class LocalizerTask:
     """Heatmap keypoints on one series type (cfg['series_type']); validation error in mm is the score."""
 
     input_keys = ("image",)
+    shown = ("val_loss", "score", "right_slice")
 
-    def __init__(self, cfg: dict, is_main: bool = True, device: torch.device = torch.device("cpu")):
+    def __init__(self, cfg: dict, device: torch.device = torch.device("cpu")):
         self.cfg = cfg
         self.part = part(cfg["series_type"])
-        data_dir, self.cache_dir, _, folds, coords = training_tables(cfg, is_main)
+
+    def _store(self, data_dir: Path, cache_dir: Path, coords: pd.DataFrame) -> SliceStore:
         series = load_series_descriptions(data_dir / "train_series_descriptions.csv")
-        loc = cfg["loc"]
-        self.store = build_slice_store(series, coords, self.cache_dir, self.part.key, loc["size_px"],
-                                       self.cache_dir / "slices", loc["neighbour_weight"])
+        loc = self.cfg["loc"]
+        return build_slice_store(series, coords, cache_dir, self.part.key, loc["size_px"], cache_dir / "slices",
+                                 loc["neighbour_weight"])
+
+    def prepare(self) -> None:
+        prepare_tables(self.cfg)
+        data_dir, cache_dir, _, _, coords = read_tables(self.cfg)
+        self._store(data_dir, cache_dir, coords)
+
+    def load(self) -> None:
+        cfg, loc = self.cfg, self.cfg["loc"]
+        data_dir, self.cache_dir, _, folds, coords = read_tables(cfg)
+        self.store = self._store(data_dir, self.cache_dir, coords)
         fold_of = self.store.index["study_id"].map(dict(zip(folds["study_id"], folds["fold"])))
         train_rows = np.flatnonzero((fold_of != cfg["fold"]).to_numpy())
         # Keep every slice with a target and as many of the others (drawn once, seeded): most sagittal slices
@@ -55,6 +69,12 @@ class LocalizerTask:
         val_series = set(self.store.index["series_id"].iloc[self.val_rows])
         self.val_coords = coords[coords["series_id"].isin(val_series) & coords["condition"].isin(self.part.conditions)]
         self._val = self._dataset(self.val_rows, False)
+
+    def to_device(self, batch: dict, device: torch.device, train: bool) -> dict[str, torch.Tensor]:
+        return {k: batch[k].to(device, non_blocking=True) for k in self.input_keys}
+
+    def references(self) -> dict[str, float]:
+        return {}
 
     def _dataset(self, rows: np.ndarray, train: bool) -> SliceDataset:
         return SliceDataset(self.store, rows, self.part.point_channels, self.cfg["loc"]["sigma"], loc_transform(train),
@@ -94,6 +114,6 @@ class LocalizerTask:
         err = point_errors(pred, self.val_coords, self.cache_dir, "train")
         capped = np.minimum(err["error_3d_mm"].fillna(50.0).to_numpy(), 50.0)
         metrics = {"val_loss": val_loss, "score": float(capped.mean()) if len(capped) else 50.0,
-                   "acc": float(err["instance_ok"].mean()) if len(err) else 0.0,
+                   "right_slice": float(err["instance_ok"].mean()) if len(err) else 0.0,
                    "median_mm": float(err["error_mm"].median()), "within_5mm": float((err["error_mm"] <= 5).mean())}
         return metrics, pred

@@ -13,6 +13,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -25,24 +26,29 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from . import config as config_lib
-from ..atomic import remove_orphans, save_torch, write_csv, write_json
-from ..classifier.datasets import seed_worker
+from ..atomic import remove_orphans, save_torch, write_csv, write_json, write_text
 from .device import autocast, pick_device, training_amp
-from ..localizer.task import LocalizerTask
 from ..classifier.models import build_model
 from ..progress import interactive, log, progress
 from ..data.folds import check_fold
 from ..run_folders import BEST, CONFIG, DONE, LAST, LOG, OOF, first_line, run_dir
-from ..classifier.study import StudyTask
-from ..classifier.task import ClassifierTask
+from .task import Task
 
-TASKS = {"classifier": ClassifierTask, "localizer": LocalizerTask, "study": StudyTask}
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: seed numpy and the worker's albumentations pipeline from torch's seed."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    if info is not None and getattr(info.dataset, "transform", None) is not None:
+        info.dataset.transform.set_random_seed(seed)
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -84,19 +90,26 @@ def _gather_rows(outputs: torch.Tensor, rows: torch.Tensor, world: int) -> tuple
     return outputs[first], rows[first]
 
 
-def _build_task(cfg: dict, out_dir: Path, device: torch.device, rank: int, world: int):
-    """The config's task. Under DDP rank 0 builds the caches first (decoding, crops); the others wait for it
-    on a marker file (_wait_for_main), never on a collective, then read the caches it built."""
+def _build_task(cfg: dict, tasks: Mapping[str, type[Task]], out_dir: Path, device: torch.device, rank: int,
+                world: int) -> Task:
+    """The config's task, prepared and loaded. Under DDP rank 0 prepares (decoding, folds, crops) while the
+    others wait for it on a marker file (_wait_for_main), never on a collective; then every rank loads."""
+    if cfg["task"] not in tasks:
+        raise config_lib.ConfigError(f"unknown task {cfg['task']!r}; known: {sorted(tasks)}")
+    task = tasks[cfg["task"]](cfg, device)
     if world == 1:
-        return TASKS[cfg["task"]](cfg, is_main=True, device=device)
+        task.prepare()
+        task.load()
+        return task
     box = [f"{time.time()}-{os.getpid()}"]
     dist.broadcast_object_list(box, src=0)
     marker = out_dir / ".caches_ready"
-    if rank != 0:
-        _wait_for_main(marker, box[0], cfg["ddp_wait_s"], rank)
-    task = TASKS[cfg["task"]](cfg, is_main=rank == 0, device=device)
     if rank == 0:
-        marker.write_text(box[0])
+        task.prepare()
+        write_text(box[0], marker)
+    else:
+        _wait_for_main(marker, box[0], cfg["ddp_wait_s"], rank)
+    task.load()
     dist.barrier()
     if rank == 0:
         marker.unlink(missing_ok=True)
@@ -114,21 +127,13 @@ def _validate(model, loader, task, device, amp_dtype, world: int, main: bool):
     return metrics, oof
 
 
-def model_inputs(task, batch: dict, device: torch.device, train: bool) -> dict[str, torch.Tensor]:
-    """A batch's model inputs on the device: the task's own `to_device` when it has one (e.g. augmentation on
-    the device), else its input_keys moved there."""
-    if hasattr(task, "to_device"):
-        return task.to_device(batch, device, train)
-    return {k: batch[k].to(device, non_blocking=True) for k in task.input_keys}
-
-
 @torch.no_grad()
 def forward_all(model: torch.nn.Module, loader: DataLoader, task, device, amp_dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Model outputs over a loader (float32 on CPU) and the dataset rows they belong to."""
     model.eval()
     outs, rows = [], []
     for batch in loader:
-        inputs = model_inputs(task, batch, device, train=False)
+        inputs = task.to_device(batch, device, train=False)
         with autocast(device, amp_dtype):
             outs.append(model(**inputs).float().cpu())
         rows.append(batch["row"])
@@ -287,7 +292,7 @@ def _train_epoch(t: _Trainer, task, loader, cfg: dict, first_step: int, desc: st
     bar = progress(loader, desc, disable=not main or not interactive(), leave=False)
     started, step = time.time(), -1
     for step, batch in enumerate(bar):
-        inputs = model_inputs(task, batch, t.device, train=True)
+        inputs = task.to_device(batch, t.device, train=True)
         with autocast(t.device, t.amp_dtype):
             out = t.net(**inputs)
         loss = task.loss(out, {**batch, **inputs})
@@ -332,8 +337,9 @@ def _open_run(cfg: dict, out_dir: Path, main: bool) -> dict | None:
     return None
 
 
-def fit(cfg: dict) -> dict:
-    """Train one fold of one model as the config says; returns the best epoch's metrics."""
+def fit(cfg: dict, tasks: Mapping[str, type[Task]]) -> dict:
+    """Train one fold of one model as the config says, its task (cfg['task']) one of `tasks`
+    (training.registry.TASKS); returns the best epoch's metrics."""
     rank, world, local_rank = _distributed()
     main = rank == 0
     device = pick_device(cfg["device"], local_rank)
@@ -348,7 +354,7 @@ def fit(cfg: dict) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
         remove_orphans(out_dir)  # left by a kill during a write
     try:
-        task = _build_task(cfg, out_dir, device, rank, world)
+        task = _build_task(cfg, tasks, out_dir, device, rank, world)
     except BaseException:
         if main and made and not any(out_dir.iterdir()):
             out_dir.rmdir()  # an input error leaves no empty run folder behind
@@ -414,8 +420,8 @@ def fit(cfg: dict) -> dict:
                 write_csv(oof, out_dir / OOF)
             write_csv(pd.DataFrame(progress.log), out_dir / LOG)
             save_torch(trainer.checkpoint(progress), out_dir / LAST)
-            log(f"{cfg['name']} fold {cfg['fold']} epoch {epoch + 1}: train_loss {train_loss:.4f} "
-                f"val_loss {metrics['val_loss']:.4f} score {metrics['score']:.4f} acc {metrics['acc']:.3f} "
+            shown = " ".join(f"{k} {metrics[k]:.4f}" for k in task.shown)
+            log(f"{cfg['name']} fold {cfg['fold']} epoch {epoch + 1}: train_loss {train_loss:.4f} {shown} "
                 f"({row['seconds']:.0f}s)" + (" *" if improved else ""))
     if not best_metrics and progress.log:
         best_metrics = _best_row(progress.log)
@@ -423,5 +429,4 @@ def fit(cfg: dict) -> dict:
         if not (out_dir / LAST).is_file():
             save_torch(trainer.checkpoint(progress), out_dir / LAST)
         write_json({**progress.state(), "epochs": cfg["epochs"], "patience": cfg["patience"]}, out_dir / DONE)
-    refs = task.references() if hasattr(task, "references") else {}
-    return {**best_metrics, "best_epoch": progress.best_epoch, "run_dir": str(out_dir), "references": refs}
+    return {**best_metrics, "best_epoch": progress.best_epoch, "run_dir": str(out_dir), "references": task.references()}
