@@ -69,7 +69,14 @@ MIRROR_CONDITION: dict[str, str] = {
     "Left Subarticular Stenosis": "Right Subarticular Stenosis",
     "Right Subarticular Stenosis": "Left Subarticular Stenosis",
 }
-
+# Series types whose images run along the patient's left-right axis, so a horizontal flip mirrors the side
+# (on a sagittal image a flip swaps anterior and posterior, which leaves the condition's side as it is).
+FLIP_MIRRORS_SIDE: frozenset[str] = frozenset({AXIAL_T2})
+# Condition index after a horizontal flip of its crop: the mirrored condition where the flip mirrors the side.
+FLIPPED_CONDITION: tuple[int, ...] = tuple(
+    CONDITIONS.index(MIRROR_CONDITION[c]) if CONDITION_SERIES[c] in FLIP_MIRRORS_SIDE else i
+    for i, c in enumerate(CONDITIONS)
+)
 
 
 def condition_side(condition: str) -> int:

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from src.classifier.augment import FLIPPED_CONDITION
+from src.constants import FLIPPED_CONDITION
 from src.data.cache import prepare
 from src.inference.classify import Member, batch_probabilities, centre_unit, load_members, predict_members
 from src.constants import CONDITIONS

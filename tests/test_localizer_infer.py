@@ -132,7 +132,7 @@ class _Truth(Localizer):
         self.points = points
 
     def heatmaps(self, part, slices, stacks=None, faults=None):
-        from src.localizer.data import series_frame
+        from src.localizer.frame import series_frame
         from src.localizer.plan import STRIDE
 
         cells = self.SIZE // STRIDE

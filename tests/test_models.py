@@ -38,13 +38,16 @@ def test_full_size_configs_build_and_run():
     assert heat.shape == (1, 6, size // 2, size // 2)  # five levels and every level together
 
 
-def test_attention_maps_kept_and_in_unit_range():
+def test_attention_maps_on_request_and_in_unit_range():
     cfg = resolve("attn_resnext", "tiny")
     model = build_model(cfg).eval()
-    model(*_batch(cfg))
-    stem_map = model.att_stem.spatial.last_map
+    batch = _batch(cfg)
+    with torch.no_grad():
+        shown, plain = model(*batch, return_attention=True), model(*batch)
+    stem_map = shown["attention"]
     assert stem_map.shape[:2] == (4, 1) and stem_map.shape[-1] == cfg["crop"]["size_px"] // 2
     assert 0 <= float(stem_map.min()) and float(stem_map.max()) <= 1
+    assert torch.equal(shown["logits"], plain) and not any(isinstance(v, torch.Tensor) for v in vars(model).values())
     # The condition/level embedding changes the output for the same image.
     img, _, _ = _batch(cfg, 1)
     a = model(img, torch.tensor([0]), torch.tensor([0]))

@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -147,3 +148,15 @@ def test_the_coordinates_written_beside_a_submission_score_as_localizing_again(s
     pd.testing.assert_frame_equal(pd.DataFrame(given["localization"]), pd.DataFrame(again["localization"]), rtol=1e-9)
     with pytest.raises(SystemExit):
         evaluate_localization.main(common + ["--coords", str(coordinates_path(out))])
+
+
+def test_inference_imports_no_augmentation_library_and_chooses_no_plot_backend():
+    """What the Kaggle notebook imports: no albumentations, no pyplot (whose import picks a backend)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, matplotlib; backend = matplotlib.rcParams._get_backend_or_none(); import src.inference.pipeline; "
+            "print(sorted(m for m in ('albumentations', 'matplotlib.pyplot') if m in sys.modules), "
+            "matplotlib.rcParams._get_backend_or_none() == backend)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=True).stdout
+    assert out.strip() == "[] True"

@@ -17,13 +17,7 @@ import cv2
 import torch
 import torch.nn.functional as F
 
-from ..constants import AXIAL_T2, CONDITION_SERIES, CONDITIONS, MIRROR_CONDITION
-
-# Condition index after a horizontal flip of its crop: left <-> right on axial crops only (on a sagittal crop
-# a flip swaps anterior and posterior, which leaves the condition's side as it is).
-FLIPPED_CONDITION: tuple[int, ...] = tuple(
-    CONDITIONS.index(MIRROR_CONDITION[c]) if CONDITION_SERIES[c] == AXIAL_T2 else i for i, c in enumerate(CONDITIONS)
-)
+from ..constants import FLIPPED_CONDITION
 
 
 def train_transform(aug: dict, size_px: int) -> A.Compose:

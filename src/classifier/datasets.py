@@ -7,7 +7,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from .augment import FLIPPED_CONDITION, was_flipped
+from ..constants import FLIPPED_CONDITION
+from .augment import was_flipped
 from ..data.cache import to_unit
 
 def flip_condition(condition_idx: int) -> int:

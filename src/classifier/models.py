@@ -37,12 +37,11 @@ class SpatialAttention(nn.Module):
     def __init__(self, kernel_size: int = 7):
         super().__init__()
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
-        self.last_map: torch.Tensor | None = None  # (B, 1, H, W), kept for the explanation sheets
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_map: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """x weighted by the map; with return_map also the map (B, 1, H, W), for the explanation sheets."""
         attn = torch.sigmoid(self.conv(torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)))
-        self.last_map = attn.detach()
-        return x * attn
+        return (x * attn, attn) if return_map else x * attn
 
 
 class DualAttention(nn.Module):
@@ -53,8 +52,8 @@ class DualAttention(nn.Module):
         self.channel = SEModule(channels, rd_ratio=1.0 / reduction)
         self.spatial = SpatialAttention(7)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.spatial(self.channel(x))
+    def forward(self, x: torch.Tensor, return_map: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return self.spatial(self.channel(x), return_map)
 
 
 def _head(in_features: int, hidden: int, drop: float) -> nn.Sequential:
@@ -79,16 +78,24 @@ class AttnResNeXt(nn.Module):
         self.embed = nn.Embedding(N_PAIRS, embed_dim)
         self.head = _head(self.net.num_features + embed_dim, hidden, drop)
 
-    def features(self, image: torch.Tensor, condition: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        """What the head sees: the pooled attended features and the (condition, level) embedding."""
+    def features(self, image: torch.Tensor, condition: torch.Tensor, level: torch.Tensor,
+                 return_attention: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """What the head sees: the pooled attended features and the (condition, level) embedding (and, on
+        request, the stem's spatial-attention map)."""
         n = self.net
-        x = self.att_stem(n.act1(n.bn1(n.conv1(image))))
+        x, stem_map = self.att_stem(n.act1(n.bn1(n.conv1(image))), return_map=True)
         x = n.layer4(n.layer3(n.layer2(n.layer1(n.maxpool(x)))))
         x = self.att_last(x).mean((2, 3))
-        return torch.cat([x, self.embed(pair_index(condition, level))], 1)
+        out = torch.cat([x, self.embed(pair_index(condition, level))], 1)
+        return (out, stem_map) if return_attention else out
 
-    def forward(self, image: torch.Tensor, condition: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(image, condition, level))
+    def forward(self, image: torch.Tensor, condition: torch.Tensor, level: torch.Tensor,
+                return_attention: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Logits (B, 3); with return_attention a dict of the logits and the stem's spatial attention (B, 1, h, w)."""
+        if not return_attention:
+            return self.head(self.features(image, condition, level))
+        feats, stem_map = self.features(image, condition, level, return_attention=True)
+        return {"logits": self.head(feats), "attention": stem_map}
 
 
 class CNNLSTM(nn.Module):

@@ -3,19 +3,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from ..data.cache import load_series, series_cache_path, to_unit  # noqa: E402
-from ..constants import CONDITIONS, LEVELS, SEVERITIES, TARGETS, row_id  # noqa: E402
-from ..classifier.crops import CropSpec, build_crops  # noqa: E402
-from ..training.device import pick_device  # noqa: E402
-from ..run_folders import classifier_runs, load_model, trained_folds  # noqa: E402
+from ..data.cache import load_series, series_cache_path, to_unit
+from ..constants import CONDITIONS, LEVELS, SEVERITIES, TARGETS, row_id
+from ..classifier.crops import CropSpec, build_crops
+from ..training.device import pick_device
+from ..run_folders import classifier_runs, load_model, trained_folds
+from .figures import figure, save_figure
 
 
 def _phrase(condition: str) -> str:
@@ -58,8 +55,9 @@ def attention_maps(runs: Path, coords: pd.DataFrame, cache_dir: Path, split: str
     for r in index.itertuples():
         stack = to_unit(crops[r.crop])[:, lo : lo + spec.size_px, lo : lo + spec.size_px]
         x = torch.from_numpy(stack)[None].to(device)
-        model(x, torch.tensor([r.condition_idx], device=device), torch.tensor([r.level_idx], device=device))
-        att = model.att_stem.spatial.last_map.float()
+        shown = model(x, torch.tensor([r.condition_idx], device=device), torch.tensor([r.level_idx], device=device),
+                     return_attention=True)
+        att = shown["attention"].float()
         att = torch.nn.functional.interpolate(att, size=stack.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
         out[r.row_id] = (stack[len(stack) // 2], att.cpu().numpy())
     return out
@@ -72,7 +70,7 @@ def sheet(study_id: int, coords: pd.DataFrame, probs: pd.DataFrame, maps: dict, 
     table = probs.set_index("row_id")
     n_cols = 5
     n_rows = int(np.ceil(len(slices) / n_cols)) + len(CONDITIONS)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3 * n_cols, 3 * n_rows))
+    fig, axes = figure(n_rows, n_cols, figsize=(3 * n_cols, 3 * n_rows))
     for ax in axes.ravel():
         ax.axis("off")
     for i, ((series_id, instance), g) in enumerate(slices):
@@ -100,8 +98,7 @@ def sheet(study_id: int, coords: pd.DataFrame, probs: pd.DataFrame, maps: dict, 
     fig.suptitle(f"study {study_id}: predicted points and the attention-ResNeXt's spatial attention", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
     return path
 
 

@@ -5,14 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.calibration import calibration_curve  # noqa: E402
-from sklearn.metrics import (  # noqa: E402
+import numpy as np
+import pandas as pd
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import (
     ConfusionMatrixDisplay,
     accuracy_score,
     average_precision_score,
@@ -25,12 +21,13 @@ from sklearn.metrics import (  # noqa: E402
     roc_curve,
 )
 
-from ..inference import ensemble as ensemble_lib  # noqa: E402
-from ..atomic import write_json, write_text  # noqa: E402
-from ..constants import CONDITIONS, GROUPS, SEVERITIES, TARGETS, group_of, level_of, row_study_ids  # noqa: E402
-from .metric import fold_prior, prior_submission, row_folds, score_parts  # noqa: E402
-from ..run_folders import LOG, ensemble_file, trained_folds  # noqa: E402
-from ..data.tables import DataError, load_solution, load_submission, load_train, solution_frame  # noqa: E402
+from ..inference import ensemble as ensemble_lib
+from ..atomic import write_json, write_text
+from ..constants import CONDITIONS, GROUPS, SEVERITIES, TARGETS, group_of, level_of, row_study_ids
+from .figures import figure, save_figure
+from .metric import fold_prior, prior_submission, row_folds, score_parts
+from ..run_folders import LOG, ensemble_file, trained_folds
+from ..data.tables import DataError, load_solution, load_submission, load_train, solution_frame
 
 # The attention paper's own results (lumbar disc herniation, its private data): a reference, not a target.
 PAPER = {"acc": 0.9486, "auc": 0.969, "f1": 0.938, "precision": 0.935, "recall": 0.9412, "auprc": 0.981}
@@ -68,7 +65,7 @@ def _aligned(solution: pd.DataFrame, frame: pd.DataFrame) -> tuple[np.ndarray, n
 
 
 def plot_confusion(name: str, labels, probs, groups, path: Path) -> None:
-    fig, axes = plt.subplots(1, len(GROUPS), figsize=(4.2 * len(GROUPS), 4))
+    fig, axes = figure(1, len(GROUPS), figsize=(4.2 * len(GROUPS), 4))
     for ax, g in zip(axes, GROUPS):
         m = groups == g
         ConfusionMatrixDisplay.from_predictions(labels[m], probs[m].argmax(1), labels=[0, 1, 2], display_labels=["N/M", "Mod", "Sev"],
@@ -76,13 +73,12 @@ def plot_confusion(name: str, labels, probs, groups, path: Path) -> None:
         ax.set_title(f"{g}")
     fig.suptitle(f"{name}: confusion matrices (out of fold)")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def plot_roc_pr(curves: dict[str, tuple], path: Path) -> None:
     """ROC and precision-recall of 'moderate or severe' per group, one line per model."""
-    fig, axes = plt.subplots(2, len(GROUPS), figsize=(4.2 * len(GROUPS), 8))
+    fig, axes = figure(2, len(GROUPS), figsize=(4.2 * len(GROUPS), 8))
     for j, g in enumerate(GROUPS):
         for name, (labels, probs, groups) in curves.items():
             m = groups == g
@@ -99,14 +95,13 @@ def plot_roc_pr(curves: dict[str, tuple], path: Path) -> None:
             ax.legend(fontsize=7)
     fig.suptitle("moderate or severe vs normal/mild (out of fold)")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def plot_curves(name: str, logs: list[tuple[str, pd.DataFrame]], path: Path, prior: float | None = None) -> None:
     """Per epoch and fold: training and validation loss, the validation competition score (with the prior's
     for reference) and accuracy (the CNN-LSTM paper's curves)."""
-    fig, (a, c, b) = plt.subplots(1, 3, figsize=(15, 4))
+    fig, (a, c, b) = figure(1, 3, figsize=(15, 4))
     for fold, log in logs:
         a.plot(log["epoch"], log["train_loss"], "-", label=f"{fold} train")
         a.plot(log["epoch"], log["val_loss"], "--", label=f"{fold} val")
@@ -120,8 +115,7 @@ def plot_curves(name: str, logs: list[tuple[str, pd.DataFrame]], path: Path, pri
     for ax in (a, b, c):
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> tuple[list, float]:
@@ -143,7 +137,7 @@ def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> tuple[
 def plot_reliability(name: str, labels, before, after, groups, path: Path) -> dict[str, dict[str, float]]:
     """Reliability diagram per condition group: predicted against observed frequency of each severity, before
     (dashed) and after (solid) the fitted temperatures; returns the expected calibration error of each."""
-    fig, axes = plt.subplots(1, len(GROUPS), figsize=(4.2 * len(GROUPS), 4.2))
+    fig, axes = figure(1, len(GROUPS), figsize=(4.2 * len(GROUPS), 4.2))
     ece: dict[str, dict[str, float]] = {}
     colors = ("tab:green", "tab:orange", "tab:red")
     for ax, g in zip(axes, GROUPS):
@@ -160,8 +154,7 @@ def plot_reliability(name: str, labels, before, after, groups, path: Path) -> di
         ax.legend(fontsize=7)
     fig.suptitle(f"{name}: reliability, before (dashed) and after (solid) the fitted temperatures (out of fold)")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
     return ece
 
 
@@ -182,7 +175,7 @@ def score_by(solution: pd.DataFrame, frames: dict[str, pd.DataFrame], key: pd.Se
 
 def plot_localization_errors(errors: pd.DataFrame, title: str, path: Path, cap_mm: float = 30.0) -> None:
     """Histogram of in-plane error (mm) per condition; points past cap_mm (a level off) pile up in the last bin."""
-    fig, axes = plt.subplots(1, len(CONDITIONS), figsize=(3.6 * len(CONDITIONS), 3.4), sharey=True)
+    fig, axes = figure(1, len(CONDITIONS), figsize=(3.6 * len(CONDITIONS), 3.4), sharey=True)
     for ax, condition in zip(axes, CONDITIONS):
         e = errors.loc[errors["condition"] == condition, "error_mm"].dropna().clip(upper=cap_mm)
         ax.hist(e, bins=np.linspace(0, cap_mm, 31), color="tab:blue")
@@ -193,8 +186,7 @@ def plot_localization_errors(errors: pd.DataFrame, title: str, path: Path, cap_m
     axes[0].set_ylabel("points")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 # evaluate_localization.py's per-point errors, beside its JSON in the reports folder.

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from ..classifier.augment import FLIPPED_CONDITION
+from ..constants import FLIPPED_CONDITION
 from ..constants import TARGETS
 from ..classifier.crops import CropSpec, crop_table, cut_study
 from ..training.device import autocast, inference_dtype, keep_freed_cpu_memory

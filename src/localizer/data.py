@@ -18,36 +18,9 @@ from torch.utils.data import Dataset
 
 from ..atomic import atomic_path, write_csv
 from ..data.cache import entries_signature, load_series, series_cache_path, to_stored, to_unit
-from ..data.dicom import Series
 from ..progress import progress
-from .frame import Frame, frame_of
+from .frame import series_frame
 from .plan import STRIDE, part
-
-
-def series_frame(series: Series, index: int, size: int) -> Frame:
-    """The input frame of slice `index` of a series."""
-    return frame_of(series.shape, series.spacings[index], size)
-
-
-def stack_of(series: Series, index: int, size: int) -> np.ndarray:
-    """Slices index-1, index, index+1 (ends repeated), each in the frame of slice `index`: (3, size, size).
-    The volume may be float in [0, 1] or 8-bit (cache.to_stored)."""
-    frame = series_frame(series, index, size)
-    out = np.empty((3, size, size), dtype=np.float32)
-    for k, j in enumerate((index - 1, index, index + 1)):
-        out[k] = frame.place(to_unit(series.volume[min(max(j, 0), len(series) - 1)]))
-    return out
-
-
-def series_stacks(series: Series, size: int) -> np.ndarray:
-    """stack_of for every slice of a series, (N, 3, size, size); each slice is resized once when the series'
-    pixel spacing is the same throughout (the frame is then too)."""
-    n = len(series)
-    if n == 0 or not np.all(series.spacings == series.spacings[0]):
-        return np.stack([stack_of(series, k, size) for k in range(n)]) if n else np.zeros((0, 3, size, size), np.float32)
-    frame = series_frame(series, 0, size)
-    placed = np.stack([frame.place(to_unit(image)) for image in series.volume])
-    return placed[np.clip(np.arange(n)[:, None] + np.array([-1, 0, 1]), 0, n - 1)]
 
 
 @dataclass

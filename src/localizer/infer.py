@@ -28,7 +28,7 @@ from ..data.dicom import Series
 from ..inference.faults import FaultLog
 from ..parallel import batches_ahead
 from ..run_folders import first_line, fold_of, load_error, load_model, localizer_run, trained_folds
-from .data import series_stacks, stack_of
+from .frame import series_stacks, stack_of
 from .decode import decode_searched, decode_slice
 from .plan import PLAN, Part
 
