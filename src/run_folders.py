@@ -143,6 +143,21 @@ def load_model(run: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     return model.to(device).eval(), cfg
 
 
+def load_fold_models(runs: str | Path, name: str, device: torch.device, faults,
+                     folds: list[int] | None = None) -> list[tuple[Path, torch.nn.Module, dict]]:
+    """(run folder, model, config) of every trained fold (or those listed) of one run that loads; a fold that
+    does not load is named in `faults` (unit 'fold') and dropped, the others carry on."""
+    loaded = []
+    for run in trained_folds(runs, name, folds):
+        try:
+            model, cfg = load_model(run, device)
+        except Exception as err:  # noqa: BLE001 - a bad config or checkpoint costs its fold only
+            faults.add("fold", f"{name} fold {fold_of(run)}", f"{load_error(run, err)}; fold dropped")
+            continue
+        loaded.append((run, model, cfg))
+    return loaded
+
+
 def load_error(run: Path, err: BaseException) -> str:
     """Why a fold folder did not load, in one line naming the file (load_model's RunFileError says it)."""
     return str(err) if isinstance(err, RunFileError) else f"{run}: does not load ({first_line(err)})"

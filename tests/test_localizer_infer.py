@@ -235,7 +235,8 @@ def test_batches_of_studies_localize_as_one_study_at_a_time(synth_dir, tmp_path)
     loc.models["axial"][1][0].forward = broken
     faults = FaultLog()
     again = localize(table, cache, "test", loc, faults, studies_per_batch=8)
-    assert [f.name for f in faults.of("fold")] == ["localizer_axial fold 1"] and len(loc.models["axial"]) == 1
+    assert [f.name for f in faults.of("fold")] == ["localizer_axial fold 1"] and loc.failed["axial"] == {1}
+    assert [j for j, _, _ in loc.live(PARTS["axial"])] == [0] and len(loc.models["axial"]) == 2  # the loaded folds stay
     assert len(again) == len(batched)
     loc.models["axial"][0][0].forward = broken  # no fold left: the axial conditions only go without coordinates
     faults = FaultLog()

@@ -21,7 +21,7 @@ from ..training.device import autocast, inference_dtype, keep_freed_cpu_memory
 from .faults import FaultLog
 from ..classifier.models import StudyModel
 from ..parallel import batches_ahead
-from ..run_folders import BEST, fold_of, first_line, load_error, load_model, trained_folds
+from ..run_folders import BEST, first_line, fold_of, load_fold_models, trained_folds
 
 
 @dataclass(eq=False)  # hashed by identity: two folds may hold equal configs
@@ -173,19 +173,11 @@ def load_members(runs: Path, names: list[str], device: torch.device, faults: Fau
     load is dropped, and a run left without any is dropped from the ensemble; each is named in `faults`."""
     members = []
     for name in names:
-        runs_of = trained_folds(runs, name, folds)
-        loaded = 0
-        for run in runs_of:
-            try:
-                model, cfg = load_model(run, device)
-            except Exception as err:  # noqa: BLE001 - a bad fold costs that fold only
-                faults.add("fold", f"{name} fold {fold_of(run)}", f"{load_error(run, err)}; fold dropped")
-                continue
-            members.append(Member(name, fold_of(run), model, cfg, run))
-            loaded += 1
+        loaded = load_fold_models(runs, name, device, faults, folds)
+        members += [Member(name, fold_of(run), model, cfg, run) for run, model, cfg in loaded]
         if not loaded:
-            faults.add("member", name, "no trained fold under " + str(runs) if not runs_of else "every fold failed; "
-                       "member dropped, the ensemble renormalises over the others")
+            faults.add("member", name, "no trained fold under " + str(runs) if not trained_folds(runs, name, folds)
+                       else "every fold failed; member dropped, the ensemble renormalises over the others")
     return members
 
 

@@ -27,7 +27,7 @@ from ..training.device import autocast, inference_dtype, keep_freed_cpu_memory, 
 from ..data.dicom import Series
 from ..inference.faults import FaultLog
 from ..parallel import batches_ahead
-from ..run_folders import first_line, fold_of, load_error, load_model, localizer_run, trained_folds
+from ..run_folders import first_line, fold_of, load_fold_models, localizer_run
 from .frame import series_stacks, stack_of
 from .decode import decode_searched, decode_slice
 from .plan import PLAN, Part
@@ -89,6 +89,12 @@ class Localizer:
                  batch_size: int = 256):
         self.models, self.device, self.dtype = models, device, inference_dtype(device)
         self.batch_size = batch_size  # slices per forward call
+        # Folds (by position in models[part]) that failed to predict: never run again, each named once.
+        self.failed: dict[str, set[int]] = {key: set() for key in models}
+
+    def live(self, part: Part) -> list[tuple[int, torch.nn.Module, dict]]:
+        """The part's folds that have not failed: (position, model, config)."""
+        return [(j, m, c) for j, (m, c) in enumerate(self.models[part.key]) if j not in self.failed[part.key]]
 
     @classmethod
     def from_runs(cls, runs: Path, folds: list[int] | None = None, device: torch.device | None = None,
@@ -102,12 +108,7 @@ class Localizer:
         for part in PLAN:
             name = localizer_run(part.key)
             models[part.key] = []
-            for run in trained_folds(runs, name, folds):
-                try:
-                    model, cfg = load_model(run, device)
-                except Exception as err:  # noqa: BLE001 - a bad config or checkpoint costs its fold only
-                    faults.add("fold", f"{name} fold {fold_of(run)}", f"{load_error(run, err)}; fold dropped")
-                    continue
+            for run, model, cfg in load_fold_models(runs, name, device, faults, folds):
                 first = models[part.key][0][1]["loc"]["size_px"] if models[part.key] else cfg["loc"]["size_px"]
                 if cfg["loc"]["size_px"] != first:  # heatmaps of different sizes cannot be averaged
                     faults.add("fold", f"{name} fold {fold_of(run)}", f"input size {cfg['loc']['size_px']} px, "
@@ -125,7 +126,7 @@ class Localizer:
 
     def sizes(self) -> dict[str, int]:
         """The input size of each part that has a model."""
-        return {key: self.models[key][0][1]["loc"]["size_px"] for key in self.models if self.models[key]}
+        return {key: models[0][1]["loc"]["size_px"] for key, models in self.models.items() if models}
 
     @torch.no_grad()
     def heatmaps(self, part: Part, slices: list[tuple[Series, int]], stacks: np.ndarray | None = None,
@@ -133,8 +134,8 @@ class Localizer:
         """Mean sigmoid heatmaps of the part's folds for a batch of slices (series, index): (len(slices), C, h, w).
 
         stacks are the slices' inputs when already made (else stack_of). Each fold runs over the whole batch
-        (batch_size slices per call). A fold that fails is dropped for good and named in `faults`; None when
-        no fold is left (the series type then gives no coordinates, also named).
+        (batch_size slices per call). A fold that fails joins `failed` (never run again) and is named in
+        `faults`; None when no fold is left (the series type then gives no coordinates, also named).
         """
         faults = faults if faults is not None else FaultLog()
         if stacks is None:
@@ -142,17 +143,17 @@ class Localizer:
             stacks = np.stack([stack_of(s, k, size) for s, k in slices]) if slices else np.zeros((0, 3, size, size), np.float32)
         x = torch.from_numpy(np.ascontiguousarray(stacks)).to(self.device)
         out, used = None, 0
-        for model, cfg in list(self.models[part.key]):
+        for j, model, cfg in self.live(part):
             try:
                 heat = []
                 for i in range(0, len(x), self.batch_size):
                     with autocast(self.device, self.dtype):
                         heat.append(torch.sigmoid(model(x[i : i + self.batch_size]).float()).cpu().numpy())
             except Exception as err:  # noqa: BLE001 - a fold that cannot predict costs that fold only
-                self.models[part.key].remove((model, cfg))
+                self.failed[part.key].add(j)
                 faults.add("fold", f"{localizer_run(part.key)} fold {cfg.get('fold', '?')}",
                            f"failed to predict ({first_line(err)}); fold dropped")
-                if not self.models[part.key]:
+                if not self.live(part):
                     faults.add("localizer", localizer_run(part.key), "every fold failed to predict: "
                                f"{', '.join(part.conditions)} get no coordinates", conditions=part.conditions)
                 continue
@@ -175,7 +176,7 @@ class Localizer:
             if not part.searched and not centred:  # every searched part is read: place the canal, then the levels
                 self._recentre(inputs, rows, points, faults)
                 centred = True
-            if not self.models.get(part.key):
+            if part.key not in self.models or not self.live(part):
                 continue
             run = self._searched if part.searched else self._sliced
             for i, found in run(part, inputs, points, faults).items():
