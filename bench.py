@@ -191,6 +191,7 @@ def bench_infer(data_dir: Path, runs: Path | None, preset: str | None, workers: 
     """Seconds per study and model forward calls per study of the whole offline pipeline on the data's test
     split, cache warm: over `runs` when given, else over a random-weight ensemble of 5 folds x (2 classifiers
     + 3 localizers) of the preset. keep: where to copy the submission."""
+    from src.inference.context import InferenceContext
     from src.inference.pipeline import make_submission
 
     if runs is not None and not list(Path(runs).glob("*/fold*/best.pt")):
@@ -201,10 +202,10 @@ def bench_infer(data_dir: Path, runs: Path | None, preset: str | None, workers: 
     try:
         runs = runs if runs is not None else random_runs(tmp / "runs", preset, folds=(0, 1, 2, 3, 4))
         out, cache_dir = tmp / "submission.csv", cache_dir_for(data_dir)
-        make_submission(data_dir, "test", runs, out, cache_dir, workers=workers)  # warms the caches
+        make_submission(InferenceContext(data_dir, runs, cache_dir, "test", out, workers=workers))  # warms the caches
         counter, remove = count_forward_calls()
         start = time.perf_counter()
-        result = make_submission(data_dir, "test", runs, out, cache_dir, workers=workers)
+        result = make_submission(InferenceContext(data_dir, runs, cache_dir, "test", out, workers=workers))
         seconds = time.perf_counter() - start
         if keep is not None:
             shutil.copyfile(out, keep)

@@ -22,7 +22,6 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 
 from src import cli  # noqa: E402
 from src.atomic import write_csv, write_json  # noqa: E402
@@ -37,20 +36,23 @@ from src.localizer.plan import PLAN  # noqa: E402
 from src.evaluation.metric import fold_prior, overlay, score  # noqa: E402
 from src.paths import cache_dir_for, reports_dir_for  # noqa: E402
 from src.parallel import loader_workers  # noqa: E402
+from src.inference.context import InferenceContext  # noqa: E402
 from src.inference.pipeline import series_table  # noqa: E402
 from src.run_folders import OOF, classifier_runs, fold_of, localizer_run, run_dir, trained_folds  # noqa: E402
 from src.data.tables import DataError, load_coordinates, load_submission, load_train  # noqa: E402
 
 
-def classifier_scores(runs: Path, fold: int, predicted: pd.DataFrame, cache_dir: Path, train: pd.DataFrame,
-                      folds: pd.DataFrame, device: torch.device) -> list[dict]:
-    """Each classifier's score on one fold with crops at the labelled (its oof.csv) and the predicted coordinates."""
+def classifier_scores(ctx: InferenceContext, fold: int, predicted: pd.DataFrame, train: pd.DataFrame,
+                      folds: pd.DataFrame) -> list[dict]:
+    """Each classifier's score on one fold with crops at the labelled (its oof.csv) and the predicted coordinates
+    (cut from ctx's cache of the train split)."""
+    runs = ctx.runs
     solution = fold_solution(train, folds, fold)
     prior = fold_prior(train, folds, solution)
     out = []
     for name in classifier_runs(runs):
-        for member in load_members(runs, [name], device, FaultLog(), [fold]):
-            probs = predict_members(predicted, [member], cache_dir, "train", device, tta=False)[name]
+        for member in load_members(runs, [name], ctx.device, FaultLog(), [fold]):
+            probs = predict_members(predicted, [member], ctx)[name]
             run = run_dir(runs, name, fold)
             out.append({"model": name, "fold": fold, "score_labelled": score(solution, load_submission(run / OOF)),
                         "score_predicted": score(solution, overlay(prior, probs))})
@@ -100,7 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
         predicted = localize(series_table(a.data_dir, "train", studies), cache_dir, "train", localizer,
                              workers=loader_workers(a.workers))
         errors.append(point_errors(predicted, truth[truth["study_id"].isin(studies)], cache_dir, "train"))
-        scores += classifier_scores(a.runs, fold, predicted, cache_dir, train, folds, device)
+        ctx = InferenceContext(a.data_dir, a.runs, cache_dir, "train", device=device, tta=False)
+        scores += classifier_scores(ctx, fold, predicted, train, folds)
     errors = pd.concat(errors, ignore_index=True)
     write_csv(errors, errors_file(a.out))
     table = summarize_errors(errors)

@@ -36,6 +36,7 @@ from src import cli  # noqa: E402
 from src.inference.faults import MODEL_DROPPED_EXIT, FaultLog  # noqa: E402
 from src.paths import cache_dir_for, submission_dir_for  # noqa: E402
 from src.inference.pipeline import make_submission  # noqa: E402
+from src.inference.context import InferenceContext  # noqa: E402
 from src.data.tables import DataError  # noqa: E402
 
 WRITTEN_BUT_EXTRA_FAILED_EXIT = 4
@@ -69,10 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     faults = FaultLog()
     started = time.time()
     try:
-        make_submission(a.data_dir, a.split, a.runs, a.out, cache_dir_for(a.data_dir, a.cache_dir), a.ensemble,
-                        tta=not a.no_tta, workers=a.workers, studies=a.studies, explain_studies=a.explain,
-                        explain_dir=a.explain_dir, per_model=a.per_model, faults=faults,
-                        studies_per_batch=a.batch_studies)
+        ctx = InferenceContext(a.data_dir, a.runs, cache_dir_for(a.data_dir, a.cache_dir), a.split, a.out,
+                               tta=not a.no_tta, workers=a.workers, studies_per_batch=a.batch_studies,
+                               ensemble_path=a.ensemble, per_model=a.per_model, explain_studies=a.explain,
+                               explain_dir=a.explain_dir, faults=faults)
+        make_submission(ctx, studies=a.studies)
     except Exception as err:  # only when not even the prior could be written, or a file after it failed
         if a.debug:
             raise

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from src.constants import FLIPPED_CONDITION
+from src.inference.context import InferenceContext
 from src.data.cache import prepare
 from src.inference.classify import Member, batch_probabilities, centre_unit, load_members, predict_members
 from src.constants import CONDITIONS
@@ -28,6 +29,11 @@ class _Recorder(torch.nn.Module):
 class _Broken(torch.nn.Module):
     def forward(self, image, condition, level):
         raise RuntimeError("bad weights")
+
+
+def _ctx(cache, **kw) -> InferenceContext:
+    """Inference on the train split's cache, on the CPU, in this process unless workers says otherwise."""
+    return InferenceContext(cache, cache, cache, "train", device=torch.device("cpu"), **{"workers": 1, **kw})
 
 
 def _member(model, name="m", fold=0, size_px=4):
@@ -73,19 +79,19 @@ def test_batches_of_studies_give_what_one_study_at_a_time_gives(synth_dir, tmp_p
     calls = []
     for m in members:
         m.model.register_forward_pre_hook(lambda mod, args, name=m.name: calls.append(name))
-    batched = predict_members(coords, members, cache, "train", torch.device("cpu"), studies_per_batch=8)
+    batched = predict_members(coords, members, _ctx(cache, studies_per_batch=8))
     studies = coords["study_id"].nunique()
     assert len(calls) == len(members) * 1  # 8 studies in one batch: one call per fold
     calls.clear()
-    single = predict_members(coords, members, cache, "train", torch.device("cpu"), studies_per_batch=1, workers=1)
+    single = predict_members(coords, members, _ctx(cache, studies_per_batch=1, workers=2))
     assert len(calls) == len(members) * studies
     for name in ("attn_resnext", "cnn_lstm"):
         a, b = batched[name].set_index("row_id"), single[name].set_index("row_id")
         assert len(a) == len(coords.drop_duplicates(["study_id", "condition", "level"]))
         assert np.abs(a - b.loc[a.index]).to_numpy().max() < 1e-5
     # A run's output is the mean of its folds (which differ).
-    one = predict_members(coords, [members[1]], cache, "train", torch.device("cpu"))["attn_resnext"].set_index("row_id")
-    zero = predict_members(coords, [members[0]], cache, "train", torch.device("cpu"))["attn_resnext"].set_index("row_id")
+    one = predict_members(coords, [members[1]], _ctx(cache))["attn_resnext"].set_index("row_id")
+    zero = predict_members(coords, [members[0]], _ctx(cache))["attn_resnext"].set_index("row_id")
     assert np.abs(one - zero.loc[one.index]).to_numpy().max() > 1e-3
     assert np.allclose((one + zero.loc[one.index]) / 2, batched["attn_resnext"].set_index("row_id").loc[one.index], atol=1e-6)
 
@@ -95,11 +101,11 @@ def test_a_fold_that_cannot_predict_is_dropped_and_named(synth_dir, tmp_path):
     cache, coords, members = _two_fold_members(synth_dir, tmp_path, ["attn_resnext"])
     members[1].model = _Broken()
     faults = FaultLog()
-    out = predict_members(coords, members, cache, "train", torch.device("cpu"), faults=faults)
-    alone = predict_members(coords, members[:1], cache, "train", torch.device("cpu"))
+    out = predict_members(coords, members, _ctx(cache, faults=faults))
+    alone = predict_members(coords, members[:1], _ctx(cache))
     assert pd.testing.assert_frame_equal(out["attn_resnext"], alone["attn_resnext"]) is None
     assert [f.name for f in faults.of("fold")] == ["attn_resnext fold 1"]
     members[0].model = _Broken()
     faults = FaultLog()
-    assert predict_members(coords, members, cache, "train", torch.device("cpu"), faults=faults) == {}
+    assert predict_members(coords, members, _ctx(cache, faults=faults)) == {}
     assert [f.name for f in faults.of("member")] == ["attn_resnext"]

@@ -8,6 +8,7 @@ import pytest
 import infer as infer_script
 from conftest import make_fake_runs
 from src.constants import TARGETS
+from src.inference.context import InferenceContext
 from src.data.tables import load_series_descriptions, load_submission
 
 
@@ -118,8 +119,8 @@ def test_make_submission_prepares_once_and_keeps_only_the_asked_studies(synth_di
     monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: calls.append(a) or real(*a, **k))
     runs = make_fake_runs(tmp_path / "runs")
     studies = load_series_descriptions(synth_dir / "test_series_descriptions.csv")["study_id"].unique()[:2].tolist()
-    out = pipeline.make_submission(synth_dir, "test", runs, tmp_path / "s.csv", tmp_path / "cache", workers=1,
-                                   studies=studies)
+    ctx = InferenceContext(synth_dir, runs, tmp_path / "cache", "test", tmp_path / "s.csv", workers=1)
+    out = pipeline.make_submission(ctx, studies=studies)
     assert len(calls) == 1
     assert sorted(set(out["row_id"].str.split("_").str[0].astype(int))) == sorted(studies) and len(out) == 50
     assert load_submission(tmp_path / "s.csv")["row_id"].tolist() == out["row_id"].tolist()

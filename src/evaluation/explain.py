@@ -10,7 +10,8 @@ import torch
 from ..data.cache import load_series, series_cache_path, to_unit
 from ..constants import CONDITIONS, LEVELS, SEVERITIES, TARGETS, row_id
 from ..classifier.crops import CropSpec, build_crops
-from ..training.device import pick_device
+from ..atomic import write_text
+from ..inference.context import InferenceContext
 from ..run_folders import classifier_runs, load_model, trained_folds
 from .figures import figure, save_figure
 
@@ -102,18 +103,18 @@ def sheet(study_id: int, coords: pd.DataFrame, probs: pd.DataFrame, maps: dict, 
     return path
 
 
-def explain(study_ids: list[int], coords: pd.DataFrame, probs: pd.DataFrame, runs: Path, cache_dir: Path, split: str,
-            out_dir: Path, device: torch.device | None = None) -> list[Path]:
-    """Write reading_{study}.txt and sheet_{study}.png for each study; returns the paths written."""
-    device = device or pick_device()
+def explain(study_ids: list[int], coords: pd.DataFrame, probs: pd.DataFrame, ctx: InferenceContext,
+            out_dir: Path) -> list[Path]:
+    """Write reading_{study}.txt and sheet_{study}.png for each study (crops of ctx's split, attention of the
+    first attention-ResNeXt run of ctx.runs); returns the paths written."""
     written = []
     for study_id in study_ids:
         text = reading(study_id, probs)
         txt = Path(out_dir) / f"reading_{study_id}.txt"
-        txt.parent.mkdir(parents=True, exist_ok=True)
-        txt.write_text(text)
+        write_text(text, txt)
         print(text, end="")
         study_coords = coords[coords["study_id"] == study_id]
-        maps = attention_maps(runs, study_coords, cache_dir, split, device) if len(study_coords) else {}
-        written += [txt, sheet(study_id, study_coords, probs, maps, cache_dir, split, Path(out_dir) / f"sheet_{study_id}.png")]
+        maps = attention_maps(ctx.runs, study_coords, ctx.cache_dir, ctx.split, ctx.device) if len(study_coords) else {}
+        written += [txt, sheet(study_id, study_coords, probs, maps, ctx.cache_dir, ctx.split,
+                               Path(out_dir) / f"sheet_{study_id}.png")]
     return written

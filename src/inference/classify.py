@@ -18,9 +18,10 @@ from ..constants import FLIPPED_CONDITION
 from ..constants import TARGETS
 from ..classifier.crops import CropSpec, crop_table, cut_study
 from ..training.device import autocast, inference_dtype, keep_freed_cpu_memory
+from .context import InferenceContext
 from .faults import FaultLog
 from ..classifier.models import StudyModel
-from ..parallel import batches_ahead
+from ..parallel import batches_ahead, loader_workers
 from ..run_folders import BEST, first_line, fold_of, load_fold_models, trained_folds
 
 
@@ -112,13 +113,12 @@ def batch_probabilities(members: list[Member], crops: np.ndarray, condition: np.
     return out
 
 
-def predict_members(coords: pd.DataFrame, members: list[Member], cache_dir: Path, split: str, device: torch.device,
-                    tta: bool = True, workers: int = 0, studies_per_batch: int = 8,
-                    faults: FaultLog | None = None) -> dict[str, pd.DataFrame]:
+def predict_members(coords: pd.DataFrame, members: list[Member], ctx: InferenceContext) -> dict[str, pd.DataFrame]:
     """Per run name: the mean probabilities (row_id + TARGETS) of its folds that predicted, for the rows with a
-    crop at `coords`. Crops are cut once per crop spec, in batches of studies ahead of the models; a fold that
-    fails is dropped (named in `faults`) and its run's other folds carry on."""
-    faults = faults if faults is not None else FaultLog()
+    crop at `coords` (on ctx's split, cache and device). Crops are cut once per crop spec, in batches of
+    studies ahead of the models; a fold that fails is dropped (named in ctx.faults) and its run's other folds
+    carry on."""
+    faults, device = ctx.faults, ctx.device
     if device.type == "cpu":
         keep_freed_cpu_memory()  # batched forwards would otherwise fault in fresh pages on every call
     table = crop_table(coords)
@@ -131,8 +131,8 @@ def predict_members(coords: pd.DataFrame, members: list[Member], cache_dir: Path
     for key, group in by_spec.items():
         ids[key] = []
         names = ", ".join(dict.fromkeys(m.name for m in group))
-        for batch in batches_ahead(StudyCrops(table, cache_dir, split, group[0].spec), studies_per_batch, workers,
-                                   f"classify {names}"):
+        for batch in batches_ahead(StudyCrops(table, ctx.cache_dir, ctx.split, group[0].spec), ctx.studies_per_batch,
+                                   loader_workers(ctx.workers), f"classify {names}"):
             for study_id, _, _, error in batch:
                 if error is not None:
                     faults.add("study", f"study {study_id}", f"crops for {names} failed ({error})", study_id=study_id)
@@ -142,7 +142,7 @@ def predict_members(coords: pd.DataFrame, members: list[Member], cache_dir: Path
             crops = np.concatenate([c for _, _, c, _ in batch])
             live = [m for m in group if m not in failed]
             probs = batch_probabilities(live, crops, rows["condition_idx"].to_numpy(), rows["level_idx"].to_numpy(),
-                                        device, hflip_tta=tta, study=rows["study_id"].to_numpy())
+                                        device, hflip_tta=ctx.tta, study=rows["study_id"].to_numpy())
             for j, m in enumerate(live):
                 if isinstance(probs[j], Exception):
                     failed.add(m)
@@ -181,15 +181,11 @@ def load_members(runs: Path, names: list[str], device: torch.device, faults: Fau
     return members
 
 
-def run_classifiers(coords: pd.DataFrame, runs: Path, names: list[str], cache_dir: Path, split: str,
-                    device: torch.device, tta: bool = True, workers: int = 0, studies_per_batch: int = 8,
-                    faults: FaultLog | None = None) -> dict[str, pd.DataFrame]:
-    """Per classifier run: its folds' mean crop probabilities, for the rows with a crop at `coords`.
+def run_classifiers(coords: pd.DataFrame, names: list[str], ctx: InferenceContext) -> dict[str, pd.DataFrame]:
+    """Per classifier run of ctx.runs: its folds' mean crop probabilities, for the rows with a crop at `coords`.
 
     A fold that fails (its checkpoint does not load, or it cannot predict) is dropped and the run's other
-    folds carry on; a run left without any fold is dropped from the ensemble. Each is named in `faults`.
+    folds carry on; a run left without any fold is dropped from the ensemble. Each is named in ctx.faults.
     """
-    faults = faults if faults is not None else FaultLog()
-    members = load_members(runs, names, device, faults)
-    return predict_members(coords, members, cache_dir, split, device, tta, workers, studies_per_batch, faults)
-
+    members = load_members(ctx.runs, names, ctx.device, ctx.faults)
+    return predict_members(coords, members, ctx)

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from . import ensemble as ensemble_lib
 from ..atomic import write_csv
 from ..data.cache import prepare
 from .classify import run_classifiers
+from .context import InferenceContext
 from ..constants import PREDICTED_COORDINATE_COLUMNS, TARGETS, parse_row_id
-from ..training.device import pick_device
 from ..evaluation.explain import explain
 from ..localizer.infer import Localizer, localize
 from ..data.dicom import GEOMETRY_FALLBACK
@@ -138,16 +137,16 @@ def _combine(frames: dict[str, pd.DataFrame], fitted: dict, faults: FaultLog) ->
     return ensemble_lib.blend(frames, ensemble_lib.member_weights(fitted, list(frames)), fitted.get("temperature", {}))
 
 
-def _localize(data_dir: Path, split: str, runs: Path, cache_dir: Path, study_ids: list[int], workers: int,
-              device: torch.device, faults: FaultLog, studies_per_batch: int) -> pd.DataFrame:
+def _localize(ctx: InferenceContext, study_ids: list[int]) -> pd.DataFrame:
     """Stage 1 for the studies: their series lines read, decoded once, localized; every problem named per study."""
     problems: list[tuple[int | None, bool, str]] = []
-    table = series_table(data_dir, split, study_ids, problems)
+    faults, split = ctx.faults, ctx.split
+    table = series_table(ctx.data_dir, split, study_ids, problems)
     listed, wanted = set(table["study_id"]), set(study_ids)
     for study_id in sorted(wanted - listed):
         faults.add("study", f"study {study_id}", f"no series listed in {split}_series_descriptions.csv",
                    study_id=study_id)
-    prepare(data_dir, cache_dir, split, workers=workers, series=table, problems=problems)
+    prepare(ctx.data_dir, ctx.cache_dir, split, workers=ctx.workers, series=table, problems=problems)
     by_study: dict[tuple[int | None, bool], list[str]] = {}
     for study_id, lost, text in problems:
         if study_id is None or study_id in wanted:
@@ -159,61 +158,36 @@ def _localize(data_dir: Path, split: str, runs: Path, cache_dir: Path, study_ids
             "geometry" if any(GEOMETRY_FALLBACK in t for t in texts) else "repair"
         faults.add(unit, "series descriptions" if study_id is None else f"study {study_id}", "; ".join(texts),
                    study_id=study_id)
-    return localize(table, cache_dir, split, Localizer.from_runs(runs, device=device, faults=faults), faults,
-                    workers=loader_workers(workers), studies_per_batch=studies_per_batch)
+    return localize(table, ctx.cache_dir, split, Localizer.from_runs(ctx.runs, device=ctx.device, faults=faults), faults,
+                    workers=loader_workers(ctx.workers), studies_per_batch=ctx.studies_per_batch)
 
 
-def make_submission(data_dir: Path, split: str, runs: Path, out: Path, cache_dir: Path,
-                    ensemble_path: Path | None = None, tta: bool = True, workers: int = 2,
-                    device: torch.device | None = None, studies: list[int] | None = None,
-                    explain_studies: list[int] | None = None, explain_dir: Path | None = None,
-                    per_model: bool = False, faults: FaultLog | None = None, studies_per_batch: int = 8) -> pd.DataFrame:
-    """The whole offline pipeline; returns the submission written to `out` (every expected row, valid).
+def make_submission(ctx: InferenceContext, studies: list[int] | None = None) -> pd.DataFrame:
+    """The whole offline pipeline; returns the submission written to ctx.out (every expected row, valid).
 
-    A fault costs only the study, fold, member or series type it touches; each is named in `faults`, printed
-    in one summary and written beside `out` (faults_path), as are the predicted coordinates (coordinates_path).
-    studies limits the rows to those studies; explain_studies also writes their reading and PNG sheet;
-    per_model also writes each model's own submission (its folds averaged) as submission_{model}.csv beside
-    out. Studies go through the models studies_per_batch at a time (localize, classify).
+    A fault costs only the study, fold, member or series type it touches; each is named in ctx.faults, printed
+    in one summary and written beside the submission (faults_path), as are the predicted coordinates
+    (coordinates_path). studies limits the rows to those studies.
     """
     started = time.time()
-    faults = faults if faults is not None else FaultLog()
-    device = device or pick_device()
-    data_dir, runs, cache_dir, out = Path(data_dir), Path(runs), Path(cache_dir), Path(out)
-    row_ids = expected_rows(data_dir, split, faults)
+    faults, out = ctx.faults, Path(ctx.out)
+    row_ids = expected_rows(ctx.data_dir, ctx.split, faults)
     if studies is not None:
         keep = {int(x) for x in studies}
         row_ids = [r for r in row_ids if parse_row_id(r)[0] in keep]
-    fitted = ensemble_lib.load(ensemble_path if ensemble_path is not None else ensemble_file(runs), faults)
-    prior = prior_frame(row_ids, data_dir, fitted)
-    submission = prior
+    fitted = ensemble_lib.load(ctx.ensemble_path if ctx.ensemble_path is not None else ensemble_file(ctx.runs), faults)
+    prior = prior_frame(row_ids, ctx.data_dir, fitted)
     study_ids = sorted({s for s in (parse_row_id(r)[0] for r in row_ids) if s is not None})
     coords = pd.DataFrame(columns=list(PREDICTED_COORDINATE_COLUMNS))
     try:
-        coords = _localize(data_dir, split, runs, cache_dir, study_ids, workers, device, faults, studies_per_batch)
+        coords = _localize(ctx, study_ids)
     except Exception as err:  # noqa: BLE001 - the prior still gives a complete submission
         faults.add("models", "localization", f"failed ({type(err).__name__}: {err}); every row gets the prior")
-    frames: dict[str, pd.DataFrame] = {}
-    modelled: set[str] = set()  # rows a model predicted
-    try:
-        if len(coords):
-            frames = run_classifiers(coords, runs, _members(fitted, runs, faults), cache_dir, split, device, tta=tta,
-                                     workers=loader_workers(workers), studies_per_batch=studies_per_batch,
-                                     faults=faults)
-        if frames:
-            blended = _combine(frames, fitted, faults)
-            submission = overlay(prior, blended)
-            modelled = set(blended["row_id"]) & set(row_ids)
-    except Exception as err:  # noqa: BLE001 - the prior still gives a complete submission
-        faults.add("models", "classification", f"failed ({type(err).__name__}: {err}); the rows keep the prior")
-        frames, submission, modelled = {}, prior, set()
-    if not frames and row_ids and not faults.of("models"):
-        faults.add("models", "classifiers", f"no classifier could be used (runs: {runs}); every row gets the prior")
+    frames, submission, modelled = _classify(ctx, coords, fitted, prior, row_ids)
     result = finalize(submission, row_ids, prior, faults)
     write_csv(result, out)
     faults.count_rows(row_ids, set(row_ids) - modelled)
-    _extras(per_model, frames, prior, row_ids, out, explain_studies, explain_dir, coords, result, runs, cache_dir,
-            split, device, faults)
+    _extras(ctx, frames, prior, row_ids, coords, result)
     late: OSError | None = None  # the faults file could not be written (a full disk): said after the summary
     try:
         faults.write(faults_path(out))
@@ -229,20 +203,40 @@ def make_submission(data_dir: Path, split: str, runs: Path, out: Path, cache_dir
     return result
 
 
-def _extras(per_model: bool, frames: dict, prior: pd.DataFrame, row_ids: list[str], out: Path,
-            explain_studies: list[int] | None, explain_dir: Path | None, coords: pd.DataFrame, result: pd.DataFrame,
-            runs: Path, cache_dir: Path, split: str, device: torch.device, faults: FaultLog) -> None:
+def _classify(ctx: InferenceContext, coords: pd.DataFrame, fitted: dict, prior: pd.DataFrame,
+              row_ids: list[str]) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, set[str]]:
+    """Stage 2: each member's predictions at the coordinates, combined over the prior; returns the members'
+    frames, the submission and the rows a model predicted (the prior alone when classification fails)."""
+    faults = ctx.faults
+    frames: dict[str, pd.DataFrame] = {}
+    try:
+        if len(coords):
+            frames = run_classifiers(coords, _members(fitted, ctx.runs, faults), ctx)
+        if frames:
+            blended = _combine(frames, fitted, faults)
+            return frames, overlay(prior, blended), set(blended["row_id"]) & set(row_ids)
+    except Exception as err:  # noqa: BLE001 - the prior still gives a complete submission
+        faults.add("models", "classification", f"failed ({type(err).__name__}: {err}); the rows keep the prior")
+        return {}, prior, set()
+    if row_ids and not faults.of("models"):
+        faults.add("models", "classifiers", f"no classifier could be used (runs: {ctx.runs}); every row gets the prior")
+    return frames, prior, set()
+
+
+def _extras(ctx: InferenceContext, frames: dict, prior: pd.DataFrame, row_ids: list[str], coords: pd.DataFrame,
+            result: pd.DataFrame) -> None:
     """The coordinates, per-model submissions and explanations: extras whose failure never touches the written
     submission."""
+    out, faults = Path(ctx.out), ctx.faults
     try:
         write_csv(coords, coordinates_path(out))
-        if per_model:
+        if ctx.per_model:
             for name, frame in frames.items():
                 write_csv(finalize(overlay(prior, frame), row_ids, prior, faults, f"submission_{name}.csv"),
                           out.with_name(f"submission_{name}.csv"))
-        if explain_studies:
-            explain([int(s) for s in explain_studies], coords, result, runs, cache_dir, split,
-                    Path(explain_dir or out.parent / "explain"), device)
+        if ctx.explain_studies:
+            explain([int(s) for s in ctx.explain_studies], coords, result, ctx,
+                    Path(ctx.explain_dir or out.parent / "explain"))
     except Exception as err:  # noqa: BLE001 - the submission is already written
         faults.add("output", "files beside the submission", f"coordinates, per-model submissions or explanations "
                    f"failed ({type(err).__name__}: {err}); {out} itself is complete")
