@@ -164,19 +164,19 @@ def load_error(run: Path, err: BaseException) -> str:
 
 
 def random_runs(root: str | Path, preset: str | None = "tiny", folds: tuple[int, ...] = (0,), classifiers: bool = True,
-                localizer: dict | None = None, classifier: dict | None = None, experiments: tuple[str, ...] = (),
-                seed: int = 0) -> Path:
+                overrides: dict[str, dict] | None = None, experiments: tuple[str, ...] = (), seed: int = 0) -> Path:
     """Untrained (random-weight) runs with real configs, for tests and timing, never for scores: every series
-    type's localizer and (with classifiers) both classifiers, each fold of `folds`. localizer and classifier
-    are config overrides for each kind; experiments are more attn_resnext runs under these names (as
-    `train.py --name NAME` writes them)."""
+    type's localizer and (with classifiers) both classifiers, each fold of `folds`. overrides: config overrides
+    of the 'localizer' and of the 'classifier' runs; experiments are more attn_resnext runs under these names
+    (as `train.py --name NAME` writes them)."""
     from .atomic import save_torch
     from .localizer.plan import PLAN
 
-    jobs = [("localizer", {**(localizer or {}), "series_type": p.key, "name": localizer_run(p.key)}) for p in PLAN]
+    localizer, classifier = (overrides or {}).get("localizer", {}), (overrides or {}).get("classifier", {})
+    jobs = [("localizer", {**localizer, "series_type": p.key, "name": localizer_run(p.key)}) for p in PLAN]
     if classifiers:
-        jobs += [(m, dict(classifier or {})) for m in ("attn_resnext", "cnn_lstm")]
-    jobs += [("attn_resnext", {**(classifier or {}), "name": n}) for n in experiments]
+        jobs += [(m, dict(classifier)) for m in ("attn_resnext", "cnn_lstm")]
+    jobs += [("attn_resnext", {**classifier, "name": n}) for n in experiments]
     for model, overrides in jobs:
         for fold in folds:
             cfg = config_lib.resolve(model, preset, None, {**overrides, "fold": fold, "runs": str(root)})

@@ -73,5 +73,5 @@ def make_fake_runs(root: Path, classifiers: bool = True, experiments: tuple[str,
     experiments: extra attn_resnext runs under these names (as `train.py --name NAME` writes them)."""
     from src.run_folders import random_runs
 
-    return random_runs(root, "tiny", folds, classifiers, localizer={"loc": {"size_px": 32}},
-                       classifier={"crop": {"size_px": 16}}, experiments=experiments)
+    return random_runs(root, "tiny", folds, classifiers, experiments=experiments,
+                       overrides={"localizer": {"loc": {"size_px": 32}}, "classifier": {"crop": {"size_px": 16}}})

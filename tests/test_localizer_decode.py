@@ -3,7 +3,7 @@ import pytest
 
 from src.data.dicom import Series
 from src.localizer.data import gaussian_heatmaps
-from src.localizer.decode import (assign_levels, centre_slice, decode_searched, decode_slice, refine_peak,
+from src.localizer.decode import (HeatSource, assign_levels, centre_slice, decode_searched, decode_slice, refine_peak,
                                   side_of_slices)
 from src.localizer.frame import frame_of
 from src.localizer.plan import PARTS
@@ -88,7 +88,7 @@ def test_decode_searched_orders_levels_on_planted_heatmaps():
     for c, r in enumerate(rows):
         heat[1, c, r, 20] = 0.9
     heat[1, 2, rows[3], 20] = 0.95  # level 3 fires harder on the disc of level 4
-    out = decode_searched(PARTS["sagittal_t2"], s, with_every_level(heat), np.arange(3), 100, 1, 2)
+    out = decode_searched(PARTS["sagittal_t2"], HeatSource(1, 2, s, 100), with_every_level(heat), np.arange(3))
     ys = [r["y"] for r in out]
     assert [r["level"] for r in out] == ["L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1"]
     assert ys == sorted(ys) and len(set(np.round(ys))) == 5
@@ -114,7 +114,7 @@ def test_decode_searched_splits_foramina_by_side_of_the_midline():
     for k, strength in ((0, 0.9), (4, 0.8)):  # a left slice (x = 8) and a right one (x = -8)
         for c, r in enumerate(rows):
             heat[k, c, r, 20] = strength
-    out = decode_searched(PARTS["sagittal_t1"], s, with_every_level(heat), np.arange(5), 100, 1, 2, midline=np.zeros(3))
+    out = decode_searched(PARTS["sagittal_t1"], HeatSource(1, 2, s, 100), with_every_level(heat), np.arange(5), midline=np.zeros(3))
     by_condition = {c: {r["instance_number"] for r in out if r["condition"] == c} for c in PARTS["sagittal_t1"].conditions}
     assert by_condition == {"Left Neural Foraminal Narrowing": {1}, "Right Neural Foraminal Narrowing": {5}}
     assert len(out) == 10
@@ -128,7 +128,7 @@ def test_decode_slice_names_sides_by_patient_x():
     flipped = Series(None, np.zeros((1, 80, 80), np.float32), np.array([1]), np.array([[40.0, -40.0, 0.0]]),
                      np.array([[-1.0, 0, 0, 0, 1.0, 0]]), np.ones((1, 2)))  # columns run to the patient's right
     for series, left_column in ((normal, 30), (flipped, 8)):
-        out = decode_slice(PARTS["axial"], series, 0, heat, 80, 1, 2, "L4/L5")
+        out = decode_slice(PARTS["axial"], HeatSource(1, 2, series, 80), 0, heat, "L4/L5")
         left = next(r for r in out if r["condition"] == "Left Subarticular Stenosis")
         assert {r["condition"] for r in out} == set(PARTS["axial"].conditions)
         assert left["x"] == pytest.approx((left_column + 0.5) * 2 - 0.5, abs=0.6)
@@ -150,7 +150,7 @@ def test_decode_searched_takes_discs_from_the_every_level_channel():
     heat[1, 1, 16, 20] = 0.3  # L2/L3: weak, and highest between two discs
     for c, r in ((2, 28), (3, 36), (4, 44)):
         heat[1, c, r, 20] = 0.9
-    out = decode_searched(PARTS["sagittal_t2"], s, heat, np.arange(3), 100, 1, 2)
+    out = decode_searched(PARTS["sagittal_t2"], HeatSource(1, 2, s, 100), heat, np.arange(3))
     frame = frame_of(s.shape, s.spacings[1], 100)
     expected = [frame.heat_to_image((r, 20))[1] for r in discs[1:]]
     assert [r["level"] for r in out] == ["L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1"]
@@ -175,7 +175,7 @@ def test_decode_searched_reads_the_spinal_canal_on_its_middle_slice():
     for c, r in enumerate([5, 14, 23, 32, 41]):
         for k, v in ((1, 0.9), (2, 0.88), (3, 0.87), (4, 0.86), (5, 0.85)):
             heat[k, c, r, 20] = v
-    out = decode_searched(PARTS["sagittal_t2"], s, with_every_level(heat), np.arange(7), 100, 1, 2)
+    out = decode_searched(PARTS["sagittal_t2"], HeatSource(1, 2, s, 100), with_every_level(heat), np.arange(7))
     assert [r["instance_number"] for r in out] == [4] * 5  # slice index 3, not 1 where the heat peaks
 
 
@@ -188,9 +188,9 @@ def test_decode_slice_takes_each_side_from_its_own_side_of_the_canal():
     heat[20, 25], heat[20, 30], heat[20, 14] = 0.9, 0.8, 0.3  # left recess, lookalike 10 mm further left, right recess
     heat[20, 39] = 0.95  # a bright spot 28 mm left of the recess, 38 mm from the canal
     canal = series.pixel_to_patient(0, 39.5, 40.5)  # heat cell (20, 19.75)
-    plain = {r["condition"]: r["x"] for r in decode_slice(PARTS["axial"], series, 0, heat, 80, 1, 2, "L4/L5")}
+    plain = {r["condition"]: r["x"] for r in decode_slice(PARTS["axial"], HeatSource(1, 2, series, 80), 0, heat, "L4/L5")}
     assert plain["Right Subarticular Stenosis"] > 40  # both named on the patient's left half
-    out = {r["condition"]: r for r in decode_slice(PARTS["axial"], series, 0, heat, 80, 1, 2, "L4/L5", midline=canal)}
+    out = {r["condition"]: r for r in decode_slice(PARTS["axial"], HeatSource(1, 2, series, 80), 0, heat, "L4/L5", midline=canal)}
     assert out["Left Subarticular Stenosis"]["x"] == pytest.approx(25 * 2 + 0.5, abs=0.6)
     assert out["Right Subarticular Stenosis"]["x"] == pytest.approx(14 * 2 + 0.5, abs=0.6)
     assert out["Right Subarticular Stenosis"]["confidence"] == pytest.approx(0.3)

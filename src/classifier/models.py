@@ -5,6 +5,8 @@ pairs, concatenated to the image features before the head; one model serves all 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import Callable
 
 import timm
@@ -56,8 +58,26 @@ class DualAttention(nn.Module):
         return self.spatial(self.channel(x), return_map)
 
 
-def _head(in_features: int, hidden: int, drop: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(drop), nn.Linear(hidden, 3))
+@dataclass(frozen=True)
+class HeadSpec:
+    """What every per-crop classifier ends with: a (condition, level) embedding beside the image features,
+    then an MLP (hidden units, dropout) to 3 logits."""
+
+    embed_dim: int = 32
+    hidden: int = 256
+    drop: float = 0.2
+
+    @classmethod
+    def of(cls, cfg: dict) -> "HeadSpec":
+        return cls(cfg["embed_dim"], cfg["hidden"], cfg["drop"])
+
+    def embedding(self) -> nn.Embedding:
+        return nn.Embedding(N_PAIRS, self.embed_dim)
+
+    def mlp(self, in_features: int) -> nn.Sequential:
+        """The MLP over in_features image features and the embedding."""
+        return nn.Sequential(nn.Linear(in_features + self.embed_dim, self.hidden), nn.ReLU(inplace=True),
+                             nn.Dropout(self.drop), nn.Linear(self.hidden, 3))
 
 
 class AttnResNeXt(nn.Module):
@@ -67,7 +87,7 @@ class AttnResNeXt(nn.Module):
     """
 
     def __init__(self, backbone: str = "resnext50_32x4d", in_chans: int = 5, pretrained: str | None = None,
-                 model_kwargs: dict | None = None, embed_dim: int = 32, hidden: int = 256, drop: float = 0.2):
+                 model_kwargs: dict | None = None, head: HeadSpec = HeadSpec()):
         super().__init__()
         self.net = create_backbone(backbone, pretrained, in_chans, num_classes=0, global_pool="", **(model_kwargs or {}))
         for part in ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3", "layer4"):
@@ -75,8 +95,8 @@ class AttnResNeXt(nn.Module):
                 raise ValueError(f"backbone '{backbone}' is not a timm ResNet/ResNeXt (no '{part}')")
         self.att_stem = DualAttention(self.net.bn1.num_features)
         self.att_last = DualAttention(self.net.num_features)
-        self.embed = nn.Embedding(N_PAIRS, embed_dim)
-        self.head = _head(self.net.num_features + embed_dim, hidden, drop)
+        self.embed = head.embedding()
+        self.head = head.mlp(self.net.num_features)
 
     def features(self, image: torch.Tensor, condition: torch.Tensor, level: torch.Tensor,
                  return_attention: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -103,13 +123,12 @@ class CNNLSTM(nn.Module):
     ReLU layer and 3 logits (softmax gives the severities)."""
 
     def __init__(self, backbone: str = "resnet18", pretrained: str | None = None, model_kwargs: dict | None = None,
-                 lstm_hidden: int = 128, bidirectional: bool = True, embed_dim: int = 32, hidden: int = 256,
-                 drop: float = 0.2):
+                 lstm_hidden: int = 128, bidirectional: bool = True, head: HeadSpec = HeadSpec()):
         super().__init__()
         self.encoder = create_backbone(backbone, pretrained, 1, num_classes=0, **(model_kwargs or {}))
         self.lstm = nn.LSTM(self.encoder.num_features, lstm_hidden, batch_first=True, bidirectional=bidirectional)
-        self.embed = nn.Embedding(N_PAIRS, embed_dim)
-        self.head = _head(lstm_hidden * (2 if bidirectional else 1) + embed_dim, hidden, drop)
+        self.embed = head.embedding()
+        self.head = head.mlp(lstm_hidden * (2 if bidirectional else 1))
 
     def features(self, image: torch.Tensor, condition: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         """What the head sees: the LSTM's last states and the (condition, level) embedding."""
@@ -127,8 +146,7 @@ class PlainCNN(nn.Module):
     """The baseline the papers' models must beat: 4 blocks of conv-BN-ReLU-conv-BN-ReLU-maxpool over the crop's
     slices as channels (widths `channels`), global average pooling, the (condition, level) embedding, MLP head."""
 
-    def __init__(self, in_chans: int = 5, channels: tuple[int, ...] = (32, 64, 128, 256), embed_dim: int = 32,
-                 hidden: int = 256, drop: float = 0.2):
+    def __init__(self, in_chans: int = 5, channels: tuple[int, ...] = (32, 64, 128, 256), head: HeadSpec = HeadSpec()):
         super().__init__()
         blocks, c_in = [], in_chans
         for c in channels:
@@ -137,8 +155,8 @@ class PlainCNN(nn.Module):
                        nn.MaxPool2d(2)]
             c_in = c
         self.features = nn.Sequential(*blocks)
-        self.embed = nn.Embedding(N_PAIRS, embed_dim)
-        self.head = _head(c_in + embed_dim, hidden, drop)
+        self.embed = head.embedding()
+        self.head = head.mlp(c_in)
 
     def forward(self, image: torch.Tensor, condition: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         x = self.features(image).mean((2, 3))
@@ -173,18 +191,17 @@ class HeatmapNet(nn.Module):
 
 
 def _attn_resnext(cfg: dict) -> nn.Module:
-    return AttnResNeXt(cfg["backbone"], cfg["crop"]["n_slices"], cfg["pretrained"], cfg["model_kwargs"],
-                       cfg["embed_dim"], cfg["hidden"], cfg["drop"])
+    return AttnResNeXt(cfg["backbone"], cfg["crop"]["n_slices"], cfg["pretrained"], cfg["model_kwargs"], HeadSpec.of(cfg))
 
 
 def _cnn_lstm(cfg: dict) -> nn.Module:
     return CNNLSTM(cfg["backbone"], cfg["pretrained"], cfg["model_kwargs"], cfg["lstm_hidden"], cfg["bidirectional"],
-                   cfg["embed_dim"], cfg["hidden"], cfg["drop"])
+                   HeadSpec.of(cfg))
 
 
 def _plain_cnn(cfg: dict) -> nn.Module:
     return PlainCNN(cfg["crop"]["n_slices"], tuple(cfg["model_kwargs"].get("channels", (32, 64, 128, 256))),
-                    cfg["embed_dim"], cfg["hidden"], cfg["drop"])
+                    HeadSpec.of(cfg))
 
 
 def _localizer(cfg: dict) -> nn.Module:

@@ -155,7 +155,35 @@ def read_series(series_dir: str | Path, normalize: bool = True, description: str
         notes.append(message)
         warnings.warn(message, DicomWarning, stacklevel=3)
 
-    images, positions, orientations, spacings, instances, thickness = [], [], [], [], [], []
+    sl = _read_slices(files, note)
+    if not sl["images"]:
+        raise DicomError(f"{series_dir}: none of {len(files)} files could be read")
+    kept = _to_common_shape(sl, series_dir, note)
+    orientations = np.stack(sl["orientations"])
+    n_groups, mean_normal = _mean_normal(geometry.slice_normal(orientations), series_dir)
+    spacings = _common_spacing(np.stack(sl["spacings"]), kept, series_dir, note)
+    positions = _spread_positions(np.stack(sl["positions"]), mean_normal, sl, series_dir, note)
+    order = np.argsort(positions @ mean_normal, kind="stable")
+    instances = _instance_numbers(sl["instances"], order, series_dir, note)
+    volume = np.stack([sl["images"][i] for i in order]).astype(np.float32)
+    known_thickness = [t for t in sl["thickness"] if t is not None]
+    return Series(
+        path=series_dir,
+        volume=normalize_intensity(volume) if normalize else volume,
+        instance_numbers=np.asarray(instances, dtype=np.int64)[order],
+        positions=positions[order],
+        orientations=orientations[order],
+        spacings=spacings[order],
+        thickness=float(np.median(known_thickness)) if known_thickness else None,
+        description=description,
+        n_orientation_groups=n_groups,
+        warnings=notes,
+    )
+
+
+def _read_slices(files: list[Path], note) -> dict[str, list]:
+    """Pixels, geometry, InstanceNumber (-1 when missing) and SliceThickness of every readable file."""
+    sl: dict[str, list] = {k: [] for k in ("images", "positions", "orientations", "spacings", "instances", "thickness")}
     for f in files:
         try:
             ds = pydicom.dcmread(f)
@@ -169,26 +197,31 @@ def read_series(series_dir: str | Path, normalize: bool = True, description: str
             note(f"{f}: skipped unreadable slice ({type(err).__name__}: {err})")
             continue
         instance = ds.get("InstanceNumber")
-        images.append(image)
-        positions.append(position)
-        orientations.append(orientation)
-        spacings.append(spacing)
-        instances.append(int(instance) if instance not in (None, "") else -1)
-        thickness.append(_optional_float(ds, "SliceThickness"))
-    if not images:
-        raise DicomError(f"{series_dir}: none of {len(files)} files could be read")
+        sl["images"].append(image)
+        sl["positions"].append(position)
+        sl["orientations"].append(orientation)
+        sl["spacings"].append(spacing)
+        sl["instances"].append(int(instance) if instance not in (None, "") else -1)
+        sl["thickness"].append(_optional_float(ds, "SliceThickness"))
+    return sl
 
-    shape = Counter(im.shape for im in images).most_common(1)[0][0]
-    kept = np.array([im.shape == shape for im in images])  # slices whose PixelSpacing is their own tag's
-    for i, im in enumerate(images):
+
+def _to_common_shape(sl: dict[str, list], series_dir: Path, note) -> np.ndarray:
+    """Resize slices of another shape to the most common one (geometry adjusted, in place); returns which
+    slices kept their own shape (and so their own PixelSpacing tag)."""
+    shape = Counter(im.shape for im in sl["images"]).most_common(1)[0][0]
+    kept = np.array([im.shape == shape for im in sl["images"]])
+    for i, im in enumerate(sl["images"]):
         if im.shape != shape:
-            note(f"{series_dir}: instance {instances[i]} has shape {im.shape}, resized to {shape}")
-            images[i], positions[i], spacings[i] = _resize_slice(im, shape, positions[i], orientations[i], spacings[i])
+            note(f"{series_dir}: instance {sl['instances'][i]} has shape {im.shape}, resized to {shape}")
+            sl["images"][i], sl["positions"][i], sl["spacings"][i] = _resize_slice(
+                im, shape, sl["positions"][i], sl["orientations"][i], sl["spacings"][i])
+    return kept
 
-    positions_a = np.stack(positions)
-    orientations_a = np.stack(orientations)
-    normals = geometry.slice_normal(orientations_a)
-    # Orientation groups: greedy clustering of normals (sign-agnostic).
+
+def _mean_normal(normals: np.ndarray, series_dir: Path) -> tuple[int, np.ndarray]:
+    """The number of orientation groups (greedy, sign-agnostic clustering of the normals) and the mean normal,
+    signed like the first slice's."""
     reps: list[np.ndarray] = []
     for n in normals:
         if not any(abs(float(n @ r)) >= _SAME_ORIENTATION_COS for r in reps):
@@ -196,50 +229,50 @@ def read_series(series_dir: str | Path, normalize: bool = True, description: str
     if len(reps) > 1:
         # Normal for axial blocks angled per disc: said, but not a problem to report with the series.
         warnings.warn(f"{series_dir}: {len(reps)} orientation groups; slices ordered along the mean normal",
-                      DicomWarning, stacklevel=2)
+                      DicomWarning, stacklevel=3)
     signs = np.sign(normals @ normals[0])
     signs[signs == 0] = 1
-    mean_normal = (normals * signs[:, None]).mean(0)
-    spacings_a = np.stack(spacings)
-    median_spacing = np.median(spacings_a[kept], axis=0)
-    off = kept & (np.abs(spacings_a - median_spacing) > 0.01 * median_spacing).any(1)
-    if off.any():  # slices of one shape and field of view share one pixel spacing: a differing tag is wrong
+    return len(reps), (normals * signs[:, None]).mean(0)
+
+
+def _common_spacing(spacings: np.ndarray, kept: np.ndarray, series_dir: Path, note) -> np.ndarray:
+    """Slices of one shape and field of view share one pixel spacing: a tag that differs from the others'
+    median is replaced by it (a GEOMETRY_FALLBACK)."""
+    median_spacing = np.median(spacings[kept], axis=0)
+    off = kept & (np.abs(spacings - median_spacing) > 0.01 * median_spacing).any(1)
+    if off.any():
         note(f"{series_dir}: {GEOMETRY_FALLBACK} PixelSpacing of {int(off.sum())} of {len(off)} slices differs from "
              f"the others' {median_spacing[0]:.3f} x {median_spacing[1]:.3f} mm; the series' median is used")
-        spacings_a[off] = median_spacing
-    depth = positions_a @ mean_normal
+        spacings[off] = median_spacing
+    return spacings
+
+
+def _spread_positions(positions: np.ndarray, mean_normal: np.ndarray, sl: dict[str, list], series_dir: Path,
+                      note) -> np.ndarray:
+    """The positions, or, when they do not spread along the normal (they then cannot order the slices nor place
+    a level on one), the slices in InstanceNumber order one slice gap apart (the median SliceThickness, else
+    1 mm): a GEOMETRY_FALLBACK."""
+    depth = positions @ mean_normal
     if len(depth) > 1 and len(np.unique(np.round(depth, 2))) < max(2, len(depth) // 2):
-        # Positions that do not spread along the normal cannot order the slices nor place a level on one:
-        # the slices go in InstanceNumber order, one slice gap apart (the median SliceThickness, else 1 mm).
+        thickness = sl["thickness"]
         gap = float(np.median([t for t in thickness if t])) if any(thickness) else 1.0
-        rank = np.argsort(np.asarray(instances), kind="stable")
-        positions_a = positions_a.copy()
-        positions_a[rank] = positions_a[rank[0]] + np.arange(len(rank))[:, None] * gap * mean_normal / np.linalg.norm(mean_normal)
+        rank = np.argsort(np.asarray(sl["instances"]), kind="stable")
+        positions = positions.copy()
+        positions[rank] = positions[rank[0]] + np.arange(len(rank))[:, None] * gap * mean_normal / np.linalg.norm(mean_normal)
         note(f"{series_dir}: {GEOMETRY_FALLBACK} {len(depth)} slices at {len(np.unique(np.round(depth, 2)))} distinct "
              f"positions along the normal; ordered by InstanceNumber, {gap:g} mm apart")
-    order = np.argsort(positions_a @ mean_normal, kind="stable")
+    return positions
 
+
+def _instance_numbers(instances: list[int], order: np.ndarray, series_dir: Path, note) -> list[int]:
+    """InstanceNumbers with a missing one replaced by its slice's position rank; repeated ones are named."""
     if any(i < 0 for i in instances):
         note(f"{series_dir}: missing InstanceNumber replaced by position rank")
         ranks = np.empty(len(order), dtype=int)
         ranks[order] = np.arange(1, len(order) + 1)
         instances = [inst if inst >= 0 else int(ranks[k]) for k, inst in enumerate(instances)]
-
     repeated = sorted(n for n, c in Counter(instances).items() if c > 1)
     if repeated:
         note(f"{series_dir}: InstanceNumber {', '.join(map(str, repeated[:5]))} used by more than one slice; "
              "a coordinate on such an instance is read on the first of them along the normal")
-    volume = np.stack([images[i] for i in order]).astype(np.float32)
-    known_thickness = [t for t in thickness if t is not None]
-    return Series(
-        path=series_dir,
-        volume=normalize_intensity(volume) if normalize else volume,
-        instance_numbers=np.asarray(instances, dtype=np.int64)[order],
-        positions=positions_a[order],
-        orientations=orientations_a[order],
-        spacings=spacings_a[order],
-        thickness=float(np.median(known_thickness)) if known_thickness else None,
-        description=description,
-        n_orientation_groups=len(reps),
-        warnings=notes,
-    )
+    return instances

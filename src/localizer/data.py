@@ -20,7 +20,8 @@ from ..atomic import atomic_path, write_csv
 from ..data.cache import entries_signature, load_series, series_cache_path, to_stored, to_unit
 from ..progress import progress
 from .frame import series_frame
-from .plan import STRIDE, part
+from ..data.dicom import Series
+from .plan import STRIDE, Part, part
 
 
 @dataclass
@@ -56,35 +57,9 @@ def build_slice_store(
     rows, points, images = [], [], []
     for r in progress(series_table.itertuples(), f"slices {series_type}", total=len(series_table)):
         path = series_cache_path(cache_dir, "train", r.study_id, r.series_id)
-        if not path.is_file():
-            continue
-        s = load_series(path)
-        h, w = s.shape
-        labelled = by_series.get(r.series_id)
-        present = set(s.instance_numbers.tolist())
-        if not plan.searched:  # only the labelled slices: the test-time slice comes from geometry
-            if labelled is None:
-                continue
-            ks = sorted({s.index_of_instance(i) for i in labelled["instance_number"] if i in present})
-        else:
-            ks = list(range(len(s)))
-        slot = {}
-        for k in ks:
-            slot[k] = len(rows)
-            rows.append({"study_id": r.study_id, "series_id": r.series_id, "k": k, "n": len(s),
-                         "instance_number": int(s.instance_numbers[k]), "h": h, "w": w})
-            images.append(to_stored(series_frame(s, k, size).place(s.volume[k])))
-        if labelled is None:
-            continue
-        for p in labelled.itertuples():
-            if p.instance_number not in present:
-                continue
-            k0 = s.index_of_instance(p.instance_number)
-            x, y = series_frame(s, k0, size).to_input(p.x, p.y)
-            for dk, amp in ((0, 1.0), (-1, neighbour_weight), (1, neighbour_weight)):
-                if (k0 + dk) in slot and (dk == 0 or plan.searched):
-                    points.append({"slice": slot[k0 + dk], "channel": plan.channel(p.level), "x": float(x),
-                                   "y": float(y), "amplitude": amp, "condition": p.condition, "level": p.level})
+        if path.is_file():
+            _add_series(load_series(path), r, by_series.get(r.series_id), plan, size, neighbour_weight,
+                        (rows, points, images))
     arr = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
     index = pd.DataFrame(rows, columns=["study_id", "series_id", "k", "n", "instance_number", "h", "w"])
     index["first"] = np.arange(len(index)) - index["k"].to_numpy()  # row of slice 0 of the same series
@@ -96,6 +71,37 @@ def build_slice_store(
     with atomic_path(npy, ".npy") as tmp:  # written last: its presence means the store is complete
         np.save(tmp, arr)
     return SliceStore(np.load(npy, mmap_mode="r"), index, pts)
+
+
+def _add_series(s: Series, r, labelled: pd.DataFrame | None, plan: Part, size: int, neighbour_weight: float,
+                out: tuple[list, list, list]) -> None:
+    """Append one series' slices (every slice of a searched type, the labelled ones otherwise: the test-time
+    slice comes from geometry) and its labelled points (on the neighbour slices too, weighted, when searched)
+    to the store's rows, points and images."""
+    rows, points, images = out
+    present = set(s.instance_numbers.tolist())
+    if not plan.searched:
+        if labelled is None:
+            return
+        ks = sorted({s.index_of_instance(i) for i in labelled["instance_number"] if i in present})
+    else:
+        ks = list(range(len(s)))
+    h, w = s.shape
+    slot = {}
+    for k in ks:
+        slot[k] = len(rows)
+        rows.append({"study_id": r.study_id, "series_id": r.series_id, "k": k, "n": len(s),
+                     "instance_number": int(s.instance_numbers[k]), "h": h, "w": w})
+        images.append(to_stored(series_frame(s, k, size).place(s.volume[k])))
+    for p in labelled.itertuples() if labelled is not None else []:
+        if p.instance_number not in present:
+            continue
+        k0 = s.index_of_instance(p.instance_number)
+        x, y = series_frame(s, k0, size).to_input(p.x, p.y)
+        for dk, amp in ((0, 1.0), (-1, neighbour_weight), (1, neighbour_weight)):
+            if (k0 + dk) in slot and (dk == 0 or plan.searched):
+                points.append({"slice": slot[k0 + dk], "channel": plan.channel(p.level), "x": float(x),
+                               "y": float(y), "amplitude": amp, "condition": p.condition, "level": p.level})
 
 
 def gaussian_heatmaps(points: np.ndarray, channels: int, size: int, sigma: float) -> np.ndarray:

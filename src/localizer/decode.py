@@ -7,6 +7,7 @@ the two sides look alike.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -134,16 +135,37 @@ def assign_levels(scores: np.ndarray, inferior: np.ndarray, min_gap: float,
     return [int(i) for i in combos[best]], share
 
 
-def _row(study_id: int, series_id: int, series: Series, k: int, condition: str, level: str, xy: tuple[float, float],
-         confidence: float) -> dict:
-    return {"study_id": study_id, "series_id": series_id, "instance_number": int(series.instance_numbers[k]),
-            "condition": condition, "level": level, "x": xy[0], "y": xy[1], "confidence": confidence}
+@dataclass(frozen=True)
+class HeatSource:
+    """Whose heatmaps are decoded: the series (its study and series ids, loaded) and the localizer input size
+    (px) the heatmaps were made at."""
+
+    study_id: int
+    series_id: int
+    series: Series
+    size: int
+
+    def row(self, k: int, condition: str, level: str, xy: tuple[float, float], confidence: float) -> dict:
+        """A predicted coordinate row on slice k."""
+        return {"study_id": self.study_id, "series_id": self.series_id,
+                "instance_number": int(self.series.instance_numbers[k]), "condition": condition, "level": level,
+                "x": xy[0], "y": xy[1], "confidence": confidence}
 
 
-def decode_searched(part: Part, series: Series, heat: np.ndarray, ks: np.ndarray, size: int,
-                    study_id: int, series_id: int, midline: np.ndarray | None = None,
-                    n_candidates: int = 10, per_level: int = 1, min_gap_mm: float = 15.0, max_gap_mm: float = 70.0,
-                    max_gap_ratio: float = 1.6) -> list[dict]:
+@dataclass(frozen=True)
+class Search:
+    """How levels are found on a searched series: candidate peaks (per level and of the every-level channel)
+    and the plausible spacing of consecutive discs (mm, and the largest ratio between two gaps)."""
+
+    n_candidates: int = 10
+    per_level: int = 1
+    min_gap_mm: float = 15.0
+    max_gap_mm: float = 70.0
+    max_gap_ratio: float = 1.6
+
+
+def decode_searched(part: Part, src: HeatSource, heat: np.ndarray, ks: np.ndarray, midline: np.ndarray | None = None,
+                    search: Search = Search()) -> list[dict]:
     """Rows for every condition and level of a searched (sagittal) series from per-slice heatmaps (len(ks), C, h, w).
 
     A midline condition looks at every slice and is read on the middle slice of the structure
@@ -157,12 +179,12 @@ def decode_searched(part: Part, series: Series, heat: np.ndarray, ks: np.ndarray
     is about as likely).
     """
     rows = []
-    weights = None
+    series, weights = src.series, None
     if midline is None:
         weights = np.zeros(len(series))
         weights[ks] = heat.max(axis=(1, 2, 3))
     slice_side = side_of_slices(series, midline, weights)[ks]
-    frame = frame_of(series.shape, series.spacings[ks[0]], size)
+    frame = frame_of(series.shape, series.spacings[ks[0]], src.size)
     depth = series.depths[ks]
     levels = part.levels
     for condition, side in part.sides().items():
@@ -171,14 +193,14 @@ def decode_searched(part: Part, series: Series, heat: np.ndarray, ks: np.ndarray
             continue
         sub = heat[candidates]  # (K, C, h, w)
         top = sub.max(axis=0)  # (C, h, w): each channel's maximum over the slices
-        peaks = candidate_peaks(top[: len(levels)], top[part.any_channel], n_candidates, per_level,
-                                min_gap_mm / frame.mm_per_cell)
+        peaks = candidate_peaks(top[: len(levels)], top[part.any_channel], search.n_candidates, search.per_level,
+                                search.min_gap_mm / frame.mm_per_cell)
         # A level at a peak: its channel's heat (which disc) times the every-level heat (a disc, and where).
         ys, xs = np.array(peaks).T
         scores = top[: len(levels), ys, xs] * top[part.any_channel, ys, xs]  # (levels, peaks)
         inferior = np.array([-series.pixel_to_patient(ks[candidates[0]], *frame.heat_to_image((y, x)))[2]
                              for y, x in peaks])
-        picks, sure = assign_levels(scores, inferior, min_gap_mm, max_gap_mm, max_gap_ratio)
+        picks, sure = assign_levels(scores, inferior, search.min_gap_mm, search.max_gap_mm, search.max_gap_ratio)
         for c, level in enumerate(levels):
             if picks is not None:
                 y, x = peaks[picks[c]]
@@ -190,22 +212,27 @@ def decode_searched(part: Part, series: Series, heat: np.ndarray, ks: np.ndarray
             else:
                 j = int(np.argmax(sub[:, c, y, x]))
             xy = frame.heat_to_image(refine_peak(sub[j, c], y, x))
-            rows.append(_row(study_id, series_id, series, ks[candidates[j]], condition, level, xy,
-                             float(sub[j, c, y, x]) * sure))
+            rows.append(src.row(ks[candidates[j]], condition, level, xy, float(sub[j, c, y, x]) * sure))
     return rows
 
 
-def decode_slice(part: Part, series: Series, k: int, heat: np.ndarray, size: int, study_id: int, series_id: int,
-                 level: str, min_dist_mm: float = 8.0, midline: np.ndarray | None = None,
-                 reach_mm: float = 30.0) -> list[dict]:
+# On a geometry-sliced (axial) slice: how far a lateral structure may be from the canal, and how far apart the
+# two strongest peaks must be when the canal is not known.
+REACH_MM = 30.0
+MIN_DIST_MM = 8.0
+
+
+def decode_slice(part: Part, src: HeatSource, k: int, heat: np.ndarray, level: str,
+                 midline: np.ndarray | None = None) -> list[dict]:
     """Rows of a geometry-sliced (axial) part on the slice assigned to `level`, from its heatmap (h, w).
 
     With `midline` (the level's 3D point on the spinal canal, from the sagittal series) each lateral
-    condition is its side's strongest peak within reach_mm of the canal: the two sides look alike, so two
+    condition is its side's strongest peak within REACH_MM of the canal: the two sides look alike, so two
     peaks on one side (one recess and a lookalike) would otherwise name one of them the other side.
-    Without it, the two strongest peaks at least min_dist_mm apart, named by their patient x (left is +x).
+    Without it, the two strongest peaks at least MIN_DIST_MM apart, named by their patient x (left is +x).
     """
-    frame = frame_of(series.shape, series.spacings[k], size)
+    series = src.series
+    frame = frame_of(series.shape, series.spacings[k], src.size)
     sides = part.sides()
     if midline is not None:
         yy, xx = np.mgrid[0 : heat.shape[0], 0 : heat.shape[1]]
@@ -213,34 +240,33 @@ def decode_slice(part: Part, series: Series, k: int, heat: np.ndarray, size: int
         mx, my, _ = series.patient_to_pixel(k, np.asarray(midline, float))
         centre = series.pixel_to_patient(k, float(mx), float(my))  # the canal point on this slice
         left = (cells - centre) @ PATIENT_LEFT
-        near = np.linalg.norm(cells - centre, axis=-1) <= reach_mm
+        near = np.linalg.norm(cells - centre, axis=-1) <= REACH_MM
         rows = []
         for condition in part.conditions:
             side = sides[condition]
             mask = near if side == 0 else near & (np.sign(left) == side)
             masked = np.where(mask, heat, -np.inf) if mask.any() else heat
             y, x = np.unravel_index(int(np.argmax(masked)), heat.shape)
-            rows.append(_row(study_id, series_id, series, k, condition, level,
-                             frame.heat_to_image(refine_peak(heat, y, x)), float(heat[y, x])))
+            rows.append(src.row(k, condition, level, frame.heat_to_image(refine_peak(heat, y, x)), float(heat[y, x])))
         return rows
-    peaks = local_peaks(heat, len(part.conditions), max(min_dist_mm / frame.mm_per_cell, 1.0))
+    peaks = local_peaks(heat, len(part.conditions), max(MIN_DIST_MM / frame.mm_per_cell, 1.0))
     peaks += peaks[-1:] * (len(part.conditions) - len(peaks))  # a map too small for separate peaks
     found = [(frame.heat_to_image(refine_peak(heat, y, x)), float(heat[y, x])) for y, x in peaks]
     leftness = [float(series.pixel_to_patient(k, *xy) @ PATIENT_LEFT) for xy, _ in found]
     by_left = sorted(range(len(found)), key=lambda i: -leftness[i])  # stable: ties keep the peak order
     by_side = sorted(part.conditions, key=lambda c: -sides[c])
-    return [_row(study_id, series_id, series, k, condition, level, *found[i]) for condition, i in zip(by_side, by_left)]
+    return [src.row(k, condition, level, *found[i]) for condition, i in zip(by_side, by_left)]
 
 
-def decode_series_points(part: Part, series: Series, heat: np.ndarray, ks: np.ndarray, size: int,
-                         study_id: int, series_id: int, labelled: pd.DataFrame | None = None) -> pd.DataFrame:
+def decode_series_points(part: Part, src: HeatSource, heat: np.ndarray, ks: np.ndarray,
+                         labelled: pd.DataFrame | None = None) -> pd.DataFrame:
     """Validation decoding: searched series as at test time; geometry-sliced ones on their labelled slices."""
     if part.searched:
-        rows = decode_searched(part, series, heat, ks, size, study_id, series_id)
+        rows = decode_searched(part, src, heat, ks)
     else:
         rows = []
         for j, k in enumerate(ks):
-            on_slice = labelled[labelled["instance_number"] == series.instance_numbers[k]] if labelled is not None else []
+            on_slice = labelled[labelled["instance_number"] == src.series.instance_numbers[k]] if labelled is not None else []
             if len(on_slice):
-                rows += decode_slice(part, series, int(k), heat[j, 0], size, study_id, series_id, on_slice["level"].iloc[0])
+                rows += decode_slice(part, src, int(k), heat[j, 0], on_slice["level"].iloc[0])
     return pd.DataFrame(rows, columns=list(PREDICTED_COORDINATE_COLUMNS))

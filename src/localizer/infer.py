@@ -29,7 +29,7 @@ from ..inference.faults import FaultLog
 from ..parallel import batches_ahead
 from ..run_folders import first_line, fold_of, load_fold_models, localizer_run
 from .frame import series_stacks, stack_of
-from .decode import decode_searched, decode_slice
+from .decode import HeatSource, decode_searched, decode_slice
 from .plan import PLAN, Part
 
 
@@ -228,7 +228,7 @@ class Localizer:
         for i, sid, s in todo if heat is not None else []:
             h, start = heat[start : start + len(s)], start + len(s)
             try:
-                found = decode_searched(part, s, h, np.arange(len(s)), size, inputs[i].study_id, sid,
+                found = decode_searched(part, HeatSource(inputs[i].study_id, sid, s, size), h, np.arange(len(s)),
                                         midline=np.mean(list(points[i].values()), 0) if points[i] else None)
             except Exception as err:  # noqa: BLE001 - one series type of one study must not take the others down
                 errors.setdefault(i, err)
@@ -268,7 +268,7 @@ class Localizer:
         for j, (i, level, sid, s, k) in enumerate(todo if heat is not None else []):
             try:
                 out.setdefault(i, []).extend(
-                    decode_slice(part, s, k, heat[j, 0], self.size(part), inputs[i].study_id, sid, level,
+                    decode_slice(part, HeatSource(inputs[i].study_id, sid, s, self.size(part)), k, heat[j, 0], level,
                                  midline=points[i][level]))
             except Exception as err:  # noqa: BLE001 - costs this study's rows of this series type
                 if i not in failed:

@@ -13,7 +13,7 @@ from ..constants import PREDICTED_COORDINATE_COLUMNS
 from ..data.tables import load_series_descriptions
 from ..data.inputs import prepare_tables, read_tables
 from .data import SliceDataset, SliceStore, build_slice_store, loc_transform
-from .decode import decode_series_points
+from .decode import HeatSource, decode_series_points
 from .errors import point_errors
 from .plan import part
 
@@ -108,8 +108,8 @@ class LocalizerTask:
             g = g.sort_values("k")
             series = load_series(series_cache_path(self.cache_dir, "train", study_id, series_id))
             labelled = self.val_coords[self.val_coords["series_id"] == series_id]
-            preds.append(decode_series_points(self.part, series, heat[g.index.to_numpy()], g["k"].to_numpy(),
-                                              self.cfg["loc"]["size_px"], int(study_id), int(series_id), labelled))
+            src = HeatSource(int(study_id), int(series_id), series, self.cfg["loc"]["size_px"])
+            preds.append(decode_series_points(self.part, src, heat[g.index.to_numpy()], g["k"].to_numpy(), labelled))
         pred = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame(columns=list(PREDICTED_COORDINATE_COLUMNS))
         err = point_errors(pred, self.val_coords, self.cache_dir, "train")
         capped = np.minimum(err["error_3d_mm"].fillna(50.0).to_numpy(), 50.0)

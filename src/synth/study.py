@@ -1,6 +1,9 @@
 """One study: labels, anatomy, its series rendered and written, and the coordinates an annotator would click."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 
 from ..constants import (
@@ -23,13 +26,28 @@ def make_study(args: tuple) -> dict:
     written[np.isnan(pattern)] = np.nan
     anat, grid, stir = study_anatomy(severity, rng, cfg)
     pose = (rotation(rng, (6, 4, 8)), rng.uniform(-40, 40, 3) + np.array([0, 0, rng.uniform(-300, 0)]))
-    scanner = {"gain": rng.uniform(300, 3000), "noise": rng.uniform(*(cfg.var.noise or cfg.noise)), "stir": stir}
+    scene = Scene(anat, grid, pose, gain=rng.uniform(300, 3000), noise=rng.uniform(*(cfg.var.noise or cfg.noise)),
+                  stir=stir)
     plan = series_plan(rng, cfg)
-    series_rows, series_geometry = write_study_series(study_id, split, plan, anat, grid, pose, scanner, rng, cfg)
+    series_rows, series_geometry = write_study_series(study_id, cfg.out / f"{split}_images" / str(study_id), plan,
+                                                      scene, rng, cfg)
     latent = latent_rows(study_id, severity, written, p, anat, pose)
     coords = annotate(study_id, written, anat, pose, series_geometry, rng, cfg)
     labels = {"study_id": study_id, **{c: (SEVERITIES[int(v)] if not np.isnan(v) else "") for c, v in zip(LABEL_COLUMNS, written)}}
     return {"split": split, "labels": labels, "series": series_rows, "coords": coords, "latent": latent}
+
+
+@dataclass
+class Scene:
+    """What every series of a study is cut from: its anatomy and rendered volumes, the patient's pose in the
+    scanner, and the scanner's gain, noise and whether its Sagittal T2/STIR is a STIR."""
+
+    anat: Anatomy
+    grid: Grid
+    pose: tuple[np.ndarray, np.ndarray]
+    gain: float
+    noise: float
+    stir: bool
 
 
 def study_anatomy(severity: np.ndarray, rng: np.random.Generator, cfg: SynthConfig) -> tuple[Anatomy, Grid, bool]:
@@ -78,11 +96,11 @@ def series_plan(rng: np.random.Generator, cfg: SynthConfig) -> list[tuple[str, l
     return plan
 
 
-def write_study_series(study_id: int, split: str, plan: list, anat: Anatomy, grid: Grid, pose: tuple,
-                       scanner: dict, rng: np.random.Generator, cfg: SynthConfig) -> tuple[list[dict], list[tuple]]:
-    """Render and write every series of the plan; returns the series table rows and each one's geometry."""
-    v = cfg.var
-    root = cfg.out / f"{split}_images" / str(study_id)
+def write_study_series(study_id: int, root: Path, plan: list, scene: Scene, rng: np.random.Generator,
+                       cfg: SynthConfig) -> tuple[list[dict], list[tuple]]:
+    """Render and write every series of the plan under root; returns the series table rows and each one's
+    geometry."""
+    v, anat, grid = cfg.var, scene.anat, scene.grid
     series_rows, series_geometry = [], []
     used_ids: set[int] = set()
     for number, (desc, levels) in enumerate(plan, start=1):
@@ -95,15 +113,15 @@ def write_study_series(study_id: int, split: str, plan: list, anat: Anatomy, gri
             volume = grid.t2
         else:
             specs, gap = sagittal_slices(anat, rng, cfg)
-            volume = grid.t1 if desc == SAGITTAL_T1 else grid.volumes["stir" if scanner["stir"] else "t2"]
+            volume = grid.t1 if desc == SAGITTAL_T1 else grid.volumes["stir" if scene.stir else "t2"]
         thickness = float(gap * rng.uniform(0.85, 1.0))
         gamma = float(rng.uniform(*v.gamma)) if v.gamma[0] != v.gamma[1] else v.gamma[0]
         bias = float(rng.uniform(*v.bias)) if v.bias[0] != v.bias[1] else v.bias[0]
-        images = [finish_image(render_slice(grid, volume, sp, thickness), rng, scanner["noise"], scanner["gain"], bias,
-                               gamma) for sp in specs]
+        images = [finish_image(render_slice(grid, volume, sp, thickness), rng, scene.noise, scene.gain, bias, gamma)
+                  for sp in specs]
         meta = dict(study_id=study_id, series_id=series_id, series_number=number, description=desc,
                     thickness=round(thickness, 2), gap=round(gap, 2))
-        geo = write_series(root / str(series_id), images, specs, pose, meta, rng, cfg)
+        geo = write_series(root / str(series_id), images, specs, scene.pose, meta, rng, cfg)
         series_rows.append({"study_id": study_id, "series_id": series_id, "series_description": desc})
         series_geometry.append((series_id, desc, geo))
     return series_rows, series_geometry

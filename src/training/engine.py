@@ -220,6 +220,8 @@ class _Trainer:
     device: torch.device
     amp_dtype: torch.dtype | None
     ema: ModelEmaV3 | None = None
+    rank: int = 0  # this process under torchrun (0 alone), of `world`
+    world: int = 1
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -361,9 +363,28 @@ def fit(cfg: dict, tasks: Mapping[str, type[Task]]) -> dict:
         raise
     if main:
         config_lib.save(cfg, out_dir / CONFIG)
-    train_ds, val_ds = task.train_dataset(), task.val_dataset()
-    train_loader, val_loader, sampler = _loaders(cfg, train_ds, val_ds, world, rank, device)
+    loaders = _loaders(cfg, task.train_dataset(), task.val_dataset(), world, rank, device)
+    trainer = _make_trainer(cfg, len(loaders[0]), device, (rank, world, local_rank))
+    if resuming:
+        progress = _resume(out_dir, trainer, main)
+    elif cfg["resume"] and ((out_dir / BEST).is_file() or (out_dir / LOG).is_file()):  # a run without its last.pt
+        progress = _from_best(out_dir, trainer, f"{out_dir}: no {LAST}", main)
+    else:
+        progress = _Progress()
+    trainer.scheduler.step_update(progress.epoch * len(loaders[0]))
+    best_metrics = _epochs(cfg, task, trainer, loaders, progress, out_dir)
+    if main:  # the final state, even when no epoch ran here (a run continued from best.pt), and the done marker
+        if not (out_dir / LAST).is_file():
+            save_torch(trainer.checkpoint(progress), out_dir / LAST)
+        write_json({**progress.state(), "epochs": cfg["epochs"], "patience": cfg["patience"]}, out_dir / DONE)
+    return {**best_metrics, "best_epoch": progress.best_epoch, "run_dir": str(out_dir), "references": task.references()}
 
+
+def _make_trainer(cfg: dict, steps: int, device: torch.device, dist_ranks: tuple[int, int, int]) -> _Trainer:
+    """The config's model on the device (DDP-wrapped under torchrun, compiled on request), AdamW, the cosine
+    schedule with warm-up over every step, the AMP scaler and the EMA of the weights (ema_decay > 0).
+    dist_ranks: (rank, world size, local rank), as _distributed gives them."""
+    rank, world, local_rank = dist_ranks
     model = build_model(cfg).to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -371,7 +392,6 @@ def fit(cfg: dict, tasks: Mapping[str, type[Task]]) -> dict:
             model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
                                   fused=device.type == "cuda")
-    steps = len(train_loader)
     scheduler = CosineLRScheduler(optimizer, t_initial=cfg["epochs"] * steps, lr_min=cfg["min_lr"],
                                   warmup_t=int(cfg["warmup_epochs"] * steps), warmup_lr_init=cfg["lr"] * 0.01,
                                   warmup_prefix=True, t_in_epochs=False)
@@ -382,16 +402,14 @@ def fit(cfg: dict, tasks: Mapping[str, type[Task]]) -> dict:
     net = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None) if world > 1 else model
     if cfg["compile"] and device.type == "cuda":
         net = torch.compile(net)
-    trainer = _Trainer(model, net, optimizer, scheduler, scaler, device, amp_dtype, ema)
-    if resuming:
-        progress = _resume(out_dir, trainer, main)
-    elif cfg["resume"] and ((out_dir / BEST).is_file() or (out_dir / LOG).is_file()):  # a run without its last.pt
-        progress = _from_best(out_dir, trainer, f"{out_dir}: no {LAST}", main)
-    else:
-        progress = _Progress()
-    scheduler.step_update(progress.epoch * steps)
+    return _Trainer(model, net, optimizer, scheduler, scaler, device, amp_dtype, ema, rank, world)
 
-    best_metrics: dict = {}
+
+def _epochs(cfg: dict, task: Task, t: _Trainer, loaders: tuple, progress: _Progress, out_dir: Path) -> dict:
+    """The epochs left (until patience runs out): train, validate, keep the best (best.pt, oof.csv), log, and
+    checkpoint every epoch (last.pt); returns the best epoch's row."""
+    train_loader, val_loader, sampler = loaders
+    rank, main, best_metrics = t.rank, t.rank == 0, {}
     for epoch in range(progress.epoch, cfg["epochs"]):
         if progress.bad_epochs >= cfg["patience"]:
             break
@@ -399,13 +417,13 @@ def fit(cfg: dict, tasks: Mapping[str, type[Task]]) -> dict:
         seed_everything(cfg["seed"] + 1000 * epoch + rank)  # worker seeds and dropout follow the epoch
         if sampler is not None:
             sampler.set_epoch(epoch)
-        if train_loader.num_workers == 0 and getattr(train_ds, "transform", None) is not None:
-            train_ds.transform.set_random_seed(cfg["seed"] + epoch)
-        train_loss = _train_epoch(trainer, task, train_loader, cfg, epoch * steps,
+        if train_loader.num_workers == 0 and getattr(train_loader.dataset, "transform", None) is not None:
+            train_loader.dataset.transform.set_random_seed(cfg["seed"] + epoch)
+        train_loss = _train_epoch(t, task, train_loader, cfg, epoch * len(train_loader),
                                   f"{cfg['name']} fold {cfg['fold']} epoch {epoch + 1}/{cfg['epochs']}", main)
-        metrics, oof = _validate(trainer.eval_model, val_loader, task, device, amp_dtype, world, main)
+        metrics, oof = _validate(t.eval_model, val_loader, task, t.device, t.amp_dtype, t.world, main)
         row = {"epoch": epoch + 1, "train_loss": train_loss, **metrics,
-               "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - started}
+               "lr": t.optimizer.param_groups[0]["lr"], "seconds": time.time() - started}
         progress.log.append(row)
         improved = metrics["score"] < progress.best_score
         if improved:
@@ -416,17 +434,13 @@ def fit(cfg: dict, tasks: Mapping[str, type[Task]]) -> dict:
         progress.epoch = epoch + 1
         if main:
             if improved:
-                save_torch({"model": trainer.eval_model.state_dict()}, out_dir / BEST)
+                save_torch({"model": t.eval_model.state_dict()}, out_dir / BEST)
                 write_csv(oof, out_dir / OOF)
             write_csv(pd.DataFrame(progress.log), out_dir / LOG)
-            save_torch(trainer.checkpoint(progress), out_dir / LAST)
+            save_torch(t.checkpoint(progress), out_dir / LAST)
             shown = " ".join(f"{k} {metrics[k]:.4f}" for k in task.shown)
             log(f"{cfg['name']} fold {cfg['fold']} epoch {epoch + 1}: train_loss {train_loss:.4f} {shown} "
                 f"({row['seconds']:.0f}s)" + (" *" if improved else ""))
     if not best_metrics and progress.log:
         best_metrics = _best_row(progress.log)
-    if main:  # the final state, even when no epoch ran here (a run continued from best.pt), and the done marker
-        if not (out_dir / LAST).is_file():
-            save_torch(trainer.checkpoint(progress), out_dir / LAST)
-        write_json({**progress.state(), "epochs": cfg["epochs"], "patience": cfg["patience"]}, out_dir / DONE)
-    return {**best_metrics, "best_epoch": progress.best_epoch, "run_dir": str(out_dir), "references": task.references()}
+    return best_metrics
