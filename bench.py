@@ -278,7 +278,7 @@ def train_configs(preset: str | None) -> list[dict]:
     from src.run_folders import localizer_run
 
     return [config_lib.resolve(m, preset) for m in ("attn_resnext", "cnn_lstm")] + [
-        config_lib.resolve("localizer", preset, None, {"series_type": p.key, "name": localizer_run(p.key)}) for p in PLAN]
+        config_lib.resolve("localizer", preset, None, {"series_type": p.series_type, "name": localizer_run(p.series_type)}) for p in PLAN]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     train = load_train(a.data_dir / "train.csv")
     folds = load_folds(a.folds)
     truth = load_coordinates(a.data_dir / "train_label_coordinates.csv")
-    fold_ids = a.fold_ids or [fold_of(p) for p in trained_folds(a.runs, localizer_run(PLAN[0].key))]
+    fold_ids = a.fold_ids or [fold_of(p) for p in trained_folds(a.runs, localizer_run(PLAN[0].series_type))]
     if not fold_ids:
         raise DataError(f"{a.runs}: no trained localizer: run `python train.py --fold N --model localizer` first")
     prepare(a.data_dir, cache_dir, "train", workers=a.workers)

@@ -75,7 +75,7 @@ def _configs(model: str | None, args, overrides: dict) -> list[dict]:
     """The resolved config of each run the command trains: one per series type for the localizer."""
     if model != "localizer":
         return [config_lib.resolve(model, args.preset, args.config, overrides)]
-    keys = [overrides["series_type"]] if overrides.get("series_type") else [p.key for p in PLAN]
+    keys = [overrides["series_type"]] if overrides.get("series_type") else [p.series_type for p in PLAN]
     name = overrides.get("name")
     names = {k: (name if len(keys) == 1 else f"{name}_{k}") if name else localizer_run(k) for k in keys}
     return [config_lib.resolve("localizer", args.preset, args.config, dict(overrides, series_type=k, name=names[k]))

@@ -26,8 +26,8 @@ SAGITTAL_T1 = "Sagittal T1"
 SAGITTAL_T2 = "Sagittal T2/STIR"
 AXIAL_T2 = "Axial T2"
 SERIES_DESCRIPTIONS: tuple[str, ...] = (SAGITTAL_T1, SAGITTAL_T2, AXIAL_T2)
-# Short names of the series types, for run folders and config values (localizer_sagittal_t2, ...).
-SERIES_KEYS: dict[str, str] = {SAGITTAL_T2: "sagittal_t2", SAGITTAL_T1: "sagittal_t1", AXIAL_T2: "axial"}
+# The series types' names in configs and run folders (config `series_type`, localizer_sagittal_t2, ...).
+SERIES_TYPES: dict[str, str] = {SAGITTAL_T2: "sagittal_t2", SAGITTAL_T1: "sagittal_t1", AXIAL_T2: "axial"}
 
 # The series type each condition is annotated on in train_label_coordinates.csv.
 CONDITION_SERIES: dict[str, str] = {
@@ -105,6 +105,10 @@ COLUMN_TO_CONDITION_LEVEL: dict[str, tuple[str, str]] = {
 def row_id(study_id: int, condition: str, level: str) -> str:
     """Submission row id: '{study_id}_{condition}_{level}' in slug form."""
     return f"{int(study_id)}_{label_column(condition, level)}"
+
+
+# The row id grammar: '{study_id}_{label column}' (row_id writes it, parse_row_id and split_row_id read it).
+ROW_ID_PATTERN = r"\d+_(?:" + "|".join(LABEL_COLUMNS) + ")"
 
 
 def parse_row_id(rid: str) -> tuple[int | None, str]:

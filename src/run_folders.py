@@ -123,9 +123,9 @@ def is_run_name(runs: str | Path, name: str) -> bool:
         and "/" not in name and "\\" not in name and (Path(runs) / name).is_dir()
 
 
-def localizer_run(series_key: str) -> str:
+def localizer_run(series_type: str) -> str:
     """Run name of the localizer of one series type (localizer_sagittal_t2, ...)."""
-    return f"localizer_{series_key}"
+    return f"localizer_{series_type}"
 
 
 def load_model(run: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -173,7 +173,7 @@ def random_runs(root: str | Path, preset: str | None = "tiny", folds: tuple[int,
     from .localizer.plan import PLAN
 
     localizer, classifier = (overrides or {}).get("localizer", {}), (overrides or {}).get("classifier", {})
-    jobs = [("localizer", {**localizer, "series_type": p.key, "name": localizer_run(p.key)}) for p in PLAN]
+    jobs = [("localizer", {**localizer, "series_type": p.series_type, "name": localizer_run(p.series_type)}) for p in PLAN]
     if classifiers:
         jobs += [(m, dict(classifier)) for m in ("attn_resnext", "cnn_lstm")]
     jobs += [("attn_resnext", {**classifier, "name": n}) for n in experiments]

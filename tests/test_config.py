@@ -39,10 +39,10 @@ import yaml  # noqa: E402
 
 from conftest import REPO  # noqa: E402
 from src.training import config as config_lib  # noqa: E402
-from src.constants import SERIES_KEYS  # noqa: E402
+from src.constants import SERIES_TYPES  # noqa: E402
 
 RECIPES = sorted((REPO / "configs").glob("*.yaml"))
-TYPES = sorted(SERIES_KEYS.values())
+TYPES = sorted(SERIES_TYPES.values())
 
 
 def _parts(recipe: Path, **overrides) -> dict[str, dict]:

@@ -46,11 +46,11 @@ class _Planted(Localizer):
     def __init__(self):
         import torch
 
-        super().__init__({p.key: [(None, {"loc": {"size_px": 100}})] for p in PLAN}, torch.device("cpu"))
+        super().__init__({p.series_type: [(None, {"loc": {"size_px": 100}})] for p in PLAN}, torch.device("cpu"))
         self.calls: list[tuple[str, list[int]]] = []
 
     def heatmaps(self, part, slices, stacks=None, faults=None):
-        self.calls.append((part.key, [k for _, k in slices]))
+        self.calls.append((part.series_type, [k for _, k in slices]))
         heat = np.zeros((len(slices), part.channels, 50, 50), np.float32)
         if part.searched:
             for c, r in enumerate(DISC_ROWS):
@@ -73,7 +73,7 @@ def _study(with_t2=True):
 def test_study_follows_the_plan_and_picks_axial_slices_by_3d_distance(with_t2):
     loc = _Planted()
     rows = loc.study(7, _study(with_t2))
-    assert [key for key, _ in loc.calls][: 1 + with_t2] == [p.key for p in PLAN if p.searched][1 - with_t2:]
+    assert [key for key, _ in loc.calls][: 1 + with_t2] == [p.series_type for p in PLAN if p.searched][1 - with_t2:]
     assert len(rows) == (25 if with_t2 else 20) and {r["study_id"] for r in rows} == {7}
     axial = {(r["level"], r["condition"]): r for r in rows if "Subarticular" in r["condition"]}
     assert len(axial) == 10
@@ -128,7 +128,7 @@ class _Truth(Localizer):
     def __init__(self, points: dict[tuple[str, str], np.ndarray]):
         import torch
 
-        super().__init__({p.key: [(None, {"loc": {"size_px": self.SIZE}})] for p in PLAN}, torch.device("cpu"))
+        super().__init__({p.series_type: [(None, {"loc": {"size_px": self.SIZE}})] for p in PLAN}, torch.device("cpu"))
         self.points = points
 
     def heatmaps(self, part, slices, stacks=None, faults=None):
@@ -216,7 +216,7 @@ def test_batches_of_studies_localize_as_one_study_at_a_time(synth_dir, tmp_path)
             model.register_forward_pre_hook(lambda m, args, key=key: calls.append((key, len(args[0]))))
     batched = localize(table, cache, "test", loc, studies_per_batch=8, workers=1)
     # Every fold of each series type sees all 4 studies in one call; the axial levels of all of them too.
-    assert sorted(key for key, _ in calls) == sorted([p.key for p in PLAN] * 2)
+    assert sorted(key for key, _ in calls) == sorted([p.series_type for p in PLAN] * 2)
     axial = batched[batched["condition"].str.contains("Subarticular")]
     assert dict(calls)["axial"] == len(axial.drop_duplicates(["study_id", "level"]))
     single_calls = len(calls)

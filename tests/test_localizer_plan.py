@@ -2,14 +2,14 @@ import pytest
 import torch
 
 from src.training.config import resolve
-from src.constants import AXIAL_T2, CONDITION_SERIES, CONDITIONS, LEVELS, LOCALIZER_ORDER, SAGITTAL_T1, SERIES_KEYS
+from src.constants import AXIAL_T2, CONDITION_SERIES, CONDITIONS, LEVELS, LOCALIZER_ORDER, SAGITTAL_T1, SERIES_TYPES
 from src.localizer.plan import PARTS, PLAN, build_plan, part
 from src.classifier.models import build_model
 
 
 def test_plan_is_derived_from_the_constants():
     assert [p.description for p in PLAN] == list(LOCALIZER_ORDER)
-    assert [p.key for p in PLAN] == ["sagittal_t2", "sagittal_t1", "axial"]
+    assert [p.series_type for p in PLAN] == ["sagittal_t2", "sagittal_t1", "axial"]
     # Every condition is localized on exactly the series type it is annotated on.
     assert sorted(c for p in PLAN for c in p.conditions) == sorted(CONDITIONS)
     assert all(CONDITION_SERIES[c] == p.description for p in PLAN for c in p.conditions)
@@ -23,13 +23,13 @@ def test_plan_is_derived_from_the_constants():
 def test_a_new_condition_or_series_type_is_a_data_change():
     # A new condition on an existing series type joins that part.
     extra = dict(CONDITION_SERIES, **{"Left Facet Arthropathy": AXIAL_T2})
-    axial = {p.key: p for p in build_plan(extra)}["axial"]
+    axial = {p.series_type: p for p in build_plan(extra)}["axial"]
     assert axial.conditions[-1] == "Left Facet Arthropathy" and axial.channels == 1
     # A new series type gets its own part, searched unless it is listed as geometry-sliced.
     coronal = "Coronal T2"
     plan = build_plan(dict(CONDITION_SERIES, **{"Scoliosis": coronal}), (*LOCALIZER_ORDER, coronal),
-                      dict(SERIES_KEYS, **{coronal: "coronal"}))
-    assert plan[-1].key == "coronal" and plan[-1].searched and plan[-1].channels == len(LEVELS) + 1
+                      dict(SERIES_TYPES, **{coronal: "coronal"}))
+    assert plan[-1].series_type == "coronal" and plan[-1].searched and plan[-1].channels == len(LEVELS) + 1
     assert plan[-1].sides() == {"Scoliosis": 0}
     # A condition on a series type the order does not know is refused.
     with pytest.raises(ValueError, match="not in the localizer's order"):
@@ -40,7 +40,7 @@ def test_a_new_condition_or_series_type_is_a_data_change():
 
 def test_heatmap_model_channels_follow_the_plan():
     for p in PLAN:
-        cfg = resolve("localizer", "tiny", None, {"series_type": p.key, "loc": {"size_px": 32}})
+        cfg = resolve("localizer", "tiny", None, {"series_type": p.series_type, "loc": {"size_px": 32}})
         with torch.no_grad():
             out = build_model(cfg).eval()(torch.rand(1, 3, 32, 32))
         assert out.shape == (1, p.channels, 16, 16)

@@ -11,7 +11,7 @@ def test_classifier_runs_finds_every_trained_classifier(tmp_path):
     (runs / "empty").mkdir()
     assert classifier_runs(runs) == ["attn_resnext", "attn_resnext_wide", "cnn_lstm"]  # localizers excluded
     assert classifier_runs(runs, "attn_resnext") == ["attn_resnext", "attn_resnext_wide"]
-    assert run_names(runs, "localizer") == sorted(localizer_run(p.key) for p in PLAN)
+    assert run_names(runs, "localizer") == sorted(localizer_run(p.series_type) for p in PLAN)
     assert [p.name for p in trained_folds(runs, "cnn_lstm")] == ["fold0"]
     assert classifier_runs(tmp_path / "nothing") == []
 

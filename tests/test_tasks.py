@@ -48,7 +48,7 @@ def test_classifier_task_splits_by_study_and_scores_every_validation_row(overrid
 @pytest.mark.parametrize("task_class", [ClassifierTask, LocalizerTask])
 def test_building_a_task_decodes_and_writes_nothing(synth_dir, tmp_path, task_class):
     overrides = {"data_dir": str(synth_dir), "cache_dir": str(tmp_path / "cache"), "folds": str(tmp_path / "folds.csv"),
-                 "runs": str(tmp_path / "runs"), "series_type": PLAN[0].key}
+                 "runs": str(tmp_path / "runs"), "series_type": PLAN[0].series_type}
     model = "localizer" if task_class is LocalizerTask else "attn_resnext"
     task_class(resolve(model, "tiny", None, overrides))
     assert not list(tmp_path.iterdir())
@@ -83,7 +83,7 @@ def test_jitter_errors_come_from_this_folds_localizer_predictions(overrides, tmp
     coords = load_coordinates(Path(overrides["data_dir"]) / "train_label_coordinates.csv")
     part = PLAN[0]
     predicted = coords[coords["condition"].isin(part.conditions)].head(6).assign(x=lambda d: d["x"] + 2.0)
-    out = run_dir(tmp_path, localizer_run(part.key), 1)
+    out = run_dir(tmp_path, localizer_run(part.series_type), 1)
     out.mkdir(parents=True)
     write_csv(predicted, out / "oof.csv")
     prepare(Path(overrides["data_dir"]), Path(overrides["cache_dir"]), "train", workers=1)
@@ -94,9 +94,9 @@ def test_jitter_errors_come_from_this_folds_localizer_predictions(overrides, tmp
 
 
 @pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize("part", PLAN, ids=lambda p: p.key)
+@pytest.mark.parametrize("part", PLAN, ids=lambda p: p.series_type)
 def test_localizer_task_recovers_labelled_points_from_their_own_targets(overrides, part):
-    task = ready(LocalizerTask(resolve("localizer", "tiny", None, dict(overrides, series_type=part.key, loc={"size_px": 64}))))
+    task = ready(LocalizerTask(resolve("localizer", "tiny", None, dict(overrides, series_type=part.series_type, loc={"size_px": 64}))))
     index = task.store.index
     assert not set(index["study_id"].iloc[task.train_rows]) & set(index["study_id"].iloc[task.val_rows])
     val = task.val_dataset()

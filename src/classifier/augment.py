@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..constants import FLIPPED_CONDITION
+from ..data.cache import to_unit
 
 
 def train_transform(aug: dict, size_px: int) -> A.Compose:
@@ -116,7 +117,7 @@ class DeviceAugment:
         theta[:, 0, 2] = -inv * (cos * tx - sin * ty)
         theta[:, 1, 2] = -inv * (sin * tx + cos * ty)
         grid = F.affine_grid(theta, (b, s, self.size_px, self.size_px), align_corners=False)
-        unit = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()  # 8-bit crops from the store
+        unit = to_unit(images)  # 8-bit crops from the store
         out = F.grid_sample(unit, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         sigma = params["sigma"].float().view(b, 1, 1, 1)
         if bool((sigma > 0).any()):

@@ -20,16 +20,21 @@ from ..data.cache import entries_signature, load_series, series_cache_path, to_s
 from ..constants import CONDITIONS, LEVELS, group_of, label_column, row_id
 from ..data.dicom import Series, normalize_intensity
 from ..parallel import progress_map
+from ..training.config import DEFAULTS
+
+
+_CROP = DEFAULTS["crop"]  # the one home of the crop defaults
 
 
 @dataclass(frozen=True)
 class CropSpec:
-    """How crops are cut: slices per stack, output pixels, physical side per condition group (mm)."""
+    """How crops are cut: slices per stack, output pixels, physical side per condition group (mm); the
+    defaults are the config's (training.config.DEFAULTS['crop'])."""
 
-    n_slices: int = 5
-    size_px: int = 128
-    size_mm: dict = field(default_factory=lambda: {"spinal": 40.0, "foraminal": 32.0, "subarticular": 32.0})
-    context: float = 1.25  # cut this much wider so augmentation never pulls in empty borders
+    n_slices: int = _CROP["n_slices"]
+    size_px: int = _CROP["size_px"]
+    size_mm: dict = field(default_factory=lambda: dict(_CROP["size_mm"]))
+    context: float = _CROP["context"]  # cut this much wider so augmentation never pulls in empty borders
 
     @property
     def stored_px(self) -> int:

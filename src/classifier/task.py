@@ -37,7 +37,7 @@ def jitter_errors(cfg: dict, coords: pd.DataFrame, cache_dir: Path) -> pd.DataFr
         if missing:
             raise ValueError(f"{source}: jitter errors file lacks columns {missing} (evaluate_localization.py writes them)")
         return errors
-    files = [run_dir(cfg["runs"], localizer_run(p.key), cfg["fold"]) / "oof.csv" for p in PLAN]
+    files = [run_dir(cfg["runs"], localizer_run(p.series_type), cfg["fold"]) / "oof.csv" for p in PLAN]
     found = [f for f in files if f.is_file()]
     if not found:
         raise FileNotFoundError(f"jitter.errors 'localizer': none of {[str(f) for f in files]} exists: train this "

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 import pandas as pd
 
 from ..atomic import atomic_path, write_text
@@ -55,8 +56,11 @@ def entries_signature(cache_dir: Path, split: str, pairs) -> bytes:
     return hashlib.md5(repr(stats).encode()).digest()
 
 
-def to_unit(images: np.ndarray) -> np.ndarray:
-    """Stored images as float32 in [0, 1]: 8-bit stores (crops, slice stores) are divided by 255."""
+def to_unit(images: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Stored images as float32 in [0, 1], numpy or torch (on its device): 8-bit stores (crops, slice stores,
+    the series cache) are divided by 255; float images pass as they are."""
+    if isinstance(images, torch.Tensor):
+        return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     images = np.asarray(images)
     return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
 
@@ -77,7 +81,7 @@ def encode_volume(volume: np.ndarray, codec: str = DEFAULT_CODEC) -> tuple[np.nd
 def decode_volume(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """encode_volume's bytes back to a float32 volume in [0, 1]."""
     images = [cv2.imdecode(data[offsets[k]:offsets[k + 1]], cv2.IMREAD_GRAYSCALE) for k in range(len(offsets) - 1)]
-    return np.stack(images).astype(np.float32) / 255.0
+    return to_unit(np.stack(images))
 
 
 def save_series(series: Series, path: Path, fingerprint: str = "", codec: str = DEFAULT_CODEC) -> None:

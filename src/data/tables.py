@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..constants import (
+    ROW_ID_PATTERN,
     COLUMN_TO_CONDITION_LEVEL,
     CONDITIONS,
     COORDINATE_COLUMNS,
@@ -166,9 +167,6 @@ def load_coordinates(path: str | Path) -> pd.DataFrame:
     for extra in raw.columns.difference(out.columns):
         out[extra] = raw[extra]
     return out
-
-
-ROW_ID_PATTERN = r"\d+_(?:" + "|".join(LABEL_COLUMNS) + ")"
 
 
 def bad_row_ids(row_ids: pd.Series) -> np.ndarray:

@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from ..constants import FLIPPED_CONDITION
-from ..constants import TARGETS
+from ..constants import FLIPPED_CONDITION, TARGETS
+from ..data.cache import to_unit
 from ..classifier.crops import CropSpec, crop_table, cut_study
 from ..training.device import autocast, inference_dtype, keep_freed_cpu_memory
 from .context import InferenceContext
@@ -76,7 +76,7 @@ def centre_unit(crops: torch.Tensor, size_px: int) -> torch.Tensor:
     (albumentations' CenterCrop offsets)."""
     top = (crops.shape[-2] - size_px) // 2
     left = (crops.shape[-1] - size_px) // 2
-    return crops[..., top : top + size_px, left : left + size_px].float() / 255.0
+    return to_unit(crops[..., top : top + size_px, left : left + size_px])
 
 
 @torch.no_grad()

@@ -94,7 +94,7 @@ class Localizer:
 
     def live(self, part: Part) -> list[tuple[int, torch.nn.Module, dict]]:
         """The part's folds that have not failed: (position, model, config)."""
-        return [(j, m, c) for j, (m, c) in enumerate(self.models[part.key]) if j not in self.failed[part.key]]
+        return [(j, m, c) for j, (m, c) in enumerate(self.models[part.series_type]) if j not in self.failed[part.series_type]]
 
     @classmethod
     def from_runs(cls, runs: Path, folds: list[int] | None = None, device: torch.device | None = None,
@@ -106,23 +106,23 @@ class Localizer:
         faults = faults if faults is not None else FaultLog()
         models: dict[str, list[tuple[torch.nn.Module, dict]]] = {}
         for part in PLAN:
-            name = localizer_run(part.key)
-            models[part.key] = []
+            name = localizer_run(part.series_type)
+            models[part.series_type] = []
             for run, model, cfg in load_fold_models(runs, name, device, faults, folds):
-                first = models[part.key][0][1]["loc"]["size_px"] if models[part.key] else cfg["loc"]["size_px"]
+                first = models[part.series_type][0][1]["loc"]["size_px"] if models[part.series_type] else cfg["loc"]["size_px"]
                 if cfg["loc"]["size_px"] != first:  # heatmaps of different sizes cannot be averaged
                     faults.add("fold", f"{name} fold {fold_of(run)}", f"input size {cfg['loc']['size_px']} px, "
                                f"not the {first} px of the first fold; fold dropped")
                     continue
-                models[part.key].append((model, cfg))
-            if not models[part.key]:
+                models[part.series_type].append((model, cfg))
+            if not models[part.series_type]:
                 faults.add("localizer", name, f"no loadable fold under {runs}: {', '.join(part.conditions)} get no "
                            "coordinates", conditions=part.conditions)
         return cls(models, device, batch_size)
 
     def size(self, part: Part) -> int:
         """The part's input size (px); every fold of a part has the same."""
-        return self.models[part.key][0][1]["loc"]["size_px"]
+        return self.models[part.series_type][0][1]["loc"]["size_px"]
 
     def sizes(self) -> dict[str, int]:
         """The input size of each part that has a model."""
@@ -150,11 +150,11 @@ class Localizer:
                     with autocast(self.device, self.dtype):
                         heat.append(torch.sigmoid(model(x[i : i + self.batch_size]).float()).cpu().numpy())
             except Exception as err:  # noqa: BLE001 - a fold that cannot predict costs that fold only
-                self.failed[part.key].add(j)
-                faults.add("fold", f"{localizer_run(part.key)} fold {cfg.get('fold', '?')}",
+                self.failed[part.series_type].add(j)
+                faults.add("fold", f"{localizer_run(part.series_type)} fold {cfg.get('fold', '?')}",
                            f"failed to predict ({first_line(err)}); fold dropped")
                 if not self.live(part):
-                    faults.add("localizer", localizer_run(part.key), "every fold failed to predict: "
+                    faults.add("localizer", localizer_run(part.series_type), "every fold failed to predict: "
                                f"{', '.join(part.conditions)} get no coordinates", conditions=part.conditions)
                 continue
             heat = np.concatenate(heat)
@@ -176,7 +176,7 @@ class Localizer:
             if not part.searched and not centred:  # every searched part is read: place the canal, then the levels
                 self._recentre(inputs, rows, points, faults)
                 centred = True
-            if part.key not in self.models or not self.live(part):
+            if part.series_type not in self.models or not self.live(part):
                 continue
             run = self._searched if part.searched else self._sliced
             for i, found in run(part, inputs, points, faults).items():
@@ -201,7 +201,7 @@ class Localizer:
 
     @staticmethod
     def _failed(faults: FaultLog, part: Part, study_id: int, err: Exception) -> None:
-        faults.add("study", f"study {study_id}", f"{part.key} localization failed ({type(err).__name__}: {err})",
+        faults.add("study", f"study {study_id}", f"{part.series_type} localization failed ({type(err).__name__}: {err})",
                    study_id=study_id, conditions=part.conditions)
 
     def _searched(self, part: Part, inputs: list[StudyInput], points: dict, faults: FaultLog) -> dict[int, list[dict]]:
@@ -213,7 +213,7 @@ class Localizer:
         errors: dict[int, Exception] = {}  # a study is named only when none of its series of the type is read
         for i, inp in enumerate(inputs):
             for n, (sid, s) in enumerate(inp.series.get(part.description, [])):
-                made = inp.stacks.get(part.key) if n == 0 else None
+                made = inp.stacks.get(part.series_type) if n == 0 else None
                 try:
                     stacks.append(made if made is not None and made.shape[-1] == size else series_stacks(s, size))
                 except Exception as err:  # noqa: BLE001 - one series type of one study must not take the others down
@@ -303,8 +303,8 @@ class StudyInputs(Dataset):
         study_id, table = self.groups[i]
         try:
             series = load_study_series(self.cache_dir, self.split, study_id, table)
-            stacks = {p.key: series_stacks(series[p.description][0][1], self.sizes[p.key])
-                      for p in PLAN if p.searched and p.key in self.sizes and series.get(p.description)}
+            stacks = {p.series_type: series_stacks(series[p.description][0][1], self.sizes[p.series_type])
+                      for p in PLAN if p.searched and p.series_type in self.sizes and series.get(p.description)}
             small = {d: [(sid, dataclasses.replace(s, volume=to_stored(s.volume))) for sid, s in group]
                      for d, group in series.items()}
             return StudyInput(study_id, small, stacks)

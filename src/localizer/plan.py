@@ -15,7 +15,7 @@ from ..constants import (
     GEOMETRY_SLICED,
     LEVELS,
     LOCALIZER_ORDER,
-    SERIES_KEYS,
+    SERIES_TYPES,
     condition_side,
 )
 
@@ -25,7 +25,7 @@ class Part:
     """What the localizer does on one series type."""
 
     description: str  # the series description, e.g. 'Sagittal T2/STIR'
-    key: str  # short name for configs and run folders, e.g. 'sagittal_t2'
+    series_type: str  # its name in configs and run folders, e.g. 'sagittal_t2'
     conditions: tuple[str, ...]  # the conditions annotated on this series type
     searched: bool  # True: every slice is searched, one channel per level; False: the slice comes from geometry
     levels: tuple[str, ...] = LEVELS
@@ -60,7 +60,7 @@ class Part:
 
 
 def build_plan(condition_series: Mapping[str, str] = CONDITION_SERIES, order: tuple[str, ...] = LOCALIZER_ORDER,
-               keys: Mapping[str, str] = SERIES_KEYS, geometry_sliced: frozenset[str] = GEOMETRY_SLICED,
+               names: Mapping[str, str] = SERIES_TYPES, geometry_sliced: frozenset[str] = GEOMETRY_SLICED,
                levels: tuple[str, ...] = LEVELS) -> tuple[Part, ...]:
     """The parts in the order localization uses them; every condition's series type must be in `order`."""
     unplanned = sorted({s for s in condition_series.values()} - set(order))
@@ -70,19 +70,19 @@ def build_plan(condition_series: Mapping[str, str] = CONDITION_SERIES, order: tu
     for description in order:
         conditions = tuple(c for c, s in condition_series.items() if s == description)
         if conditions:
-            parts.append(Part(description, keys[description], conditions, description not in geometry_sliced, levels))
+            parts.append(Part(description, names[description], conditions, description not in geometry_sliced, levels))
     return tuple(parts)
 
 
 PLAN: tuple[Part, ...] = build_plan()
-PARTS: dict[str, Part] = {p.key: p for p in PLAN}
+PARTS: dict[str, Part] = {p.series_type: p for p in PLAN}
 
 
-def part(key: str) -> Part:
-    """The part of a series key ('sagittal_t2', ...)."""
-    if key not in PARTS:
-        raise ValueError(f"series_type must be one of {sorted(PARTS)}, not {key!r}")
-    return PARTS[key]
+def part(series_type: str) -> Part:
+    """The part of a series type ('sagittal_t2', ...)."""
+    if series_type not in PARTS:
+        raise ValueError(f"series_type must be one of {sorted(PARTS)}, not {series_type!r}")
+    return PARTS[series_type]
 
 
 STRIDE = 2  # the heatmaps are half the input resolution (HeatmapNet decodes to its stride-2 features)

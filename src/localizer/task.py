@@ -41,7 +41,7 @@ class LocalizerTask:
     def _store(self, data_dir: Path, cache_dir: Path, coords: pd.DataFrame) -> SliceStore:
         series = load_series_descriptions(data_dir / "train_series_descriptions.csv")
         loc = self.cfg["loc"]
-        return build_slice_store(series, coords, cache_dir, self.part.key, loc["size_px"], cache_dir / "slices",
+        return build_slice_store(series, coords, cache_dir, self.part.series_type, loc["size_px"], cache_dir / "slices",
                                  loc["neighbour_weight"])
 
     def prepare(self) -> None:
@@ -53,8 +53,8 @@ class LocalizerTask:
         cfg, loc = self.cfg, self.cfg["loc"]
         data_dir, self.cache_dir, _, folds, coords = read_tables(cfg)
         self.store = self._store(data_dir, self.cache_dir, coords)
-        fold_of = self.store.index["study_id"].map(dict(zip(folds["study_id"], folds["fold"])))
-        train_rows = np.flatnonzero((fold_of != cfg["fold"]).to_numpy())
+        row_fold = self.store.index["study_id"].map(dict(zip(folds["study_id"], folds["fold"])))
+        train_rows = np.flatnonzero((row_fold != cfg["fold"]).to_numpy())
         # Keep every slice with a target and as many of the others (drawn once, seeded): most sagittal slices
         # show no labelled structure, and seeing all of them every epoch only slows training down.
         positive = np.isin(train_rows, self.store.points["slice"].to_numpy())
@@ -62,9 +62,9 @@ class LocalizerTask:
         n_neg = min(len(negatives), int(round(loc["negative_ratio"] * positive.sum())))
         keep = np.random.default_rng(cfg["seed"]).choice(negatives, n_neg, replace=False) if n_neg else negatives[:0]
         self.train_rows = np.sort(np.concatenate([train_rows[positive], keep]))
-        self.val_rows = np.flatnonzero((fold_of == cfg["fold"]).to_numpy())
+        self.val_rows = np.flatnonzero((row_fold == cfg["fold"]).to_numpy())
         if len(self.train_rows) == 0 or len(self.val_rows) == 0:
-            raise ValueError(f"{self.part.key} fold {cfg['fold']}: {len(self.train_rows)} training and "
+            raise ValueError(f"{self.part.series_type} fold {cfg['fold']}: {len(self.train_rows)} training and "
                              f"{len(self.val_rows)} validation slices")
         val_series = set(self.store.index["series_id"].iloc[self.val_rows])
         self.val_coords = coords[coords["series_id"].isin(val_series) & coords["condition"].isin(self.part.conditions)]

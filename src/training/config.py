@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from ..atomic import write_text
-from ..constants import SAMPLE_WEIGHTS, SERIES_KEYS
+from ..constants import SAMPLE_WEIGHTS, SERIES_TYPES
 from ..parallel import default_workers
 from ..paths import SYNTH_DIR, dataset_name, folds_file_for, portable as portable_path, runs_dir_for
 
@@ -209,7 +209,7 @@ def check_recipe(recipe: dict, where: str) -> None:
     if not isinstance(recipe, dict):
         raise ConfigError(f"{where}: expected a mapping of config keys, got {type(recipe).__name__}")
     _check_keys({k: v for k, v in recipe.items() if k not in SECTION_KEYS + RECIPE_KEYS}, DEFAULTS, where)
-    for section, names in (("per_model", MODEL_DEFAULTS), ("per_series_type", sorted(SERIES_KEYS.values()))):
+    for section, names in (("per_model", MODEL_DEFAULTS), ("per_series_type", sorted(SERIES_TYPES.values()))):
         for name, override in (recipe.get(section) or {}).items():
             if name not in names:
                 raise _unknown(name, names, where, f"{section}.")
@@ -265,8 +265,8 @@ def resolve(model: str | None = None, preset: str | None = None, config_file: st
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"unknown preset '{preset}'; known: {sorted(PRESETS)}")
     series_type = overrides.get("series_type") or file_cfg.get("series_type")
-    if model == "localizer" and series_type is not None and series_type not in SERIES_KEYS.values():
-        raise ConfigError(f"unknown series type '{series_type}'; known: {sorted(SERIES_KEYS.values())}")
+    if model == "localizer" and series_type is not None and series_type not in SERIES_TYPES.values():
+        raise ConfigError(f"unknown series type '{series_type}'; known: {sorted(SERIES_TYPES.values())}")
     cfg = merge(DEFAULTS, MODEL_DEFAULTS[model])
     if preset:
         cfg = _apply(cfg, PRESETS[preset], model, series_type)
