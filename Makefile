@@ -10,11 +10,12 @@ SEED ?= 0
 VARIETY ?= default
 # Each dataset's outputs go to folders of its own, named after its data folder (as the scripts' defaults do):
 # runs/<dataset>, folds/<dataset>/folds.csv, submission/<dataset>, reports/<dataset>.
-DATASET = $(notdir $(DATA))
-RUNS ?= runs/$(DATASET)
-FOLDS_FILE ?= folds/$(DATASET)/folds.csv
-SUBMISSIONS ?= submission/$(DATASET)
-REPORTS ?= reports/$(DATASET)
+# The dataset's folders (runs, folds file, submissions, reports) as src/paths.py names them (stdlib only).
+DATASET_DIRS := $(shell $(PYTHON) -m src.paths $(DATA))
+RUNS ?= $(word 1,$(DATASET_DIRS))
+FOLDS_FILE ?= $(word 2,$(DATASET_DIRS))
+SUBMISSIONS ?= $(word 3,$(DATASET_DIRS))
+REPORTS ?= $(word 4,$(DATASET_DIRS))
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: install demo test data folds baselines clean

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from src import cli  # noqa: E402
 from src.training import config as config_lib  # noqa: E402
-from src.atomic import write_json  # noqa: E402
+from src.atomic import copy_file, write_json  # noqa: E402
 from src.classifier.augment import DeviceAugment, train_transform  # noqa: E402
 from src.data.cache import prepare  # noqa: E402
 from src.constants import row_study_ids  # noqa: E402
@@ -208,7 +208,7 @@ def bench_infer(data_dir: Path, runs: Path | None, preset: str | None, workers: 
         result = make_submission(InferenceContext(data_dir, runs, cache_dir, "test", out, workers=workers))
         seconds = time.perf_counter() - start
         if keep is not None:
-            shutil.copyfile(out, keep)
+            copy_file(out, keep)
     finally:
         remove()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from src import cli
+from src.constants import SCORE_PARTS  # noqa: E402
 from src.evaluation.metric import prior_submission, score_parts
 from src.data.tables import load_solution, load_submission, load_train, solution_frame
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(json.dumps(parts))
     else:
         print(f"{name}: score {parts['score']:.4f}")
-        for part in ("spinal", "foraminal", "subarticular", "any_severe_spinal"):
+        for part in SCORE_PARTS:
             print(f"  {part:<18} {parts[part]:.4f}")
     return parts
 

@@ -22,7 +22,6 @@ import argparse
 import ast
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from src.atomic import write_text  # noqa: E402
+from src.atomic import copy_file, write_text  # noqa: E402
 from src.run_folders import CONFIG, ENSEMBLE, INFERENCE_FILES  # noqa: E402
 
 SCRIPTS = ("infer.py", "localize.py")  # what the notebook runs
@@ -176,8 +175,7 @@ def copy_runs(runs: Path, dest: Path) -> list[Path]:
     for path in sorted(runs.rglob("*")):
         if path.name in (*INFERENCE_FILES, ENSEMBLE) and path.is_file():
             target = dest / path.relative_to(runs)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
+            copy_file(path, target)
             copied.append(target)
     return copied
 
@@ -213,8 +211,7 @@ def package(runs: Path, out: Path, repo: Path = REPO, dataset: str | None = None
     written = []
     for path in [*scripts, *code_closure(scripts, repo), repo / "requirements.txt"]:
         target = out / path.relative_to(repo)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
+        copy_file(path, target)
         written.append(target)
     return written + copy_runs(runs, out / "runs")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -68,3 +69,9 @@ def save_torch(obj: Any, path: str | Path) -> None:
     """torch.save, atomically."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def copy_file(source: str | Path, path: str | Path) -> None:
+    """shutil.copy2(source, path), atomically."""
+    with atomic_path(path) as tmp:
+        shutil.copy2(source, tmp)

@@ -60,6 +60,8 @@ REAL_CLASS_FREQUENCIES: dict[str, tuple[float, float, float]] = {
 # Metric groups (the competition scores each group separately, then an any-severe-spinal term).
 GROUPS: tuple[str, ...] = ("spinal", "foraminal", "subarticular")
 ANY_SEVERE_SCALAR = 1.0
+ANY_SEVERE_PART = "any_severe_spinal"  # the metric's any-severe term, scored on the spinal group
+SCORE_PARTS: tuple[str, ...] = (*GROUPS, ANY_SEVERE_PART)  # what metric.score_parts reports beside the score
 
 # Left/right mirror of each condition (a horizontal flip of an axial image swaps them).
 MIRROR_CONDITION: dict[str, str] = {
@@ -72,11 +74,18 @@ MIRROR_CONDITION: dict[str, str] = {
 # Series types whose images run along the patient's left-right axis, so a horizontal flip mirrors the side
 # (on a sagittal image a flip swaps anterior and posterior, which leaves the condition's side as it is).
 FLIP_MIRRORS_SIDE: frozenset[str] = frozenset({AXIAL_T2})
-# Condition index after a horizontal flip of its crop: the mirrored condition where the flip mirrors the side.
-FLIPPED_CONDITION: tuple[int, ...] = tuple(
-    CONDITIONS.index(MIRROR_CONDITION[c]) if CONDITION_SERIES[c] in FLIP_MIRRORS_SIDE else i
-    for i, c in enumerate(CONDITIONS)
-)
+
+
+def flip_table(conditions: tuple[str, ...] = CONDITIONS, condition_series: dict[str, str] = CONDITION_SERIES,
+               mirror: dict[str, str] = MIRROR_CONDITION,
+               flip_mirrors_side: frozenset[str] = FLIP_MIRRORS_SIDE) -> tuple[int, ...]:
+    """Condition index after a horizontal flip of its crop: the mirrored condition where the series type's
+    flip mirrors the side, the same condition elsewhere."""
+    return tuple(conditions.index(mirror.get(c, c)) if condition_series[c] in flip_mirrors_side else i
+                 for i, c in enumerate(conditions))
+
+
+FLIPPED_CONDITION: tuple[int, ...] = flip_table()
 
 
 def condition_side(condition: str) -> int:

@@ -62,3 +62,15 @@ def portable(path: str | Path) -> str:
     """A path as a saved config holds it: relative to the repository (a path outside it as a relative path
     from it), never an absolute path of this machine."""
     return Path(os.path.relpath(Path(path).resolve(), REPO)).as_posix()
+
+
+def dataset_dirs(data_dir: str | Path) -> list[Path]:
+    """A dataset's default folders, in the order the Makefile reads them: runs, folds file, submissions,
+    reports (`python -m src.paths DATA` prints them, relative to the working directory)."""
+    return [runs_dir_for(data_dir), folds_file_for(data_dir), submission_dir_for(data_dir), reports_dir_for(data_dir)]
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(" ".join(os.path.relpath(p) for p in dataset_dirs(sys.argv[1])))

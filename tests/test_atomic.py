@@ -33,3 +33,30 @@ def test_remove_orphans_takes_only_temporary_files(tmp_path):
     orphan = temp_path(keep)
     orphan.write_bytes(b"half")
     assert remove_orphans(tmp_path) == [orphan] and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_every_file_write_goes_through_the_atomic_helper():
+    """A write call anywhere in the code (src/, the scripts, kaggle/) either lives in atomic.py or writes the
+    temporary path of an atomic_path block (`tmp`), so no kill ever leaves a half-written file behind."""
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    writes = re.compile(r"\.to_csv\(|\.to_json\(|\.to_parquet\(|\.write_text\(|\.write_bytes\(|np\.save\(|np\.savez|"
+                        r"\.savefig\(|\.save_as\(|json\.dump\(|torch\.save\(|shutil\.copy|open\([^)]*['\"][wax]b?\+?['\"]")
+    files = [*(repo / "src").rglob("*.py"), *repo.glob("*.py"), *(repo / "kaggle").glob("*.py")]
+    found = []
+    for path in files:
+        if path.name == "atomic.py":
+            continue
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            code = line.split("#")[0]
+            if not writes.search(code) or code.strip().startswith(('"', "'")):  # code, not a docstring
+                continue
+            call = line + (lines[i + 1] if i + 1 < len(lines) else "")
+            target = re.search(r"\(\s*(\w+)(\s*=)?", call[writes.search(line).start():])
+            to_string = target is not None and target.group(2) is not None  # frame.to_json(indent=1): no file
+            if not to_string and (target is None or target.group(1) != "tmp"):
+                found.append(f"{path.relative_to(repo)}:{i + 1}: {line.strip()}")
+    assert not found, "writes outside src/atomic.py:\n" + "\n".join(found)

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from src.training.config import resolve
-from src.constants import AXIAL_T2, CONDITION_SERIES, CONDITIONS, LEVELS, LOCALIZER_ORDER, SAGITTAL_T1, SERIES_TYPES
+from src.constants import (AXIAL_T2, CONDITION_SERIES, CONDITIONS, FLIPPED_CONDITION, LEVELS, LOCALIZER_ORDER,
+                           MIRROR_CONDITION, SAGITTAL_T1, SERIES_TYPES, flip_table)
 from src.localizer.plan import PARTS, PLAN, build_plan, part
 from src.classifier.models import build_model
 
@@ -34,6 +35,15 @@ def test_a_new_condition_or_series_type_is_a_data_change():
     # A condition on a series type the order does not know is refused.
     with pytest.raises(ValueError, match="not in the localizer's order"):
         build_plan(dict(CONDITION_SERIES, **{"Scoliosis": coronal}))
+    # The flip rule follows the series type: a new left/right pair on a flipped type swaps, on another it stays.
+    conditions = (*CONDITIONS, "Left Facet Arthropathy", "Right Facet Arthropathy", "Left Pars Defect", "Right Pars Defect")
+    series = dict(CONDITION_SERIES, **{"Left Facet Arthropathy": AXIAL_T2, "Right Facet Arthropathy": AXIAL_T2,
+                                       "Left Pars Defect": SAGITTAL_T1, "Right Pars Defect": SAGITTAL_T1})
+    mirror = dict(MIRROR_CONDITION, **{"Left Facet Arthropathy": "Right Facet Arthropathy",
+                                       "Right Facet Arthropathy": "Left Facet Arthropathy",
+                                       "Left Pars Defect": "Right Pars Defect", "Right Pars Defect": "Left Pars Defect"})
+    table = flip_table(conditions, series, mirror)
+    assert table[:5] == FLIPPED_CONDITION and table[5:] == (6, 5, 7, 8)
     # A series type without conditions has no part.
     assert SAGITTAL_T1 not in [p.description for p in build_plan({"Spinal Canal Stenosis": CONDITION_SERIES["Spinal Canal Stenosis"]})]
 

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
+from ..atomic import write_csv
 from ..constants import LABEL_COLUMNS, SEVERITIES
 from .tables import DataError, load_train, solution_frame
 
@@ -149,8 +150,7 @@ def ensure_folds(path: str | Path, train: pd.DataFrame) -> pd.DataFrame:
     """The folds file at path; written with the default settings when it does not exist yet."""
     path = Path(path)
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        make_folds(train).to_csv(path, index=False)
+        write_csv(make_folds(train), path)
         print(f"no folds file at {path}: wrote one ({DEFAULT_FOLDS} folds, seed 42)")
     folds = load_folds(path)
     _check_every_study_has_a_fold(path, folds, train)

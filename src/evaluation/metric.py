@@ -6,6 +6,7 @@ import pandas as pd
 from sklearn.metrics import log_loss
 
 from ..constants import (
+    ANY_SEVERE_PART,
     ANY_SEVERE_SCALAR,
     GROUPS,
     REAL_CLASS_FREQUENCIES,
@@ -83,11 +84,11 @@ def score_parts(
             "pred": pred[group == "spinal", 2],  # as the official metric: the raw severe column
         }
     ).groupby("study").max()
-    parts["any_severe_spinal"] = float(
+    parts[ANY_SEVERE_PART] = float(
         log_loss(spinal["label"], spinal["pred"].clip(0, 1), sample_weight=spinal["weight"], labels=[0, 1])
     )
     weights = [1.0, 1.0, 1.0, any_severe_scalar]
-    values = [parts[g] for g in GROUPS] + [parts["any_severe_spinal"]]
+    values = [parts[g] for g in GROUPS] + [parts[ANY_SEVERE_PART]]
     parts["score"] = float(np.average(values, weights=weights))
     return parts
 
