@@ -6,7 +6,7 @@ from src.localizer.infer import Localizer, recentre_midline
 from src.localizer.plan import PARTS, PLAN
 from src.data.tables import load_coordinates, load_series_descriptions
 from conftest import make_fake_runs
-from test_localizer_decode import _axial, _sagittal
+from test_decode import _axial, _sagittal
 
 
 @pytest.mark.filterwarnings("ignore")

@@ -159,5 +159,5 @@ def test_inference_imports_no_augmentation_library_and_chooses_no_plot_backend()
     code = ("import sys, matplotlib; backend = matplotlib.rcParams._get_backend_or_none(); import src.inference.pipeline; "
             "print(sorted(m for m in ('albumentations', 'matplotlib.pyplot') if m in sys.modules), "
             "matplotlib.rcParams._get_backend_or_none() == backend)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], check=True).stdout
     assert out.strip() == "[] True"
