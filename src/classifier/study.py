@@ -23,8 +23,10 @@ class StudyDataset(Dataset):
     """Items: crops (25, S, P, P) 8-bit raw (zeros where missing), mask (25), label (25; -1 unknown), row (the
     study's index in `studies`)."""
 
-    def __init__(self, crops: np.ndarray, index: pd.DataFrame):
+    def __init__(self, crops: np.ndarray, index: pd.DataFrame, variants: np.ndarray | None = None):
+        """variants: (rows of index, V) crop numbers of each row's jittered variants; each item draws one per crop."""
         self.crops = crops
+        self.variants = variants
         self.index = index.reset_index(drop=True)
         self.studies = sorted(self.index["study_id"].unique())
         self._rows = {s: g for s, g in self.index.groupby("study_id")}
@@ -36,7 +38,11 @@ class StudyDataset(Dataset):
         rows = self._rows[self.studies[i]]
         pos = pair_index(rows["condition_idx"], rows["level_idx"]).to_numpy()
         crops = np.zeros((N_POSITIONS, *self.crops.shape[1:]), dtype=self.crops.dtype)
-        crops[pos] = self.crops[rows["crop"].to_numpy()]
+        numbers = rows["crop"].to_numpy()
+        if self.variants is not None:
+            choice = self.variants[rows.index.to_numpy()]
+            numbers = choice[np.arange(len(choice)), np.random.randint(choice.shape[1], size=len(choice))]
+        crops[pos] = self.crops[numbers]
         mask = np.zeros(N_POSITIONS, dtype=bool)
         mask[pos] = True
         label = np.full(N_POSITIONS, -1, dtype=np.int64)
@@ -56,7 +62,7 @@ class StudyTask(ClassifierTask):
 
     def load(self) -> None:
         super().load()
-        self._train = StudyDataset(self.crops, self.train_index)
+        self._train = StudyDataset(self.crops, self.train_index, self.train_variants)
         self._val = StudyDataset(self.crops, self.val_index)
 
     def train_dataset(self) -> StudyDataset:
