@@ -21,7 +21,8 @@ from ..data.folds import fold_solution
 from ..localizer.errors import point_errors
 from ..localizer.plan import PLAN
 from ..evaluation.metric import fold_prior, overlay, score_parts
-from ..run_folders import localizer_run, run_dir
+from ..progress import log
+from ..run_folders import OOF, localizer_run, run_dir
 from ..data.tables import labels_long, load_coordinates, load_submission
 
 
@@ -45,6 +46,28 @@ def jitter_errors(cfg: dict, coords: pd.DataFrame, cache_dir: Path) -> pd.DataFr
     predicted = pd.concat([load_coordinates(f) for f in found], ignore_index=True)
     truth = coords[coords["study_id"].isin(predicted["study_id"]) & coords["condition"].isin(predicted["condition"])]
     return point_errors(predicted, truth, cache_dir, "train")
+
+
+def drop_contradicted(train_index: pd.DataFrame, label_filter: dict) -> pd.DataFrame:
+    """The training rows whose label the out-of-fold predictions in label_filter['oof'] give at least
+    label_filter['below'] (rows they do not cover stay); all rows without one. oof: a file, or a run folder
+    whose folds' oof.csv are read together (each study's predictions come from the fold that held it out)."""
+    if not label_filter.get("oof"):
+        return train_index
+    source = Path(label_filter["oof"])
+    files = sorted(source.glob(f"fold*/{OOF}")) if source.is_dir() else [source]
+    if not files:
+        raise FileNotFoundError(f"label_filter.oof {source}: no fold*/{OOF} in this run folder")
+    oof = pd.concat([load_submission(f) for f in files]).drop_duplicates("row_id").set_index("row_id")
+    covered = train_index["row_id"].isin(oof.index).to_numpy()
+    p_label = np.ones(len(train_index))
+    rows = train_index.loc[covered]
+    probs = oof.loc[rows["row_id"], list(TARGETS)].to_numpy(float)
+    p_label[covered] = probs[np.arange(len(rows)), rows["label"].astype(int).to_numpy()]
+    keep = p_label >= label_filter["below"]
+    log(f"label_filter: {int((~keep).sum())} of {len(keep)} training labels dropped "
+        f"(their class under {label_filter['below']} in {label_filter['oof']}; {int(covered.sum())} rows covered)")
+    return train_index[keep].reset_index(drop=True)
 
 
 class ClassifierTask:
@@ -82,6 +105,7 @@ class ClassifierTask:
         index = index.merge(labels_long(self.train)[["row_id", "label"]], on="row_id", how="left")
         index["fold"] = index["study_id"].map(dict(zip(self.folds["study_id"], self.folds["fold"])))
         self.train_index = index[(index["fold"] != cfg["fold"]) & index["label"].notna()].reset_index(drop=True)
+        self.train_index = drop_contradicted(self.train_index, cfg["label_filter"])
         self.val_index = index[index["fold"] == cfg["fold"]].reset_index(drop=True)
         if self.train_index.empty or self.val_index.empty:
             raise ValueError(f"fold {cfg['fold']}: {len(self.train_index)} training and {len(self.val_index)} validation crops")

@@ -75,6 +75,11 @@ DEFAULTS: dict[str, Any] = {
     # = the signed errors of this fold's localizer runs (their oof.csv) against the labels; or an errors CSV
     # (evaluate_localization.py's <report>_errors.csv).
     "jitter": {"copies": 0, "errors": None, "mm": 2.0, "slices": 0.5},
+    # Labels that out-of-fold predictions strongly contradict are left out of training (noisy readers):
+    # oof = predictions of the training studies by models that did not train on them (row_id + the three
+    # targets, e.g. every other fold's oof.csv together); a training label whose class gets less than
+    # `below` there is dropped. Validation keeps every label.
+    "label_filter": {"oof": None, "below": 0.05},
     "class_weights": list(SAMPLE_WEIGHTS),
     "patience": 5,
     "amp": "bf16",  # bf16 | fp16 | none; only used on CUDA

@@ -125,3 +125,26 @@ def test_level_loss_asks_each_labelled_disc_for_its_own_level():
     assert float(level_loss(right, target)) < 0.01 < 9.0 < float(level_loss(wrong, target))
     # Slices without a labelled point add nothing (and no host sync decides that).
     assert float(level_loss(hedged, torch.zeros(1, 5, 32, 32))) == 0.0
+
+
+def test_labels_the_out_of_fold_predictions_contradict_are_left_out_of_training(overrides, tmp_path):
+    import pandas as pd
+
+    from src.atomic import write_csv
+    from src.classifier.task import drop_contradicted
+    from src.constants import TARGETS
+
+    task = ready(ClassifierTask(resolve("attn_resnext", "tiny", None, overrides)))
+    train = task.train_index
+    # Out-of-fold predictions sure of the label on every row but the first three, which they contradict.
+    probs = np.full((len(train), 3), 0.01)
+    probs[np.arange(len(train)), train["label"].astype(int)] = 0.98
+    probs[:3] = np.roll(probs[:3], 1, axis=1)
+    oof = pd.DataFrame(probs, columns=list(TARGETS)).assign(row_id=train["row_id"].to_numpy())
+    write_csv(oof[["row_id", *TARGETS]].iloc[:-5], tmp_path / "fold1" / "oof.csv")  # the last 5 rows not covered
+    kept = drop_contradicted(train, {"oof": str(tmp_path), "below": 0.05})
+    assert len(kept) == len(train) - 3 and not set(train["row_id"][:3]) & set(kept["row_id"])
+    assert drop_contradicted(train, {"oof": None, "below": 0.05}) is train
+    filtered = ready(ClassifierTask(resolve("attn_resnext", "tiny", None, {
+        **overrides, "label_filter": {"oof": str(tmp_path / "fold1" / "oof.csv"), "below": 0.05}})))
+    assert len(filtered.train_index) == len(train) - 3 and len(filtered.val_index) == len(task.val_index)
