@@ -110,6 +110,18 @@ def test_demo_recipe_keeps_the_demo_settings():
         assert (loc["epochs"], loc["patience"], loc["loc"]["size_px"], loc["loc"]["level_weight"]) == (8, 4, 96, 0.0)
     real = _parts(REPO / "configs" / "real.yaml")
     assert {c["preset"] for c in real.values()} == {None} and real["attn_resnext"]["backbone"] == "resnext50_32x4d"
+    assert parts["attn_resnext"]["jitter"]["copies"] == 0  # jitter did not pay on the default set
+
+
+def test_recipes_train_the_localizer_before_the_classifiers_that_jitter_by_its_errors():
+    for recipe in RECIPES:
+        order = config_lib.pipeline_models(recipe)
+        for name, cfg in _parts(recipe).items():
+            if cfg["task"] != "localizer" and cfg["jitter"]["copies"] and cfg["jitter"]["errors"] == "localizer":
+                assert order.index("localizer") < order.index(cfg["model"]), f"{recipe.name}: {name}"
+    for recipe in ("variety.yaml", "real.yaml"):
+        parts = _parts(REPO / "configs" / recipe)
+        assert parts["attn_resnext"]["jitter"] == {"copies": 2, "errors": "localizer", "mm": 2.0, "slices": 0.5}
 
 
 def test_per_type_values_reach_each_runs_saved_config(tmp_path, monkeypatch, capsys):
