@@ -80,13 +80,16 @@ class ClassifierTask:
         self.cfg = cfg
         self.device = device
         self.spec = CropSpec(**cfg["crop"])
+        self._jittered: pd.DataFrame | None = None
 
     def _crops(self, coords: pd.DataFrame, cache_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
         """The crops of the coordinates (and of their jittered variants when cfg['jitter'] asks for them)."""
         jitter = self.cfg["jitter"]
         if jitter["copies"]:
-            coords = jittered(coords, jitter["copies"], jitter_errors(self.cfg, coords, cache_dir), jitter["mm"],
-                              jitter["slices"], self.cfg["seed"])
+            if self._jittered is None:  # drawn once: prepare and load cut and read the same crops
+                self._jittered = jittered(coords, jitter["copies"], jitter_errors(self.cfg, coords, cache_dir),
+                                          jitter["mm"], jitter["slices"], self.cfg["seed"])
+            coords = self._jittered
         return build_crops(coords, cache_dir, "train", self.spec, cache_dir / "crops", self.cfg["workers"])
 
     def prepare(self) -> None:
