@@ -11,6 +11,12 @@ from ..constants import FLIPPED_CONDITION
 from .augment import was_flipped
 from ..data.cache import to_unit
 
+
+def draw_variants(variants: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """One crop number per row, drawn among that row's variants (variants: (rows, V), crops.jittered)."""
+    return variants[rows, np.random.randint(variants.shape[1], size=len(rows))]
+
+
 def flip_condition(condition_idx: int) -> int:
     """Condition index after a horizontal flip of its crop (left <-> right on axial crops)."""
     return FLIPPED_CONDITION[int(condition_idx)]
@@ -38,9 +44,7 @@ class CropDataset(Dataset):
 
     def _crop(self, rows: np.ndarray) -> np.ndarray:
         """The crop numbers served for these rows: a random variant of each when there are variants."""
-        if self._variants is None:
-            return self._fixed[rows]
-        return self._variants[rows, np.random.randint(self._variants.shape[1], size=len(rows))]
+        return self._fixed[rows] if self._variants is None else draw_variants(self._variants, rows)
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
         """A whole batch at once (DataLoader calls this when it exists). Raw crops (no transform) are read in

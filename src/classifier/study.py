@@ -17,6 +17,7 @@ from ..constants import LEVELS
 from .models import N_PAIRS as N_POSITIONS
 from .models import pair_index, positions
 from ..inference.stacker import any_severe_term
+from .datasets import draw_variants
 from .task import ClassifierTask
 
 class StudyDataset(Dataset):
@@ -38,10 +39,7 @@ class StudyDataset(Dataset):
         rows = self._rows[self.studies[i]]
         pos = pair_index(rows["condition_idx"], rows["level_idx"]).to_numpy()
         crops = np.zeros((N_POSITIONS, *self.crops.shape[1:]), dtype=self.crops.dtype)
-        numbers = rows["crop"].to_numpy()
-        if self.variants is not None:
-            choice = self.variants[rows.index.to_numpy()]
-            numbers = choice[np.arange(len(choice)), np.random.randint(choice.shape[1], size=len(choice))]
+        numbers = rows["crop"].to_numpy() if self.variants is None else draw_variants(self.variants, rows.index.to_numpy())
         crops[pos] = self.crops[numbers]
         mask = np.zeros(N_POSITIONS, dtype=bool)
         mask[pos] = True

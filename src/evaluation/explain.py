@@ -7,10 +7,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data.cache import load_series, series_cache_path, to_unit
+from ..data.cache import load_series, series_cache_path
 from ..constants import CONDITIONS, LEVELS, SEVERITIES, TARGETS, row_id
 from ..classifier.crops import CropSpec, build_crops
 from ..atomic import write_text
+from ..inference.classify import centre_unit
 from ..inference.context import InferenceContext
 from ..run_folders import classifier_runs, load_model, trained_folds
 from .figures import figure, save_figure
@@ -52,10 +53,9 @@ def attention_maps(runs: Path, coords: pd.DataFrame, cache_dir: Path, split: str
     spec = CropSpec(**cfg["crop"])
     crops, index = build_crops(coords, cache_dir, split, spec, Path(cache_dir) / "crops", workers=1)
     out = {}
-    lo = (spec.stored_px - spec.size_px) // 2
     for r in index.itertuples():
-        stack = to_unit(crops[r.crop])[:, lo : lo + spec.size_px, lo : lo + spec.size_px]
-        x = torch.from_numpy(stack)[None].to(device)
+        x = centre_unit(torch.from_numpy(np.asarray(crops[r.crop]))[None], spec.size_px).to(device)
+        stack = x[0].cpu().numpy()
         shown = model(x, torch.tensor([r.condition_idx], device=device), torch.tensor([r.level_idx], device=device),
                      return_attention=True)
         att = shown["attention"].float()
@@ -98,7 +98,6 @@ def sheet(study_id: int, coords: pd.DataFrame, probs: pd.DataFrame, maps: dict, 
                              f"{level}\n{SEVERITIES[k]} {p[k]:.2f}", fontsize=7, color="red" if k == 2 else ("darkorange" if k == 1 else "black"))
     fig.suptitle(f"study {study_id}: predicted points and the attention-ResNeXt's spatial attention", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
-    path.parent.mkdir(parents=True, exist_ok=True)
     save_figure(fig, path, dpi=80)
     return path
 

@@ -1,8 +1,9 @@
 """The one generic train loop: AMP on CUDA, DDP under torchrun, atomic resumable checkpoints.
 
 Per run it writes {runs}/{name}/fold{N}/: config.yaml (resolved), best.pt and last.pt, oof.csv (best
-epoch's out-of-fold predictions) and log.csv (one row per epoch). What is trained comes from a task chosen
-by name (TASKS); the model from the model registry (models.MODELS).
+epoch's out-of-fold predictions) and log.csv (one row per epoch). What is trained is the config's task from
+the registry fit is given (training.registry.TASKS, each a training.task.Task); the model comes from the
+model registry (classifier.models.MODELS).
 """
 from __future__ import annotations
 
@@ -33,7 +34,6 @@ from ..progress import interactive, log, progress
 from ..data.folds import check_fold
 from ..run_folders import BEST, CONFIG, DONE, LAST, LOG, OOF, first_line, run_dir
 from .task import Task
-
 
 
 def seed_everything(seed: int) -> None:
