@@ -49,6 +49,9 @@ CONFIG ?= configs/demo.yaml
 FOLD_IDS ?= 0
 # CACHE_DIR= moves the decoded-series cache (default: input/cache/<dataset>-<path hash>).
 CACHE_FLAG = $(if $(CACHE_DIR),--cache-dir $(CACHE_DIR))
+# PRETRAINED= passes backbone weights to every model (true: timm's, through the Hugging Face cache; a folder
+# from `make weights`); default: the recipe's `pretrained`.
+PRETRAINED_FLAG = $(if $(PRETRAINED),--pretrained $(PRETRAINED))
 .PHONY: pipeline
 pipeline: install
 	@test -f $(DATA)/train.csv || { echo "make pipeline: $(DATA)/train.csv not found: DATA= must be a competition-format folder"; exit 2; }
@@ -57,7 +60,7 @@ pipeline: install
 	$(PY) prepare.py --data-dir $(DATA) $(CACHE_FLAG)
 	set -e; models="$$($(PY) train.py --config $(CONFIG) --list-models)"; for f in $(FOLD_IDS); do for m in $$models; do \
 	  $(PY) train.py --fold $$f --model $$m --config $(CONFIG) --data-dir $(DATA) --folds $(FOLDS_FILE) --runs $(RUNS) \
-	    $(if $(CACHE_DIR),--cache_dir $(CACHE_DIR)); \
+	    $(if $(CACHE_DIR),--cache_dir $(CACHE_DIR)) $(PRETRAINED_FLAG); \
 	done; done
 	$(PY) ensemble.py --runs $(RUNS) --data-dir $(DATA)
 	$(PY) infer.py --data-dir $(DATA) --runs $(RUNS) --out $(SUBMISSIONS)/submission.csv --per-model --strict $(CACHE_FLAG)
@@ -67,6 +70,13 @@ pipeline: install
 	  --data-dir $(DATA) --out $(REPORTS)/localization_test.json --coords $(SUBMISSIONS)/submission.coordinates.csv $(CACHE_FLAG); fi
 	$(PY) evaluate.py --runs $(RUNS) --data-dir $(DATA) --folds $(FOLDS_FILE) --out-dir $(REPORTS) \
 	  $$(test -f $(DATA)/test_solution.csv && echo --submissions $(SUBMISSIONS))
+
+# Every pretrained backbone a recipe uses, saved as WEIGHTS/<backbone>.pth (needs internet once, or the Hugging
+# Face cache): give the folder to an offline training box and set `pretrained: WEIGHTS` (or PRETRAINED=WEIGHTS).
+WEIGHTS ?= weights
+.PHONY: weights
+weights: install
+	$(PY) fetch_weights.py --config $(CONFIG) --out $(WEIGHTS)
 
 # The CPU demo: the default synthetic set and configs/demo.yaml (tiny models, fold 0, trimmed localizers).
 # `make demo FULL=1`: the full-size models of configs/real.yaml instead (for a GPU machine).
@@ -99,7 +109,9 @@ variety-demo: install
 gpu-check: install
 	$(PY) gpu_check.py
 
+# Lint (ruff, settings in pyproject.toml), then the suite.
 test: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
 clean:

@@ -46,8 +46,9 @@ def _main(argv: list[str] | None) -> dict:
     cli.add_data_dir(ap, default=None)
     cli.add_folds(ap, default=None)
     cli.add_runs(ap, default=None)
-    ap.add_argument("--pretrained", default=None, help="local backbone weights file")
-    ap.add_argument("--resume", action="store_true", help="continue from the fold's last.pt (the default; kept for old scripts)")
+    ap.add_argument("--pretrained", default=None,
+                    help="backbone weights: true (timm's, through the Hugging Face cache), a local file, or a folder of "
+                         "<backbone>.pth files (fetch_weights.py); default: the recipe's, else random initialisation")
     ap.add_argument("--restart", action="store_true", help="train from scratch over an earlier run in the same folder")
     args, rest = ap.parse_known_args(argv)
     if args.list_models:
@@ -55,9 +56,11 @@ def _main(argv: list[str] | None) -> dict:
         return {}
     overrides = config_lib.parse_overrides(rest)
     overrides["fold"] = args.fold
-    for key in ("data_dir", "folds", "runs", "pretrained"):
+    for key in ("data_dir", "folds", "runs"):
         if getattr(args, key) is not None:
             overrides[key] = str(getattr(args, key))
+    if args.pretrained is not None:  # read as a --key value pair: true/false, else a path
+        overrides.update(config_lib.parse_overrides(["--pretrained", args.pretrained]))
     if args.restart:
         overrides["resume"] = False
     if args.print_config:
@@ -66,6 +69,8 @@ def _main(argv: list[str] | None) -> dict:
             print(f"# {cfg['name']} fold {cfg['fold']}\n" + yaml.safe_dump(config_lib.portable(cfg), sort_keys=False))
         return {}
     configs = _configs(args.model, args, overrides)
+    for cfg in configs:  # every series type's inputs before the first one trains
+        config_lib.check_inputs(cfg)
     if args.model == "localizer":  # one model per series type, same loop
         return {cfg["series_type"]: _fit(cfg) for cfg in configs}
     return _fit(configs[0])

@@ -5,6 +5,7 @@ old file or the new one.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -66,9 +67,14 @@ def write_json(obj: Any, path: str | Path) -> None:
 
 
 def save_torch(obj: Any, path: str | Path) -> None:
-    """torch.save, atomically."""
+    """torch.save, atomically. torch's zip writer reports a full disk as a RuntimeError ('unexpected pos',
+    'file write failed'): it becomes an OSError naming `path`, as every other failed write here."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as err:
+            reason = next((line.strip() for line in str(err).splitlines() if line.strip()), "write failed")
+            raise OSError(errno.EIO, f"torch.save failed ({reason}); is the disk full?", str(tmp)) from None
 
 
 def copy_file(source: str | Path, path: str | Path) -> None:

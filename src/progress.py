@@ -61,3 +61,9 @@ def progress(iterable: Iterable | None = None, desc: str = "", total: int | None
     interval = log_interval_s()
     kwargs.update(mininterval=interval, maxinterval=interval, miniters=1, bar_format=LOG_FORMAT)
     return _LogLines(iterable, desc=desc, total=total, **kwargs)
+
+
+def first_line(err: BaseException) -> str:
+    """An exception as one line: its type and the first non-empty line of its message."""
+    text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from .progress import first_line
 from .training import config as config_lib
 from .classifier.models import build_model
 
@@ -45,12 +46,6 @@ def trained_folds(runs: str | Path, name: str, folds: list[int] | None = None) -
 
 class RunFileError(ValueError):
     """A file of a run folder that cannot be used; the message names the file and the first line of why."""
-
-
-def first_line(err: BaseException) -> str:
-    """An exception as one line: its type and the first non-empty line of its message."""
-    text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def read_config(run: Path) -> dict:

@@ -6,7 +6,7 @@ pairs, concatenated to the image features before the head; one model serves all 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
+from pathlib import Path
 from typing import Callable
 
 import timm
@@ -16,6 +16,8 @@ from torch import nn
 
 from ..constants import CONDITIONS, LEVELS
 from ..localizer import plan as localizer_plan
+from ..progress import first_line, log
+from ..training.config import ConfigError
 
 N_PAIRS = len(CONDITIONS) * len(LEVELS)
 
@@ -26,11 +28,45 @@ def pair_index(condition, level):
     return condition * len(LEVELS) + level
 
 
-def create_backbone(name: str, pretrained: str | None, in_chans: int, **kwargs) -> nn.Module:
-    """A timm model (kwargs e.g. num_classes=0 or features_only=True); weights come from a local file when
-    `pretrained` is given (nothing is downloaded)."""
-    extra = {"pretrained_cfg_overlay": dict(file=str(pretrained))} if pretrained else {}
-    return timm.create_model(name, pretrained=bool(pretrained), in_chans=in_chans, **extra, **kwargs)
+def pretrained_file(pretrained: str | Path, backbone: str) -> Path:
+    """The local weights file a `pretrained` path names: the file itself, or <folder>/<backbone>.pth for a
+    folder (as fetch_weights.py writes it, so one folder serves every backbone of a recipe)."""
+    path = Path(pretrained)
+    return path / f"{backbone}.pth" if path.is_dir() else path
+
+
+def create_backbone(name: str, pretrained: bool | str | None, in_chans: int, **kwargs) -> nn.Module:
+    """A timm model (kwargs e.g. num_classes=0 or features_only=True), with its first convolution taking
+    `in_chans` channels. pretrained: None/False = random initialisation; True = timm's pretrained weights for
+    the backbone (downloaded once into the Hugging Face cache; HF_HUB_OFFLINE=1 then reads the cache); a path =
+    a local state-dict file, or a folder holding <backbone>.pth. timm adapts the first convolution's RGB
+    weights to `in_chans` and drops the ImageNet classifier; one log line says which weights loaded."""
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, in_chans=in_chans, **kwargs)
+    extra, source = {}, "timm's pretrained weights"
+    if pretrained is not True:
+        path = pretrained_file(pretrained, name)
+        if not path.is_file():
+            raise ConfigError(f"pretrained: {path}: no such weights file for backbone '{name}'")
+        extra, source = {"pretrained_cfg_overlay": dict(file=str(path))}, f"{path}"
+    try:
+        model = timm.create_model(name, pretrained=True, in_chans=in_chans, **extra, **kwargs)
+    except (RuntimeError, OSError, ValueError) as err:  # no such weights, no network and no cache, shapes that differ
+        raise ConfigError(f"pretrained: backbone '{name}': {source} do not load ({first_line(err)})") from None
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if pretrained is True:
+        source += f" {cfg.get('hf_hub_id') or cfg.get('url') or cfg.get('tag', '')}".rstrip()
+    log(f"{name}: loaded {source}; {_first_conv_note(cfg, in_chans)}")
+    return model
+
+
+def _first_conv_note(cfg: dict, in_chans: int) -> str:
+    """How timm's adapt_input_conv turned the pretrained RGB first convolution into `in_chans` channels."""
+    conv, rgb = cfg.get("first_conv", "the first convolution"), (cfg.get("input_size") or (3,))[0]
+    if in_chans == rgb:
+        return f"first convolution {conv} unchanged ({rgb} channels)"
+    how = "summed over RGB" if in_chans == 1 else f"RGB repeated and scaled by {rgb}/{in_chans}"
+    return f"first convolution {conv} adapted from {rgb} to {in_chans} input channels ({how})"
 
 
 class SpatialAttention(nn.Module):
@@ -86,7 +122,7 @@ class AttnResNeXt(nn.Module):
     Input (B, S, H, W): the S slices of a crop enter as channels.
     """
 
-    def __init__(self, backbone: str = "resnext50_32x4d", in_chans: int = 5, pretrained: str | None = None,
+    def __init__(self, backbone: str = "resnext50_32x4d", in_chans: int = 5, pretrained: bool | str | None = None,
                  model_kwargs: dict | None = None, head: HeadSpec = HeadSpec()):
         super().__init__()
         self.net = create_backbone(backbone, pretrained, in_chans, num_classes=0, global_pool="", **(model_kwargs or {}))
@@ -122,7 +158,7 @@ class CNNLSTM(nn.Module):
     """A CNN over every slice (time-distributed, global average pooled), an LSTM over the slices, a dense
     ReLU layer and 3 logits (softmax gives the severities)."""
 
-    def __init__(self, backbone: str = "resnet18", pretrained: str | None = None, model_kwargs: dict | None = None,
+    def __init__(self, backbone: str = "resnet18", pretrained: bool | str | None = None, model_kwargs: dict | None = None,
                  lstm_hidden: int = 128, bidirectional: bool = True, head: HeadSpec = HeadSpec()):
         super().__init__()
         self.encoder = create_backbone(backbone, pretrained, 1, num_classes=0, **(model_kwargs or {}))
@@ -166,7 +202,7 @@ class PlainCNN(nn.Module):
 class HeatmapNet(nn.Module):
     """Keypoint heatmaps: a timm encoder (features_only) and a small U-Net decoder to stride 2."""
 
-    def __init__(self, backbone: str = "resnet18", in_chans: int = 3, out_channels: int = 5, pretrained: str | None = None,
+    def __init__(self, backbone: str = "resnet18", in_chans: int = 3, out_channels: int = 5, pretrained: bool | str | None = None,
                  model_kwargs: dict | None = None, decoder_channels: int = 64):
         super().__init__()
         self.encoder = create_backbone(backbone, pretrained, in_chans, features_only=True, **(model_kwargs or {}))
@@ -205,7 +241,8 @@ def _plain_cnn(cfg: dict) -> nn.Module:
 
 
 def _localizer(cfg: dict) -> nn.Module:
-    return HeatmapNet(cfg["backbone"], 3, localizer_plan.part(cfg["series_type"]).channels, cfg["pretrained"], cfg["model_kwargs"],
+    channels = localizer_plan.part(cfg["series_type"]).channels
+    return HeatmapNet(cfg["backbone"], 3, channels, cfg["pretrained"], cfg["model_kwargs"],
                       cfg["loc"]["decoder_channels"])
 
 

@@ -22,7 +22,8 @@ from .context import InferenceContext
 from .faults import FaultLog
 from ..classifier.models import StudyModel
 from ..parallel import batches_ahead, loader_workers
-from ..run_folders import BEST, first_line, fold_of, load_fold_models, trained_folds
+from ..run_folders import BEST, fold_of, load_fold_models, trained_folds
+from ..progress import first_line
 
 
 @dataclass(eq=False)  # hashed by identity: two folds may hold equal configs

@@ -11,8 +11,9 @@ from scipy.optimize import minimize, minimize_scalar
 
 from ..constants import GROUPS, TARGETS, group_of
 from ..evaluation.metric import score
-from ..run_folders import OOF, classifier_runs, first_line, is_run_name, trained_folds
+from ..run_folders import OOF, classifier_runs, is_run_name, trained_folds
 from ..data.tables import DataError, load_submission
+from ..progress import first_line
 
 
 def sharpen(probs: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:

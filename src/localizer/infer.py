@@ -27,10 +27,11 @@ from ..training.device import autocast, inference_dtype, keep_freed_cpu_memory, 
 from ..data.dicom import Series
 from ..inference.faults import FaultLog
 from ..parallel import batches_ahead
-from ..run_folders import first_line, fold_of, load_fold_models, localizer_run
+from ..run_folders import fold_of, load_fold_models, localizer_run
 from .frame import series_stacks, stack_of
 from .decode import HeatSource, decode_searched, decode_slice
 from .plan import PLAN, Part
+from ..progress import first_line
 
 
 def patient_points(series: Series, rows: list[dict]) -> list[np.ndarray]:

@@ -49,7 +49,10 @@ DEFAULTS: dict[str, Any] = {
         "context": 1.25,
     },
     "backbone": "resnext50_32x4d",
-    "pretrained": None,  # a local weights file for the backbone (nothing is downloaded)
+    # Backbone weights: null = random initialisation; true = timm's pretrained weights for the backbone (downloaded
+    # once into the Hugging Face cache; fetch_weights.py saves them as files for an offline box); a path = a local
+    # state-dict file, or a folder holding <backbone>.pth (what fetch_weights.py writes).
+    "pretrained": None,
     "model_kwargs": {},  # passed to timm.create_model
     "embed_dim": 32,
     "hidden": 256,
@@ -287,7 +290,117 @@ def resolve(model: str | None = None, preset: str | None = None, config_file: st
     cfg["folds"] = str(folds_file_for(cfg["data_dir"], cfg["folds"]))
     if cfg["workers"] == "auto":
         cfg["workers"] = default_workers(reserve=1)
+    layers = {"command line": overrides, str(config_file): _apply({}, file_cfg, model, series_type),
+              f"preset {preset}": _apply({}, PRESETS.get(preset) or {}, model, series_type)}
+    check_values(cfg, merge(DEFAULTS, MODEL_DEFAULTS[model]), layers)
     return cfg
+
+
+# Keys whose value is one of a few words.
+CHOICES = {"amp": ("bf16", "fp16", "none"), "aug.where": ("auto", "cpu", "device"), "device": ("auto", "cpu", "cuda", "mps"),
+           "task": tuple(sorted({d.get("task", DEFAULTS["task"]) for d in MODEL_DEFAULTS.values()}))}
+# Keys that must be at least this (counts, sizes, rates).
+MINIMUM = {"epochs": 1, "batch_size": 1, "patience": 1, "crop.n_slices": 1, "crop.size_px": 8, "loc.size_px": 8, "fold": 0,
+           "lr": 0.0, "jitter.copies": 0, "log_every": 1, "prefetch": 1, "warmup_epochs": 0.0}
+# Keys whose default is null, and what they take instead.
+NULLABLE = {"pretrained": (bool, str), "name": (str,), "preset": (str,), "dataset": (str,), "cache_dir": (str,),
+            "folds": (str,), "runs": (str,), "coords": (str,), "series_type": (str,), "backbone": (str,),
+            "study.init_from": (str,), "jitter.errors": (str,), "label_filter.oof": (str,)}
+
+
+def _kind(default: Any) -> tuple[tuple[type, ...], str]:
+    """The types a value may have where the default is `default`, and their name for a message."""
+    if isinstance(default, bool):
+        return (bool,), "true or false"
+    if isinstance(default, int):
+        return (int,), "an integer"
+    if isinstance(default, float):
+        return (int, float), "a number"
+    if isinstance(default, str):
+        return (str,), "a string"
+    if isinstance(default, (list, tuple)):
+        return (list, tuple), "a list"
+    if isinstance(default, dict):
+        return (dict,), "a mapping"
+    return (object,), "anything"
+
+
+def _origin(key: str, layers: dict[str, dict]) -> str:
+    """Where a key's value came from: the last layer (command line, recipe file, preset) that sets it."""
+    for where, layer in layers.items():
+        node: Any = layer
+        for part in key.split("."):
+            node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
+        if node is not KeyError:
+            return f"{where}: --{key}" if where == "command line" else f"{where}: {key}"
+    return f"config: {key}"
+
+
+def _bad_value(key: str, value: Any, default: Any) -> str | None:
+    """What is wrong with one value (None when it is fine), judged against its default."""
+    if default is None:
+        kinds = NULLABLE.get(key)
+        if value is None or kinds is None or (isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)):
+            return None
+        return f"expected {' or '.join('true/false' if k is bool else 'a string' for k in kinds)} (or null), got {value!r}"
+    if key == "workers":
+        counts = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        return None if counts else f"expected 'auto' or a count, got {value!r}"
+    kinds, name = _kind(default)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and not isinstance(default, bool)):
+        return f"expected {name}, got {value!r}"
+    if isinstance(default, (list, tuple)) and default and not all(
+            isinstance(v, _kind(default[0])[0]) and not isinstance(v, bool) for v in value):
+        return f"expected a list of {_kind(default[0])[1].replace('an ', '').replace('a ', '')}s, got {value!r}"
+    if key in CHOICES and not (value in CHOICES[key] or (key == "device" and str(value).startswith("cuda:"))):
+        return f"expected one of {', '.join(CHOICES[key])}, got {value!r}"
+    if key in MINIMUM and (value < MINIMUM[key] or (key == "lr" and value <= 0)):
+        return f"expected {'more than' if key == 'lr' else 'at least'} {MINIMUM[key]}, got {value!r}"
+    return None
+
+
+def check_values(cfg: dict, defaults: dict, layers: dict[str, dict], prefix: str = "") -> None:
+    """ConfigError naming the key and where it was set when a value does not fit its default: a number stays a
+    number, a switch true or false, a word one of its choices, a count at least its minimum."""
+    for key, default in defaults.items():
+        if key not in cfg:
+            continue
+        value, path = cfg[key], f"{prefix}{key}"
+        if isinstance(default, dict) and isinstance(value, dict) and key not in ("model_kwargs", "size_mm"):
+            check_values(value, default, layers, f"{path}.")
+            continue
+        if key == "size_mm" and isinstance(value, dict):
+            value = list(value.values()) or [0.0]
+            default = [1.0]
+        problem = _bad_value(path, value, default)
+        if problem:
+            raise ConfigError(f"{_origin(path, layers)}: {problem}")
+
+
+def check_inputs(cfg: dict) -> None:
+    """Before any work: every file the run will read exists (DataError, a ValueError, naming the key and the
+    file): the data folder, pretrained weights, coordinates, the jitter's errors CSV, the label filter's
+    predictions and the study model's warm start."""
+    data_dir = Path(cfg["data_dir"])
+    if not (data_dir / "train.csv").is_file():
+        raise ConfigError(f"data_dir: {data_dir / 'train.csv'}: not found (--data-dir must be a competition-format folder)")
+    pretrained = cfg.get("pretrained")
+    if isinstance(pretrained, str):
+        path = Path(pretrained)
+        backbone_file = path / f"{cfg['backbone']}.pth"
+        if path.is_dir() and not backbone_file.is_file():
+            raise ConfigError(f"pretrained: {backbone_file}: not found (the folder holds no weights for backbone "
+                              f"'{cfg['backbone']}'; fetch_weights.py writes them)")
+        if not path.exists():
+            raise ConfigError(f"pretrained: {path}: no such weights file or folder")
+    files = {"coords": cfg.get("coords"), "study.init_from": (cfg.get("study") or {}).get("init_from"),
+             "label_filter.oof": (cfg.get("label_filter") or {}).get("oof")}
+    errors = (cfg.get("jitter") or {}).get("errors")
+    if (cfg.get("jitter") or {}).get("copies") and errors not in (None, "localizer"):
+        files["jitter.errors"] = errors
+    for key, path in files.items():
+        if path and not Path(path).exists():
+            raise ConfigError(f"{key}: {path}: not found")
 
 
 def flat_keys(node: dict = DEFAULTS, prefix: str = "") -> list[tuple[str, Any]]:
@@ -307,7 +420,7 @@ PATH_KEYS = ("data_dir", "cache_dir", "folds", "runs", "coords", "pretrained")
 
 def portable(cfg: dict) -> dict:
     """The config as it is saved: its paths relative to the repository (paths.portable)."""
-    return {k: portable_path(v) if k in PATH_KEYS and v not in (None, "") else v for k, v in cfg.items()}
+    return {k: portable_path(v) if k in PATH_KEYS and isinstance(v, str) and v else v for k, v in cfg.items()}
 
 
 def save(cfg: dict, path: Path) -> None:

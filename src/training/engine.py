@@ -32,8 +32,9 @@ from .device import autocast, pick_device, training_amp
 from ..classifier.models import build_model
 from ..progress import interactive, log, progress
 from ..data.folds import check_fold
-from ..run_folders import BEST, CONFIG, DONE, LAST, LOG, OOF, first_line, run_dir
+from ..run_folders import BEST, CONFIG, DONE, LAST, LOG, OOF, run_dir
 from .task import Task
+from ..progress import first_line
 
 
 def seed_everything(seed: int) -> None:
@@ -331,7 +332,8 @@ def _open_run(cfg: dict, out_dir: Path, main: bool) -> dict | None:
                     f"{finished['score']:.4f}); nothing to do: more --epochs (or --patience, if it stopped early) "
                     "continue it, --restart trains it again")
             return {**finished, "run_dir": str(out_dir), "references": {}}
-    check_fold(Path(cfg["data_dir"]) / "train.csv", Path(cfg["folds"]), cfg["fold"])  # before any folder is made
+    config_lib.check_inputs(cfg)  # before any folder is made: every file the run reads, the folds and the fold id
+    check_fold(Path(cfg["data_dir"]) / "train.csv", Path(cfg["folds"]), cfg["fold"])
     if main and not cfg["resume"] and out_dir.is_dir():
         aside = out_dir.with_name(f"{out_dir.name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
         os.replace(out_dir, aside)  # never trained over: the earlier run stays whole beside the new one

@@ -1,8 +1,9 @@
+import pytest
 import timm
 import torch
 
 from src.training.config import resolve
-from src.classifier.models import AttnResNeXt, build_model
+from src.classifier.models import CNNLSTM, AttnResNeXt, build_model
 
 
 def _batch(cfg, n=4):
@@ -146,3 +147,69 @@ def test_study_model_starts_from_a_trained_per_crop_run(tmp_path):
     with torch.no_grad():  # the correction starts at zero: the study model starts as the per-crop model
         same = crop.eval()(x[0], c[0], lv[0])
         assert torch.allclose(study.eval()(x, c, lv, torch.ones(1, 25, dtype=torch.bool))[0], same, atol=1e-5)
+
+
+TINY_BACKBONE = {"channels": (16, 32, 64, 128), "stem_width": 16}
+
+
+def fake_hub_cache(root, name: str = "resnet10t", kwargs: dict = TINY_BACKBONE) -> dict:
+    """A Hugging Face cache holding timm's pretrained weights of `name` as `hf_hub_download` lays them out
+    (refs/main -> snapshots/<commit>/model.safetensors), filled with random tensors; returns them."""
+    from safetensors.torch import save_file
+
+    reference = timm.create_model(name, pretrained=False, **kwargs)
+    state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    repo = root / f"models--timm--{reference.pretrained_cfg['hf_hub_id'].split('/')[1]}"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    save_file(state, str(snapshot / "model.safetensors"))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    return state
+
+
+def offline_hub(monkeypatch, root):
+    """timm's downloads answered from `root` alone, as with HF_HUB_OFFLINE=1 and a filled cache."""
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(root))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+
+
+def test_pretrained_true_loads_timms_weights_from_the_hub_cache_offline(tmp_path, monkeypatch, capsys):
+    from timm.models import adapt_input_conv
+
+    state = fake_hub_cache(tmp_path)
+    offline_hub(monkeypatch, tmp_path)
+    model = AttnResNeXt("resnet10t", in_chans=5, pretrained=True, model_kwargs=TINY_BACKBONE)
+    assert torch.equal(model.net.layer3[0].conv2.weight, state["layer3.0.conv2.weight"])
+    assert torch.equal(model.net.conv1[0].weight, adapt_input_conv(5, state["conv1.0.weight"]))
+    message = capsys.readouterr().out
+    assert "timm/resnet10t.c3_in1k" in message and "adapted from 3 to 5 input channels" in message
+    lstm = CNNLSTM("resnet10t", pretrained=True, model_kwargs=TINY_BACKBONE)  # one channel: RGB summed
+    assert torch.allclose(lstm.encoder.conv1[0].weight, state["conv1.0.weight"].sum(1, keepdim=True))
+
+
+def test_pretrained_without_network_or_cache_is_one_line(tmp_path, monkeypatch):
+    from src.training.config import ConfigError
+
+    offline_hub(monkeypatch, tmp_path)  # an empty cache
+    with pytest.raises(ConfigError, match="pretrained: backbone 'resnet10t': timm's pretrained weights do not load"):
+        AttnResNeXt("resnet10t", in_chans=3, pretrained=True, model_kwargs=TINY_BACKBONE)
+    with pytest.raises(ConfigError, match="no such weights file"):
+        AttnResNeXt("resnet10t", in_chans=3, pretrained=str(tmp_path / "missing.pth"), model_kwargs=TINY_BACKBONE)
+
+
+def test_fetch_weights_writes_each_backbone_of_a_recipe_and_a_folder_serves_them(tmp_path, monkeypatch):
+    import fetch_weights
+
+    state = fake_hub_cache(tmp_path / "hub")
+    offline_hub(monkeypatch, tmp_path / "hub")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("preset: tiny\npipeline: [attn_resnext, cnn_lstm]\nper_model:\n  cnn_lstm: {backbone: resnet10t}\n")
+    assert fetch_weights.main(["--config", str(recipe), "--out", str(tmp_path / "weights")]) == 0
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["resnet10t.pth"]
+    monkeypatch.setattr(__import__("huggingface_hub.constants").constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    cfg = resolve("cnn_lstm", None, recipe, {"pretrained": str(tmp_path / "weights")})
+    model = build_model(cfg)
+    assert torch.equal(model.encoder.layer4[0].conv1.weight, state["layer4.0.conv1.weight"])

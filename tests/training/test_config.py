@@ -1,3 +1,4 @@
+import sys
 import pytest
 
 from src.training.config import DEFAULTS, parse_overrides, resolve
@@ -124,7 +125,7 @@ def test_recipes_train_the_localizer_before_the_classifiers_that_jitter_by_its_e
         assert parts["attn_resnext"]["jitter"] == {"copies": 2, "errors": "localizer", "mm": 2.0, "slices": 0.5}
 
 
-def test_per_type_values_reach_each_runs_saved_config(tmp_path, monkeypatch, capsys):
+def test_per_type_values_reach_each_runs_saved_config(tmp_path, monkeypatch, capsys, synth_dir):
     """train.py with a recipe: each series type's run folder saves that type's values (fit stubbed after the
     config is saved, as the engine does first)."""
     import train
@@ -139,7 +140,8 @@ def test_per_type_values_reach_each_runs_saved_config(tmp_path, monkeypatch, cap
     recipe = tmp_path / "r.yaml"
     recipe.write_text("preset: tiny\nper_series_type:\n  sagittal_t2: {epochs: 7}\n  axial: {loc: {sigma: 4.0}}\n")
     runs = tmp_path / "runs"
-    train.main(["--model", "localizer", "--config", str(recipe), "--runs", str(runs), "--fold", "1"])
+    train.main(["--model", "localizer", "--config", str(recipe), "--runs", str(runs), "--fold", "1",
+                "--data-dir", str(synth_dir)])
     saved = {t: config_lib.load(runs / f"localizer_{t}" / "fold1" / "config.yaml") for t in TYPES}
     assert saved["sagittal_t2"]["epochs"] == 7 and saved["sagittal_t1"]["epochs"] == 24
     assert saved["axial"]["loc"]["sigma"] == 4.0 and saved["sagittal_t2"]["loc"]["sigma"] == 2.0
@@ -149,7 +151,8 @@ def test_per_type_values_reach_each_runs_saved_config(tmp_path, monkeypatch, cap
     printed = capsys.readouterr().out
     docs = [yaml.safe_load(d.split("\n", 1)[1]) for d in printed.split("# ")[1:]]
     assert [d for d in printed.splitlines() if d.startswith("# ")] == [
-        "# attn_resnext fold 0", "# cnn_lstm fold 0"] + [f"# localizer_{t} fold 0" for t in ("sagittal_t2", "sagittal_t1", "axial")]
+        "# attn_resnext fold 0", "# cnn_lstm fold 0"] + [
+        f"# localizer_{t} fold 0" for t in ("sagittal_t2", "sagittal_t1", "axial")]
     assert [d["loc"]["size_px"] for d in docs[2:]] == [96] * 3 and docs[1]["epochs"] == 10
 
 
@@ -157,3 +160,53 @@ def test_scientific_notation_on_the_command_line_is_a_number():
     """YAML 1.1 reads '3e-4' as a string; the README's own example `--lr 3e-4` must give a float."""
     assert parse_overrides(["--lr", "3e-4", "--min_lr", "1.0e-6", "--name", "e5", "--seed", "7"]) == {
         "lr": 3e-4, "min_lr": 1e-6, "name": "e5", "seed": 7}
+
+
+@pytest.mark.parametrize("overrides, says", [
+    ({"epochs": "abc"}, "command line: --epochs: expected an integer, got 'abc'"),
+    ({"lr": True}, "command line: --lr: expected a number, got True"),
+    ({"amp": "fp8"}, "command line: --amp: expected one of bf16, fp16, none, got 'fp8'"),
+    ({"aug": {"where": "gpu"}}, "command line: --aug.where: expected one of auto, cpu, device"),
+    ({"channels_last": "yes"}, "command line: --channels_last: expected true or false, got 'yes'"),
+    ({"batch_size": 0}, "command line: --batch_size: expected at least 1, got 0"),
+    ({"class_weights": [1.0, "x", 4.0]}, "command line: --class_weights: expected a list of numbers"),
+    ({"pretrained": 3}, "command line: --pretrained: expected true/false or a string (or null), got 3"),
+    ({"workers": -1}, "command line: --workers: expected 'auto' or a count, got -1"),
+])
+def test_values_are_checked_against_their_defaults(overrides, says):
+    with pytest.raises(config_lib.ConfigError) as err:
+        config_lib.resolve("attn_resnext", "tiny", None, overrides)
+    assert str(err.value).startswith(says), str(err.value)
+
+
+def test_a_bad_value_in_a_recipe_names_the_file_and_section(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("preset: tiny\nper_model:\n  cnn_lstm: {lstm_hidden: wide}\n")
+    config_lib.resolve("attn_resnext", None, recipe)  # another model's section is not this run's
+    with pytest.raises(config_lib.ConfigError, match=f"{recipe}: lstm_hidden: expected an integer, got 'wide'"):
+        config_lib.resolve("cnn_lstm", None, recipe)
+    assert config_lib.resolve("cnn_lstm", None, recipe, {"lstm_hidden": 16})["lstm_hidden"] == 16
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--epochs", "abc"], "train.py: command line: --epochs: expected an integer, got 'abc'"),
+    (["--pretrained", "nowhere/weights.pth"], "train.py: pretrained: nowhere/weights.pth: no such weights file or folder"),
+    (["--fold", "9"], "fold 9"),
+    (["--jitter.copies", "2", "--jitter.errors", "nowhere.csv"], "train.py: jitter.errors: nowhere.csv: not found"),
+])
+def test_train_refuses_bad_values_before_any_folder(flags, says, synth_dir, tmp_path, capsys, monkeypatch):
+    import make_folds
+    import train
+    from src.cli import guard
+
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    folds = tmp_path / "folds.csv"
+    make_folds.main(["--data-dir", str(synth_dir), "--out", str(folds), "--n-folds", "2"])
+    capsys.readouterr()
+    runs = tmp_path / "runs"
+    args = ["--preset", "tiny", "--data-dir", str(synth_dir), "--folds", str(folds), "--runs", str(runs), *flags]
+    for model in ("attn_resnext", "localizer"):
+        assert guard(train.main, ["--model", model, *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and says in err, err
+        assert not runs.exists()

@@ -127,7 +127,10 @@ def test_rerun_continues_refuses_another_config_and_survives_a_corrupt_last(base
     # The same data named by a relative path is the same run; other data is not.
     relative = [os.path.relpath(a) if a == args[args.index("--data-dir") + 1] else a for a in args]
     assert guard(train_script.main, [*cmd[:-len(args) - 2], "--epochs", "2", *relative]) == 0
-    other = [str(root / "elsewhere" / "synth") if a == args[args.index("--data-dir") + 1] else a for a in args]
+    elsewhere = root / "elsewhere" / "synth"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "train.csv").write_bytes((Path(args[args.index("--data-dir") + 1]) / "train.csv").read_bytes())
+    other = [str(elsewhere) if a == args[args.index("--data-dir") + 1] else a for a in args]
     assert guard(train_script.main, [*cmd[:-len(args)], *other]) == 2
     assert "another config (data_dir" in capsys.readouterr().err
     # A runs folder moved elsewhere (another disk) continues where it stopped.
@@ -240,3 +243,37 @@ def test_study_model_trains_and_infer_uses_it(base_args, synth_dir, tmp_path):
     sub = load_submission(out)
     assert sub["row_id"].tolist() == load_submission(synth_dir / "sample_submission.csv")["row_id"].tolist()
     assert sub[list(TARGETS)].round(6).drop_duplicates().shape[0] > 3  # the study model predicted
+
+
+@pytest.mark.parametrize("failure", ["enospc", "torch_mid_write"])
+def test_a_full_disk_ends_training_in_one_line_and_keeps_the_last_checkpoint(base_args, capsys, monkeypatch, failure):
+    """An injected OSError(ENOSPC), or torch.save dying mid-write as on a full disk (half a file, then torch's
+    RuntimeError): one line naming the file, exit 2, no traceback; last.pt stays the previous epoch's."""
+    import errno
+
+    from src.cli import guard
+
+    args, root = base_args
+    cmd = ["--fold", "0", "--model", "cnn_lstm", "--runs", str(root / f"full_{failure}"), *args]
+    assert guard(train_script.main, [*cmd, "--epochs", "1"]) == 0
+    run = root / f"full_{failure}" / "cnn_lstm" / "fold0"
+    real_save = torch.save
+
+    def full_disk(obj, path, *a, **k):
+        if failure == "enospc":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        Path(path).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 4736 vs 4624")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    capsys.readouterr()
+    assert guard(train_script.main, [*cmd, "--epochs", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    assert (str(run / "best.pt") in err or str(run / "last.pt") in err), err
+    assert ("No space left on device" if failure == "enospc" else "unexpected pos") in err
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.load(run / "last.pt", weights_only=True)["state"]["epoch"] == 1
+    assert not list(run.glob(".*.tmp*"))
+    assert guard(train_script.main, [*cmd, "--epochs", "2"]) == 0  # room again: it continues from epoch 1
+    assert pd.read_csv(run / "log.csv")["epoch"].tolist() == [1, 2]
