@@ -11,10 +11,11 @@ renormalised), a localizer its series type. The rows nothing reached get the tra
 degradation is named in one summary at the end and in <out>.faults.json beside the submission.
 
 Exit codes: 0 the submission is written (with --strict: and every model was used); 1 nothing could be
-written; 2 bad command line, a missing data folder or an input file named on it; 4 the submission was
+written; 2 bad command line, a missing data or runs folder or an input file named on it; 4 the submission was
 written, but a file written after it (the coordinates, the faults, a per-model submission) failed;
-3 (--strict only) written, but a fold, member or localizer was dropped, an ensemble entry or a series'
-geometry fell back, some predictions were invalid, or no model was used.
+3 written, but no model could be used (every row is the prior; also without --strict), or (--strict only) a
+fold, member or localizer was dropped, an ensemble entry or a series' geometry fell back, or some predictions
+were invalid.
 """
 from __future__ import annotations
 
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     a = cli.dataset_defaults(ap.parse_args(argv))
     if not a.data_dir.is_dir():
         raise DataError(f"{a.data_dir}: no such data folder (--data-dir)")
+    if not a.runs.is_dir():
+        raise DataError(f"{a.runs}: no such runs folder (--runs)")
     a.out = a.out or submission_dir_for(a.data_dir) / "submission.csv"
     faults = FaultLog()
     started = time.time()
@@ -87,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     if faults.of("output"):
         print(f"infer.py: {a.out} was written (every row), but a file beside it failed (see the summary)", file=sys.stderr)
         return WRITTEN_BUT_EXTRA_FAILED_EXIT
+    if faults.of("models"):  # never a silent submission of priors, --strict or not
+        print(f"infer.py: {a.out} holds the training prior in every row: no model under {a.runs} could be used "
+              "(see the summary)", file=sys.stderr)
+        return MODEL_DROPPED_EXIT
     return MODEL_DROPPED_EXIT if a.strict and faults.model_dropped else 0
 
 

@@ -3,6 +3,8 @@ python localize.py --data-dir DIR --split test|train [--runs runs/<data-dir name
 
 Writes the train_label_coordinates.csv format (plus a confidence column): one row per study, condition
 and level where the needed series exists, so stage 2 cuts crops from it exactly as from labelled points.
+Exit codes: 0 written; 2 bad command line or a missing data or runs folder; 3 written, but no localizer
+could be used (no point).
 """
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ from src.localizer.infer import Localizer, localize  # noqa: E402
 from src.paths import cache_dir_for  # noqa: E402
 from src.parallel import loader_workers  # noqa: E402
 from src.inference.pipeline import series_table  # noqa: E402
+from src.data.tables import DataError  # noqa: E402
+
+NO_POINTS_EXIT = 3  # as infer.py's: written, but no model was used
 
 
 def main(argv: list[str] | None = None):
@@ -31,13 +36,18 @@ def main(argv: list[str] | None = None):
     cli.add_fold_ids(ap, help="the localizer folds to use (default: every fold found)")
     cli.add_workers(ap)
     a = cli.dataset_defaults(ap.parse_args(argv))
+    if not a.runs.is_dir():
+        raise DataError(f"{a.runs}: no such runs folder (--runs)")
     cache_dir = cache_dir_for(a.data_dir, a.cache_dir)
     prepare(a.data_dir, cache_dir, a.split, workers=a.workers)
     coords = localize(series_table(a.data_dir, a.split), cache_dir, a.split, Localizer.from_runs(a.runs, a.fold_ids),
                       workers=loader_workers(a.workers))
     write_csv(coords, a.out)
     print(f"wrote {a.out}: {len(coords)} points for {coords['study_id'].nunique()} studies")
-    return coords
+    if coords.empty:
+        print(f"localize.py: {a.out} holds no point: no localizer under {a.runs} could be used", file=sys.stderr)
+        return NO_POINTS_EXIT
+    return 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,9 +34,10 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
         return super()._get_help_string(action)
 
 
-def parser(doc: str | None, epilog: str | None = None) -> argparse.ArgumentParser:
-    """An ArgumentParser for a script: its docstring as the description, defaults shown, and --debug."""
-    ap = argparse.ArgumentParser(description=doc, epilog=epilog, formatter_class=_Formatter)
+def parser(doc: str | None, epilog: str | None = None, prog: str | None = None) -> argparse.ArgumentParser:
+    """An ArgumentParser for a script: its docstring as the description, defaults shown, and --debug.
+    prog: how the usage line names the command (default: the script's file name)."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc, epilog=epilog, formatter_class=_Formatter)
     ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return ap
 
@@ -78,10 +80,18 @@ def add_workers(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--workers", type=int, default=default_workers(), help="worker processes (the usable CPUs)")
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line `script: message` (no source line; --debug keeps Python's own format)."""
+    print(f"{Path(sys.argv[0]).name}: {str(message).strip()}", file=file or sys.stderr, flush=True)
+
+
 def guard(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> int:
     """Run a script's main: bad input ends in one line `script: what is wrong` and exit code 2 (with --debug,
     the traceback); an int that main returns is the exit code, anything else means 0."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    shown = warnings.showwarning
+    if "--debug" not in argv:
+        warnings.showwarning = _one_line_warning
     try:
         result = main(argv)
     except INPUT_ERRORS as err:
@@ -89,4 +99,6 @@ def guard(main: Callable[[list[str] | None], Any], argv: list[str] | None = None
             raise
         print(f"{Path(sys.argv[0]).name}: {err}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = shown
     return result if isinstance(result, int) and not isinstance(result, bool) else 0

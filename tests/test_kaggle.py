@@ -69,7 +69,8 @@ def _wheel(folder, name: str, version: str) -> None:
 
     files = {f"{name}/__init__.py": f"VERSION = {version!r}\n",
              f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-             f"{name}-{version}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+             f"{name}-{version}.dist-info/WHEEL":
+                 "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
 
     def digest(text: str) -> str:
         return base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
@@ -272,3 +273,25 @@ def test_real_kaggle_wheels_install_together(tmp_path):
     got = subprocess.run([str(py), "-c", check, *[n for n, _ in pins]], capture_output=True, text=True, check=True)
     assert got.stdout.split() == [v for _, v in pins]
     subprocess.run([str(py), "-c", "import pydicom, pylibjpeg, yaml; from pydicom.pixels import apply_rescale"], check=True)
+
+
+@pytest.mark.parametrize("code, written", [(0, True), (3, True), (4, True), (1, False), (2, False)])
+def test_the_notebook_goes_on_after_every_exit_code_that_wrote_the_submission(tmp_path, capsys, code, written):
+    """The notebook's inference cell, with infer.py replaced by a program that exits `code`: 0, 3 and 4 wrote
+    submission.csv (the cell goes on to the row check), 1 and 2 did not (the cell stops)."""
+    import subprocess
+    import sys
+
+    notebook = json.loads((REPO / "notebooks" / "kaggle_inference.ipynb").read_text())
+    cell = next("".join(c["source"]) for c in notebook["cells"] if "infer.py" in "".join(c["source"])
+                and "subprocess.Popen" in "".join(c["source"]))
+    (tmp_path / "infer.py").write_text(f"import sys\nprint('summary: 2 degradation(s)')\nsys.exit({code})\n")
+    namespace = {"sys": sys, "os": os, "subprocess": subprocess, "CODE": tmp_path, "COMPETITION": tmp_path,
+                 "WORKING": tmp_path, "CACHE": tmp_path / "cache"}
+    if written:
+        exec(compile(cell, "kaggle_inference.ipynb", "exec"), namespace)
+        printed = capsys.readouterr().out
+        assert "summary: 2 degradation(s)" in printed and f"infer.py exited {code}: " in printed
+    else:
+        with pytest.raises(RuntimeError, match=f"infer.py exited {code}: no submission written"):
+            exec(compile(cell, "kaggle_inference.ipynb", "exec"), namespace)

@@ -196,8 +196,9 @@ def prepare(data_dir: Path, cache_dir: Path, split: str = "train", workers: int 
         write_text("".join(f"study {sid}: {text}\n" for sid, _, text in notes), log)
         studies = sorted({sid for sid, _, _ in notes})
         shown = "\n  ".join(f"study {sid}: {text}" for sid, _, text in notes[:3])
-        warnings.warn(f"{len(notes)} series of {len(studies)} studies read with problems (studies "
-                      f"{', '.join(map(str, studies))}); all listed in {log}, e.g.\n  {shown}", stacklevel=2)
-        if problems is not None:
+        if problems is not None:  # the caller names them (inference: once each, in its fault summary)
             problems.extend(notes)
+        else:
+            warnings.warn(f"{len(notes)} series of {len(studies)} studies read with problems (studies "
+                          f"{', '.join(map(str, studies))}); all listed in {log}, e.g.\n  {shown}", stacklevel=2)
     return counts

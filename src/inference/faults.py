@@ -13,7 +13,6 @@ were not finite got the prior).
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,7 +36,7 @@ class Fault:
 
 @dataclass
 class FaultLog:
-    """Collects faults as they happen (each also warned once), then summarises them."""
+    """Collects faults as they happen, then summarises them: each is printed once, in the summary."""
 
     faults: list[Fault] = field(default_factory=list)
 
@@ -45,7 +44,6 @@ class FaultLog:
             conditions: tuple[str, ...] = (), rows: int = 0) -> Fault:
         fault = Fault(unit, name, reason, rows, study_id, tuple(conditions))
         self.faults.append(fault)
-        warnings.warn(f"{name}: {reason}", stacklevel=2)
         return fault
 
     def of(self, *units: str) -> list[Fault]:

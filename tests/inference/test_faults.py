@@ -90,8 +90,8 @@ def corrupt_member(data, runs, clean):
 def corrupt_axial_localizer(data, runs, clean):
     (run_dir(runs, "localizer_axial", 0) / "best.pt").write_bytes(b"\x00" * 64)
     sub = clean[2]
-    return Expect("localizer", "localizer_axial", "no loadable fold", set(sub.loc[sub["row_id"].str.contains("subarticular"), "row_id"]),
-                  MODEL_DROPPED_EXIT)
+    subarticular = set(sub.loc[sub["row_id"].str.contains("subarticular"), "row_id"])
+    return Expect("localizer", "localizer_axial", "no loadable fold", subarticular, MODEL_DROPPED_EXIT)
 
 
 def header_only_series_csv(data, runs, clean):

@@ -77,15 +77,16 @@ def test_nothing_written_gives_exit_1(tmp_path, capsys):
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_broken_classifier_run_still_gives_every_row(synth_dir, tmp_path):
+def test_broken_classifier_run_still_gives_every_row(synth_dir, tmp_path, capsys):
     runs = make_fake_runs(tmp_path / "runs")
     (runs / "attn_resnext" / "fold0" / "best.pt").write_bytes(b"not a checkpoint")
     out = tmp_path / "submission.csv"
     best = runs / "attn_resnext" / "fold0" / "best.pt"
-    with pytest.warns(UserWarning, match=f"attn_resnext fold 0: {best}: does not load .*; fold dropped"):
-        code = infer_script.main(["--data-dir", str(synth_dir), "--runs", str(runs), "--out", str(out),
-                                  "--cache-dir", str(tmp_path / "cache"), "--workers", "1", "--batch-studies", "3"])
+    code = infer_script.main(["--data-dir", str(synth_dir), "--runs", str(runs), "--out", str(out),
+                              "--cache-dir", str(tmp_path / "cache"), "--workers", "1", "--batch-studies", "3"])
     assert code == 0  # without --strict a dropped member still exits 0 (the corruption suite checks --strict)
+    said = capsys.readouterr().out
+    assert said.count(f"attn_resnext fold 0: {best}: does not load") == 1 and "; fold dropped" in said  # once: the summary
     sub = load_submission(out)
     assert sub["row_id"].tolist() == load_submission(synth_dir / "sample_submission.csv")["row_id"].tolist()
     assert np.allclose(sub[list(TARGETS)].sum(1), 1)
@@ -102,8 +103,8 @@ def test_finalize_orders_rows_and_repairs_invalid_ones():
     from src.inference.faults import FaultLog
 
     faults = FaultLog()
-    with pytest.warns(UserWarning, match="1 rows had non-finite or invalid predictions"):
-        out = finalize(sub, ids, prior, faults)
+    out = finalize(sub, ids, prior, faults)
+    assert "1 rows had non-finite or invalid predictions" in faults.summary()
     assert out["row_id"].tolist() == ids
     assert [(f.unit, f.rows) for f in faults.faults] == [("predictions", 1)] and faults.model_dropped
     assert out[list(TARGETS)].to_numpy().ravel() == pytest.approx([0.5, 0.5, 0.0, 0.5, 0.3, 0.2, 0.5, 0.25, 0.25])
@@ -135,7 +136,7 @@ def test_the_coordinates_written_beside_a_submission_score_as_localizing_again(s
     runs = make_fake_runs(tmp_path / "runs", classifiers=False)
     out = tmp_path / "sub" / "submission.csv"
     common = ["--data-dir", str(synth_dir), "--runs", str(runs), "--cache-dir", str(tmp_path / "cache")]
-    assert infer_script.main(common + ["--out", str(out), "--workers", "1"]) == 0
+    assert infer_script.main(common + ["--out", str(out), "--workers", "1"]) == 3  # no classifier: every row the prior
     coords = load_coordinates(coordinates_path(out))
     series = load_series_descriptions(synth_dir / "test_series_descriptions.csv")
     assert set(coords["study_id"]) == set(series["study_id"]) and coords.groupby("study_id").size().eq(25).all()
@@ -159,5 +160,27 @@ def test_inference_imports_no_augmentation_library_and_chooses_no_plot_backend()
     code = ("import sys, matplotlib; backend = matplotlib.rcParams._get_backend_or_none(); import src.inference.pipeline; "
             "print(sorted(m for m in ('albumentations', 'matplotlib.pyplot') if m in sys.modules), "
             "matplotlib.rcParams._get_backend_or_none() == backend)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], check=True).stdout
     assert out.strip() == "[] True"
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_missing_runs_folder_is_a_bad_command_and_an_empty_one_is_no_silent_prior(synth_dir, tmp_path, capsys):
+    import localize as localize_script
+    from src.cli import guard
+
+    common = ["--data-dir", str(synth_dir), "--cache-dir", str(tmp_path / "cache"), "--workers", "1"]
+    for script, out in ((infer_script, tmp_path / "sub.csv"), (localize_script, tmp_path / "coords.csv")):
+        name = f"{Path(script.__file__).name}: "
+        assert guard(script.main, [*common, "--runs", str(tmp_path / "rnus"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"{tmp_path / 'rnus'}: no such runs folder (--runs)") and err.count("\n") == 0, err
+        assert not out.exists()
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        assert guard(script.main, [*common, "--runs", str(tmp_path / "empty"), "--out", str(out)]) == 3
+        said = [line for line in capsys.readouterr().err.splitlines() if line.startswith(name)]
+        assert len(said) == 1 and f"under {tmp_path / 'empty'} could be used" in said[0], said
+        assert out.is_file()
+    assert load_submission(tmp_path / "sub.csv")["row_id"].tolist() == load_submission(
+        synth_dir / "sample_submission.csv")["row_id"].tolist()
