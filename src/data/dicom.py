@@ -97,10 +97,17 @@ GEOMETRY_FALLBACK = "geometry fallback:"
 
 
 def decode(ds: pydicom.Dataset) -> np.ndarray:
-    """Pixel data of one dataset as float32 with RescaleSlope/Intercept applied (any transfer syntax)."""
+    """Pixel data of one dataset as float32 with RescaleSlope/Intercept applied (any transfer syntax), bright
+    where the tissue is bright: MONOCHROME1 (the lowest value shown white) is inverted within its stored range
+    first, so such a series reads as its MONOCHROME2 twin."""
     arr = ds.pixel_array
     if arr.ndim != 2:
         raise ValueError(f"expected one 2D frame, got shape {arr.shape}")
+    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper() == "MONOCHROME1":
+        bits = int(ds.get("BitsStored") or arr.dtype.itemsize * 8)
+        signed = int(ds.get("PixelRepresentation") or 0) == 1
+        low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        arr = (low + high) - arr.astype(np.int64)
     return np.asarray(apply_rescale(arr, ds), dtype=np.float32)
 
 
