@@ -98,7 +98,8 @@ def bench_augment(cfg: dict, n: int, metrics: dict) -> list[tuple[str, str]]:
         torch.cuda.synchronize()
     rate = done / (time.perf_counter() - start)
     metrics.update(augment_crops_per_s=rate, augment_device=str(device))
-    return [(f"batched device augmentation on {device} ({spec.n_slices}x{spec.stored_px} -> {spec.size_px}px)", f"{rate:.0f} crops/s")]
+    what = f"batched device augmentation on {device} ({spec.n_slices}x{spec.stored_px} -> {spec.size_px}px)"
+    return [(what, f"{rate:.0f} crops/s")]
 
 
 REAL_IMAGES, REAL_PX = 147_000, 512 * 512  # the real training set: about 147,000 images of about 512 x 512 px
@@ -278,7 +279,8 @@ def train_configs(preset: str | None) -> list[dict]:
     from src.run_folders import localizer_run
 
     return [config_lib.resolve(m, preset) for m in ("attn_resnext", "cnn_lstm")] + [
-        config_lib.resolve("localizer", preset, None, {"series_type": p.series_type, "name": localizer_run(p.series_type)}) for p in PLAN]
+        config_lib.resolve("localizer", preset, None, {"series_type": p.series_type, "name": localizer_run(p.series_type)})
+        for p in PLAN]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,5 @@
-"""Evaluate every fold's out-of-fold predictions: python evaluate.py --data-dir DIR [--runs runs/<data-dir name>] [--out-dir reports/<data-dir name>]
+"""Evaluate every fold's out-of-fold predictions:
+python evaluate.py --data-dir DIR [--runs runs/<data-dir name>] [--out-dir reports/<data-dir name>]
 
 Writes <out-dir>/metrics.json and <out-dir>/report.md: the competition score and its parts per model and for
 the ensemble, the attention paper's table, the CNN-LSTM paper's classification reports, confusion

@@ -1,4 +1,5 @@
-"""Write patient-stratified folds: python make_folds.py --data-dir DIR --n-folds 5 --seed 42 [--out folds/<data-dir name>/folds.csv]"""
+"""Write patient-stratified folds:
+python make_folds.py --data-dir DIR --n-folds 5 --seed 42 [--out folds/<data-dir name>/folds.csv]"""
 from __future__ import annotations
 
 import sys

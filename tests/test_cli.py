@@ -5,6 +5,7 @@ import pytest
 import make_folds as make_folds_script
 import score as score_script
 from src.cli import guard
+from src.data.tables import DataError
 
 SCRIPTS = ("train.py", "infer.py", "localize.py", "prepare.py", "make_folds.py", "ensemble.py", "evaluate.py",
            "evaluate_localization.py", "score.py", "bench.py")
@@ -19,7 +20,7 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path, capsys):
     bad.write_text("row_id,normal_mild\n")
     assert guard(score_script.main, ["--solution", str(bad), "--submission", str(bad)]) == 2
     assert "missing column" in capsys.readouterr().err
-    with pytest.raises(Exception):  # --debug shows the traceback instead
+    with pytest.raises(DataError):  # --debug shows the traceback instead
         guard(make_folds_script.main, ["--data-dir", str(missing), "--debug"])
 
 

@@ -94,8 +94,9 @@ def sheet(study_id: int, coords: pd.DataFrame, probs: pd.DataFrame, maps: dict, 
             if rid in table.index:
                 p = table.loc[rid, list(TARGETS)].to_numpy(dtype=float)
                 k = int(np.argmax(p))
-                ax.set_title(f"{condition.replace('Neural Foraminal Narrowing', 'NFN').replace('Subarticular Stenosis', 'SS').replace('Spinal Canal Stenosis', 'SCS')} "
-                             f"{level}\n{SEVERITIES[k]} {p[k]:.2f}", fontsize=7, color="red" if k == 2 else ("darkorange" if k == 1 else "black"))
+                short = condition.replace("Neural Foraminal Narrowing", "NFN").replace("Subarticular Stenosis", "SS")
+                ax.set_title(f"{short.replace('Spinal Canal Stenosis', 'SCS')} {level}\n{SEVERITIES[k]} {p[k]:.2f}",
+                             fontsize=7, color="red" if k == 2 else ("darkorange" if k == 1 else "black"))
     fig.suptitle(f"study {study_id}: predicted points and the attention-ResNeXt's spatial attention", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     save_figure(fig, path, dpi=80)

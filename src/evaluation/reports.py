@@ -44,8 +44,8 @@ def paper_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, dict[str, 
     }}
     present = [k for k in range(3) if 0 < (labels == k).sum() < len(labels)]
     onehot = np.eye(3)[labels]
-    out["three_class"]["auc"] = float(np.mean([roc_auc_score(onehot[:, k], probs[:, k]) for k in present])) if present else np.nan
-    out["three_class"]["auprc"] = float(np.mean([average_precision_score(onehot[:, k], probs[:, k]) for k in present])) if present else np.nan
+    for key, fn in (("auc", roc_auc_score), ("auprc", average_precision_score)):
+        out["three_class"][key] = float(np.mean([fn(onehot[:, k], probs[:, k]) for k in present])) if present else np.nan
     y = (labels > 0).astype(int)
     p = probs[:, 1:].sum(1)
     both = 0 < y.sum() < len(y)
@@ -68,8 +68,8 @@ def plot_confusion(name: str, labels, probs, groups, path: Path) -> None:
     fig, axes = figure(1, len(GROUPS), figsize=(4.2 * len(GROUPS), 4))
     for ax, g in zip(axes, GROUPS):
         m = groups == g
-        ConfusionMatrixDisplay.from_predictions(labels[m], probs[m].argmax(1), labels=[0, 1, 2], display_labels=["N/M", "Mod", "Sev"],
-                                                ax=ax, colorbar=False, cmap="Blues")
+        ConfusionMatrixDisplay.from_predictions(labels[m], probs[m].argmax(1), labels=[0, 1, 2],
+                                                display_labels=["N/M", "Mod", "Sev"], ax=ax, colorbar=False, cmap="Blues")
         ax.set_title(f"{g}")
     fig.suptitle(f"{name}: confusion matrices (out of fold)")
     fig.tight_layout()
@@ -269,9 +269,11 @@ def render(metrics: dict, reports: dict, pictures: list[str]) -> str:
     lines = ["# Out-of-fold evaluation", "",
              f"{metrics['studies']} studies, {metrics['rows']} scored rows (every fold with predictions from every model).", "",
              "## Competition score (lower is better)", "",
-             "| submission | score | spinal | foraminal | subarticular | any severe spinal |", "| --- | --- | --- | --- | --- | --- |"]
+             "| submission | score | spinal | foraminal | subarticular | any severe spinal |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for name, p in metrics["scores"].items():
-        lines.append(f"| {name} | {p['score']:.4f} | {p['spinal']:.4f} | {p['foraminal']:.4f} | {p['subarticular']:.4f} | {p['any_severe_spinal']:.4f} |")
+        parts = " | ".join(f"{p[k]:.4f}" for k in ("score", "spinal", "foraminal", "subarticular", "any_severe_spinal"))
+        lines.append(f"| {name} | {parts} |")
     if "ensemble" in metrics["scores"]:
         lines += ["", "The ensemble's weights and temperatures were fitted on these same out-of-fold predictions, so its "
                   "row is optimistic; a held-out test split scores it honestly."]
@@ -295,14 +297,16 @@ def render(metrics: dict, reports: dict, pictures: list[str]) -> str:
               "severe against normal/mild at p >= 0.5. The paper's own numbers (ACC 0.9486, AUC 0.969, F1 0.938, "
               "precision 0.935, recall 0.9412, AUPRC 0.981) are on a different dataset and task (lumbar disc "
               "herniation, its private data) and are shown for reference only.", "",
-              "| model | group | view | ACC | AUC | F1 | precision | recall | AUPRC |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| model | group | view | ACC | AUC | F1 | precision | recall | AUPRC |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, by_group in metrics["paper"].items():
         for g, views in by_group.items():
             for view, m in views.items():
                 lines.append(f"| {name} | {g} | {view.replace('three_class', '3-class')} | {m['acc']:.3f} | {m['auc']:.3f} | "
                              f"{m['f1']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['auprc']:.3f} |")
     ref = metrics["paper_reference"]
-    lines.append(f"| paper (herniation, other data) | - | binary | {ref['acc']} | {ref['auc']} | {ref['f1']} | {ref['precision']} | {ref['recall']} | {ref['auprc']} |")
+    lines.append("| paper (herniation, other data) | - | binary | "
+                 + " | ".join(str(ref[k]) for k in ("acc", "auc", "f1", "precision", "recall", "auprc")) + " |")
     lines += ["", "## The CNN-LSTM paper's outputs: classification reports", ""]
     for name, by_group in reports.items():
         for g, text in by_group.items():

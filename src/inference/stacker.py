@@ -1,9 +1,10 @@
 """A final stage fitted to the competition metric on out-of-fold predictions: per condition group, a linear
 map of every member's log-probabilities plus a bias per level, softmaxed; fitted by L-BFGS on a
 differentiable twin of the metric (metric_loss: the weighted log loss of each group and the any-severe-spinal
-term, as metric.score_parts computes them), with an L2 pull towards the plain geometric mean of the members (l2 = 10 by default: on the default
-benchmark's fold-0 OOF, 990 rows of 40 studies, nested scores were 0.3446 / 0.3365 / 0.3325 / 0.3319 / 0.3317
-for l2 = 0.1 / 1 / 10 / 30 / 100, against 0.3414 for weights and temperatures; weaker pulls overfit).
+term, as metric.score_parts computes them), with an L2 pull towards the plain geometric mean of the members
+(l2 = 10 by default: on the default benchmark's fold-0 OOF, 990 rows of 40 studies, nested scores were 0.3446
+/ 0.3365 / 0.3325 / 0.3319 / 0.3317 for l2 = 0.1 / 1 / 10 / 30 / 100, against 0.3414 for weights and
+temperatures; weaker pulls overfit).
 
 Its honest score comes from nested folds over the OOF studies (nested_scores): fitted on the others,
 scored on each held-out part, beside the weights-and-temperatures ensemble fitted the same way. ensemble.py

@@ -1,3 +1,6 @@
+import sys
+
+from .. import cli
 from .cli import main
 
-main()
+sys.exit(cli.guard(main))

@@ -89,7 +89,7 @@ class Grid:
                  tissue: dict[str, dict[str, float]] | None = None):
         self.lo = np.asarray(lo, dtype=float)
         self.voxel = voxel
-        self.shape = tuple(int(np.ceil((h - l) / voxel)) + 1 for l, h in zip(self.lo, hi))
+        self.shape = tuple(int(np.ceil((h - low) / voxel)) + 1 for low, h in zip(self.lo, hi))
         self.volumes = {q: np.zeros(self.shape, dtype=np.float32) for q in sequences}
         self.tissue = tissue or tissue_table()
 

@@ -22,28 +22,33 @@ suppression, several sagittal series, and missing series and coordinates at the 
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from .config import VARIETIES, SynthConfig
 from .dataset import generate
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    from .. import cli  # the scripts' parser style: defaults shown, --debug, one-line errors
+
+    ap = cli.parser(__doc__, prog="python -m src.synth")
     d = SynthConfig()
-    ap.add_argument("--out", type=Path, default=d.out)
-    ap.add_argument("--studies", type=int, default=d.studies, help="train studies")
-    ap.add_argument("--test-studies", type=int, default=d.test_studies)
-    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--out", type=Path, default=d.out, help="the dataset folder to write (competition format)")
+    ap.add_argument("--studies", type=int, default=d.studies, help="training studies")
+    ap.add_argument("--test-studies", type=int, default=d.test_studies,
+                    help="test studies (their answers in test_solution.csv and test_oracle.csv)")
+    ap.add_argument("--seed", type=int, default=d.seed, help="one seed for the labels, anatomy and images")
     ap.add_argument("--image-size", type=int, default=d.image_size, help="base image rows/columns")
     ap.add_argument("--voxel-mm", type=float, default=d.voxel_mm, help="resolution of the rendered anatomy")
-    ap.add_argument("--sag-slices", type=int, nargs=2, default=d.sag_slices, metavar=("MIN", "MAX"))
-    ap.add_argument("--axial-per-level", type=int, nargs=2, default=d.axial_per_level, metavar=("MIN", "MAX"))
+    ap.add_argument("--sag-slices", type=int, nargs=2, default=d.sag_slices, metavar=("MIN", "MAX"),
+                    help="slices per sagittal series, drawn in this range")
+    ap.add_argument("--axial-per-level", type=int, nargs=2, default=d.axial_per_level, metavar=("MIN", "MAX"),
+                    help="axial slices per disc level, drawn in this range")
     ap.add_argument("--reader-noise", type=float, default=d.reader_noise, help="label noise near the thresholds")
     ap.add_argument("--patterns", type=Path, default=d.patterns, help="a real train.csv to copy label patterns from")
-    ap.add_argument("--p-compressed", type=float, default=d.p_compressed)
-    ap.add_argument("--workers", type=int, default=d.workers)
+    ap.add_argument("--p-compressed", type=float, default=d.p_compressed,
+                    help="share of series written JPEG-compressed (the rest uncompressed)")
+    ap.add_argument("--workers", type=int, default=d.workers, help="worker processes")
     ap.add_argument("--variety", choices=sorted(VARIETIES), default=d.variety,
                     help="acquisition variety: 'default' is the embedded benchmark, 'real' the variety of real MRI")
     a = ap.parse_args(argv)
@@ -57,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {cfg.studies} train and {cfg.test_studies} test studies to {cfg.out}")
     for name, path in paths.items():
         print(f"  {name}: {path}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ def make_study(args: tuple) -> dict:
                                                       scene, rng, cfg)
     latent = latent_rows(study_id, severity, written, p, anat, pose)
     coords = annotate(study_id, written, anat, pose, series_geometry, rng, cfg)
-    labels = {"study_id": study_id, **{c: (SEVERITIES[int(v)] if not np.isnan(v) else "") for c, v in zip(LABEL_COLUMNS, written)}}
+    labels = {"study_id": study_id,
+              **{c: (SEVERITIES[int(v)] if not np.isnan(v) else "") for c, v in zip(LABEL_COLUMNS, written)}}
     return {"split": split, "labels": labels, "series": series_rows, "coords": coords, "latent": latent}
 
 

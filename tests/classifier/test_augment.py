@@ -78,7 +78,8 @@ def test_device_and_cpu_paths_agree_on_average():
 
 
 def test_where_the_augmentation_runs():
-    assert use_device_path({"where": "auto"}, torch.device("cuda:0")) and not use_device_path({"where": "auto"}, torch.device("cpu"))
-    assert use_device_path({"where": "device"}, torch.device("cpu")) and not use_device_path({"where": "cpu"}, torch.device("cuda:0"))
+    cuda, cpu = torch.device("cuda:0"), torch.device("cpu")
+    assert use_device_path({"where": "auto"}, cuda) and not use_device_path({"where": "auto"}, cpu)
+    assert use_device_path({"where": "device"}, cpu) and not use_device_path({"where": "cpu"}, cuda)
     with pytest.raises(ValueError, match="aug.where"):
         use_device_path({"where": "gpu"}, torch.device("cpu"))

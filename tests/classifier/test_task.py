@@ -96,7 +96,8 @@ def test_jitter_errors_come_from_this_folds_localizer_predictions(overrides, tmp
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("part", PLAN, ids=lambda p: p.series_type)
 def test_localizer_task_recovers_labelled_points_from_their_own_targets(overrides, part):
-    task = ready(LocalizerTask(resolve("localizer", "tiny", None, dict(overrides, series_type=part.series_type, loc={"size_px": 64}))))
+    cfg = resolve("localizer", "tiny", None, dict(overrides, series_type=part.series_type, loc={"size_px": 64}))
+    task = ready(LocalizerTask(cfg))
     index = task.store.index
     assert not set(index["study_id"].iloc[task.train_rows]) & set(index["study_id"].iloc[task.val_rows])
     val = task.val_dataset()

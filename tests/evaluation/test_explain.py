@@ -24,7 +24,8 @@ def test_infer_explain_writes_text_and_sheet(synth_dir, tmp_path):
     study = int(pd.read_csv(synth_dir / "test_series_descriptions.csv")["study_id"].iloc[0])
     out = tmp_path / "sub.csv"
     assert infer_script.main(["--data-dir", str(synth_dir), "--runs", str(runs), "--out", str(out), "--cache-dir",
-                              str(tmp_path / "cache"), "--studies", str(study), "--explain", str(study), "--workers", "1", "--per-model"]) == 0
+                              str(tmp_path / "cache"), "--studies", str(study), "--explain", str(study),
+                              "--workers", "1", "--per-model"]) == 0
     assert len(pd.read_csv(out)) == 25
     for model in ("attn_resnext", "cnn_lstm"):
         assert len(pd.read_csv(tmp_path / f"submission_{model}.csv")) == 25

@@ -48,7 +48,8 @@ def test_evaluate_writes_report_metrics_and_pictures(synth_dir, tmp_path):
                   "level": ["L1/L2", "L2/L3", "L1/L2"], "error_mm": [1.0, 40.0, 3.0]}).to_csv(
         out / "localization_errors.csv", index=False)
     (tmp_path / "runs" / "ensemble.json").write_text(json.dumps(
-        {"weights": {"attn_resnext": 0.6, "cnn_lstm": 0.4}, "temperature": {"spinal": 0.7, "foraminal": 1.0, "subarticular": 1.3}}))
+        {"weights": {"attn_resnext": 0.6, "cnn_lstm": 0.4},
+         "temperature": {"spinal": 0.7, "foraminal": 1.0, "subarticular": 1.3}}))
     metrics = evaluate_script.main(["--runs", str(tmp_path / "runs"), "--data-dir", str(synth_dir),
                                     "--folds", str(tmp_path / "folds.csv"), "--out-dir", str(out)])
     saved = json.loads((out / "metrics.json").read_text())

@@ -43,7 +43,8 @@ def _member(model, name="m", fold=0, size_px=4):
 def test_both_tta_views_go_in_one_call_per_member_and_are_averaged():
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (3, 2, 6, 6), dtype=np.uint8)
-    condition = np.array([CONDITIONS.index("Left Subarticular Stenosis"), 0, CONDITIONS.index("Right Neural Foraminal Narrowing")])
+    condition = np.array([CONDITIONS.index("Left Subarticular Stenosis"), 0,
+                          CONDITIONS.index("Right Neural Foraminal Narrowing")])
     level = np.array([0, 2, 4])
     a, b = _Recorder(), _Recorder()
     out = batch_probabilities([_member(a), _member(b), _member(_Broken())], crops, condition, level,

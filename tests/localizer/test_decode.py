@@ -114,7 +114,8 @@ def test_decode_searched_splits_foramina_by_side_of_the_midline():
     for k, strength in ((0, 0.9), (4, 0.8)):  # a left slice (x = 8) and a right one (x = -8)
         for c, r in enumerate(rows):
             heat[k, c, r, 20] = strength
-    out = decode_searched(PARTS["sagittal_t1"], HeatSource(1, 2, s, 100), with_every_level(heat), np.arange(5), midline=np.zeros(3))
+    out = decode_searched(PARTS["sagittal_t1"], HeatSource(1, 2, s, 100), with_every_level(heat), np.arange(5),
+                          midline=np.zeros(3))
     by_condition = {c: {r["instance_number"] for r in out if r["condition"] == c} for c in PARTS["sagittal_t1"].conditions}
     assert by_condition == {"Left Neural Foraminal Narrowing": {1}, "Right Neural Foraminal Narrowing": {5}}
     assert len(out) == 10

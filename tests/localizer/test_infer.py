@@ -33,7 +33,8 @@ def test_localize_output_round_trips_and_survives_a_missing_series(synth_dir, tm
     full = coords[coords["study_id"] != victim.study_id]
     assert full.groupby("study_id").size().eq(25).all()
     # The predicted table feeds the crop code unchanged.
-    crops, index = build_crops(coords, tmp_path / "cache", "test", CropSpec(n_slices=3, size_px=16), tmp_path / "crops", workers=1)
+    crops, index = build_crops(coords, tmp_path / "cache", "test", CropSpec(n_slices=3, size_px=16), tmp_path / "crops",
+                               workers=1)
     assert len(index) == len(coords) and crops.shape[1:] == (3, 20, 20)
 
 
@@ -212,7 +213,7 @@ def test_batches_of_studies_localize_as_one_study_at_a_time(synth_dir, tmp_path)
     loc = Localizer.from_runs(runs, device=torch.device("cpu"))
     calls = []
     for key, models in loc.models.items():
-        for model, cfg in models:
+        for model, _ in models:
             model.register_forward_pre_hook(lambda m, args, key=key: calls.append((key, len(args[0]))))
     batched = localize(table, cache, "test", loc, studies_per_batch=8, workers=1)
     # Every fold of each series type sees all 4 studies in one call; the axial levels of all of them too.

@@ -45,7 +45,8 @@ def test_a_new_condition_or_series_type_is_a_data_change():
     table = flip_table(conditions, series, mirror)
     assert table[:5] == FLIPPED_CONDITION and table[5:] == (6, 5, 7, 8)
     # A series type without conditions has no part.
-    assert SAGITTAL_T1 not in [p.description for p in build_plan({"Spinal Canal Stenosis": CONDITION_SERIES["Spinal Canal Stenosis"]})]
+    spinal_only = build_plan({"Spinal Canal Stenosis": CONDITION_SERIES["Spinal Canal Stenosis"]})
+    assert SAGITTAL_T1 not in [p.description for p in spinal_only]
 
 
 def test_heatmap_model_channels_follow_the_plan():
