@@ -129,9 +129,13 @@ BUILD ?= build
 kaggle-check: install
 	@$(PY) kaggle/meta.py check
 
+# The competition's rules must be accepted on its Kaggle page first (else the CLI answers 403). The zip is checked
+# against the free disk before unpacking, and removed once unpacked (KEEP_ZIP=1 keeps it): docs/GUIDE.md, "Kaggle".
 kaggle-download: kaggle-check
 	$(KAGGLE) competitions download -c $(COMPETITION) -p input/
+	$(PY) kaggle/meta.py unzip-check input/$(COMPETITION).zip $(REAL_DATA)
 	cd input && unzip -q -o $(COMPETITION).zip -d $(COMPETITION)
+	$(if $(KEEP_ZIP),,rm -f input/$(COMPETITION).zip)
 
 # Wheels the offline notebook installs when the image lacks them (or has an older version than src/ needs):
 # built for the Python of Kaggle's current image. Change these two together when Kaggle moves to another

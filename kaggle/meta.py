@@ -9,6 +9,8 @@ python kaggle/meta.py upload DIR -m NOTES [--kaggle EXE]
                                                  DIR (with its dataset-metadata.json) as a new dataset, or as a
                                                  new version when Kaggle has it already; stops with one line on
                                                  any upload error
+python kaggle/meta.py unzip-check ZIP DEST       exit 1 with one line when DEST's disk has less room than the
+                                                 archive unpacks to (read from its table of contents)
 python kaggle/meta.py package --runs RUNS [--dataset NAME] OUT
                                                  the code-and-weights dataset: the inference scripts, only the
                                                  src/ modules they import, and each run's config.yaml and
@@ -216,6 +218,29 @@ def package(runs: Path, out: Path, repo: Path = REPO, dataset: str | None = None
     return written + copy_runs(runs, out / "runs")
 
 
+def unzip_check(archive: Path, dest: Path) -> str:
+    """Whether `archive` unpacks onto dest's disk: SystemExit with one line when the uncompressed size (from the
+    zip's table of contents, files already unpacked at their size not counted twice) exceeds the free space."""
+    import shutil
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(archive) as z:
+            entries = [(i.filename, i.file_size) for i in z.infolist() if not i.is_dir()]
+    except (OSError, zipfile.BadZipFile) as err:
+        raise SystemExit(f"{archive}: not a readable zip archive ({err})") from None
+    needed = sum(size for name, size in entries
+                 if not ((dest / name).is_file() and (dest / name).stat().st_size == size))
+    probe = dest if dest.exists() else dest.parent
+    free = shutil.disk_usage(probe).free
+    line = (f"{archive.name}: {len(entries):,} files, {needed / 1e9:.1f} GB still to unpack into {dest}, "
+            f"{free / 1e9:.1f} GB free there")
+    if needed > free:
+        raise SystemExit(f"{line}: not enough room; free {(needed - free) / 1e9:.1f} GB more (or unzip onto "
+                         "another disk and pass DATA= there)")
+    return line
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -228,6 +253,9 @@ def main(argv: list[str] | None = None) -> None:
     u.add_argument("folder", type=Path)
     u.add_argument("-m", "--message", default="new version", help="the version notes")
     u.add_argument("--kaggle", default="kaggle", help="the kaggle CLI to run")
+    z = sub.add_parser("unzip-check", help="exit 1 with one line when an archive does not fit where it unpacks")
+    z.add_argument("archive", type=Path)
+    z.add_argument("dest", type=Path)
     p = sub.add_parser("package", help="build the code-and-weights dataset folder")
     p.add_argument("--runs", type=Path, required=True, help="the runs folder to ship (runs/<dataset>)")
     p.add_argument("--dataset", default=None, help="the dataset every run must be trained on; default: the runs "
@@ -242,6 +270,8 @@ def main(argv: list[str] | None = None) -> None:
         check_credentials()
     elif a.command == "upload":
         upload(a.folder, a.message, a.kaggle)
+    elif a.command == "unzip-check":
+        print(unzip_check(a.archive, a.dest))
     else:
         written = package(a.runs, a.out, dataset=a.dataset or a.runs.resolve().name)
         print(f"{a.out}: {len(written)} files ({sum(p.suffix == '.py' for p in written)} Python files)")

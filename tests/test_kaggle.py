@@ -295,3 +295,25 @@ def test_the_notebook_goes_on_after_every_exit_code_that_wrote_the_submission(tm
     else:
         with pytest.raises(RuntimeError, match=f"infer.py exited {code}: no submission written"):
             exec(compile(cell, "kaggle_inference.ipynb", "exec"), namespace)
+
+
+def test_unzip_check_counts_what_is_still_to_unpack_against_the_free_disk(tmp_path, monkeypatch):
+    import shutil
+    import zipfile
+
+    archive = tmp_path / "c.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("train_images/1/2/3.dcm", b"\0" * 5000)
+        z.writestr("train.csv", b"study_id\n" * 100)
+    dest = tmp_path / "data"
+    assert "2 files, 0.0 GB still to unpack" in meta.unzip_check(archive, dest)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=4000))
+    with pytest.raises(SystemExit, match="not enough room; free 0.0 GB more"):
+        meta.unzip_check(archive, dest)
+    with zipfile.ZipFile(archive) as z:
+        z.extract("train_images/1/2/3.dcm", dest)  # half unpacked already: only the rest is needed
+    assert "0.0 GB still to unpack" in meta.unzip_check(archive, dest)
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(SystemExit, match="not a readable zip archive"):
+        meta.unzip_check(tmp_path / "bad.zip", dest)
