@@ -52,7 +52,8 @@ def create_backbone(name: str, pretrained: bool | str | None, in_chans: int, **k
     try:
         model = timm.create_model(name, pretrained=True, in_chans=in_chans, **extra, **kwargs)
     except (RuntimeError, OSError, ValueError) as err:  # no such weights, no network and no cache, shapes that differ
-        raise ConfigError(f"pretrained: backbone '{name}': {source} do not load ({first_line(err)})") from None
+        hint = "; without internet, fetch_weights.py saves them as files where there is some" if pretrained is True else ""
+        raise ConfigError(f"pretrained: backbone '{name}': {source} do not load ({first_line(err)}){hint}") from None
     cfg = getattr(model, "pretrained_cfg", None) or {}
     if pretrained is True:
         source += f" {cfg.get('hf_hub_id') or cfg.get('url') or cfg.get('tag', '')}".rstrip()

@@ -352,6 +352,7 @@ def fit(cfg: dict, tasks: Mapping[str, type[Task]]) -> dict:
     finished = _open_run(cfg, out_dir, main)
     if finished is not None:
         return finished
+    model = build_model(cfg)  # before any folder: pretrained weights that do not load leave nothing behind
     resuming = cfg["resume"] and (out_dir / LAST).is_file()
     made = not out_dir.is_dir()
     if main:
@@ -366,7 +367,7 @@ def fit(cfg: dict, tasks: Mapping[str, type[Task]]) -> dict:
     if main:
         config_lib.save(cfg, out_dir / CONFIG)
     loaders = _loaders(cfg, task.train_dataset(), task.val_dataset(), world, rank, device)
-    trainer = _make_trainer(cfg, len(loaders[0]), device, (rank, world, local_rank))
+    trainer = _make_trainer(cfg, model, len(loaders[0]), device, (rank, world, local_rank))
     if resuming:
         progress = _resume(out_dir, trainer, main)
     elif cfg["resume"] and ((out_dir / BEST).is_file() or (out_dir / LOG).is_file()):  # a run without its last.pt
@@ -382,12 +383,13 @@ def fit(cfg: dict, tasks: Mapping[str, type[Task]]) -> dict:
     return {**best_metrics, "best_epoch": progress.best_epoch, "run_dir": str(out_dir), "references": task.references()}
 
 
-def _make_trainer(cfg: dict, steps: int, device: torch.device, dist_ranks: tuple[int, int, int]) -> _Trainer:
+def _make_trainer(cfg: dict, model: torch.nn.Module, steps: int, device: torch.device,
+                  dist_ranks: tuple[int, int, int]) -> _Trainer:
     """The config's model on the device (DDP-wrapped under torchrun, compiled on request), AdamW, the cosine
     schedule with warm-up over every step, the AMP scaler and the EMA of the weights (ema_decay > 0).
     dist_ranks: (rank, world size, local rank), as _distributed gives them."""
     rank, world, local_rank = dist_ranks
-    model = build_model(cfg).to(device)
+    model = model.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         if cfg["channels_last"]:

@@ -193,13 +193,18 @@ def test_a_bad_value_in_a_recipe_names_the_file_and_section(tmp_path):
     (["--pretrained", "nowhere/weights.pth"], "train.py: pretrained: nowhere/weights.pth: no such weights file or folder"),
     (["--fold", "9"], "fold 9"),
     (["--jitter.copies", "2", "--jitter.errors", "nowhere.csv"], "train.py: jitter.errors: nowhere.csv: not found"),
+    (["--pretrained", "true"], "train.py: pretrained: backbone 'resnet10t': timm's pretrained weights do not load"),
 ])
 def test_train_refuses_bad_values_before_any_folder(flags, says, synth_dir, tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants as hub
+
     import make_folds
     import train
     from src.cli import guard
 
     monkeypatch.setattr(sys, "argv", ["train.py"])
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty_hub"))  # no network, nothing cached
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
     folds = tmp_path / "folds.csv"
     make_folds.main(["--data-dir", str(synth_dir), "--out", str(folds), "--n-folds", "2"])
     capsys.readouterr()
