@@ -8,6 +8,9 @@ crops: crops/s served from the crop cache with augmentation, against decoding th
 train: training samples/s of each model, the localizers too (AMP and peak GPU memory on CUDA).
 infer: seconds and model forward calls per study of the whole offline pipeline (infer.py), cache warm, over
     --runs, else over a random-weight 5-fold x (2 classifiers + 3 localizers) ensemble of the preset.
+profile: where the CPU time goes (cProfile, one process): the generator on --studies studies of --variety, and
+    one training epoch (caches warm, loader in the main process) of each model of --config on --data-dir;
+    the functions with the most time of their own, each with its share.
 Prints a Markdown table to paste into docs/BENCHMARKS.md, with the machine it ran on.
 """
 from __future__ import annotations
@@ -283,17 +286,85 @@ def train_configs(preset: str | None) -> list[dict]:
         for p in PLAN]
 
 
+def _top_functions(profile, n: int) -> list[tuple[str, float]]:
+    """The n functions with the most time of their own in a cProfile.Profile: (file:function, seconds)."""
+    import pstats
+
+    stats = pstats.Stats(profile).stats
+    rows = sorted(((f"{Path(file).name}:{name}", tt) for (file, _, name), (_, _, tt, _, _) in stats.items()),
+                  key=lambda r: -r[1])
+    return rows[:n]
+
+
+def _profiled(fn, n: int) -> tuple[float, list[tuple[str, float]]]:
+    """(seconds, top functions) of fn() under cProfile."""
+    import cProfile
+
+    profile = cProfile.Profile()
+    start = time.perf_counter()
+    profile.runcall(fn)
+    return time.perf_counter() - start, _top_functions(profile, n)
+
+
+def bench_profile(data_dir: Path, config_file: str | None, studies: int, variety: str, metrics: dict,
+                  top: int = 8) -> list[tuple[str, str]]:
+    """cProfile of the generator (per study) and of one warm training epoch of every model of the recipe."""
+    from src.synth import SynthConfig, generate
+    from src.training.engine import fit
+    from src.training.registry import TASKS
+    from src.localizer.plan import PLAN
+    from src.run_folders import localizer_run
+
+    rows: list[tuple[str, str]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="bench_profile_"))
+
+    def table(what: str, seconds: float, top_rows: list[tuple[str, float]], per: str = "") -> None:
+        metrics.setdefault("profile", {})[what] = {"seconds": seconds, "top": top_rows}
+        rows.append((f"profile: {what}", f"{seconds:.1f} s{per}"))
+        rows.extend((f"&nbsp;&nbsp;{name}", f"{sec:.2f} s ({100 * sec / seconds:.0f}%)") for name, sec in top_rows)
+
+    try:
+        cfg = SynthConfig(out=tmp / "synth", studies=studies, test_studies=0, seed=0, workers=1, variety=variety)
+        seconds, top_rows = _profiled(lambda: generate(cfg), top)
+        table(f"generator, {studies} studies ({variety})", seconds, top_rows, f", {seconds / studies:.2f} s per study")
+        from make_folds import main as make_folds
+
+        folds = tmp / "folds.csv"
+        make_folds(["--data-dir", str(data_dir), "--out", str(folds)])
+        parts = []
+        for model in config_lib.pipeline_models(config_file):
+            types = [p.series_type for p in PLAN] if model == "localizer" else [None]
+            parts += [(model, t) for t in types]
+        for model, series_type in parts:
+            over = {"data_dir": str(data_dir), "folds": str(folds), "runs": str(tmp / "runs"), "workers": 0,
+                    "cache_dir": str(cache_dir_for(data_dir)), "epochs": 1}
+            if series_type:
+                over.update(series_type=series_type, name=localizer_run(series_type))
+            cfg_run = config_lib.resolve(model, None, config_file, over)
+            cfg_run["jitter"] = {**cfg_run["jitter"], "copies": 0}  # no localizer runs of this fold here
+            fit(cfg_run, TASKS)  # caches and the first epoch
+            seconds, top_rows = _profiled(lambda c=cfg_run: fit({**c, "epochs": 2}, TASKS), top)
+            table(f"one epoch of {cfg_run['name']}", seconds, top_rows)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = cli.parser(__doc__)
     cli.add_data_dir(ap)
     ap.add_argument("--preset", default="tiny", help="tiny, or full for the default (full-size) models")
     ap.add_argument("--what", nargs="+", default=["decode", "crops", "train", "infer"],
-                    choices=["decode", "crops", "storage", "loader", "augment", "train", "infer"], help="what to measure")
+                    choices=["decode", "crops", "storage", "loader", "augment", "train", "infer", "profile"],
+                    help="what to measure")
     ap.add_argument("--json", type=Path, default=None, help="also write the measured numbers to this JSON file")
     cli.add_runs(ap, default=None)
     ap.add_argument("--infer-out", type=Path, default=None, help="infer: also keep the timed submission here")
     ap.add_argument("--crops", type=int, default=2000, help="crops to time from the cache")
     ap.add_argument("--steps", type=int, default=10, help="training steps to time per model")
+    ap.add_argument("--config", default="configs/demo.yaml", help="profile: the recipe whose models' epochs to profile")
+    ap.add_argument("--studies", type=int, default=4, help="profile: studies to generate")
+    ap.add_argument("--variety", default="default", help="profile: the generator's variety (default or real)")
     cli.add_workers(ap)
     a = ap.parse_args(argv)
     preset = None if a.preset in ("none", "full") else a.preset
@@ -313,6 +384,8 @@ def main(argv: list[str] | None = None) -> None:
             rows += bench_train(cfg, a.steps, metrics)
     if "infer" in a.what:
         rows += bench_infer(a.data_dir, a.runs, preset, a.workers, metrics, a.infer_out)
+    if "profile" in a.what:
+        rows += bench_profile(a.data_dir, a.config, a.studies, a.variety, metrics)
     print(f"machine: {machine()}\n\n| what | result |\n| --- | --- |")
     for what, result in rows:
         print(f"| {what} | {result} |")
