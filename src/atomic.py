@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
-import torch
 
 
 def temp_path(path: Path, suffix: str = "") -> Path:
@@ -69,6 +68,8 @@ def write_json(obj: Any, path: str | Path) -> None:
 def save_torch(obj: Any, path: str | Path) -> None:
     """torch.save, atomically. torch's zip writer reports a full disk as a RuntimeError ('unexpected pos',
     'file write failed'): it becomes an OSError naming `path`, as every other failed write here."""
+    import torch  # here, not at import: the generator and the CSV-only scripts never load torch
+
     with atomic_path(path) as tmp:
         try:
             torch.save(obj, tmp)

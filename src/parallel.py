@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence, TypeVar
 
-from torch.utils.data import DataLoader, Dataset
 from .progress import progress
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -35,6 +37,8 @@ def loader_workers(workers: int) -> int:
 def batches_ahead(dataset: Dataset, per_batch: int, workers: int, desc: str) -> Iterator[list]:
     """A per-study dataset's items in lists of per_batch, made by `workers` loader processes ahead of the caller
     (0: in this process), with progress over the items (progress.py). The items must not raise (return the error instead)."""
+    from torch.utils.data import DataLoader  # here: worker processes that only map functions never load torch
+
     loader = DataLoader(dataset, batch_size=max(1, per_batch), shuffle=False, collate_fn=list, num_workers=workers,
                         prefetch_factor=2 if workers else None)
     with progress(desc=desc, total=len(dataset)) as bar:

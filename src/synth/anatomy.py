@@ -92,6 +92,17 @@ class Grid:
         self.shape = tuple(int(np.ceil((h - low) / voxel)) + 1 for low, h in zip(self.lo, hi))
         self.volumes = {q: np.zeros(self.shape, dtype=np.float32) for q in sequences}
         self.tissue = tissue or tissue_table()
+        self._copies: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
+
+    def in_order(self, volume: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
+        """`volume` with its axes in `order`, contiguous in memory (made once per volume and order; the volumes
+        are finished painting before any slice is cut)."""
+        if order == tuple(range(volume.ndim)):
+            return volume
+        key = (id(volume), order)
+        if key not in self._copies:
+            self._copies[key] = np.ascontiguousarray(volume.transpose(order))
+        return self._copies[key]
 
     @property
     def t1(self) -> np.ndarray:
@@ -145,8 +156,9 @@ def render_anatomy(anat: Anatomy, voxel: float, sequences: tuple[str, ...] = ("t
     # Body outline: subcutaneous fat ring around muscle.
     sl, x, y, z = g.axes(lo, hi)
     outline = np.sqrt((x / 96.0) ** 2 + ((y + 12.0) / 92.0) ** 2)
-    g.paint(sl, g.soft((outline - 1.0) * 92.0) * np.ones_like(z), "fat")
-    g.paint(sl, g.soft((outline - 0.87) * 92.0) * np.ones_like(z), "muscle")
+    # The outline does not change along z: painted as one (x, y) map broadcast over the grid's z.
+    g.paint(sl, g.soft((outline - 1.0) * 92.0), "fat")
+    g.paint(sl, g.soft((outline - 0.87) * 92.0), "muscle")
     paint_bones(g, anat, lo, hi)
     discs = disc_severities(anat)
     for zk, sev in discs:  # each disc with a posterior bulge that grows with canal stenosis

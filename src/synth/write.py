@@ -1,7 +1,6 @@
 """DICOM writing: one series as {instance}.dcm files with the geometry a reader will see."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +32,9 @@ def write_series(
     compress = None
     if rng.random() < cfg.p_compressed:
         compress = RLELossless if rng.random() < 0.5 or min(images[0].shape) < 32 else JPEG2000Lossless
-    base = series_dataset(meta, slope, intercept)
     geometry_rows = []
     for instance, (image, spec) in enumerate(zip(images, specs), start=1):
-        ds = copy.deepcopy(base)
+        ds = series_dataset(meta, slope, intercept)  # built anew: cheaper than a deep copy of a shared one
         sop = generate_uid(entropy_srcs=[str(meta["series_id"]), str(instance)])
         ds.file_meta = FileMetaDataset()
         ds.file_meta.MediaStorageSOPClassUID = MRImageStorage

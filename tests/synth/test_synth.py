@@ -230,3 +230,31 @@ def test_real_rates_match_the_competition_csvs(shared):
                if pd.notna(train.loc[train["study_id"] == s, col].iloc[0])
                and (s, CONDITIONS[j // 5], LEVELS[j % 5]) not in have}
     assert len(lacking) == REAL_STUDIES_WITHOUT_SOME_COORDINATES
+
+
+@pytest.mark.parametrize("row_dir, col_dir, spacing", [
+    ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0), (0.8, 0.8)),  # sagittal
+    ((1.0, 0.05, 0.0), (0.0, 1.0, 0.2), (0.7, 0.9)),  # tilted axial, anisotropic pixels
+])
+def test_slices_sample_the_volume_as_trilinear_point_sampling_does(row_dir, col_dir, spacing):
+    """render_slice (one affine resampling, from the copy whose memory order follows the slice) gives what
+    sampling each pixel's three depths with map_coordinates gives."""
+    from scipy.ndimage import map_coordinates
+
+    from src.synth.anatomy import Grid
+    from src.synth.render import SliceSpec, render_slice
+
+    grid = Grid(np.array([-20.0, -20.0, -30.0]), np.array([20.0, 20.0, 30.0]), 1.5)
+    grid.t2[:] = np.random.default_rng(0).random(grid.shape, dtype=np.float32)
+    r, c = np.array(row_dir) / np.linalg.norm(row_dir), np.array(col_dir, float)
+    c = c - (c @ r) * r
+    c /= np.linalg.norm(c)
+    spec = SliceSpec(np.array([-14.0, -15.0, 12.0]), r, c, spacing, 24, 30)
+    jj, ii = np.mgrid[0:spec.rows, 0:spec.cols]
+    pts = spec.position + ii[..., None] * spacing[1] * r + jj[..., None] * spacing[0] * c
+    normal = np.cross(r, c)
+    expected = np.mean([map_coordinates(grid.t2, ((pts + d * normal - grid.lo) / grid.voxel).reshape(-1, 3).T, order=1,
+                                        mode="constant").reshape(pts.shape[:2]) for d in (-1.0, 0.0, 1.0)], 0)
+    got = render_slice(grid, grid.t2, spec, 3.0)
+    assert got.shape == (24, 30) and got.dtype == np.float32 and np.abs(got).max() > 0.1
+    assert np.allclose(got, expected, atol=1e-6)
