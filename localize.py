@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None):
         raise DataError(f"{a.runs}: no such runs folder (--runs)")
     cache_dir = cache_dir_for(a.data_dir, a.cache_dir)
     prepare(a.data_dir, cache_dir, a.split, workers=a.workers)
-    coords = localize(series_table(a.data_dir, a.split), cache_dir, a.split, Localizer.from_runs(a.runs, a.fold_ids),
-                      workers=loader_workers(a.workers))
+    localizer = Localizer.from_runs(a.runs, a.fold_ids)
+    coords = localize(series_table(a.data_dir, a.split), cache_dir, a.split, localizer,
+                      workers=loader_workers(a.workers, localizer.device.type))
     write_csv(coords, a.out)
     print(f"wrote {a.out}: {len(coords)} points for {coords['study_id'].nunique()} studies")
     if coords.empty:

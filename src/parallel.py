@@ -29,9 +29,17 @@ def progress_map(fn: Callable[[T], R], items: Sequence[T], workers: int, desc: s
         yield from (fn(item) for item in progress(items, desc))
 
 
-def loader_workers(workers: int) -> int:
-    """Loader processes that read and crop studies ahead of the models: the workers less one, which runs them."""
-    return max(0, int(workers) - 1)
+def loader_competes(device_type: str) -> bool:
+    """Whether a loader process would take a core from the models: on the CPU device of a machine with 2 or
+    fewer usable CPUs, torch's threads use every core (epochs and inference measured 1.2-1.5x faster there with
+    the loader in the main process, docs/BENCHMARKS.md)."""
+    return device_type == "cpu" and default_workers() <= 2
+
+
+def loader_workers(workers: int, device_type: str = "cuda") -> int:
+    """Loader processes that read and crop studies ahead of the models: the workers less one, which runs them
+    (none where a loader competes with the models for the cores)."""
+    return 0 if loader_competes(device_type) else max(0, int(workers) - 1)
 
 
 def batches_ahead(dataset: Dataset, per_batch: int, workers: int, desc: str) -> Iterator[list]:

@@ -133,7 +133,7 @@ def predict_members(coords: pd.DataFrame, members: list[Member], ctx: InferenceC
         ids[key] = []
         names = ", ".join(dict.fromkeys(m.name for m in group))
         for batch in batches_ahead(StudyCrops(table, ctx.cache_dir, ctx.split, group[0].spec), ctx.studies_per_batch,
-                                   loader_workers(ctx.workers), f"classify {names}"):
+                                   loader_workers(ctx.workers, ctx.device.type), f"classify {names}"):
             for study_id, _, _, error in batch:
                 if error is not None:
                     faults.add("study", f"study {study_id}", f"crops for {names} failed ({error})", study_id=study_id)

@@ -159,7 +159,7 @@ def _localize(ctx: InferenceContext, study_ids: list[int]) -> pd.DataFrame:
         faults.add(unit, "series descriptions" if study_id is None else f"study {study_id}", "; ".join(texts),
                    study_id=study_id)
     return localize(table, ctx.cache_dir, split, Localizer.from_runs(ctx.runs, device=ctx.device, faults=faults), faults,
-                    workers=loader_workers(ctx.workers), studies_per_batch=ctx.studies_per_batch)
+                    workers=loader_workers(ctx.workers, ctx.device.type), studies_per_batch=ctx.studies_per_batch)
 
 
 def make_submission(ctx: InferenceContext, studies: list[int] | None = None) -> pd.DataFrame:
