@@ -31,8 +31,8 @@ def progress_map(fn: Callable[[T], R], items: Sequence[T], workers: int, desc: s
 
 def loader_competes(device_type: str) -> bool:
     """Whether a loader process would take a core from the models: on the CPU device of a machine with 2 or
-    fewer usable CPUs, torch's threads use every core (epochs and inference measured 1.2-1.5x faster there with
-    the loader in the main process, docs/BENCHMARKS.md)."""
+    fewer usable CPUs, torch's threads use every core (inference measured 1.5x faster there with the loader in
+    the main process, docs/BENCHMARKS.md)."""
     return device_type == "cpu" and default_workers() <= 2
 
 

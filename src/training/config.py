@@ -88,9 +88,10 @@ DEFAULTS: dict[str, Any] = {
     "amp": "bf16",  # bf16 | fp16 | none; only used on CUDA
     "device": "auto",
     "workers": "auto",  # cache and loader processes; auto = the usable CPUs minus one (the main process feeds the GPU)
-    # Training's data loader processes: auto = `workers` on a GPU; on the CPU device with 2 or fewer usable CPUs, 0
-    # (the loader runs in the main process: a worker would take a core from the model's threads; measured 1.2-1.4x
-    # faster epochs on 2 cores, docs/BENCHMARKS.md).
+    # Training's data loader processes: auto = `workers`. 0 runs the loader in the main process: on 2 CPU cores
+    # epochs were 1.2-1.4x faster so (a worker takes a core from the model's threads, docs/BENCHMARKS.md), but the
+    # augmentation draws another random stream, which moves the demo's scores by its noise; opt in with
+    # --loader_workers 0.
     "loader_workers": "auto",
     "prefetch": 4,  # batches each loader worker keeps ready
     "log_every": 50,  # steps between progress updates (each one waits for the GPU once)

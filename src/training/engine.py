@@ -34,7 +34,6 @@ from ..progress import interactive, log, progress
 from ..data.folds import check_fold
 from ..run_folders import BEST, CONFIG, DONE, LAST, LOG, OOF, run_dir
 from .task import Task
-from ..parallel import loader_competes
 from ..progress import first_line
 
 
@@ -162,9 +161,7 @@ def _loaders(cfg: dict, train_ds: Dataset, val_ds: Dataset, world: int, rank: in
     sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg["seed"]) if world > 1 else None
     val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
     batch_size = min(cfg["batch_size"], len(train_ds))
-    workers = cfg["loader_workers"]
-    if workers == "auto":  # the config's workers, unless a loader would take a core from the model (parallel.py)
-        workers = 0 if loader_competes(device.type) else cfg["workers"]
+    workers = cfg["workers"] if cfg["loader_workers"] == "auto" else cfg["loader_workers"]
     args = dict(num_workers=workers, worker_init_fn=seed_worker, pin_memory=device.type == "cuda",
                 persistent_workers=workers > 0, prefetch_factor=cfg["prefetch"] if workers > 0 else None)
     train = DataLoader(train_ds, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True, **args)
