@@ -6,7 +6,6 @@ pairs, concatenated to the image features before the head; one model serves all 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import timm
@@ -17,7 +16,7 @@ from torch import nn
 from ..constants import CONDITIONS, LEVELS
 from ..localizer import plan as localizer_plan
 from ..progress import first_line, log
-from ..training.config import ConfigError
+from ..training.config import ConfigError, pretrained_file
 
 N_PAIRS = len(CONDITIONS) * len(LEVELS)
 
@@ -26,13 +25,6 @@ def pair_index(condition, level):
     """The (condition, level) pair's index among the N_PAIRS, condition-major: what the models' embedding
     and a study's positions are indexed by (tensors, arrays or ints alike)."""
     return condition * len(LEVELS) + level
-
-
-def pretrained_file(pretrained: str | Path, backbone: str) -> Path:
-    """The local weights file a `pretrained` path names: the file itself, or <folder>/<backbone>.pth for a
-    folder (as fetch_weights.py writes it, so one folder serves every backbone of a recipe)."""
-    path = Path(pretrained)
-    return path / f"{backbone}.pth" if path.is_dir() else path
 
 
 def create_backbone(name: str, pretrained: bool | str | None, in_chans: int, **kwargs) -> nn.Module:

@@ -384,22 +384,26 @@ def check_values(cfg: dict, defaults: dict, layers: dict[str, dict], prefix: str
             raise ConfigError(f"{_origin(path, layers)}: {problem}")
 
 
+def pretrained_file(pretrained: str | Path, backbone: str) -> Path:
+    """The local weights file a `pretrained` path names: the file itself, or <folder>/<backbone>.pth for a
+    folder (as fetch_weights.py writes it, so one folder serves every backbone of a recipe)."""
+    path = Path(pretrained)
+    return path / f"{backbone}.pth" if path.is_dir() else path
+
+
 def check_inputs(cfg: dict) -> None:
-    """Before any work: every file the run will read exists (DataError, a ValueError, naming the key and the
-    file): the data folder, pretrained weights, coordinates, the jitter's errors CSV, the label filter's
-    predictions and the study model's warm start."""
+    """Before any work: every file the run will read exists (ConfigError naming the key and the file): the
+    data folder, pretrained weights, coordinates, the jitter's errors CSV, the label filter's predictions and
+    the study model's warm start."""
     data_dir = Path(cfg["data_dir"])
     if not (data_dir / "train.csv").is_file():
         raise ConfigError(f"data_dir: {data_dir / 'train.csv'}: not found (--data-dir must be a competition-format folder)")
     pretrained = cfg.get("pretrained")
-    if isinstance(pretrained, str):
-        path = Path(pretrained)
-        backbone_file = path / f"{cfg['backbone']}.pth"
-        if path.is_dir() and not backbone_file.is_file():
-            raise ConfigError(f"pretrained: {backbone_file}: not found (the folder holds no weights for backbone "
-                              f"'{cfg['backbone']}'; fetch_weights.py writes them)")
-        if not path.exists():
-            raise ConfigError(f"pretrained: {path}: no such weights file or folder")
+    if isinstance(pretrained, str) and not pretrained_file(pretrained, cfg["backbone"]).is_file():
+        if Path(pretrained).is_dir():
+            raise ConfigError(f"pretrained: {pretrained_file(pretrained, cfg['backbone'])}: not found (the folder "
+                              f"holds no weights for backbone '{cfg['backbone']}'; fetch_weights.py writes them)")
+        raise ConfigError(f"pretrained: {pretrained}: no such weights file or folder")
     files = {"coords": cfg.get("coords"), "study.init_from": (cfg.get("study") or {}).get("init_from"),
              "label_filter.oof": (cfg.get("label_filter") or {}).get("oof")}
     errors = (cfg.get("jitter") or {}).get("errors")
