@@ -22,8 +22,7 @@ from src.paths import cache_dir_for  # noqa: E402
 from src.parallel import loader_workers  # noqa: E402
 from src.inference.pipeline import series_table  # noqa: E402
 from src.data.tables import DataError  # noqa: E402
-
-NO_POINTS_EXIT = 3  # as infer.py's: written, but no model was used
+from src.inference.faults import MODEL_DROPPED_EXIT  # noqa: E402  (written, but no model was used)
 
 
 def main(argv: list[str] | None = None):
@@ -47,7 +46,7 @@ def main(argv: list[str] | None = None):
     print(f"wrote {a.out}: {len(coords)} points for {coords['study_id'].nunique()} studies")
     if coords.empty:
         print(f"localize.py: {a.out} holds no point: no localizer under {a.runs} could be used", file=sys.stderr)
-        return NO_POINTS_EXIT
+        return MODEL_DROPPED_EXIT
     return 0
 
 

@@ -15,6 +15,8 @@ from typing import Any, Iterator
 
 import pandas as pd
 
+from .progress import first_line
+
 
 def temp_path(path: Path, suffix: str = "") -> Path:
     """The temporary name used while `path` is written (hidden, tagged with the process id)."""
@@ -74,8 +76,7 @@ def save_torch(obj: Any, path: str | Path) -> None:
         try:
             torch.save(obj, tmp)
         except RuntimeError as err:
-            reason = next((line.strip() for line in str(err).splitlines() if line.strip()), "write failed")
-            raise OSError(errno.EIO, f"torch.save failed ({reason}); is the disk full?", str(tmp)) from None
+            raise OSError(errno.EIO, f"torch.save failed ({first_line(err)}); is the disk full?", str(tmp)) from None
 
 
 def copy_file(source: str | Path, path: str | Path) -> None:
