@@ -115,13 +115,21 @@ def cached_meta(path: Path) -> tuple[str, str] | None:
         return None
 
 
-def load_series(path: Path) -> Series:
-    """Read a cached Series back (volume as float32 in [0, 1])."""
+def load_series(path: Path, pixels: bool = True) -> Series:
+    """Read a cached Series back (volume as float32 in [0, 1]). pixels=False: the geometry alone, for what
+    maps points between pixels and mm; the volume then has the series' shape but reads as zeros (read-only),
+    and only the first slice is decoded, for that shape."""
     with np.load(path) as z:
         thickness = float(z["thickness"])
+        offsets = z["offsets"]
+        if pixels:
+            volume = decode_volume(z["images"], offsets)
+        else:
+            first = decode_volume(z["images"][: offsets[1]], offsets[:2])
+            volume = np.broadcast_to(np.zeros((), np.float32), (len(offsets) - 1, *first.shape[1:]))
         return Series(
             path=Path(path),
-            volume=decode_volume(z["images"], z["offsets"]),
+            volume=volume,
             instance_numbers=z["instance_numbers"],
             positions=z["positions"],
             orientations=z["orientations"],

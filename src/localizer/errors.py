@@ -24,7 +24,7 @@ def point_errors(pred: pd.DataFrame, truth: pd.DataFrame, cache_dir: Path, split
 
     def get(study_id: int, series_id: int) -> Series:
         if series_id not in loaded:
-            loaded[series_id] = load_series(series_cache_path(cache_dir, split, study_id, series_id))
+            loaded[series_id] = load_series(series_cache_path(cache_dir, split, study_id, series_id), pixels=False)
         return loaded[series_id]
 
     out = []

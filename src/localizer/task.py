@@ -106,7 +106,7 @@ class LocalizerTask:
         preds = []
         for (study_id, series_id), g in index.groupby(["study_id", "series_id"], sort=False):
             g = g.sort_values("k")
-            series = load_series(series_cache_path(self.cache_dir, "train", study_id, series_id))
+            series = load_series(series_cache_path(self.cache_dir, "train", study_id, series_id), pixels=False)
             labelled = self.val_coords[self.val_coords["series_id"] == series_id]
             src = HeatSource(int(study_id), int(series_id), series, self.cfg["loc"]["size_px"])
             preds.append(decode_series_points(self.part, src, heat[g.index.to_numpy()], g["k"].to_numpy(), labelled))
