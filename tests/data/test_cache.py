@@ -58,3 +58,17 @@ def test_a_full_disk_during_inference_still_writes_every_row(synth_dir, tmp_path
     assert "No space left on device" in captured.out and str(tmp_path / "cache") in captured.out
     assert [line for line in captured.err.splitlines() if line.strip() and not PROGRESS.match(line)] == [
         f"infer.py: {out} holds the training prior in every row: no model under {runs} could be used (see the summary)"]
+
+
+def test_geometry_alone_reads_the_same_geometry_without_the_pixels(synth_dir, tmp_path):
+    from src.data.cache import prepare
+
+    prepare(synth_dir, tmp_path / "cache", "test", workers=1)
+    r = load_series_descriptions(synth_dir / "test_series_descriptions.csv").iloc[0]
+    path = series_cache_path(tmp_path / "cache", "test", r.study_id, r.series_id)
+    full, geometry = load_series(path), load_series(path, pixels=False)
+    assert geometry.volume.shape == full.volume.shape and len(geometry) == len(full) and geometry.shape == full.shape
+    for name in ("instance_numbers", "positions", "orientations", "spacings"):
+        assert np.array_equal(getattr(geometry, name), getattr(full, name)), name
+    assert np.allclose(geometry.pixel_to_patient(1, 3.0, 4.0), full.pixel_to_patient(1, 3.0, 4.0))
+    assert not geometry.volume.any() and not geometry.volume.flags.writeable and full.volume.any()
