@@ -311,8 +311,7 @@ def bench_profile(data_dir: Path, config_file: str | None, studies: int, variety
     """cProfile of the generator (per study) and of one warm training epoch of every model of the recipe."""
     from src.synth import SynthConfig, generate
     from src.training.engine import fit
-    from src.training.registry import TASKS
-    from src.localizer.plan import PLAN
+    from src.training.registry import TASKS, recipe_parts
     from src.run_folders import localizer_run
 
     rows: list[tuple[str, str]] = []
@@ -331,11 +330,7 @@ def bench_profile(data_dir: Path, config_file: str | None, studies: int, variety
 
         folds = tmp / "folds.csv"
         make_folds(["--data-dir", str(data_dir), "--out", str(folds)])
-        parts = []
-        for model in config_lib.pipeline_models(config_file):
-            types = [p.series_type for p in PLAN] if model == "localizer" else [None]
-            parts += [(model, t) for t in types]
-        for model, series_type in parts:
+        for model, series_type in recipe_parts(config_file):
             over = {"data_dir": str(data_dir), "folds": str(folds), "runs": str(tmp / "runs"), "workers": 0,
                     "cache_dir": str(cache_dir_for(data_dir)), "epochs": 1}
             if series_type:

@@ -20,27 +20,25 @@ import timm  # noqa: E402
 
 from src import cli  # noqa: E402
 from src.atomic import save_torch  # noqa: E402
-from src.localizer.plan import PLAN  # noqa: E402
 from src.paths import REPO  # noqa: E402
 from src.progress import first_line, log  # noqa: E402
 from src.training import config as config_lib  # noqa: E402
+from src.training.registry import recipe_parts  # noqa: E402
 
 
 def backbones(config_file: str | None) -> dict[str, tuple[dict, list[str]]]:
     """{backbone: (its model_kwargs, the parts of the recipe that use it)} for every timm backbone it trains."""
     found: dict[str, tuple[dict, list[str]]] = {}
-    for model in config_lib.pipeline_models(config_file):
-        types = [p.series_type for p in PLAN] if model == "localizer" else [None]
-        for series_type in types:
-            cfg = config_lib.resolve(model, None, config_file, {"series_type": series_type} if series_type else {})
-            if not cfg["backbone"]:
-                continue
-            part = f"{model} {series_type}" if series_type else model
-            kwargs, parts = found.setdefault(cfg["backbone"], (cfg["model_kwargs"], []))
-            if kwargs != cfg["model_kwargs"]:  # one file per backbone name: its shapes must be the same everywhere
-                raise config_lib.ConfigError(f"{config_file}: backbone '{cfg['backbone']}' has other model_kwargs in "
-                                             f"{part} than in {parts[0]}; one weights file cannot serve both")
-            parts.append(part)
+    for model, series_type in recipe_parts(config_file):
+        cfg = config_lib.resolve(model, None, config_file, {"series_type": series_type} if series_type else {})
+        if not cfg["backbone"]:
+            continue
+        part = f"{model} {series_type}" if series_type else model
+        kwargs, parts = found.setdefault(cfg["backbone"], (cfg["model_kwargs"], []))
+        if kwargs != cfg["model_kwargs"]:  # one file per backbone name: its shapes must be the same everywhere
+            raise config_lib.ConfigError(f"{config_file}: backbone '{cfg['backbone']}' has other model_kwargs in "
+                                         f"{part} than in {parts[0]}; one weights file cannot serve both")
+        parts.append(part)
     return found
 
 

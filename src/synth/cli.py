@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reader-noise", type=float, default=d.reader_noise, help="label noise near the thresholds")
     ap.add_argument("--patterns", type=Path, default=d.patterns, help="a real train.csv to copy label patterns from")
     ap.add_argument("--p-compressed", type=float, default=d.p_compressed,
-                    help="share of series written JPEG-compressed (the rest uncompressed)")
+                    help="share of series written compressed (RLE or JPEG 2000 lossless; the rest uncompressed)")
     ap.add_argument("--workers", type=int, default=d.workers, help="worker processes")
     ap.add_argument("--variety", choices=sorted(VARIETIES), default=d.variety,
                     help="acquisition variety: 'default' is the embedded benchmark, 'real' the variety of real MRI")
