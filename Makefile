@@ -10,8 +10,8 @@ SEED ?= 0
 VARIETY ?= default
 # Each dataset's outputs go to folders of its own, named after its data folder (as the scripts' defaults do):
 # runs/<dataset>, folds/<dataset>/folds.csv, submission/<dataset>, reports/<dataset>.
-# The dataset's folders (runs, folds file, submissions, reports) as src/paths.py names them (stdlib only).
-DATASET_DIRS := $(shell $(PYTHON) -m src.paths $(DATA))
+# The dataset's folders (runs, folds file, submissions, reports) as src/core/paths.py names them (stdlib only).
+DATASET_DIRS := $(shell $(PYTHON) -m src.core.paths $(DATA))
 RUNS ?= $(word 1,$(DATASET_DIRS))
 FOLDS_FILE ?= $(word 2,$(DATASET_DIRS))
 SUBMISSIONS ?= $(word 3,$(DATASET_DIRS))
@@ -109,9 +109,10 @@ variety-demo: install
 gpu-check: install
 	$(PY) gpu_check.py
 
-# Lint (ruff, settings in pyproject.toml), then the suite.
+# Lint (ruff), the layers of src/ (import-linter; both set in pyproject.toml), then the suite.
 test: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q tests
 
 clean:

@@ -29,20 +29,22 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from src import cli  # noqa: E402
-from src.training import config as config_lib  # noqa: E402
-from src.atomic import copy_file, write_json  # noqa: E402
 from src.classifier.augment import DeviceAugment, train_transform  # noqa: E402
-from src.data.cache import prepare  # noqa: E402
-from src.constants import row_study_ids  # noqa: E402
 from src.classifier.crops import CropSpec, build_crops, cut_crop  # noqa: E402
 from src.classifier.datasets import CropDataset  # noqa: E402
+from src.core import cli  # noqa: E402
+from src.core import config as config_lib  # noqa: E402
+from src.core.atomic import copy_file, write_json  # noqa: E402
+from src.core.constants import row_study_ids  # noqa: E402
+from src.core.device import autocast, pick_device, training_amp  # noqa: E402
+from src.core.paths import cache_dir_for  # noqa: E402
+from src.data.cache import prepare  # noqa: E402
 from src.data.dicom import read_series  # noqa: E402
-from src.training.device import autocast, pick_device, training_amp  # noqa: E402
-from src.classifier.models import build_model  # noqa: E402
-from src.paths import cache_dir_for  # noqa: E402
-from src.run_folders import random_runs  # noqa: E402
 from src.data.tables import load_coordinates, load_series_descriptions  # noqa: E402
+from src.registry import build_model  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))  # random (untrained) runs: tests/fixtures.py
+from fixtures import random_runs  # noqa: E402
 
 
 def machine() -> str:
@@ -278,8 +280,8 @@ def bench_train(cfg: dict, steps: int, metrics: dict | None = None) -> list[tupl
 def train_configs(preset: str | None) -> list[dict]:
     """The config of each model the default recipe trains: both classifiers and the localizer of each series
     type."""
+    from src.core.run_folders import localizer_run
     from src.localizer.plan import PLAN
-    from src.run_folders import localizer_run
 
     return [config_lib.resolve(m, preset) for m in ("attn_resnext", "cnn_lstm")] + [
         config_lib.resolve("localizer", preset, None, {"series_type": p.series_type, "name": localizer_run(p.series_type)})
@@ -309,10 +311,11 @@ def _profiled(fn, n: int) -> tuple[float, list[tuple[str, float]]]:
 def bench_profile(data_dir: Path, config_file: str | None, studies: int, variety: str, metrics: dict,
                   top: int = 8) -> list[tuple[str, str]]:
     """cProfile of the generator (per study) and of one warm training epoch of every model of the recipe."""
+    from src.core.run_folders import localizer_run
+    from src.registry import recipe_parts
     from src.synth import SynthConfig, generate
+    from src.tasks import task_class
     from src.training.engine import fit
-    from src.training.registry import TASKS, recipe_parts
-    from src.run_folders import localizer_run
 
     rows: list[tuple[str, str]] = []
     tmp = Path(tempfile.mkdtemp(prefix="bench_profile_"))
@@ -337,8 +340,8 @@ def bench_profile(data_dir: Path, config_file: str | None, studies: int, variety
                 over.update(series_type=series_type, name=localizer_run(series_type))
             cfg_run = config_lib.resolve(model, None, config_file, over)
             cfg_run["jitter"] = {**cfg_run["jitter"], "copies": 0}  # no localizer runs of this fold here
-            fit(cfg_run, TASKS)  # caches and the first epoch
-            seconds, top_rows = _profiled(lambda c=cfg_run: fit({**c, "epochs": 2}, TASKS), top)
+            fit(cfg_run, task_class(cfg_run["task"]))  # caches and the first epoch
+            seconds, top_rows = _profiled(lambda c=cfg_run: fit({**c, "epochs": 2}, task_class(c["task"])), top)
             table(f"one epoch of {cfg_run['name']}", seconds, top_rows)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

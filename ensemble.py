@@ -10,13 +10,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from src import cli
+import src.registry  # noqa: F401 - every model registered (the runs listing reads it)
+from src.core import cli
+from src.core.atomic import write_json
+from src.core.metric import prior_table, solution_frame
+from src.core.run_folders import ensemble_file
+from src.data.tables import DataError, load_train
 from src.inference import ensemble as ensemble_lib
-from src.atomic import write_json
-from src.evaluation.metric import prior_table
-from src.run_folders import ensemble_file
 from src.inference.stacker import fit_stacker, nested_scores
-from src.data.tables import DataError, load_train, solution_frame
 
 
 def main(argv: list[str] | None = None) -> dict:

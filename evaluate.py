@@ -11,12 +11,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from src import cli
-from src.evaluation.reports import evaluate, held_out_lines, held_out_table
+import src.registry  # noqa: F401 - every model registered (the runs listing reads it)
+from src.core import cli
+from src.core.atomic import write_json
+from src.core.paths import reports_dir_for
 from src.data.folds import load_folds
-from src.atomic import write_json
-from src.paths import reports_dir_for
 from src.data.tables import load_submission, load_train
+from src.evaluation.reports import evaluate, held_out_lines, held_out_table
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -23,23 +23,24 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pandas as pd  # noqa: E402
 
-from src import cli  # noqa: E402
-from src.atomic import write_csv, write_json  # noqa: E402
+import src.registry  # noqa: E402,F401 - every model registered (the runs listing reads it)
+from src.core import cli  # noqa: E402
+from src.core.atomic import write_csv, write_json  # noqa: E402
+from src.core.device import pick_device  # noqa: E402
+from src.core.faults import FaultLog  # noqa: E402
+from src.core.metric import fold_prior, overlay, score  # noqa: E402
+from src.core.parallel import loader_workers  # noqa: E402
+from src.core.paths import cache_dir_for, reports_dir_for  # noqa: E402
+from src.core.run_folders import OOF, classifier_runs, fold_of, localizer_run, run_dir, trained_folds  # noqa: E402
 from src.data.cache import prepare  # noqa: E402
-from src.inference.classify import load_members, predict_members  # noqa: E402
-from src.training.device import pick_device  # noqa: E402
-from src.inference.faults import FaultLog  # noqa: E402
 from src.data.folds import fold_solution, load_folds  # noqa: E402
+from src.data.tables import DataError, load_coordinates, load_submission, load_train  # noqa: E402
+from src.inference.classify import load_members, predict_members  # noqa: E402
+from src.inference.context import InferenceContext  # noqa: E402
+from src.inference.pipeline import series_table  # noqa: E402
 from src.localizer.errors import LEVEL_OFF_MM, point_errors, summarize_errors  # noqa: E402
 from src.localizer.infer import Localizer, localize  # noqa: E402
 from src.localizer.plan import PLAN  # noqa: E402
-from src.evaluation.metric import fold_prior, overlay, score  # noqa: E402
-from src.paths import cache_dir_for, reports_dir_for  # noqa: E402
-from src.parallel import loader_workers  # noqa: E402
-from src.inference.context import InferenceContext  # noqa: E402
-from src.inference.pipeline import series_table  # noqa: E402
-from src.run_folders import OOF, classifier_runs, fold_of, localizer_run, run_dir, trained_folds  # noqa: E402
-from src.data.tables import DataError, load_coordinates, load_submission, load_train  # noqa: E402
 
 
 def classifier_scores(ctx: InferenceContext, fold: int, predicted: pd.DataFrame, train: pd.DataFrame,

@@ -18,12 +18,12 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import timm  # noqa: E402
 
-from src import cli  # noqa: E402
-from src.atomic import save_torch  # noqa: E402
-from src.paths import REPO  # noqa: E402
-from src.progress import first_line, log  # noqa: E402
-from src.training import config as config_lib  # noqa: E402
-from src.training.registry import recipe_parts  # noqa: E402
+from src.core import cli  # noqa: E402
+from src.core import config as config_lib  # noqa: E402
+from src.core.atomic import save_torch  # noqa: E402
+from src.core.paths import REPO  # noqa: E402
+from src.core.progress import first_line, log  # noqa: E402
+from src.registry import recipe_parts  # noqa: E402
 
 
 def backbones(config_file: str | None) -> dict[str, tuple[dict, list[str]]]:

@@ -23,11 +23,12 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from src import cli  # noqa: E402
-from src.atomic import write_json  # noqa: E402
-from src.training import config as config_lib  # noqa: E402
-from src.paths import INPUT_DIR, REPO, REPORTS_ROOT  # noqa: E402
-from src.progress import first_line  # noqa: E402
+import src.registry  # noqa: E402,F401 - every model registered (the runs listing reads it)
+from src.core import cli  # noqa: E402
+from src.core import config as config_lib  # noqa: E402
+from src.core.atomic import write_json  # noqa: E402
+from src.core.paths import INPUT_DIR, REPO, REPORTS_ROOT  # noqa: E402
+from src.core.progress import first_line  # noqa: E402
 
 RECIPE = REPO / "configs" / "real.yaml"
 

@@ -12,7 +12,8 @@ degradation is named in one summary at the end and in <out>.faults.json beside t
 
 Exit codes: 0 the submission is written (with --strict: and every model was used); 1 nothing could be
 written; 2 bad command line, a missing data or runs folder or an input file named on it; 4 the submission was
-written, but a file written after it (the coordinates, the faults, a per-model submission) failed;
+written, but a file written after it (the coordinates, the faults, a per-model submission, an explanation)
+failed;
 3 written, but no model could be used (every row is the prior; also without --strict), or (--strict only) a
 fold, member or localizer was dropped, an ensemble entry or a series' geometry fell back, or some predictions
 were invalid.
@@ -24,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -33,12 +36,14 @@ if version_problems():
     sys.exit(f"infer.py: packages too old or missing: {'; '.join(version_problems())}; install the pinned wheels "
              "(requirements.txt, or the notebook's wheels dataset)")
 
-from src import cli  # noqa: E402
-from src.inference.faults import MODEL_DROPPED_EXIT, FaultLog  # noqa: E402
-from src.paths import cache_dir_for, submission_dir_for  # noqa: E402
-from src.inference.pipeline import make_submission  # noqa: E402
-from src.inference.context import InferenceContext  # noqa: E402
+import src.registry  # noqa: E402,F401 - every model registered (the runs listing reads it)
+from src.core import cli  # noqa: E402
+from src.core.faults import MODEL_DROPPED_EXIT, FaultLog  # noqa: E402
+from src.core.paths import cache_dir_for, submission_dir_for  # noqa: E402
 from src.data.tables import DataError  # noqa: E402
+from src.evaluation.explain import explain  # noqa: E402
+from src.inference.context import InferenceContext  # noqa: E402
+from src.inference.pipeline import coordinates_path, make_submission  # noqa: E402
 
 WRITTEN_BUT_EXTRA_FAILED_EXIT = 4
 
@@ -75,9 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ctx = InferenceContext(a.data_dir, a.runs, cache_dir_for(a.data_dir, a.cache_dir), a.split, a.out,
                                tta=not a.no_tta, workers=a.workers, studies_per_batch=a.batch_studies,
-                               ensemble_path=a.ensemble, per_model=a.per_model, explain_studies=a.explain,
-                               explain_dir=a.explain_dir, faults=faults)
-        make_submission(ctx, studies=a.studies)
+                               ensemble_path=a.ensemble, per_model=a.per_model, faults=faults)
+        submission = make_submission(ctx, studies=a.studies)
     except Exception as err:  # only when not even the prior could be written, or a file after it failed
         if a.debug:
             raise
@@ -87,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             return WRITTEN_BUT_EXTRA_FAILED_EXIT
         print(f"infer.py: nothing written: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+    if a.explain and not _explained(a, ctx, submission):
+        return WRITTEN_BUT_EXTRA_FAILED_EXIT
     if faults.of("output"):
         print(f"infer.py: {a.out} was written (every row), but a file beside it failed (see the summary)", file=sys.stderr)
         return WRITTEN_BUT_EXTRA_FAILED_EXIT
@@ -95,6 +101,21 @@ def main(argv: list[str] | None = None) -> int:
               "(see the summary)", file=sys.stderr)
         return MODEL_DROPPED_EXIT
     return MODEL_DROPPED_EXIT if a.strict and faults.model_dropped else 0
+
+
+def _explained(a, ctx: InferenceContext, submission) -> bool:
+    """The explanations of --explain, from the written submission and its coordinates; False (said in one
+    line) when they fail: the submission itself is complete."""
+    try:
+        coords = pd.read_csv(coordinates_path(a.out))
+        explain(a.explain, coords, submission, ctx, a.explain_dir or a.out.parent / "explain")
+    except Exception as err:  # noqa: BLE001 - the submission is already written
+        if a.debug:
+            raise
+        print(f"infer.py: {a.out} was written (every row), but the explanations failed: {type(err).__name__}: {err}",
+              file=sys.stderr)
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -14,15 +14,16 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from src import cli  # noqa: E402
-from src.atomic import write_csv  # noqa: E402
+import src.registry  # noqa: E402,F401 - every model registered (the runs listing reads it)
+from src.core import cli  # noqa: E402
+from src.core.atomic import write_csv  # noqa: E402
+from src.core.faults import MODEL_DROPPED_EXIT  # noqa: E402  (written, but no model was used)
+from src.core.parallel import loader_workers  # noqa: E402
+from src.core.paths import cache_dir_for  # noqa: E402
 from src.data.cache import prepare  # noqa: E402
-from src.localizer.infer import Localizer, localize  # noqa: E402
-from src.paths import cache_dir_for  # noqa: E402
-from src.parallel import loader_workers  # noqa: E402
-from src.inference.pipeline import series_table  # noqa: E402
 from src.data.tables import DataError  # noqa: E402
-from src.inference.faults import MODEL_DROPPED_EXIT  # noqa: E402  (written, but no model was used)
+from src.inference.pipeline import series_table  # noqa: E402
+from src.localizer.infer import Localizer, localize  # noqa: E402
 
 
 def main(argv: list[str] | None = None):

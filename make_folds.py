@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from src import cli
-from src.atomic import write_csv
+from src.core import cli
+from src.core.atomic import write_csv
+from src.core.paths import folds_file_for
 from src.data.folds import fold_class_counts, make_folds, max_share_deviation, onehot_labels
-from src.paths import folds_file_for
 from src.data.tables import load_train
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import sys
 
-from src import cli
+from src.core import cli
+from src.core.paths import cache_dir_for
 from src.data.cache import prepare
-from src.paths import cache_dir_for
 
 
 def main(argv: list[str] | None = None) -> dict[str, int]:

@@ -5,10 +5,10 @@ import json
 import sys
 from pathlib import Path
 
-from src import cli
-from src.constants import SCORE_PARTS  # noqa: E402
-from src.evaluation.metric import prior_submission, score_parts
-from src.data.tables import load_solution, load_submission, load_train, solution_frame
+from src.core import cli
+from src.core.constants import SCORE_PARTS  # noqa: E402
+from src.core.metric import prior_submission, score_parts, solution_frame
+from src.data.tables import load_solution, load_submission, load_train
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -17,13 +17,14 @@ import yaml
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from src import cli  # noqa: E402
-from src.training import config as config_lib  # noqa: E402
-from src.training.engine import fit, shutdown  # noqa: E402
-from src.training.registry import TASKS  # noqa: E402
+from src.core import cli  # noqa: E402
+from src.core import config as config_lib  # noqa: E402
+from src.core.progress import log  # noqa: E402
+from src.core.run_folders import localizer_run  # noqa: E402
 from src.localizer.plan import PLAN  # noqa: E402
-from src.progress import log  # noqa: E402
-from src.run_folders import localizer_run  # noqa: E402
+from src.registry import model_names
+from src.tasks import task_class  # noqa: E402
+from src.training.engine import fit, shutdown  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
 def _main(argv: list[str] | None) -> dict:
     ap = cli.parser(__doc__, epilog=_keys_epilog())
     ap.add_argument("--fold", type=int, default=0, help="the fold to hold out")
-    ap.add_argument("--model", default=None, help=f"one of {sorted(config_lib.MODEL_DEFAULTS)} (default: the config's)")
+    ap.add_argument("--model", default=None, help=f"one of {model_names()} (default: the config's)")
     ap.add_argument("--preset", default=None, help=f"one of {sorted(config_lib.PRESETS)}")
     ap.add_argument("--config", default=None, help="a recipe: YAML overrides (configs/demo.yaml, variety.yaml, real.yaml)")
     ap.add_argument("--print-config", action="store_true",
@@ -96,7 +97,7 @@ def _keys_epilog() -> str:
 
 
 def _fit(cfg: dict) -> dict:
-    result = fit(cfg, TASKS)
+    result = fit(cfg, task_class(cfg["task"]))
     refs = "".join(f", {k} {v:.4f}" for k, v in result.get("references", {}).items())
     log(f"{cfg['name']} fold {cfg['fold']}: best epoch {result.get('best_epoch')}, "
           f"score {result.get('score', float('nan')):.4f}{refs} -> {result['run_dir']}")

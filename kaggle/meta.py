@@ -33,8 +33,8 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from src.atomic import copy_file, write_text  # noqa: E402
-from src.run_folders import CONFIG, ENSEMBLE, INFERENCE_FILES  # noqa: E402
+from src.core.atomic import copy_file, write_text  # noqa: E402
+from src.core.run_folders import CONFIG, ENSEMBLE, INFERENCE_FILES  # noqa: E402
 
 SCRIPTS = ("infer.py", "localize.py")  # what the notebook runs
 

@@ -10,8 +10,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from src.constants import AXIAL_T2, SAGITTAL_T1, SAGITTAL_T2  # noqa: E402
-from src.paths import DEFAULT_PATTERNS  # noqa: E402
+from fixtures import random_runs  # noqa: E402
+
+import src.registry  # noqa: E402,F401 - every model registered, as the scripts have them
+from src.core.constants import AXIAL_T2, SAGITTAL_T1, SAGITTAL_T2  # noqa: E402
+from src.core.paths import DEFAULT_PATTERNS  # noqa: E402
 from src.synth import VARIETIES, SynthConfig, generate  # noqa: E402
 
 SHARED = DEFAULT_PATTERNS.parent  # ../shared/rsna2024
@@ -71,7 +74,5 @@ def make_fake_runs(root: Path, classifiers: bool = True, experiments: tuple[str,
     """Untrained (random) localizer and classifier runs with real configs: the pipeline's plumbing only.
 
     experiments: extra attn_resnext runs under these names (as `train.py --name NAME` writes them)."""
-    from src.run_folders import random_runs
-
     return random_runs(root, "tiny", folds, classifiers, experiments=experiments,
                        overrides={"localizer": {"loc": {"size_px": 32}}, "classifier": {"crop": {"size_px": 16}}})

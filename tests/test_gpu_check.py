@@ -4,7 +4,6 @@ import time
 
 import pytest
 import torch
-
 from conftest import REPO
 
 

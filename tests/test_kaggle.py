@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import REPO, make_fake_runs
 
 
@@ -50,9 +49,10 @@ def test_copy_runs_takes_only_what_inference_needs(tmp_path):
 def test_package_ships_only_what_inference_imports(tmp_path):
     closure = {p.relative_to(REPO).as_posix() for p in meta.code_closure([REPO / "infer.py", REPO / "localize.py"])}
     assert {"src/__init__.py", "src/inference/pipeline.py", "src/localizer/__init__.py", "src/localizer/infer.py",
-            "src/localizer/plan.py", "src/run_folders.py", "src/data/dicom.py", "src/inference/classify.py"} <= closure
+            "src/localizer/plan.py", "src/core/run_folders.py", "src/data/dicom.py", "src/inference/classify.py",
+            "src/registry.py", "src/classifier/models.py", "src/localizer/net.py"} <= closure
     # Training, data generation, folds and evaluation reports never ship.
-    assert not closure & {"src/training/engine.py", "src/classifier/task.py", "src/data/folds.py",
+    assert not closure & {"src/training/engine.py", "src/classifier/task.py", "src/data/folds.py", "src/tasks.py",
                           "src/evaluation/reports.py", "src/localizer/task.py", "kaggle/meta.py"}
     assert not [p for p in closure if p.startswith("src/synth/")]
     written = meta.package(make_fake_runs(tmp_path / "runs"), tmp_path / "out")

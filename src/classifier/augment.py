@@ -17,7 +17,7 @@ import cv2
 import torch
 import torch.nn.functional as F
 
-from ..constants import FLIPPED_CONDITION
+from ..core.constants import FLIPPED_CONDITION
 from ..data.cache import to_unit
 
 

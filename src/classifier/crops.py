@@ -9,18 +9,22 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import pandas as pd
 
+from ..core.atomic import atomic_path, write_csv, write_text
+from ..core.config import DEFAULTS
+from ..core.constants import CONDITIONS, LEVELS, group_of, label_column, row_id
+from ..core.parallel import progress_map
 from ..data import geometry
-from ..atomic import atomic_path, write_csv, write_text
-from ..data.cache import entries_signature, load_series, series_cache_path, to_stored
-from ..constants import CONDITIONS, LEVELS, group_of, label_column, row_id
+from ..data.cache import entries_signature, load_series, series_cache_path, to_stored, to_unit
 from ..data.dicom import Series, normalize_intensity
-from ..parallel import progress_map
-from ..training.config import DEFAULTS
+
+if TYPE_CHECKING:
+    import torch
 
 
 _CROP = DEFAULTS["crop"]  # the one home of the crop defaults
@@ -29,7 +33,7 @@ _CROP = DEFAULTS["crop"]  # the one home of the crop defaults
 @dataclass(frozen=True)
 class CropSpec:
     """How crops are cut: slices per stack, output pixels, physical side per condition group (mm); the
-    defaults are the config's (training.config.DEFAULTS['crop'])."""
+    defaults are the config's (core.config.DEFAULTS['crop'])."""
 
     n_slices: int = _CROP["n_slices"]
     size_px: int = _CROP["size_px"]
@@ -207,3 +211,11 @@ def build_crops(
             write_text("\n".join(problems) + "\n", out_dir / f"crops_{split}_{key}.log")
         write_csv(table.assign(crop=np.arange(len(table)))[keep], csv)
     return np.load(npy, mmap_mode="r"), pd.read_csv(csv)
+
+
+def centre_unit(crops: torch.Tensor, size_px: int) -> torch.Tensor:
+    """Stored 8-bit crops (B, S, P, P) with their margin -> the centre size_px square as float in [0, 1]
+    (albumentations' CenterCrop offsets)."""
+    top = (crops.shape[-2] - size_px) // 2
+    left = (crops.shape[-1] - size_px) // 2
+    return to_unit(crops[..., top : top + size_px, left : left + size_px])

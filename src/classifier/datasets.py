@@ -7,9 +7,9 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from ..constants import FLIPPED_CONDITION
-from .augment import was_flipped
+from ..core.constants import FLIPPED_CONDITION
 from ..data.cache import to_unit
+from .augment import was_flipped
 
 
 def draw_variants(variants: np.ndarray, rows: np.ndarray) -> np.ndarray:

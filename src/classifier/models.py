@@ -1,22 +1,20 @@
-"""The two papers' models, chosen by name from a registry; both return (B, 3) severity logits.
+"""The severity classifiers, each registered by name (core.registry): the two papers' models and the plain
+CNN baseline per crop, and the study-level model over a study's crops; all give (N, 3) severity logits.
 
-Both know which condition and level a crop shows through a learned embedding of the 25 (condition, level)
-pairs, concatenated to the image features before the head; one model serves all conditions.
+Every per-crop model knows which condition and level a crop shows through a learned embedding of the 25
+(condition, level) pairs, concatenated to the image features before the head; one model serves all conditions.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
-import timm
 import torch
 from timm.layers import SEModule
 from torch import nn
 
-from ..constants import CONDITIONS, LEVELS
-from ..localizer import plan as localizer_plan
-from ..progress import first_line, log
-from ..training.config import ConfigError, pretrained_file
+from ..core.constants import CONDITIONS, LEVELS
+from ..core.registry import build_model, register_model
+from ..training.backbone import create_backbone
 
 N_PAIRS = len(CONDITIONS) * len(LEVELS)
 
@@ -25,41 +23,6 @@ def pair_index(condition, level):
     """The (condition, level) pair's index among the N_PAIRS, condition-major: what the models' embedding
     and a study's positions are indexed by (tensors, arrays or ints alike)."""
     return condition * len(LEVELS) + level
-
-
-def create_backbone(name: str, pretrained: bool | str | None, in_chans: int, **kwargs) -> nn.Module:
-    """A timm model (kwargs e.g. num_classes=0 or features_only=True), with its first convolution taking
-    `in_chans` channels. pretrained: None/False = random initialisation; True = timm's pretrained weights for
-    the backbone (downloaded once into the Hugging Face cache; HF_HUB_OFFLINE=1 then reads the cache); a path =
-    a local state-dict file, or a folder holding <backbone>.pth. timm adapts the first convolution's RGB
-    weights to `in_chans` and drops the ImageNet classifier; one log line says which weights loaded."""
-    if not pretrained:
-        return timm.create_model(name, pretrained=False, in_chans=in_chans, **kwargs)
-    extra, source = {}, "timm's pretrained weights"
-    if pretrained is not True:
-        path = pretrained_file(pretrained, name)
-        if not path.is_file():
-            raise ConfigError(f"pretrained: {path}: no such weights file for backbone '{name}'")
-        extra, source = {"pretrained_cfg_overlay": dict(file=str(path))}, f"{path}"
-    try:
-        model = timm.create_model(name, pretrained=True, in_chans=in_chans, **extra, **kwargs)
-    except (RuntimeError, OSError, ValueError) as err:  # no such weights, no network and no cache, shapes that differ
-        hint = "; without internet, fetch_weights.py saves them as files where there is some" if pretrained is True else ""
-        raise ConfigError(f"pretrained: backbone '{name}': {source} do not load ({first_line(err)}){hint}") from None
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    if pretrained is True:
-        source += f" {cfg.get('hf_hub_id') or cfg.get('url') or cfg.get('tag', '')}".rstrip()
-    log(f"{name}: loaded {source}; {_first_conv_note(cfg, in_chans)}")
-    return model
-
-
-def _first_conv_note(cfg: dict, in_chans: int) -> str:
-    """How timm's adapt_input_conv turned the pretrained RGB first convolution into `in_chans` channels."""
-    conv, rgb = cfg.get("first_conv", "the first convolution"), (cfg.get("input_size") or (3,))[0]
-    if in_chans == rgb:
-        return f"first convolution {conv} unchanged ({rgb} channels)"
-    how = "summed over RGB" if in_chans == 1 else f"RGB repeated and scaled by {rgb}/{in_chans}"
-    return f"first convolution {conv} adapted from {rgb} to {in_chans} input channels ({how})"
 
 
 class SpatialAttention(nn.Module):
@@ -109,7 +72,18 @@ class HeadSpec:
                              nn.Dropout(self.drop), nn.Linear(self.hidden, 3))
 
 
-class AttnResNeXt(nn.Module):
+class CropClassifier(nn.Module):
+    """A per-crop classifier: forward(image, condition, level) -> logits (B, 3). row_logits is what inference
+    calls on every ensemble member, per-crop and study-level alike (StudyModel.row_logits)."""
+
+    def row_logits(self, crops: torch.Tensor, condition: torch.Tensor, level: torch.Tensor,
+                   study: torch.Tensor) -> torch.Tensor:
+        """Logits (N, 3) of a flat batch of crops (N, S, P, P); a per-crop model reads each crop alone, so the
+        crops' study indices are not used."""
+        return self(crops, condition, level)
+
+
+class AttnResNeXt(CropClassifier):
     """ResNeXt (any timm ResNet-family model) with dual attention after the stem and the last stage.
 
     Input (B, S, H, W): the S slices of a crop enter as channels.
@@ -147,7 +121,7 @@ class AttnResNeXt(nn.Module):
         return {"logits": self.head(feats), "attention": stem_map}
 
 
-class CNNLSTM(nn.Module):
+class CNNLSTM(CropClassifier):
     """A CNN over every slice (time-distributed, global average pooled), an LSTM over the slices, a dense
     ReLU layer and 3 logits (softmax gives the severities)."""
 
@@ -171,7 +145,7 @@ class CNNLSTM(nn.Module):
         return self.head(self.features(image, condition, level))
 
 
-class PlainCNN(nn.Module):
+class PlainCNN(CropClassifier):
     """The baseline the papers' models must beat: 4 blocks of conv-BN-ReLU-conv-BN-ReLU-maxpool over the crop's
     slices as channels (widths `channels`), global average pooling, the (condition, level) embedding, MLP head."""
 
@@ -192,51 +166,24 @@ class PlainCNN(nn.Module):
         return self.head(torch.cat([x, self.embed(pair_index(condition, level))], 1))
 
 
-class HeatmapNet(nn.Module):
-    """Keypoint heatmaps: a timm encoder (features_only) and a small U-Net decoder to stride 2."""
-
-    def __init__(self, backbone: str = "resnet18", in_chans: int = 3, out_channels: int = 5, pretrained: bool | str | None = None,
-                 model_kwargs: dict | None = None, decoder_channels: int = 64):
-        super().__init__()
-        self.encoder = create_backbone(backbone, pretrained, in_chans, features_only=True, **(model_kwargs or {}))
-        chans = self.encoder.feature_info.channels()
-        if self.encoder.feature_info.reduction()[0] != 2:
-            raise ValueError(f"backbone '{backbone}' has no stride-2 feature map")
-        self.lateral = nn.ModuleList(nn.Conv2d(c, decoder_channels, 1) for c in chans)
-        self.blocks = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(decoder_channels, decoder_channels, 3, padding=1, bias=False),
-                          nn.BatchNorm2d(decoder_channels), nn.ReLU(inplace=True))
-            for _ in chans[:-1]
-        )
-        self.out = nn.Conv2d(decoder_channels, out_channels, 1)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        feats = self.encoder(image)
-        x = self.lateral[-1](feats[-1])
-        for i in range(len(feats) - 2, -1, -1):  # coarse to fine, adding each skip
-            x = nn.functional.interpolate(x, size=feats[i].shape[-2:], mode="bilinear", align_corners=False)
-            x = self.blocks[i](x + self.lateral[i](feats[i]))
-        return self.out(x)
-
-
-def _attn_resnext(cfg: dict) -> nn.Module:
+@register_model("attn_resnext", task="classifier")
+def attn_resnext(cfg: dict) -> nn.Module:
+    """The dual-attention ResNeXt paper's model."""
     return AttnResNeXt(cfg["backbone"], cfg["crop"]["n_slices"], cfg["pretrained"], cfg["model_kwargs"], HeadSpec.of(cfg))
 
 
-def _cnn_lstm(cfg: dict) -> nn.Module:
+@register_model("cnn_lstm", task="classifier", defaults={"backbone": "resnet18"})
+def cnn_lstm(cfg: dict) -> nn.Module:
+    """The CNN-LSTM paper's model."""
     return CNNLSTM(cfg["backbone"], cfg["pretrained"], cfg["model_kwargs"], cfg["lstm_hidden"], cfg["bidirectional"],
                    HeadSpec.of(cfg))
 
 
-def _plain_cnn(cfg: dict) -> nn.Module:
+@register_model("plain_cnn", task="classifier", defaults={"backbone": None})
+def plain_cnn(cfg: dict) -> nn.Module:
+    """The baseline the papers' models must beat: 4 plain conv blocks (model_kwargs.channels), no timm backbone."""
     return PlainCNN(cfg["crop"]["n_slices"], tuple(cfg["model_kwargs"].get("channels", (32, 64, 128, 256))),
                     HeadSpec.of(cfg))
-
-
-def _localizer(cfg: dict) -> nn.Module:
-    channels = localizer_plan.part(cfg["series_type"]).channels
-    return HeatmapNet(cfg["backbone"], 3, channels, cfg["pretrained"], cfg["model_kwargs"],
-                      cfg["loc"]["decoder_channels"])
 
 
 def positions() -> tuple[torch.Tensor, torch.Tensor]:
@@ -286,20 +233,10 @@ class StudyModel(nn.Module):
         return self(images, cond, lev, mask)[study, pos]
 
 
-def _study(cfg: dict) -> nn.Module:
-    crop_cfg = {**cfg, "model": cfg["study"]["crop_model"]}
-    crop = MODELS[crop_cfg["model"]](crop_cfg)
+@register_model("study", task="study", defaults={"batch_size": 8})
+def study(cfg: dict) -> nn.Module:
+    """Every crop of a study together (batch_size counts studies), around the per-crop model it names."""
+    crop = build_model({**cfg, "model": cfg["study"]["crop_model"]})
     if cfg["study"].get("init_from"):  # warm start from a trained per-crop run of the same fold
         crop.load_state_dict(torch.load(cfg["study"]["init_from"], map_location="cpu", weights_only=True)["model"])
     return StudyModel(crop, cfg["study"]["dim"], cfg["study"]["heads"], cfg["study"]["layers"], cfg["drop"])
-
-
-MODELS: dict[str, Callable[[dict], nn.Module]] = {"attn_resnext": _attn_resnext, "cnn_lstm": _cnn_lstm,
-                                                  "plain_cnn": _plain_cnn, "study": _study, "localizer": _localizer}
-
-
-def build_model(cfg: dict) -> nn.Module:
-    """Instantiate the model a config names."""
-    if cfg["model"] not in MODELS:
-        raise KeyError(f"unknown model '{cfg['model']}'; known: {sorted(MODELS)}")
-    return MODELS[cfg["model"]](cfg)

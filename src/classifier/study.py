@@ -12,13 +12,15 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from ..inference.classify import centre_unit
-from ..constants import LEVELS
+from ..core.constants import LEVELS
+from ..core.metric import any_severe_term
+from ..core.registry import register_task
+from .crops import centre_unit
+from .datasets import draw_variants
 from .models import N_PAIRS as N_POSITIONS
 from .models import pair_index, positions
-from ..inference.stacker import any_severe_term
-from .datasets import draw_variants
 from .task import ClassifierTask
+
 
 class StudyDataset(Dataset):
     """Items: crops (25, S, P, P) 8-bit raw (zeros where missing), mask (25), label (25; -1 unknown), row (the
@@ -35,9 +37,13 @@ class StudyDataset(Dataset):
     def __len__(self) -> int:
         return len(self.studies)
 
-    def __getitem__(self, i: int) -> dict:
+    def rows(self, i: int) -> tuple[pd.DataFrame, np.ndarray]:
+        """Item i's rows of `index` (the crops it has) and their positions among the study's N_POSITIONS."""
         rows = self._rows[self.studies[i]]
-        pos = pair_index(rows["condition_idx"], rows["level_idx"]).to_numpy()
+        return rows, pair_index(rows["condition_idx"], rows["level_idx"]).to_numpy()
+
+    def __getitem__(self, i: int) -> dict:
+        rows, pos = self.rows(i)
         crops = np.zeros((N_POSITIONS, *self.crops.shape[1:]), dtype=self.crops.dtype)
         numbers = rows["crop"].to_numpy() if self.variants is None else draw_variants(self.variants, rows.index.to_numpy())
         crops[pos] = self.crops[numbers]
@@ -50,6 +56,7 @@ class StudyDataset(Dataset):
                 "row": torch.tensor(i)}
 
 
+@register_task("study")
 class StudyTask(ClassifierTask):
     """Severity of every (condition, level) of a study from all its crops together (models.StudyModel)."""
 
@@ -93,11 +100,9 @@ class StudyTask(ClassifierTask):
 
     def evaluate(self, logits: torch.Tensor, rows: torch.Tensor) -> tuple[dict, pd.DataFrame]:
         """The classifier's numbers on the positions that had a crop (rows of val_index)."""
-        ds = self._val
         flat_logits, flat_rows = [], []
         for k, i in enumerate(rows.tolist()):
-            g = ds._rows[ds.studies[i]]
-            pos = pair_index(g["condition_idx"], g["level_idx"]).to_numpy()
+            g, pos = self._val.rows(i)
             flat_logits.append(logits[k, pos])
             flat_rows.append(torch.from_numpy(g.index.to_numpy()))
         return super().evaluate(torch.cat(flat_logits), torch.cat(flat_rows))

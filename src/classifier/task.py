@@ -12,18 +12,19 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .augment import DeviceAugment, eval_transform, train_transform, use_device_path
-from ..data.inputs import prepare_tables, read_tables
-from ..constants import TARGETS
-from .crops import JITTER_COLUMNS, CropSpec, build_crops, jittered
-from .datasets import CropDataset
+from ..core.constants import TARGETS
+from ..core.metric import fold_prior, labels_long, overlay, score_parts
+from ..core.progress import log
+from ..core.registry import build_model, register_task
+from ..core.run_folders import OOF, localizer_run, run_dir
 from ..data.folds import fold_solution
+from ..data.inputs import prepare_tables, read_tables
+from ..data.tables import load_coordinates, load_submission
 from ..localizer.errors import point_errors
 from ..localizer.plan import PLAN
-from ..evaluation.metric import fold_prior, overlay, score_parts
-from ..progress import log
-from ..run_folders import OOF, localizer_run, run_dir
-from ..data.tables import labels_long, load_coordinates, load_submission
+from .augment import DeviceAugment, eval_transform, train_transform, use_device_path
+from .crops import JITTER_COLUMNS, CropSpec, build_crops, jittered
+from .datasets import CropDataset
 
 
 def jitter_errors(cfg: dict, coords: pd.DataFrame, cache_dir: Path) -> pd.DataFrame | None:
@@ -70,6 +71,7 @@ def drop_contradicted(train_index: pd.DataFrame, label_filter: dict) -> pd.DataF
     return train_index[keep].reset_index(drop=True)
 
 
+@register_task("classifier")
 class ClassifierTask:
     """Severity classification of level-wise crops cut at the labelled coordinates."""
 
@@ -81,6 +83,9 @@ class ClassifierTask:
         self.device = device
         self.spec = CropSpec(**cfg["crop"])
         self._jittered: pd.DataFrame | None = None
+
+    def build_model(self) -> torch.nn.Module:
+        return build_model(self.cfg)
 
     def _crops(self, coords: pd.DataFrame, cache_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
         """The crops of the coordinates (and of their jittered variants when cfg['jitter'] asks for them)."""

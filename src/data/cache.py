@@ -19,12 +19,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 import pandas as pd
+import torch
 
-from ..atomic import atomic_path, write_text
+from ..core.atomic import atomic_path, write_text
+from ..core.parallel import progress_map
 from .dicom import DicomError, Series, read_series
-from ..parallel import progress_map
 from .tables import load_series_descriptions
 
 CODECS = {"jpeg": (".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95]), "png": (".png", [cv2.IMWRITE_PNG_COMPRESSION, 6])}

@@ -15,10 +15,11 @@ import numpy as np
 import pydicom
 from pydicom.pixels import apply_rescale
 
+from ..core.faults import InputError
 from . import geometry
 
 
-class DicomError(RuntimeError):
+class DicomError(InputError, RuntimeError):
     """A series has no readable slice at all."""
 
 

@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
-from ..atomic import write_csv
-from ..constants import LABEL_COLUMNS, SEVERITIES
-from .tables import DataError, load_train, solution_frame
+from ..core.atomic import write_csv
+from ..core.constants import LABEL_COLUMNS, SEVERITIES
+from ..core.metric import solution_frame
+from .tables import DataError, load_train
 
 
 def onehot_labels(train: pd.DataFrame) -> np.ndarray:

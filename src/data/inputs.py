@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..paths import cache_dir_for
+from ..core.paths import cache_dir_for
 from .cache import prepare
 from .folds import ensure_folds, load_folds
 from .tables import load_coordinates, load_train

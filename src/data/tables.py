@@ -11,23 +11,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..constants import (
-    ROW_ID_PATTERN,
+from ..core.constants import (
     COLUMN_TO_CONDITION_LEVEL,
     CONDITIONS,
     COORDINATE_COLUMNS,
     LABEL_COLUMNS,
     LEVELS,
-    SAMPLE_WEIGHTS,
+    ROW_ID_PATTERN,
     SERIES_DESCRIPTIONS,
     SEVERITIES,
     SEVERITY_TO_INDEX,
     TARGETS,
     row_id,
 )
+from ..core.faults import InputError
 
 
-class DataError(ValueError):
+class DataError(InputError, ValueError):
     """A competition file is missing, malformed or holds a value outside the schema."""
 
 
@@ -224,31 +224,6 @@ def load_solution(path: str | Path) -> pd.DataFrame:
         out[col] = _to_float(raw, col, path)
     _check_unique(out, ["row_id"], path)
     return out
-
-
-def labels_long(train: pd.DataFrame) -> pd.DataFrame:
-    """Wide train labels -> one row per (study, column) with row_id and the class index; NaN rows dropped."""
-    long = train.melt(id_vars="study_id", value_vars=list(LABEL_COLUMNS), var_name="column", value_name="label")
-    long = long.dropna(subset=["label"])
-    long["label"] = long["label"].astype(int)
-    long["row_id"] = long["study_id"].astype(str) + "_" + long["column"]
-    return long.reset_index(drop=True)
-
-
-def solution_frame(train: pd.DataFrame, study_ids: list[int] | np.ndarray | None = None) -> pd.DataFrame:
-    """Labels in the metric's solution format (row_id, one-hot targets, sample_weight), NaN labels left out.
-
-    With study_ids (e.g. one fold's validation studies) only those studies are kept, so out-of-fold
-    predictions can be scored.
-    """
-    if study_ids is not None:
-        train = train[train["study_id"].isin(set(int(s) for s in study_ids))]
-    long = labels_long(train)
-    onehot = np.eye(len(TARGETS))[long["label"].to_numpy()]
-    sol = pd.DataFrame(onehot, columns=list(TARGETS))
-    sol.insert(0, "row_id", long["row_id"].to_numpy())
-    sol["sample_weight"] = np.asarray(SAMPLE_WEIGHTS)[long["label"].to_numpy()]
-    return sol.sort_values("row_id").reset_index(drop=True)
 
 
 def submission_row_ids(study_ids: list[int] | np.ndarray) -> list[str]:

@@ -1,4 +1,5 @@
-"""Per-study reading: a short plain-language text and a PNG sheet of what the models looked at."""
+"""Per-study reading: a short plain-language text and a PNG sheet of what the models looked at. infer.py
+writes them after the submission (--explain), so they never hold it up or put it at risk."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,13 +8,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..classifier.crops import CropSpec, build_crops, centre_unit
+from ..core.atomic import write_text
+from ..core.constants import CONDITIONS, LEVELS, SEVERITIES, TARGETS, row_id
+from ..core.run_folders import classifier_runs, trained_folds
 from ..data.cache import load_series, series_cache_path
-from ..constants import CONDITIONS, LEVELS, SEVERITIES, TARGETS, row_id
-from ..classifier.crops import CropSpec, build_crops
-from ..atomic import write_text
-from ..inference.classify import centre_unit
 from ..inference.context import InferenceContext
-from ..run_folders import classifier_runs, load_model, trained_folds
+from ..training.checkpoint import load_model
 from .figures import figure, save_figure
 
 
@@ -45,9 +46,10 @@ def reading(study_id: int, probs: pd.DataFrame) -> str:
 
 @torch.no_grad()
 def attention_maps(runs: Path, coords: pd.DataFrame, cache_dir: Path, split: str, device: torch.device):
-    """Middle crop slices and the attention-ResNeXt's stem spatial-attention maps (upsampled) per row_id."""
+    """Middle crop slices and the attention-ResNeXt's stem spatial-attention maps (upsampled) per row_id, for
+    every row of `coords` (the model loaded once, the crops cut once)."""
     names = sorted(classifier_runs(runs, "attn_resnext"), key=lambda n: n != "attn_resnext")  # the default run first
-    if not names:
+    if not names or not len(coords):
         return {}
     model, cfg = load_model(trained_folds(runs, names[0])[0], device)
     spec = CropSpec(**cfg["crop"])
@@ -105,16 +107,17 @@ def sheet(study_id: int, coords: pd.DataFrame, probs: pd.DataFrame, maps: dict, 
 
 def explain(study_ids: list[int], coords: pd.DataFrame, probs: pd.DataFrame, ctx: InferenceContext,
             out_dir: Path) -> list[Path]:
-    """Write reading_{study}.txt and sheet_{study}.png for each study (crops of ctx's split, attention of the
-    first attention-ResNeXt run of ctx.runs); returns the paths written."""
+    """Write reading_{study}.txt and sheet_{study}.png for each study: `probs` are the submission's rows,
+    `coords` the points its crops were cut at (on ctx's split and cache), the attention that of the first
+    attention-ResNeXt run of ctx.runs; returns the paths written."""
+    coords = coords[coords["study_id"].isin([int(s) for s in study_ids])]
+    maps = attention_maps(ctx.runs, coords, ctx.cache_dir, ctx.split, ctx.device)
     written = []
     for study_id in study_ids:
         text = reading(study_id, probs)
         txt = Path(out_dir) / f"reading_{study_id}.txt"
         write_text(text, txt)
         print(text, end="")
-        study_coords = coords[coords["study_id"] == study_id]
-        maps = attention_maps(ctx.runs, study_coords, ctx.cache_dir, ctx.split, ctx.device) if len(study_coords) else {}
-        written += [txt, sheet(study_id, study_coords, probs, maps, ctx.cache_dir, ctx.split,
+        written += [txt, sheet(study_id, coords[coords["study_id"] == study_id], probs, maps, ctx.cache_dir, ctx.split,
                                Path(out_dir) / f"sheet_{study_id}.png")]
     return written

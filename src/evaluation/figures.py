@@ -7,7 +7,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from ..atomic import atomic_path
+from ..core.atomic import atomic_path
 
 
 def figure(rows: int, cols: int, figsize: tuple[float, float], **subplots: Any) -> tuple[Figure, Any]:

@@ -21,13 +21,13 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from ..core.atomic import write_json, write_text
+from ..core.constants import CONDITIONS, GROUPS, SEVERITIES, TARGETS, group_of, level_of, row_study_ids
+from ..core.metric import fold_prior, prior_submission, row_folds, score_parts, solution_frame
+from ..core.run_folders import LOG, ensemble_file, trained_folds
+from ..data.tables import DataError, load_solution, load_submission, load_train
 from ..inference import ensemble as ensemble_lib
-from ..atomic import write_json, write_text
-from ..constants import CONDITIONS, GROUPS, SEVERITIES, TARGETS, group_of, level_of, row_study_ids
 from .figures import figure, save_figure
-from .metric import fold_prior, prior_submission, row_folds, score_parts
-from ..run_folders import LOG, ensemble_file, trained_folds
-from ..data.tables import DataError, load_solution, load_submission, load_train, solution_frame
 
 # The attention paper's own results (lumbar disc herniation, its private data): a reference, not a target.
 PAPER = {"acc": 0.9486, "auc": 0.969, "f1": 0.938, "precision": 0.935, "recall": 0.9412, "auprc": 0.981}
@@ -201,9 +201,8 @@ def evaluate(runs: Path, train: pd.DataFrame, folds: pd.DataFrame, out_dir: Path
     frames = ensemble_lib.collect_oof(runs)
     if not frames:
         raise DataError(f"{runs}: no oof.csv of a trained classifier: train some folds first")
-    covered = set.intersection(*(set(f["row_id"]) for f in frames.values()))
     solution = solution_frame(train)
-    solution = solution[solution["row_id"].isin(covered)].reset_index(drop=True)
+    solution = solution[solution["row_id"].isin(ensemble_lib.common_rows(frames))].reset_index(drop=True)
     fitted = ensemble_lib.load(ensemble_file(runs) if ensemble_file(runs).is_file() else None)
     if len(frames) > 1:
         weights = ensemble_lib.member_weights(fitted, list(frames))

@@ -14,16 +14,15 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from ..constants import FLIPPED_CONDITION, TARGETS
-from ..data.cache import to_unit
-from ..classifier.crops import CropSpec, crop_table, cut_study
-from ..training.device import autocast, inference_dtype, keep_freed_cpu_memory
+from ..classifier.crops import CropSpec, centre_unit, crop_table, cut_study
+from ..core.constants import FLIPPED_CONDITION, TARGETS
+from ..core.device import autocast, inference_dtype, keep_freed_cpu_memory
+from ..core.faults import FaultLog
+from ..core.parallel import batches_ahead, loader_workers
+from ..core.progress import first_line
+from ..core.run_folders import BEST, fold_of, trained_folds
+from ..training.checkpoint import load_fold_models
 from .context import InferenceContext
-from .faults import FaultLog
-from ..classifier.models import StudyModel
-from ..parallel import batches_ahead, loader_workers
-from ..run_folders import BEST, fold_of, load_fold_models, trained_folds
-from ..progress import first_line
 
 
 @dataclass(eq=False)  # hashed by identity: two folds may hold equal configs
@@ -72,23 +71,16 @@ def crops_none(spec: CropSpec) -> np.ndarray:
     return np.zeros((0, spec.n_slices, spec.stored_px, spec.stored_px), np.uint8)
 
 
-def centre_unit(crops: torch.Tensor, size_px: int) -> torch.Tensor:
-    """Stored 8-bit crops (B, S, P, P) with their margin -> the centre size_px square as float in [0, 1]
-    (albumentations' CenterCrop offsets)."""
-    top = (crops.shape[-2] - size_px) // 2
-    left = (crops.shape[-1] - size_px) // 2
-    return to_unit(crops[..., top : top + size_px, left : left + size_px])
-
-
 @torch.no_grad()
 def batch_probabilities(members: list[Member], crops: np.ndarray, condition: np.ndarray, level: np.ndarray,
                         device: torch.device, hflip_tta: bool = False,
                         study: np.ndarray | None = None) -> dict[int, np.ndarray | Exception]:
     """Each member's severity probabilities (N, 3) for one batch of stored crops, in one forward call per member;
     with hflip_tta the flipped crops (with their mirrored condition where the flip swaps sides, as in
-    training augmentation) go in the same call and the two views are averaged. A study-level member sees
-    each study's crops together (`study`: each crop's study id; the flipped view as studies of its own). A
-    member that fails gets its exception instead."""
+    training augmentation) go in the same call and the two views are averaged. Every member predicts through
+    row_logits (models.CropClassifier, models.StudyModel): a study-level member sees each study's crops
+    together (`study`: each crop's study id; the flipped view as studies of its own). A member that fails
+    gets its exception instead."""
     dtype = inference_dtype(device)
     n = len(crops)
     x = torch.from_numpy(np.ascontiguousarray(crops)).to(device)
@@ -105,8 +97,7 @@ def batch_probabilities(members: list[Member], crops: np.ndarray, condition: np.
         try:
             with autocast(device, dtype):
                 images = centre_unit(x, m.spec.size_px)
-                logits = (m.model.row_logits(images, cond, lev, group) if isinstance(m.model, StudyModel)
-                          else m.model(images, cond, lev))
+                logits = m.model.row_logits(images, cond, lev, group)
                 p = torch.softmax(logits.float(), 1)
             out[j] = ((p[:n] + p[n:]) / 2 if hflip_tta else p).cpu().numpy()
         except Exception as err:  # noqa: BLE001 - a fold that cannot predict costs that fold only

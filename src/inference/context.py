@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from ..training.device import pick_device
-from .faults import FaultLog
+from ..core.device import pick_device
+from ..core.faults import FaultLog
 
 
 @dataclass
@@ -15,7 +15,6 @@ class InferenceContext:
     """The data, runs and cache of a prediction, its device and batch sizes, its outputs and its fault log.
 
     out: the submission file (None where nothing is written, e.g. scoring crops of the train split);
-    explain_studies: also write their reading and PNG sheet (into explain_dir, default <out folder>/explain);
     per_model: also write each model's own submission beside out.
     """
 
@@ -30,8 +29,6 @@ class InferenceContext:
     tta: bool = True  # average each crop with its horizontal flip
     ensemble_path: Path | None = None  # default: runs/ensemble.json
     per_model: bool = False
-    explain_studies: list[int] | None = None
-    explain_dir: Path | None = None
     faults: FaultLog = field(default_factory=FaultLog)
 
     def __post_init__(self) -> None:

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize, minimize_scalar
 
-from ..constants import GROUPS, TARGETS, group_of
-from ..evaluation.metric import score
-from ..run_folders import OOF, classifier_runs, is_run_name, trained_folds
+from ..core.constants import GROUPS, TARGETS, group_of
+from ..core.metric import score
+from ..core.progress import first_line
+from ..core.run_folders import OOF, classifier_runs, is_run_name, trained_folds
 from ..data.tables import DataError, load_submission
-from ..progress import first_line
 
 
 def sharpen(probs: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
@@ -27,14 +27,21 @@ def sharpen(probs: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
     return p / p.sum(1, keepdims=True)
 
 
+def common_rows(frames: dict[str, pd.DataFrame], names: list[str] | None = None) -> pd.Series:
+    """The row ids every member (of `names`, default all of `frames`) predicted, in the first one's order."""
+    names = list(frames) if names is None else list(names)
+    ids = frames[names[0]]["row_id"]
+    for n in names[1:]:
+        ids = ids[ids.isin(set(frames[n]["row_id"]))]
+    return ids
+
+
 def blend(frames: dict[str, pd.DataFrame], weights: dict[str, float], temperature: dict[str, float]) -> pd.DataFrame:
     """Weighted mean of the models' probabilities on their common rows, then the group temperatures."""
     names = [n for n in frames if weights.get(n, 0) > 0]
     if not names:
         raise ValueError("no model has a positive weight")
-    ids = frames[names[0]]["row_id"]
-    for n in names[1:]:
-        ids = ids[ids.isin(set(frames[n]["row_id"]))]
+    ids = common_rows(frames, names)
     total = sum(weights[n] for n in names)
     probs = sum(weights[n] / total * frames[n].set_index("row_id").loc[ids, list(TARGETS)].to_numpy() for n in names)
     t = np.array([temperature.get(group_of(r), 1.0) for r in ids])
@@ -59,7 +66,7 @@ def collect_oof(runs: Path, names: list[str] | None = None) -> dict[str, pd.Data
 def fit_ensemble(frames: dict[str, pd.DataFrame], solution: pd.DataFrame) -> dict:
     """Model weights (non-negative, summing to 1) and group temperatures minimising the OOF score."""
     names = sorted(frames)
-    common = solution[solution["row_id"].isin(set.intersection(*(set(f["row_id"]) for f in frames.values())))]
+    common = solution[solution["row_id"].isin(common_rows(frames))]
     if common.empty:
         raise ValueError("the models' out-of-fold predictions share no scored row")
     temps = {g: 1.0 for g in GROUPS}

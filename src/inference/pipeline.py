@@ -14,30 +14,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import ensemble as ensemble_lib
-from ..atomic import write_csv
+from ..core.atomic import write_csv
+from ..core.constants import PREDICTED_COORDINATE_COLUMNS, TARGETS, parse_row_id
+from ..core.faults import FaultLog
+from ..core.metric import overlay, prior_rows, prior_table, solution_frame
+from ..core.parallel import loader_workers
+from ..core.progress import log
+from ..core.run_folders import classifier_runs, ensemble_file, is_run_name
 from ..data.cache import prepare
+from ..data.dicom import GEOMETRY_FALLBACK
+from ..data.tables import DataError, bad_row_ids, load_row_ids, load_series_descriptions, load_train, submission_row_ids
+from ..localizer.infer import Localizer, localize
+from . import ensemble as ensemble_lib
 from .classify import run_classifiers
 from .context import InferenceContext
-from ..constants import PREDICTED_COORDINATE_COLUMNS, TARGETS, parse_row_id
-from ..evaluation.explain import explain
-from ..localizer.infer import Localizer, localize
-from ..data.dicom import GEOMETRY_FALLBACK
-from .faults import FaultLog
-from ..parallel import loader_workers
-from ..evaluation.metric import overlay, prior_rows, prior_table
-from ..progress import log
-from ..run_folders import classifier_runs, ensemble_file, is_run_name
 from .stacker import apply_stacker, valid_stacker
-from ..data.tables import (
-    DataError,
-    bad_row_ids,
-    load_row_ids,
-    load_series_descriptions,
-    load_train,
-    solution_frame,
-    submission_row_ids,
-)
 
 
 def series_table(data_dir: Path, split: str, study_ids: list[int] | None = None,
@@ -225,8 +216,7 @@ def _classify(ctx: InferenceContext, coords: pd.DataFrame, fitted: dict, prior: 
 
 def _extras(ctx: InferenceContext, frames: dict, prior: pd.DataFrame, row_ids: list[str], coords: pd.DataFrame,
             result: pd.DataFrame) -> None:
-    """The coordinates, per-model submissions and explanations: extras whose failure never touches the written
-    submission."""
+    """The coordinates and per-model submissions: extras whose failure never touches the written submission."""
     out, faults = Path(ctx.out), ctx.faults
     try:
         write_csv(coords, coordinates_path(out))
@@ -234,9 +224,6 @@ def _extras(ctx: InferenceContext, frames: dict, prior: pd.DataFrame, row_ids: l
             for name, frame in frames.items():
                 write_csv(finalize(overlay(prior, frame), row_ids, prior, faults, f"submission_{name}.csv"),
                           out.with_name(f"submission_{name}.csv"))
-        if ctx.explain_studies:
-            explain([int(s) for s in ctx.explain_studies], coords, result, ctx,
-                    Path(ctx.explain_dir or out.parent / "explain"))
     except Exception as err:  # noqa: BLE001 - the submission is already written
-        faults.add("output", "files beside the submission", f"coordinates, per-model submissions or explanations "
+        faults.add("output", "files beside the submission", f"coordinates or per-model submissions "
                    f"failed ({type(err).__name__}: {err}); {out} itself is complete")

@@ -2,9 +2,7 @@
 map of every member's log-probabilities plus a bias per level, softmaxed; fitted by L-BFGS on a
 differentiable twin of the metric (metric_loss: the weighted log loss of each group and the any-severe-spinal
 term, as metric.score_parts computes them), with an L2 pull towards the plain geometric mean of the members
-(l2 = 10 by default: on the default benchmark's fold-0 OOF, 990 rows of 40 studies, nested scores were 0.3446
-/ 0.3365 / 0.3325 / 0.3319 / 0.3317 for l2 = 0.1 / 1 / 10 / 30 / 100, against 0.3414 for weights and
-temperatures; weaker pulls overfit).
+(l2 = 10 by default: weaker pulls overfit in nested scores, docs/BENCHMARKS.md).
 
 Its honest score comes from nested folds over the OOF studies (nested_scores): fitted on the others,
 scored on each held-out part, beside the weights-and-temperatures ensemble fitted the same way. ensemble.py
@@ -16,8 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..constants import (
-    ANY_SEVERE_SCALAR,
+from ..core.constants import (
     COLUMN_TO_CONDITION_LEVEL,
     GROUPS,
     LEVELS,
@@ -27,42 +24,8 @@ from ..constants import (
     row_study_ids,
     split_row_id,
 )
-from ..evaluation.metric import score
-
-EPS = 1e-15  # sklearn's log_loss clipping
-
-
-def metric_loss(probs: torch.Tensor, label: torch.Tensor, weight: torch.Tensor, group: torch.Tensor,
-                study: torch.Tensor) -> torch.Tensor:
-    """The competition score of probabilities (N, 3) as a differentiable tensor: per group the sample-weighted
-    log loss, and the any-severe-spinal term over each study's spinal rows (the max of its severe column),
-    averaged with weights 1, 1, 1 and ANY_SEVERE_SCALAR. group: 0..2 in GROUPS order; study: 0..S-1."""
-    p = probs.clamp(EPS, 1 - EPS)
-    nll = -torch.log(p.gather(1, label[:, None]).squeeze(1))
-    parts = [(nll[group == g] * weight[group == g]).sum() / weight[group == g].sum() for g in range(len(GROUPS))]
-    spinal = group == GROUPS.index("spinal")
-    parts.append(any_severe_term(p[spinal, 2], label[spinal] == 2, weight[spinal], study[spinal]))
-    weights = torch.tensor([1.0, 1.0, 1.0, ANY_SEVERE_SCALAR], dtype=p.dtype)
-    return (torch.stack(parts) * weights).sum() / weights.sum()
-
-
-def any_severe_term(severe: torch.Tensor, is_severe: torch.Tensor, weight: torch.Tensor, study: torch.Tensor,
-                    eps: float = EPS) -> torch.Tensor:
-    """The metric's any-severe-spinal term from spinal rows, differentiable: per study (`study`: its index per
-    row) the binary log loss of its highest p(severe) against whether any of its rows is severe, weighted by
-    the highest sample weight of its rows; 0 without rows."""
-    if not len(study):
-        return severe.sum() * 0.0
-    n = int(study.max()) + 1
-    dtype = severe.dtype
-    worst = torch.full((n,), -1.0, dtype=dtype, device=severe.device).scatter_reduce(0, study, severe, "amax")
-    label = torch.zeros(n, dtype=dtype, device=severe.device).scatter_reduce(0, study, is_severe.to(dtype), "amax")
-    w = torch.zeros(n, dtype=dtype, device=severe.device).scatter_reduce(0, study, weight.to(dtype), "amax")
-    has = worst >= 0
-    q = worst[has].clamp(eps, 1 - eps)
-    bce = -(label[has] * torch.log(q) + (1 - label[has]) * torch.log(1 - q))
-    return (bce * w[has]).sum() / w[has].sum().clamp_min(1e-12)
-
+from ..core.metric import EPS, metric_loss, score
+from .ensemble import blend, common_rows, fit_ensemble
 
 N_CONTEXT = 4  # study-context features per row (_context)
 
@@ -115,7 +78,7 @@ def fit_stacker(frames: dict[str, pd.DataFrame], solution: pd.DataFrame, l2: flo
     dict {"members", "context", "W", "b", "level", "l2"}; with context each row also sees the rest of its
     study (_context)."""
     members = sorted(frames)
-    rows = solution[solution["row_id"].isin(set.intersection(*(set(f["row_id"]) for f in frames.values())))]
+    rows = solution[solution["row_id"].isin(common_rows(frames))]
     if rows.empty:
         raise ValueError("the models' out-of-fold predictions share no scored row")
     ids = rows["row_id"].tolist()
@@ -142,10 +105,7 @@ def fit_stacker(frames: dict[str, pd.DataFrame], solution: pd.DataFrame, l2: flo
 def apply_stacker(stacker: dict, frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """The stacked probabilities (row_id + TARGETS) of the rows every member the stacker names predicted."""
     members = stacker["members"]
-    ids = frames[members[0]]["row_id"]
-    for m in members[1:]:
-        ids = ids[ids.isin(set(frames[m]["row_id"]))]
-    ids = [r for r in ids.tolist() if group_of(r, strict=False) and _level_or_none(r)]
+    ids = [r for r in common_rows(frames, members).tolist() if group_of(r, strict=False) and _level_or_none(r)]
     logp, group, level = _features(frames, members, ids, bool(stacker.get("context")))
     params = {k: torch.tensor(stacker[k], dtype=torch.float64) for k in ("W", "b", "level")}
     with torch.no_grad():
@@ -183,9 +143,7 @@ def nested_scores(frames: dict[str, pd.DataFrame], solution: pd.DataFrame, k: in
                   l2: float = 10.0, context: bool = False) -> dict[str, float]:
     """Honest OOF scores: the studies split into k parts; on each, the stacker and the weights-and-temperatures
     ensemble are fitted on the other parts and applied to it; the held-out predictions are scored together."""
-    from .ensemble import blend, fit_ensemble
-
-    common = solution[solution["row_id"].isin(set.intersection(*(set(f["row_id"]) for f in frames.values())))]
+    common = solution[solution["row_id"].isin(common_rows(frames))]
     studies = np.unique(row_study_ids(common["row_id"]))
     part = dict(zip(np.random.default_rng(seed).permutation(studies), np.arange(len(studies)) % k))
     which = np.array([part[s] for s in row_study_ids(common["row_id"])])

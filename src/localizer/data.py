@@ -16,11 +16,11 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from ..atomic import atomic_path, write_csv
+from ..core.atomic import atomic_path, write_csv
+from ..core.progress import progress
 from ..data.cache import entries_signature, load_series, series_cache_path, to_stored, to_unit
-from ..progress import progress
-from .frame import series_frame
 from ..data.dicom import Series
+from .frame import series_frame
 from .plan import STRIDE, Part, part
 
 

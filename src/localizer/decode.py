@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..constants import PREDICTED_COORDINATE_COLUMNS
+from ..core.constants import PREDICTED_COORDINATE_COLUMNS
 from ..data.dicom import Series
 from .frame import frame_of
 from .plan import STRIDE, Part

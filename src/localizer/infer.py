@@ -21,17 +21,18 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from ..core.constants import PREDICTED_COORDINATE_COLUMNS, condition_side
+from ..core.device import autocast, inference_dtype, keep_freed_cpu_memory, pick_device
+from ..core.faults import FaultLog
+from ..core.parallel import batches_ahead
+from ..core.progress import first_line
+from ..core.run_folders import fold_of, localizer_run
 from ..data.cache import load_series, series_cache_path, to_stored
-from ..constants import PREDICTED_COORDINATE_COLUMNS, condition_side
-from ..training.device import autocast, inference_dtype, keep_freed_cpu_memory, pick_device
 from ..data.dicom import Series
-from ..inference.faults import FaultLog
-from ..parallel import batches_ahead
-from ..run_folders import fold_of, load_fold_models, localizer_run
-from .frame import series_stacks, stack_of
+from ..training.checkpoint import load_fold_models
 from .decode import HeatSource, decode_searched, decode_slice
+from .frame import series_stacks, stack_of
 from .plan import PLAN, Part
-from ..progress import first_line
 
 
 def patient_points(series: Series, rows: list[dict]) -> list[np.ndarray]:

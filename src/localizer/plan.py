@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from ..constants import (
+from ..core.constants import (
     CONDITION_SERIES,
     GEOMETRY_SLICED,
     LEVELS,

@@ -8,10 +8,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..core.constants import PREDICTED_COORDINATE_COLUMNS
+from ..core.registry import build_model, register_task
 from ..data.cache import load_series, series_cache_path
-from ..constants import PREDICTED_COORDINATE_COLUMNS
-from ..data.tables import load_series_descriptions
 from ..data.inputs import prepare_tables, read_tables
+from ..data.tables import load_series_descriptions
 from .data import SliceDataset, SliceStore, build_slice_store, loc_transform
 from .decode import HeatSource, decode_series_points
 from .errors import point_errors
@@ -28,6 +29,7 @@ def level_loss(logits: torch.Tensor, target: torch.Tensor, peak: float = 0.3) ->
     return (ce * w).sum() / w.sum().clamp_min(1e-6)  # no branch on the data: no host sync in the step
 
 
+@register_task("localizer")
 class LocalizerTask:
     """Heatmap keypoints on one series type (cfg['series_type']); validation error in mm is the score."""
 
@@ -37,6 +39,9 @@ class LocalizerTask:
     def __init__(self, cfg: dict, device: torch.device = torch.device("cpu")):
         self.cfg = cfg
         self.part = part(cfg["series_type"])
+
+    def build_model(self) -> torch.nn.Module:
+        return build_model(self.cfg)
 
     def _store(self, data_dir: Path, cache_dir: Path, coords: pd.DataFrame) -> SliceStore:
         series = load_series_descriptions(data_dir / "train_series_descriptions.csv")

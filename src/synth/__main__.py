@@ -1,6 +1,6 @@
 import sys
 
-from .. import cli
+from ..core import cli
 from .cli import main
 
 sys.exit(cli.guard(main))

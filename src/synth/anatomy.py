@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..constants import CONDITIONS, LEVELS, label_column
+from ..core.constants import CONDITIONS, LEVELS, label_column
 
 # Tissue intensities (T1, T2) on a 0..1 scale.
 TISSUE = {

@@ -29,7 +29,7 @@ from .dataset import generate
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .. import cli  # the scripts' parser style: defaults shown, --debug, one-line errors
+    from ..core import cli  # the scripts' parser style: defaults shown, --debug, one-line errors
 
     ap = cli.parser(__doc__, prog="python -m src.synth")
     d = SynthConfig()

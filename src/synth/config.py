@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..constants import AXIAL_T2, SAGITTAL_T1, SAGITTAL_T2
-from ..paths import DEFAULT_PATTERNS, SYNTH_DIR
+from ..core.constants import AXIAL_T2, SAGITTAL_T1, SAGITTAL_T2
+from ..core.paths import DEFAULT_PATTERNS, SYNTH_DIR
 
 # Measured on the real train CSVs (../shared/rsna2024, 1,975 studies; tests/test_synth.py checks them):
 # axial T2 series per study 1/2/3/4 in 1640/306/28/1 studies; Sagittal T1 missing in 2 and doubled in 7,

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..atomic import write_csv, write_text
-from ..constants import LABEL_COLUMNS, SEVERITIES, TARGETS
-from ..data.tables import load_train, solution_frame, submission_row_ids
-from ..parallel import progress_map
+from ..core.atomic import write_csv, write_text
+from ..core.constants import LABEL_COLUMNS, SEVERITIES, TARGETS
+from ..core.metric import solution_frame
+from ..core.parallel import progress_map
+from ..data.tables import load_train, submission_row_ids
 from .config import SynthConfig
 from .labels import fallback_patterns, metric_optimal
 from .study import make_study

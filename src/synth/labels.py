@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..constants import LABEL_COLUMNS, REAL_CLASS_FREQUENCIES, SAMPLE_WEIGHTS
+from ..core.constants import LABEL_COLUMNS, REAL_CLASS_FREQUENCIES, SAMPLE_WEIGHTS
+
 
 def label_probabilities(severity: np.ndarray, thresholds=(0.4, 0.7), reader_noise: float = 0.05) -> np.ndarray:
     """p(written label | latent severity) as (..., 3): ordinal logistic with two thresholds."""

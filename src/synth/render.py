@@ -10,6 +10,7 @@ from scipy.ndimage import affine_transform, gaussian_filter
 from .anatomy import Anatomy, Grid
 from .config import SynthConfig
 
+
 def rotation(rng: np.random.Generator, max_deg: tuple[float, float, float]) -> np.ndarray:
     """Random rotation from small angles about x, y and z (degrees)."""
     ax, ay, az = (np.deg2rad(rng.uniform(-m, m)) for m in max_deg)

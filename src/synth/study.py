@@ -6,8 +6,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..constants import (
-    AXIAL_T2, CONDITION_SERIES, CONDITIONS, LABEL_COLUMNS, LEVELS, SAGITTAL_T1, SAGITTAL_T2, SEVERITIES, TARGETS, row_id,
+from ..core.constants import (
+    AXIAL_T2,
+    CONDITION_SERIES,
+    CONDITIONS,
+    LABEL_COLUMNS,
+    LEVELS,
+    SAGITTAL_T1,
+    SAGITTAL_T2,
+    SEVERITIES,
+    TARGETS,
+    row_id,
 )
 from ..data import geometry
 from .anatomy import SEQUENCES, Anatomy, Grid, render_anatomy, tissue_table
@@ -15,6 +24,7 @@ from .config import SynthConfig
 from .labels import draw_severities, label_probabilities
 from .render import axial_slices, finish_image, render_slice, rotation, sagittal_slices
 from .write import write_series
+
 
 def make_study(args: tuple) -> dict:
     """Render and write one study; returns its table rows (series, coordinates, latent truth)."""

@@ -5,12 +5,13 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import JPEG2000Lossless, ExplicitVRLittleEndian, MRImageStorage, RLELossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, MRImageStorage, RLELossless, generate_uid
 from pydicom.valuerep import DSfloat
 
-from ..atomic import atomic_path
+from ..core.atomic import atomic_path
 from .config import SynthConfig
 from .render import SliceSpec
+
 
 def _ds(values) -> list:
     return [DSfloat(float(v), auto_format=True) for v in values]

@@ -1,9 +1,9 @@
 """The one generic train loop: AMP on CUDA, DDP under torchrun, atomic resumable checkpoints.
 
 Per run it writes {runs}/{name}/fold{N}/: config.yaml (resolved), best.pt and last.pt, oof.csv (best
-epoch's out-of-fold predictions) and log.csv (one row per epoch). What is trained is the config's task from
-the registry fit is given (training.registry.TASKS, each a training.task.Task); the model comes from the
-model registry (classifier.models.MODELS).
+epoch's out-of-fold predictions) and log.csv (one row per epoch). It knows only the Task protocol
+(training.task): the caller gives the task class (src.registry finds it by the model's name), and the task
+gives the model, the data, the loss and the validation numbers.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -26,15 +25,13 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from . import config as config_lib
-from ..atomic import remove_orphans, save_torch, write_csv, write_json, write_text
-from .device import autocast, pick_device, training_amp
-from ..classifier.models import build_model
-from ..progress import interactive, log, progress
+from ..core import config as config_lib
+from ..core.atomic import remove_orphans, save_torch, write_csv, write_json, write_text
+from ..core.device import autocast, pick_device, training_amp
+from ..core.progress import first_line, interactive, log, progress
+from ..core.run_folders import BEST, CONFIG, DONE, LAST, LOG, OOF, run_dir
 from ..data.folds import check_fold
-from ..run_folders import BEST, CONFIG, DONE, LAST, LOG, OOF, run_dir
 from .task import Task
-from ..progress import first_line
 
 
 def seed_everything(seed: int) -> None:
@@ -91,17 +88,13 @@ def _gather_rows(outputs: torch.Tensor, rows: torch.Tensor, world: int) -> tuple
     return outputs[first], rows[first]
 
 
-def _build_task(cfg: dict, tasks: Mapping[str, type[Task]], out_dir: Path, device: torch.device, rank: int,
-                world: int) -> Task:
-    """The config's task, prepared and loaded. Under DDP rank 0 prepares (decoding, folds, crops) while the
+def _prepare_task(task: Task, cfg: dict, out_dir: Path, rank: int, world: int) -> None:
+    """The task's caches written and read. Under DDP rank 0 prepares (decoding, folds, crops) while the
     others wait for it on a marker file (_wait_for_main), never on a collective; then every rank loads."""
-    if cfg["task"] not in tasks:
-        raise config_lib.ConfigError(f"unknown task {cfg['task']!r}; known: {sorted(tasks)}")
-    task = tasks[cfg["task"]](cfg, device)
     if world == 1:
         task.prepare()
         task.load()
-        return task
+        return
     box = [f"{time.time()}-{os.getpid()}"]
     dist.broadcast_object_list(box, src=0)
     marker = out_dir / ".caches_ready"
@@ -114,7 +107,6 @@ def _build_task(cfg: dict, tasks: Mapping[str, type[Task]], out_dir: Path, devic
     dist.barrier()
     if rank == 0:
         marker.unlink(missing_ok=True)
-    return task
 
 
 def _validate(model, loader, task, device, amp_dtype, world: int, main: bool):
@@ -142,8 +134,8 @@ def forward_all(model: torch.nn.Module, loader: DataLoader, task, device, amp_dt
 
 
 @dataclass
-class _Progress:
-    """What last.pt carries besides the weights: where training stands."""
+class _RunState:
+    """Where training stands (what last.pt carries besides the weights)."""
 
     epoch: int = 0
     best_score: float = math.inf
@@ -151,7 +143,7 @@ class _Progress:
     bad_epochs: int = 0
     log: list[dict] = field(default_factory=list)
 
-    def state(self) -> dict:
+    def as_dict(self) -> dict:
         return {"epoch": self.epoch, "best_score": self.best_score, "best_epoch": self.best_epoch,
                 "bad_epochs": self.bad_epochs}
 
@@ -229,10 +221,10 @@ class _Trainer:
         """What is validated and saved as best.pt: the EMA weights when there are some."""
         return self.ema.module if self.ema is not None else self.model
 
-    def checkpoint(self, progress: _Progress) -> dict:
+    def checkpoint(self, state: _RunState) -> dict:
         """last.pt: everything needed to continue exactly."""
         out = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-               "scaler": self.scaler.state_dict(), "state": progress.state()}
+               "scaler": self.scaler.state_dict(), "state": state.as_dict()}
         if self.ema is not None:
             out["ema"] = self.ema.module.state_dict()
         return out
@@ -245,26 +237,26 @@ class _Trainer:
             self.ema.module.load_state_dict(ckpt.get("ema", ckpt["model"]))
 
 
-def _resume(out_dir: Path, trainer: _Trainer, main: bool) -> _Progress:
-    """Weights, optimizer, scaler, EMA and progress from last.pt. A last.pt that does not load is named and set
+def _resume(out_dir: Path, trainer: _Trainer, main: bool) -> _RunState:
+    """Weights, optimizer, scaler, EMA and the run state from last.pt. A last.pt that does not load is named and set
     aside (last.pt.corrupt); training then continues from best.pt's weights at its epoch, or from scratch."""
     try:
         ckpt = torch.load(out_dir / LAST, map_location="cpu", weights_only=True)
         trainer.load(ckpt)
-        progress = _Progress(**ckpt["state"])
+        state = _RunState(**ckpt["state"])
     except Exception as err:  # noqa: BLE001 - a broken checkpoint is set aside, never fatal
         if main:
             os.replace(out_dir / LAST, out_dir / f"{LAST}.corrupt")
         what = f"{out_dir / LAST} does not load ({first_line(err)}); set aside as {LAST}.corrupt"
         return _from_best(out_dir, trainer, what, main)
-    progress.log = _log_until(out_dir, progress.epoch)
+    state.log = _log_until(out_dir, state.epoch)
     if main:
-        log(f"resumed {out_dir / LAST} at epoch {progress.epoch}")
-    return progress
+        log(f"resumed {out_dir / LAST} at epoch {state.epoch}")
+    return state
 
 
-def _from_best(out_dir: Path, trainer: _Trainer, what: str, main: bool) -> _Progress:
-    """Progress after a lost last.pt: best.pt's weights (the EMA's too) and the log up to its epoch, else a
+def _from_best(out_dir: Path, trainer: _Trainer, what: str, main: bool) -> _RunState:
+    """The run state after a lost last.pt: best.pt's weights (the EMA's too) and the log up to its epoch, else a
     fresh start."""
     history = _log_until(out_dir)
     best = _best_row(history)
@@ -278,11 +270,11 @@ def _from_best(out_dir: Path, trainer: _Trainer, what: str, main: bool) -> _Prog
     if best is None:
         if main:
             log(f"{what}; no usable {BEST}: training from scratch")
-        return _Progress()
+        return _RunState()
     epoch = int(best["epoch"])
     if main:
         log(f"{what}; continuing from {BEST} (epoch {epoch}) with a fresh optimizer")
-    return _Progress(epoch=epoch, best_score=float(best["score"]), best_epoch=epoch, log=history[:epoch])
+    return _RunState(epoch=epoch, best_score=float(best["score"]), best_epoch=epoch, log=history[:epoch])
 
 
 
@@ -341,9 +333,9 @@ def _open_run(cfg: dict, out_dir: Path, main: bool) -> dict | None:
     return None
 
 
-def fit(cfg: dict, tasks: Mapping[str, type[Task]]) -> dict:
-    """Train one fold of one model as the config says, its task (cfg['task']) one of `tasks`
-    (training.registry.TASKS); returns the best epoch's metrics."""
+def fit(cfg: dict, task_class: type[Task]) -> dict:
+    """Train one fold of one model as the config says, with a task of `task_class` (the class registered for
+    cfg['task']); returns the best epoch's metrics."""
     rank, world, local_rank = _distributed()
     main = rank == 0
     device = pick_device(cfg["device"], local_rank)
@@ -352,14 +344,15 @@ def fit(cfg: dict, tasks: Mapping[str, type[Task]]) -> dict:
     finished = _open_run(cfg, out_dir, main)
     if finished is not None:
         return finished
-    model = build_model(cfg)  # before any folder: pretrained weights that do not load leave nothing behind
+    task = task_class(cfg, device)
+    model = task.build_model()  # before any folder: pretrained weights that do not load leave nothing behind
     resuming = cfg["resume"] and (out_dir / LAST).is_file()
     made = not out_dir.is_dir()
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         remove_orphans(out_dir)  # left by a kill during a write
     try:
-        task = _build_task(cfg, tasks, out_dir, device, rank, world)
+        _prepare_task(task, cfg, out_dir, rank, world)
     except BaseException:
         if main and made and not any(out_dir.iterdir()):
             out_dir.rmdir()  # an input error leaves no empty run folder behind
@@ -369,18 +362,18 @@ def fit(cfg: dict, tasks: Mapping[str, type[Task]]) -> dict:
     loaders = _loaders(cfg, task.train_dataset(), task.val_dataset(), world, rank, device)
     trainer = _make_trainer(cfg, model, len(loaders[0]), device, (rank, world, local_rank))
     if resuming:
-        progress = _resume(out_dir, trainer, main)
+        state = _resume(out_dir, trainer, main)
     elif cfg["resume"] and ((out_dir / BEST).is_file() or (out_dir / LOG).is_file()):  # a run without its last.pt
-        progress = _from_best(out_dir, trainer, f"{out_dir}: no {LAST}", main)
+        state = _from_best(out_dir, trainer, f"{out_dir}: no {LAST}", main)
     else:
-        progress = _Progress()
-    trainer.scheduler.step_update(progress.epoch * len(loaders[0]))
-    best_metrics = _epochs(cfg, task, trainer, loaders, progress, out_dir)
+        state = _RunState()
+    trainer.scheduler.step_update(state.epoch * len(loaders[0]))
+    best_metrics = _epochs(cfg, task, trainer, loaders, state, out_dir)
     if main:  # the final state, even when no epoch ran here (a run continued from best.pt), and the done marker
         if not (out_dir / LAST).is_file():
-            save_torch(trainer.checkpoint(progress), out_dir / LAST)
-        write_json({**progress.state(), "epochs": cfg["epochs"], "patience": cfg["patience"]}, out_dir / DONE)
-    return {**best_metrics, "best_epoch": progress.best_epoch, "run_dir": str(out_dir), "references": task.references()}
+            save_torch(trainer.checkpoint(state), out_dir / LAST)
+        write_json({**state.as_dict(), "epochs": cfg["epochs"], "patience": cfg["patience"]}, out_dir / DONE)
+    return {**best_metrics, "best_epoch": state.best_epoch, "run_dir": str(out_dir), "references": task.references()}
 
 
 def _make_trainer(cfg: dict, model: torch.nn.Module, steps: int, device: torch.device,
@@ -409,13 +402,13 @@ def _make_trainer(cfg: dict, model: torch.nn.Module, steps: int, device: torch.d
     return _Trainer(model, net, optimizer, scheduler, scaler, device, amp_dtype, ema, rank, world)
 
 
-def _epochs(cfg: dict, task: Task, t: _Trainer, loaders: tuple, progress: _Progress, out_dir: Path) -> dict:
+def _epochs(cfg: dict, task: Task, t: _Trainer, loaders: tuple, state: _RunState, out_dir: Path) -> dict:
     """The epochs left (until patience runs out): train, validate, keep the best (best.pt, oof.csv), log, and
     checkpoint every epoch (last.pt); returns the best epoch's row."""
     train_loader, val_loader, sampler = loaders
     rank, main, best_metrics = t.rank, t.rank == 0, {}
-    for epoch in range(progress.epoch, cfg["epochs"]):
-        if progress.bad_epochs >= cfg["patience"]:
+    for epoch in range(state.epoch, cfg["epochs"]):
+        if state.bad_epochs >= cfg["patience"]:
             break
         started = time.time()
         seed_everything(cfg["seed"] + 1000 * epoch + rank)  # worker seeds and dropout follow the epoch
@@ -428,23 +421,23 @@ def _epochs(cfg: dict, task: Task, t: _Trainer, loaders: tuple, progress: _Progr
         metrics, oof = _validate(t.eval_model, val_loader, task, t.device, t.amp_dtype, t.world, main)
         row = {"epoch": epoch + 1, "train_loss": train_loss, **metrics,
                "lr": t.optimizer.param_groups[0]["lr"], "seconds": time.time() - started}
-        progress.log.append(row)
-        improved = metrics["score"] < progress.best_score
+        state.log.append(row)
+        improved = metrics["score"] < state.best_score
         if improved:
-            progress.best_score, progress.best_epoch, progress.bad_epochs = metrics["score"], epoch + 1, 0
+            state.best_score, state.best_epoch, state.bad_epochs = metrics["score"], epoch + 1, 0
             best_metrics = row
         else:
-            progress.bad_epochs += 1
-        progress.epoch = epoch + 1
+            state.bad_epochs += 1
+        state.epoch = epoch + 1
         if main:
             if improved:
                 save_torch({"model": t.eval_model.state_dict()}, out_dir / BEST)
                 write_csv(oof, out_dir / OOF)
-            write_csv(pd.DataFrame(progress.log), out_dir / LOG)
-            save_torch(t.checkpoint(progress), out_dir / LAST)
+            write_csv(pd.DataFrame(state.log), out_dir / LOG)
+            save_torch(t.checkpoint(state), out_dir / LAST)
             shown = " ".join(f"{k} {metrics[k]:.4f}" for k in task.shown)
             log(f"{cfg['name']} fold {cfg['fold']} epoch {epoch + 1}: train_loss {train_loss:.4f} {shown} "
                 f"({row['seconds']:.0f}s)" + (" *" if improved else ""))
-    if not best_metrics and progress.log:
-        best_metrics = _best_row(progress.log)
+    if not best_metrics and state.log:
+        best_metrics = _best_row(state.log)
     return best_metrics

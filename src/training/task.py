@@ -1,8 +1,9 @@
 """The contract between the generic train loop (engine.fit) and what it trains.
 
-A task is built from the config and the device without side effects; `prepare` then writes the caches it
-reads (decoded series, folds, crops; the main process only, once), and `load` reads them (every process).
-The loop calls nothing else, so a new stage is a class with these members and an entry in training.registry.
+A task is built from the config and the device without side effects; `build_model` gives the model the
+config names, `prepare` then writes the caches it reads (decoded series, folds, crops; the main process only,
+once), and `load` reads them (every process). The loop calls nothing else, so a new stage is a class with
+these members, registered for its task name (core.registry.register_task).
 """
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ class Task(Protocol):
     shown: tuple[str, ...]
 
     def __init__(self, cfg: dict, device: torch.device) -> None: ...
+
+    def build_model(self) -> torch.nn.Module:
+        """The model the config names, untrained (its registered builder)."""
 
     def prepare(self) -> None:
         """Write every cache and file the task reads (main process only, before load)."""

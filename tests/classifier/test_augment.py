@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from src.classifier.augment import DeviceAugment, train_transform, use_device_path
-from src.training.config import DEFAULTS
-from src.constants import CONDITIONS
+from src.core.config import DEFAULTS
+from src.core.constants import CONDITIONS
 
 AUG = DEFAULTS["aug"]
 

@@ -2,8 +2,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from src.data.cache import load_series, prepare, series_cache_path
 from src.classifier.crops import CropSpec, build_crops, crop_table, cut_crop
+from src.data.cache import load_series, prepare, series_cache_path
 from src.data.dicom import Series, read_series
 from src.data.tables import load_coordinates, load_series_descriptions
 
@@ -177,8 +177,8 @@ def test_crop_store_is_8bit_and_served_in_unit_range(synth_dir, tmp_path):
     import torch
 
     from src.classifier.augment import DeviceAugment, eval_transform
-    from src.training.config import DEFAULTS
     from src.classifier.datasets import CropDataset
+    from src.core.config import DEFAULTS
 
     prepare(synth_dir, tmp_path, "train", workers=1)
     coords = load_coordinates(synth_dir / "train_label_coordinates.csv")

@@ -3,9 +3,9 @@ import pandas as pd
 import torch
 
 from src.classifier.augment import eval_transform, train_transform
-from src.training.config import DEFAULTS
-from src.constants import CONDITIONS
 from src.classifier.datasets import CropDataset, flip_condition
+from src.core.config import DEFAULTS
+from src.core.constants import CONDITIONS
 
 
 def test_flip_condition_mapping():

@@ -2,8 +2,9 @@ import pytest
 import timm
 import torch
 
-from src.training.config import resolve
-from src.classifier.models import CNNLSTM, AttnResNeXt, build_model
+from src.classifier.models import CNNLSTM, AttnResNeXt
+from src.core.config import resolve
+from src.core.registry import build_model
 
 
 def _batch(cfg, n=4):
@@ -191,7 +192,7 @@ def test_pretrained_true_loads_timms_weights_from_the_hub_cache_offline(tmp_path
 
 
 def test_pretrained_without_network_or_cache_is_one_line(tmp_path, monkeypatch):
-    from src.training.config import ConfigError
+    from src.core.config import ConfigError
 
     offline_hub(monkeypatch, tmp_path)  # an empty cache
     with pytest.raises(ConfigError, match="pretrained: backbone 'resnet10t': timm's pretrained weights do not load"):

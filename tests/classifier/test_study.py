@@ -3,14 +3,14 @@ import pandas as pd
 import pytest
 import torch
 
-from src.constants import TARGETS
+from src.core.constants import TARGETS
 
 
 def test_study_any_severe_loss_is_the_metrics_term():
     """On a batch of studies the study model's extra loss equals the metric's any-severe-spinal part."""
-    from src.constants import SAMPLE_WEIGHTS
-    from src.evaluation.metric import score_parts
     from src.classifier.study import any_severe_loss
+    from src.core.constants import SAMPLE_WEIGHTS
+    from src.core.metric import score_parts
 
     rng = np.random.default_rng(0)
     logits = torch.tensor(rng.normal(size=(6, 25, 3)))
@@ -19,7 +19,7 @@ def test_study_any_severe_loss_is_the_metrics_term():
     label[3, 1] = -1
     probs = torch.softmax(logits, -1).numpy()
     rows, sol = [], []
-    from src.constants import LABEL_COLUMNS
+    from src.core.constants import LABEL_COLUMNS
     for s in range(6):
         for k, column in enumerate(LABEL_COLUMNS):
             if label[s, k] < 0:

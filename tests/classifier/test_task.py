@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from src.training.config import resolve
-from src.localizer.plan import PLAN
-from src.localizer.data import gaussian_heatmaps
-from src.localizer.task import LocalizerTask, level_loss
 from src.classifier.task import ClassifierTask
+from src.core.config import resolve
+from src.localizer.data import gaussian_heatmaps
+from src.localizer.plan import PLAN
+from src.localizer.task import LocalizerTask, level_loss
 
 
 def ready(task):
@@ -72,11 +72,11 @@ def test_jittered_training_crops_are_variants_of_the_training_rows_only(override
 
 
 def test_jitter_errors_come_from_this_folds_localizer_predictions(overrides, tmp_path):
-    from src.atomic import write_csv
-    from src.data.cache import prepare
-    from src.run_folders import localizer_run, run_dir
-    from src.data.tables import load_coordinates
     from src.classifier.task import jitter_errors
+    from src.core.atomic import write_csv
+    from src.core.run_folders import localizer_run, run_dir
+    from src.data.cache import prepare
+    from src.data.tables import load_coordinates
 
     cfg = resolve("attn_resnext", "tiny", None, {**overrides, "runs": str(tmp_path), "fold": 1,
                                                   "jitter": {"copies": 1, "errors": "localizer"}})
@@ -131,9 +131,9 @@ def test_level_loss_asks_each_labelled_disc_for_its_own_level():
 def test_labels_the_out_of_fold_predictions_contradict_are_left_out_of_training(overrides, tmp_path):
     import pandas as pd
 
-    from src.atomic import write_csv
     from src.classifier.task import drop_contradicted
-    from src.constants import TARGETS
+    from src.core.atomic import write_csv
+    from src.core.constants import TARGETS
 
     task = ready(ClassifierTask(resolve("attn_resnext", "tiny", None, overrides)))
     train = task.train_index

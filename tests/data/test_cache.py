@@ -6,10 +6,9 @@ import pandas as pd
 import pytest
 
 import prepare as prepare_script
-from src.cli import guard
+from src.core.cli import guard
 from src.data.cache import load_series, series_cache_path
 from src.data.tables import load_series_descriptions
-
 
 PROGRESS = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")  # progress.py's timestamped lines
 
@@ -43,8 +42,9 @@ def test_a_full_disk_during_prepare_is_one_line_and_keeps_the_cache(synth_dir, t
 def test_a_full_disk_during_inference_still_writes_every_row(synth_dir, tmp_path, capsys, monkeypatch):
     """The cache cannot be written: the submission is still complete (the prior), infer.py says so in one
     line and exits 3, and the summary names the file."""
-    import infer as infer_script
     from conftest import make_fake_runs
+
+    import infer as infer_script
 
     runs = make_fake_runs(tmp_path / "runs")
     out = tmp_path / "sub" / "submission.csv"

@@ -2,7 +2,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import JPEG2000Lossless, ExplicitVRLittleEndian, MRImageStorage, RLELossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, MRImageStorage, RLELossless, generate_uid
 
 from src.data.dicom import DicomError, DicomWarning, normalize_intensity, read_series
 

@@ -23,7 +23,7 @@ def test_real_train_folds_stratified(shared):
 
 def test_onehot_nan_has_no_class():
     train = pd.DataFrame({"study_id": [1]})
-    from src.constants import LABEL_COLUMNS
+    from src.core.constants import LABEL_COLUMNS
 
     for col in LABEL_COLUMNS:
         train[col] = np.nan
@@ -44,7 +44,7 @@ def test_cli_writes_disjoint_folds(synth_dir, tmp_path, capsys):
 
 
 def test_fold_solution_scores_oof(synth_dir):
-    from src.evaluation.metric import score
+    from src.core.metric import score
     from src.data.tables import load_submission
 
     train = load_train(synth_dir / "train.csv")

@@ -1,9 +1,9 @@
 import numpy as np
-import pytest
 import pandas as pd
+import pytest
 
+from src.core.constants import AXIAL_T2, SAGITTAL_T2
 from src.data import geometry
-from src.constants import AXIAL_T2, SAGITTAL_T2
 from src.data.dicom import read_series
 from src.synth.render import rotation
 

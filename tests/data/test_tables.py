@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.constants import LABEL_COLUMNS, TARGETS
+from src.core.constants import LABEL_COLUMNS, TARGETS
+from src.core.metric import solution_frame
 from src.data.tables import (
     DataError,
     load_coordinates,
@@ -10,7 +11,6 @@ from src.data.tables import (
     load_solution,
     load_submission,
     load_train,
-    solution_frame,
     submission_row_ids,
 )
 

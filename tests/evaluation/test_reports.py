@@ -5,10 +5,11 @@ import pandas as pd
 import pytest
 
 import evaluate as evaluate_script
-from src.training import config as config_lib
-from src.constants import TARGETS
+from src.core import config as config_lib
+from src.core.constants import TARGETS
+from src.core.metric import solution_frame
+from src.data.tables import load_train
 from src.evaluation.reports import paper_metrics
-from src.data.tables import load_train, solution_frame
 
 
 def test_paper_metrics_by_hand():

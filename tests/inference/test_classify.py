@@ -2,18 +2,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from src.constants import FLIPPED_CONDITION
-from src.inference.context import InferenceContext
-from src.data.cache import prepare
-from src.inference.classify import Member, batch_probabilities, centre_unit, load_members, predict_members
-from src.constants import CONDITIONS
-from src.inference.faults import FaultLog
-from src.data.tables import load_coordinates
 from conftest import make_fake_runs
 
+from src.classifier.crops import centre_unit
+from src.classifier.models import CropClassifier
+from src.core.constants import CONDITIONS, FLIPPED_CONDITION
+from src.core.faults import FaultLog
+from src.data.cache import prepare
+from src.data.tables import load_coordinates
+from src.inference.classify import Member, batch_probabilities, load_members, predict_members
+from src.inference.context import InferenceContext
 
-class _Recorder(torch.nn.Module):
+
+class _Recorder(CropClassifier):
     """Logits from the image's left half, its condition and level; records what each call saw."""
 
     def __init__(self):
@@ -26,7 +27,7 @@ class _Recorder(torch.nn.Module):
         return torch.stack([10 * left, condition.float() / 3, level.float() / 5], 1)
 
 
-class _Broken(torch.nn.Module):
+class _Broken(CropClassifier):
     def forward(self, image, condition, level):
         raise RuntimeError("bad weights")
 

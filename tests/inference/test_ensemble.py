@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 
 import ensemble as ensemble_script
-from src.training import config as config_lib
-from src.constants import TARGETS
+from src.core import config as config_lib
+from src.core.constants import TARGETS
+from src.core.metric import prior_table
 from src.inference.ensemble import blend, fit_ensemble, load, member_weights, sharpen
-from src.evaluation.metric import prior_table
 
 
 def _frames(seed=0, n_studies=60):
@@ -61,7 +61,8 @@ def test_prior_table_and_missing_file(tmp_path):
 
 
 def test_cli_writes_ensemble_json(synth_dir, tmp_path):
-    from src.data.tables import load_train, solution_frame
+    from src.core.metric import solution_frame
+    from src.data.tables import load_train
 
     sol = solution_frame(load_train(synth_dir / "train.csv"))
     rng = np.random.default_rng(1)

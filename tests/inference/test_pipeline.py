@@ -4,12 +4,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_fake_runs
 
 import infer as infer_script
-from conftest import make_fake_runs
-from src.constants import TARGETS
-from src.inference.context import InferenceContext
+from src.core.constants import TARGETS
 from src.data.tables import load_series_descriptions, load_submission
+from src.inference.context import InferenceContext
 
 
 @pytest.fixture()
@@ -58,7 +58,7 @@ def test_submission_complete_and_valid_despite_bad_input(broken_data, tmp_path):
 
 def test_missing_data_folder_is_bad_input(tmp_path, capsys):
     """Like every other script: exit 2 and one line naming the folder (cli.guard), nothing written."""
-    from src import cli
+    from src.core import cli
 
     code = cli.guard(infer_script.main, ["--data-dir", str(tmp_path / "nowhere"), "--runs", str(tmp_path), "--out",
                                          str(tmp_path / "s.csv"), "--cache-dir", str(tmp_path / "c")])
@@ -100,7 +100,7 @@ def test_finalize_orders_rows_and_repairs_invalid_ones():
     prior = pd.DataFrame({"row_id": ids, "normal_mild": 0.5, "moderate": 0.3, "severe": 0.2})
     sub = pd.DataFrame({"row_id": ids[::-1], "normal_mild": [2.0, np.nan, 1.0], "moderate": [1.0, 0.1, 1.0],
                         "severe": [1.0, 0.1, 0.0]})
-    from src.inference.faults import FaultLog
+    from src.core.faults import FaultLog
 
     faults = FaultLog()
     out = finalize(sub, ids, prior, faults)
@@ -130,8 +130,8 @@ def test_make_submission_prepares_once_and_keeps_only_the_asked_studies(synth_di
 @pytest.mark.filterwarnings("ignore")
 def test_the_coordinates_written_beside_a_submission_score_as_localizing_again(synth_dir, tmp_path):
     import evaluate_localization
-    from src.inference.pipeline import coordinates_path
     from src.data.tables import load_coordinates
+    from src.inference.pipeline import coordinates_path
 
     runs = make_fake_runs(tmp_path / "runs", classifiers=False)
     out = tmp_path / "sub" / "submission.csv"
@@ -168,7 +168,7 @@ def test_inference_imports_no_augmentation_library_and_chooses_no_plot_backend()
 @pytest.mark.filterwarnings("ignore")
 def test_a_missing_runs_folder_is_a_bad_command_and_an_empty_one_is_no_silent_prior(synth_dir, tmp_path, capsys):
     import localize as localize_script
-    from src.cli import guard
+    from src.core.cli import guard
 
     common = ["--data-dir", str(synth_dir), "--cache-dir", str(tmp_path / "cache"), "--workers", "1"]
     for script, out in ((infer_script, tmp_path / "sub.csv"), (localize_script, tmp_path / "coords.csv")):

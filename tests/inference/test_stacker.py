@@ -3,10 +3,10 @@ import pandas as pd
 import pytest
 import torch
 
-from src.constants import GROUPS, TARGETS, group_of, row_study_ids
-from src.evaluation.metric import score
-from src.inference.stacker import apply_stacker, fit_stacker, metric_loss, nested_scores, valid_stacker
-from src.data.tables import load_train, solution_frame
+from src.core.constants import GROUPS, TARGETS, group_of, row_study_ids
+from src.core.metric import metric_loss, score, solution_frame
+from src.data.tables import load_train
+from src.inference.stacker import apply_stacker, fit_stacker, nested_scores, valid_stacker
 
 
 def _frames(solution: pd.DataFrame, seed: int = 0) -> dict[str, pd.DataFrame]:
@@ -49,7 +49,7 @@ def test_stacker_beats_its_members_and_is_scored_honestly(synth_dir):
 
 
 def test_inference_applies_a_fitting_stacker_and_names_one_that_does_not(synth_dir):
-    from src.inference.faults import FaultLog
+    from src.core.faults import FaultLog
     from src.inference.pipeline import _combine
 
     solution = solution_frame(load_train(synth_dir / "train.csv"))

@@ -5,7 +5,7 @@ import torch
 from src.localizer.data import SliceDataset, SliceStore, loc_transform
 from src.localizer.decode import refine_peak
 from src.localizer.frame import frame_of
-from src.classifier.models import HeatmapNet
+from src.localizer.net import HeatmapNet
 
 
 def test_tiny_heatmap_net_learns_planted_keypoints():

@@ -3,8 +3,15 @@ import pytest
 
 from src.data.dicom import Series
 from src.localizer.data import gaussian_heatmaps
-from src.localizer.decode import (HeatSource, assign_levels, centre_slice, decode_searched, decode_slice, refine_peak,
-                                  side_of_slices)
+from src.localizer.decode import (
+    HeatSource,
+    assign_levels,
+    centre_slice,
+    decode_searched,
+    decode_slice,
+    refine_peak,
+    side_of_slices,
+)
 from src.localizer.frame import frame_of
 from src.localizer.plan import PARTS
 

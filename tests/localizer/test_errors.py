@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from src.data.cache import load_series, prepare, series_cache_path
-from src.localizer.errors import point_errors, summarize_errors
 from src.data.tables import load_coordinates
+from src.localizer.errors import point_errors, summarize_errors
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # no confidences: their medians are empty

@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
-
-from src.classifier.crops import CropSpec, build_crops
-from src.localizer.infer import Localizer, recentre_midline
-from src.localizer.plan import PARTS, PLAN
-from src.data.tables import load_coordinates, load_series_descriptions
 from conftest import make_fake_runs
 from test_decode import _axial, _sagittal
+
+from src.classifier.crops import CropSpec, build_crops
+from src.data.tables import load_coordinates, load_series_descriptions
+from src.localizer.infer import Localizer, recentre_midline
+from src.localizer.plan import PARTS, PLAN
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -202,8 +202,8 @@ def test_batches_of_studies_localize_as_one_study_at_a_time(synth_dir, tmp_path)
     import pandas as pd
     import torch
 
+    from src.core.faults import FaultLog
     from src.data.cache import prepare
-    from src.inference.faults import FaultLog
     from src.localizer.infer import localize
 
     cache = tmp_path / "cache"

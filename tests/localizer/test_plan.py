@@ -1,11 +1,21 @@
 import pytest
 import torch
 
-from src.training.config import resolve
-from src.constants import (AXIAL_T2, CONDITION_SERIES, CONDITIONS, FLIPPED_CONDITION, LEVELS, LOCALIZER_ORDER,
-                           MIRROR_CONDITION, SAGITTAL_T1, SERIES_TYPES, flip_table)
+from src.core.config import resolve
+from src.core.constants import (
+    AXIAL_T2,
+    CONDITION_SERIES,
+    CONDITIONS,
+    FLIPPED_CONDITION,
+    LEVELS,
+    LOCALIZER_ORDER,
+    MIRROR_CONDITION,
+    SAGITTAL_T1,
+    SERIES_TYPES,
+    flip_table,
+)
+from src.core.registry import build_model
 from src.localizer.plan import PARTS, PLAN, build_plan, part
-from src.classifier.models import build_model
 
 
 def test_plan_is_derived_from_the_constants():

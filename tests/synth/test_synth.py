@@ -6,20 +6,13 @@ import pandas as pd
 import pydicom
 import pytest
 
-from src.constants import CONDITION_SERIES, CONDITIONS, LABEL_COLUMNS, LEVELS, TARGETS
-from src.evaluation.metric import prior_submission, score
+from src.core.constants import CONDITION_SERIES, CONDITIONS, LABEL_COLUMNS, LEVELS, TARGETS
+from src.core.metric import prior_submission, score, solution_frame
+from src.data.tables import load_coordinates, load_series_descriptions, load_solution, load_submission, load_train
 from src.synth import generate
 from src.synth.anatomy import SEQUENCES, TISSUE, Anatomy, render_anatomy
 from src.synth.config import REAL_AXIAL_SERIES, REAL_SAGITTAL_COUNTS, REAL_STUDIES, REAL_STUDIES_WITHOUT_SOME_COORDINATES
 from src.synth.labels import label_probabilities, metric_optimal
-from src.data.tables import (
-    load_coordinates,
-    load_series_descriptions,
-    load_solution,
-    load_submission,
-    load_train,
-    solution_frame,
-)
 
 
 def test_competition_layout(synth_dir):

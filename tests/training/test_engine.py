@@ -7,14 +7,14 @@ import torch
 import yaml
 
 import train as train_script
-from src.training import config as config_lib
-from src.constants import TARGETS, group_of
-from src.training.engine import fit
-from src.training.registry import TASKS
+from src.core import config as config_lib
+from src.core.constants import TARGETS, group_of
+from src.core.metric import score
+from src.core.registry import build_model
 from src.data.folds import fold_solution, load_folds
-from src.evaluation.metric import score
-from src.classifier.models import build_model
 from src.data.tables import load_submission, load_train
+from src.tasks import task_class
+from src.training.engine import fit
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +62,11 @@ def test_resume_continues_exactly(base_args):
     def cfg_for(runs, **extra):
         return config_lib.resolve("cnn_lstm", "tiny", None, dict(common, runs=str(root / runs), **extra))
 
-    straight = fit(cfg_for("straight"), TASKS)
-    fit(cfg_for("killed", epochs=2) | {"epochs": 1}, TASKS)  # as if killed after the first epoch
+    straight = fit(cfg_for("straight"), task_class("classifier"))
+    fit(cfg_for("killed", epochs=2) | {"epochs": 1}, task_class("classifier"))  # as if killed after the first epoch
     run = root / "killed" / "cnn_lstm" / "fold0"
     assert torch.load(run / "last.pt", weights_only=True)["state"]["epoch"] == 1
-    resumed = fit(cfg_for("killed", resume=True), TASKS)
+    resumed = fit(cfg_for("killed", resume=True), task_class("classifier"))
     assert pd.read_csv(run / "log.csv")["epoch"].tolist() == [1, 2]
     a = torch.load(root / "straight" / "cnn_lstm" / "fold0" / "last.pt", weights_only=True)["model"]
     b = torch.load(run / "last.pt", weights_only=True)["model"]
@@ -120,7 +120,7 @@ def test_rerun_continues_refuses_another_config_and_survives_a_corrupt_last(base
     assert "resumed" in out and pd.read_csv(run / "log.csv")["epoch"].tolist() == [1, 2]
     assert not list(run.glob(".*.tmp*"))
     # Another config in the same folder is refused with one line, unless --restart.
-    from src.cli import guard
+    from src.core.cli import guard
 
     assert guard(train_script.main, [*cmd, "--lr", "0.5"]) == 2
     assert "another config (lr differ)" in capsys.readouterr().err
@@ -168,7 +168,7 @@ def test_rerun_continues_refuses_another_config_and_survives_a_corrupt_last(base
 
 
 def test_bad_fold_or_folds_file_is_one_line_and_leaves_no_folder(base_args, capsys):
-    from src.cli import guard
+    from src.core.cli import guard
 
     args, root = base_args
     runs = root / "badfold"
@@ -222,9 +222,10 @@ def test_ema_weights_are_validated_saved_and_resumed(base_args):
 def test_study_model_trains_and_infer_uses_it(base_args, synth_dir, tmp_path):
     """task 'study': one item per study, every crop of it; its oof.csv covers the fold like a classifier's,
     the run is an ensemble member, and infer.py runs it over each study's crops together."""
-    import infer as infer_script
     from conftest import make_fake_runs
-    from src.run_folders import classifier_runs
+
+    import infer as infer_script
+    from src.core.run_folders import classifier_runs
 
     args, root = base_args
     runs = make_fake_runs(tmp_path / "runs", classifiers=False)
@@ -251,7 +252,7 @@ def test_a_full_disk_ends_training_in_one_line_and_keeps_the_last_checkpoint(bas
     RuntimeError): one line naming the file, exit 2, no traceback; last.pt stays the previous epoch's."""
     import errno
 
-    from src.cli import guard
+    from src.core.cli import guard
 
     args, root = base_args
     cmd = ["--fold", "0", "--model", "cnn_lstm", "--runs", str(root / f"full_{failure}"), *args]

@@ -1,10 +1,11 @@
 """One default config; models, presets, recipe files and `--key value` flags are small overrides of it.
 
-Resolution order: DEFAULTS <- MODEL_DEFAULTS[model] <- PRESETS[preset] <- SERIES_TYPE_DEFAULTS[series type]
-(localizer only) <- --config FILE <- --key value. A preset or a recipe file (configs/*.yaml) may also hold
-`per_model: {model: {...}}` and `per_series_type: {series type: {...}}` sections, applied after its common
-keys, so one file sets every part of a recipe (e.g. Sagittal T2's epochs apart from the axial ones). A recipe
-file may name its `preset` and list the models `make pipeline` trains (`pipeline:`).
+Resolution order: DEFAULTS <- the model's registered defaults (core.registry) <- PRESETS[preset] <-
+SERIES_TYPE_DEFAULTS[series type] (localizer only) <- --config FILE <- --key value. A preset or a recipe file
+(configs/*.yaml) may also hold `per_model: {model: {...}}` and `per_series_type: {series type: {...}}`
+sections, applied after its common keys, so one file sets every part of a recipe (e.g. Sagittal T2's epochs
+apart from the axial ones). A recipe file may name its `preset` and list the models `make pipeline` trains
+(`pipeline:`).
 Nested keys use dots on the command line: `--crop.size_px 96`. Values are parsed as YAML (`--lr 3e-4`,
 `--amp none`, `--model_kwargs "{channels: [16, 32, 64, 128]}"`).
 """
@@ -17,12 +18,16 @@ from typing import Any
 
 import yaml
 
-from ..atomic import write_text
-from ..constants import SAMPLE_WEIGHTS, SERIES_TYPES
-from ..parallel import default_workers
-from ..paths import SYNTH_DIR, dataset_name, folds_file_for, portable as portable_path, runs_dir_for
+from . import registry
+from .atomic import write_text
+from .constants import SAMPLE_WEIGHTS, SERIES_TYPES
+from .faults import InputError
+from .parallel import default_workers
+from .paths import SYNTH_DIR, dataset_name, folds_file_for, runs_dir_for
+from .paths import portable as portable_path
 
-class ConfigError(KeyError, ValueError):
+
+class ConfigError(InputError, KeyError, ValueError):
     """An unknown model, preset or config key; the message names where it came from."""
 
     def __str__(self) -> str:
@@ -118,17 +123,6 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
-MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "attn_resnext": {},
-    "cnn_lstm": {"backbone": "resnet18"},
-    # The baseline of issue 24: 4 plain conv blocks (model_kwargs.channels), no timm backbone, no attention.
-    "plain_cnn": {"backbone": None},
-    # Every crop of a study together (src/study.py); batch_size counts studies.
-    "study": {"task": "study", "batch_size": 8},
-    # One heatmap model per series type; `train.py --model localizer` trains one for each.
-    "localizer": {"task": "localizer", "backbone": "resnet18", "batch_size": 16, "epochs": 20, "patience": 6},
-}
-
 # The localizer settings that held on realistic acquisitions (`--variety real`, docs/BENCHMARKS.md): the level
 # loss on the searched sagittal series and longer schedules. Applied after the preset, which sets the sizes.
 SERIES_TYPE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -222,14 +216,14 @@ def check_recipe(recipe: dict, where: str) -> None:
     if not isinstance(recipe, dict):
         raise ConfigError(f"{where}: expected a mapping of config keys, got {type(recipe).__name__}")
     _check_keys({k: v for k, v in recipe.items() if k not in SECTION_KEYS + RECIPE_KEYS}, DEFAULTS, where)
-    for section, names in (("per_model", MODEL_DEFAULTS), ("per_series_type", sorted(SERIES_TYPES.values()))):
+    for section, names in (("per_model", registry.model_names()), ("per_series_type", sorted(SERIES_TYPES.values()))):
         for name, override in (recipe.get(section) or {}).items():
             if name not in names:
                 raise _unknown(name, names, where, f"{section}.")
             _check_keys(override or {}, DEFAULTS, where, f"{section}.{name}.")
     for model in recipe.get("pipeline") or ():
-        if model not in MODEL_DEFAULTS:
-            raise ConfigError(f"{where}: pipeline: unknown model '{model}'; known: {sorted(MODEL_DEFAULTS)}")
+        if model not in registry.model_names():
+            raise ConfigError(f"{where}: pipeline: unknown model '{model}'; known: {registry.model_names()}")
 
 
 def check_saved(cfg: dict, where: str) -> None:
@@ -265,6 +259,12 @@ def pipeline_models(config_file: str | Path | None) -> list[str]:
     return list(read_recipe(config_file).get("pipeline") or PIPELINE)
 
 
+def model_defaults_of(model: str) -> dict:
+    """A registered model's overrides of DEFAULTS, its task included (registry.UnknownModel if none)."""
+    entry = registry.model_entry(model)
+    return {"task": entry.task, **entry.defaults}
+
+
 def resolve(model: str | None = None, preset: str | None = None, config_file: str | Path | None = None,
             overrides: dict | None = None) -> dict:
     """The full config of one run."""
@@ -272,15 +272,17 @@ def resolve(model: str | None = None, preset: str | None = None, config_file: st
     file_cfg = read_recipe(config_file)
     _check_keys(overrides, DEFAULTS, "command line")
     model = model or overrides.get("model") or file_cfg.get("model") or DEFAULTS["model"]
-    if model not in MODEL_DEFAULTS:
-        raise ConfigError(f"unknown model '{model}'; known: {sorted(MODEL_DEFAULTS)}")
+    try:
+        model_defaults = model_defaults_of(model)
+    except registry.UnknownModel as err:
+        raise ConfigError(str(err)) from None
     preset = preset or overrides.get("preset") or file_cfg.get("preset")
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"unknown preset '{preset}'; known: {sorted(PRESETS)}")
     series_type = overrides.get("series_type") or file_cfg.get("series_type")
     if model == "localizer" and series_type is not None and series_type not in SERIES_TYPES.values():
         raise ConfigError(f"unknown series type '{series_type}'; known: {sorted(SERIES_TYPES.values())}")
-    cfg = merge(DEFAULTS, MODEL_DEFAULTS[model])
+    cfg = merge(DEFAULTS, model_defaults)
     if preset:
         cfg = _apply(cfg, PRESETS[preset], model, series_type)
     if model == "localizer" and series_type:
@@ -297,13 +299,12 @@ def resolve(model: str | None = None, preset: str | None = None, config_file: st
         cfg["workers"] = default_workers(reserve=1)
     layers = {"command line": overrides, str(config_file): _apply({}, file_cfg, model, series_type),
               f"preset {preset}": _apply({}, PRESETS.get(preset) or {}, model, series_type)}
-    check_values(cfg, merge(DEFAULTS, MODEL_DEFAULTS[model]), layers)
+    check_values(cfg, merge(DEFAULTS, model_defaults), layers)
     return cfg
 
 
 # Keys whose value is one of a few words.
-CHOICES = {"amp": ("bf16", "fp16", "none"), "aug.where": ("auto", "cpu", "device"), "device": ("auto", "cpu", "cuda", "mps"),
-           "task": tuple(sorted({d.get("task", DEFAULTS["task"]) for d in MODEL_DEFAULTS.values()}))}
+CHOICES = {"amp": ("bf16", "fp16", "none"), "aug.where": ("auto", "cpu", "device"), "device": ("auto", "cpu", "cuda", "mps")}
 # Keys that must be at least this (counts, sizes, rates).
 MINIMUM = {"epochs": 1, "batch_size": 1, "patience": 1, "crop.n_slices": 1, "crop.size_px": 8, "loc.size_px": 8, "fold": 0,
            "lr": 0.0, "jitter.copies": 0, "log_every": 1, "prefetch": 1, "warmup_epochs": 0.0}
@@ -359,8 +360,9 @@ def _bad_value(key: str, value: Any, default: Any) -> str | None:
     if isinstance(default, (list, tuple)) and default and not all(
             isinstance(v, _kind(default[0])[0]) and not isinstance(v, bool) for v in value):
         return f"expected a list of {_kind(default[0])[1].replace('an ', '').replace('a ', '')}s, got {value!r}"
-    if key in CHOICES and not (value in CHOICES[key] or (key == "device" and str(value).startswith("cuda:"))):
-        return f"expected one of {', '.join(CHOICES[key])}, got {value!r}"
+    choices = registry.task_names() if key == "task" else CHOICES.get(key)
+    if choices and not (value in choices or (key == "device" and str(value).startswith("cuda:"))):
+        return f"expected one of {', '.join(choices)}, got {value!r}"
     if key in MINIMUM and (value < MINIMUM[key] or (key == "lr" and value <= 0)):
         return f"expected {'more than' if key == 'lr' else 'at least'} {MINIMUM[key]}, got {value!r}"
     return None

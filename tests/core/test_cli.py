@@ -4,7 +4,7 @@ import pytest
 
 import make_folds as make_folds_script
 import score as score_script
-from src.cli import guard
+from src.core.cli import guard
 from src.data.tables import DataError
 
 SCRIPTS = ("train.py", "infer.py", "localize.py", "prepare.py", "make_folds.py", "ensemble.py", "evaluate.py",
@@ -54,7 +54,8 @@ def test_scripts_print_one_line_without_a_traceback(tmp_path):
     import sys
 
     from conftest import REPO
-    from src.constants import LABEL_COLUMNS
+
+    from src.core.constants import LABEL_COLUMNS
 
     data = tmp_path / "data"
     data.mkdir()

@@ -1,7 +1,7 @@
 import torch
 
-from src import parallel
-from src.training import config as config_lib
+from src.core import config as config_lib
+from src.core import parallel
 from src.training.engine import _loaders
 
 

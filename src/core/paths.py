@@ -10,7 +10,7 @@ import hashlib
 import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INPUT_DIR = REPO / "input"
 SYNTH_DIR = INPUT_DIR / "synth"  # the embedded default dataset
 FOLDS_ROOT = REPO / "folds"
@@ -66,7 +66,7 @@ def portable(path: str | Path) -> str:
 
 def dataset_dirs(data_dir: str | Path) -> list[Path]:
     """A dataset's default folders, in the order the Makefile reads them: runs, folds file, submissions,
-    reports (`python -m src.paths DATA` prints them, relative to the working directory)."""
+    reports (`python -m src.core.paths DATA` prints them, relative to the working directory)."""
     return [runs_dir_for(data_dir), folds_file_for(data_dir), submission_dir_for(data_dir), reports_dir_for(data_dir)]
 
 

@@ -16,8 +16,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..atomic import write_json
-from ..constants import parse_row_id, slug
+from .atomic import write_json
+from .constants import parse_row_id, slug
+
+
+class InputError(Exception):
+    """Bad input rather than a bug (a file, key or value the message names): the scripts print it as one line
+    and exit 2 (core.cli.guard). Each stage's error of that kind derives from it (DataError, DicomError,
+    ConfigError, MetricError)."""
+
 
 # Units that mean the models were not used as trained: `infer.py --strict` exits with MODEL_DROPPED_EXIT for them.
 MODEL_UNITS = ("fold", "member", "localizer", "models", "ensemble", "predictions", "geometry")

@@ -1,24 +1,34 @@
-"""The competition metric: sample-weighted log loss per condition group plus an any-severe-spinal term."""
+"""The competition metric: sample-weighted log loss per condition group plus an any-severe-spinal term; the
+labels in its solution format; constant priors; and its differentiable twins on torch tensors (metric_loss,
+any_severe_term) for losses and fitted final stages. torch is imported by the twins alone, so scoring a CSV
+does not load it.
+"""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import log_loss
 
-from ..constants import (
+from .constants import (
     ANY_SEVERE_PART,
     ANY_SEVERE_SCALAR,
     GROUPS,
+    LABEL_COLUMNS,
     REAL_CLASS_FREQUENCIES,
     SAMPLE_WEIGHTS,
     TARGETS,
     group_of,
     row_study_ids,
 )
-from ..data.tables import solution_frame
+from .faults import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 
-class MetricError(ValueError):
+class MetricError(InputError, ValueError):
     """The submission cannot be scored (non-numeric, non-finite, negative or missing rows)."""
 
 
@@ -157,3 +167,67 @@ def fold_prior(train: pd.DataFrame, folds: pd.DataFrame, solution: pd.DataFrame)
         ids = solution.loc[study == f, "row_id"].tolist()
         parts.append(prior_submission(solution_frame(train, folds.loc[folds["fold"] != f, "study_id"]), ids))
     return pd.concat(parts, ignore_index=True)
+
+
+def labels_long(train: pd.DataFrame) -> pd.DataFrame:
+    """Wide train labels -> one row per (study, column) with row_id and the class index; NaN rows dropped."""
+    long = train.melt(id_vars="study_id", value_vars=list(LABEL_COLUMNS), var_name="column", value_name="label")
+    long = long.dropna(subset=["label"])
+    long["label"] = long["label"].astype(int)
+    long["row_id"] = long["study_id"].astype(str) + "_" + long["column"]
+    return long.reset_index(drop=True)
+
+
+def solution_frame(train: pd.DataFrame, study_ids: list[int] | np.ndarray | None = None) -> pd.DataFrame:
+    """Labels in the metric's solution format (row_id, one-hot targets, sample_weight), NaN labels left out.
+
+    With study_ids (e.g. one fold's validation studies) only those studies are kept, so out-of-fold
+    predictions can be scored.
+    """
+    if study_ids is not None:
+        train = train[train["study_id"].isin(set(int(s) for s in study_ids))]
+    long = labels_long(train)
+    onehot = np.eye(len(TARGETS))[long["label"].to_numpy()]
+    sol = pd.DataFrame(onehot, columns=list(TARGETS))
+    sol.insert(0, "row_id", long["row_id"].to_numpy())
+    sol["sample_weight"] = np.asarray(SAMPLE_WEIGHTS)[long["label"].to_numpy()]
+    return sol.sort_values("row_id").reset_index(drop=True)
+
+
+EPS = 1e-15  # sklearn's log_loss clipping
+
+
+def metric_loss(probs: torch.Tensor, label: torch.Tensor, weight: torch.Tensor, group: torch.Tensor,
+                study: torch.Tensor) -> torch.Tensor:
+    """The competition score of probabilities (N, 3) as a differentiable tensor: per group the sample-weighted
+    log loss, and the any-severe-spinal term over each study's spinal rows (the max of its severe column),
+    averaged with weights 1, 1, 1 and ANY_SEVERE_SCALAR. group: 0..2 in GROUPS order; study: 0..S-1."""
+    import torch
+
+    p = probs.clamp(EPS, 1 - EPS)
+    nll = -torch.log(p.gather(1, label[:, None]).squeeze(1))
+    parts = [(nll[group == g] * weight[group == g]).sum() / weight[group == g].sum() for g in range(len(GROUPS))]
+    spinal = group == GROUPS.index("spinal")
+    parts.append(any_severe_term(p[spinal, 2], label[spinal] == 2, weight[spinal], study[spinal]))
+    weights = torch.tensor([1.0, 1.0, 1.0, ANY_SEVERE_SCALAR], dtype=p.dtype)
+    return (torch.stack(parts) * weights).sum() / weights.sum()
+
+
+def any_severe_term(severe: torch.Tensor, is_severe: torch.Tensor, weight: torch.Tensor, study: torch.Tensor,
+                    eps: float = EPS) -> torch.Tensor:
+    """The metric's any-severe-spinal term from spinal rows, differentiable: per study (`study`: its index per
+    row) the binary log loss of its highest p(severe) against whether any of its rows is severe, weighted by
+    the highest sample weight of its rows; 0 without rows."""
+    import torch
+
+    if not len(study):
+        return severe.sum() * 0.0
+    n = int(study.max()) + 1
+    dtype = severe.dtype
+    worst = torch.full((n,), -1.0, dtype=dtype, device=severe.device).scatter_reduce(0, study, severe, "amax")
+    label = torch.zeros(n, dtype=dtype, device=severe.device).scatter_reduce(0, study, is_severe.to(dtype), "amax")
+    w = torch.zeros(n, dtype=dtype, device=severe.device).scatter_reduce(0, study, weight.to(dtype), "amax")
+    has = worst >= 0
+    q = worst[has].clamp(eps, 1 - eps)
+    bce = -(label[has] * torch.log(q) + (1 - label[has]) * torch.log(1 - q))
+    return (bce * w[has]).sum() / w[has].sum().clamp_min(1e-12)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from src.training.device import autocast, inference_dtype, pick_device, training_amp
+from src.core.device import autocast, inference_dtype, pick_device, training_amp
 
 
 def test_inference_dtype_follows_the_device(monkeypatch):
@@ -26,6 +26,6 @@ def test_training_amp_and_cpu_fallbacks():
 def test_freed_cpu_memory_is_kept_on_glibc():
     import platform
 
-    from src.training.device import keep_freed_cpu_memory
+    from src.core.device import keep_freed_cpu_memory
 
     assert keep_freed_cpu_memory() is (platform.libc_ver()[0] == "glibc")

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from src.atomic import atomic_path, save_torch, write_csv
+from src.core.atomic import atomic_path, save_torch, write_csv
 
 
 def test_atomic_path_replaces_only_on_success(tmp_path):
@@ -26,7 +26,7 @@ def test_suffix_for_writers_that_insist_on_one(tmp_path):
 
 
 def test_remove_orphans_takes_only_temporary_files(tmp_path):
-    from src.atomic import remove_orphans, temp_path
+    from src.core.atomic import remove_orphans, temp_path
 
     keep = tmp_path / "last.pt"
     keep.write_bytes(b"x")
@@ -41,7 +41,7 @@ def test_every_file_write_goes_through_the_atomic_helper():
     import re
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     writes = re.compile(r"\.to_csv\(|\.to_json\(|\.to_parquet\(|\.write_text\(|\.write_bytes\(|np\.save\(|np\.savez|"
                         r"\.savefig\(|\.save_as\(|json\.dump\(|torch\.save\(|shutil\.copy|open\([^)]*['\"][wax]b?\+?['\"]")
     files = [*(repo / "src").rglob("*.py"), *repo.glob("*.py"), *(repo / "kaggle").glob("*.py")]

@@ -1,7 +1,8 @@
 import sys
+
 import pytest
 
-from src.training.config import DEFAULTS, parse_overrides, resolve
+from src.core.config import DEFAULTS, parse_overrides, resolve
 
 
 def test_override_order_and_parsing(tmp_path):
@@ -37,10 +38,10 @@ def test_workers_auto_follows_the_machine(monkeypatch):
 from pathlib import Path  # noqa: E402
 
 import yaml  # noqa: E402
-
 from conftest import REPO  # noqa: E402
-from src.training import config as config_lib  # noqa: E402
-from src.constants import SERIES_TYPES  # noqa: E402
+
+from src.core import config as config_lib  # noqa: E402
+from src.core.constants import SERIES_TYPES  # noqa: E402
 
 RECIPES = sorted((REPO / "configs").glob("*.yaml"))
 TYPES = sorted(SERIES_TYPES.values())
@@ -200,7 +201,7 @@ def test_train_refuses_bad_values_before_any_folder(flags, says, synth_dir, tmp_
 
     import make_folds
     import train
-    from src.cli import guard
+    from src.core.cli import guard
 
     monkeypatch.setattr(sys, "argv", ["train.py"])
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty_hub"))  # no network, nothing cached

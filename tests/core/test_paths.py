@@ -1,4 +1,4 @@
-from src.paths import CACHE_ROOT, cache_dir_for
+from src.core.paths import CACHE_ROOT, cache_dir_for
 
 
 def test_datasets_in_folders_of_the_same_name_never_share_a_cache(tmp_path):
@@ -15,9 +15,8 @@ def test_each_dataset_gets_its_own_folders_and_saved_paths_are_portable(tmp_path
     import argparse
     import os
 
-    from src.cli import dataset_defaults
-    from src.paths import (REPO, RUNS_ROOT, folds_file_for, portable, reports_dir_for, runs_dir_for,
-                           submission_dir_for)
+    from src.core.cli import dataset_defaults
+    from src.core.paths import REPO, RUNS_ROOT, folds_file_for, portable, reports_dir_for, runs_dir_for, submission_dir_for
 
     synth, real = tmp_path / "synth", tmp_path / "rsna-2024"
     assert runs_dir_for(synth) == RUNS_ROOT / "synth" and runs_dir_for(real) == RUNS_ROOT / "rsna-2024"

@@ -10,15 +10,15 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from conftest import make_fake_runs
 
 import infer as infer_script
-from conftest import make_fake_runs
-from src.constants import TARGETS
-from src.inference.faults import MODEL_DROPPED_EXIT
 from infer import WRITTEN_BUT_EXTRA_FAILED_EXIT
-from src.inference.pipeline import coordinates_path, faults_path
-from src.run_folders import run_dir
+from src.core.constants import TARGETS
+from src.core.faults import MODEL_DROPPED_EXIT
+from src.core.run_folders import run_dir
 from src.data.tables import load_row_ids, load_series_descriptions, load_submission
+from src.inference.pipeline import coordinates_path, faults_path
 
 
 @dataclass

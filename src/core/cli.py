@@ -12,15 +12,12 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from .training.config import ConfigError
-from .data.dicom import DicomError
-from .evaluation.metric import MetricError
+from .faults import InputError
 from .parallel import default_workers
 from .paths import SYNTH_DIR, folds_file_for, runs_dir_for
-from .data.tables import DataError
 
 # Errors that describe bad input (naming the file) rather than a bug: printed as one line, no traceback.
-INPUT_ERRORS = (DataError, MetricError, DicomError, ConfigError, OSError)
+INPUT_ERRORS = (InputError, OSError)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

@@ -1,6 +1,6 @@
 import pandas as pd
 
-from src.constants import (
+from src.core.constants import (
     CONDITION_SERIES,
     CONDITIONS,
     LABEL_COLUMNS,

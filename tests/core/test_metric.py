@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.constants import TARGETS
-from src.evaluation.metric import MetricError, prior_submission, score, score_parts
+from src.core.constants import TARGETS
+from src.core.metric import MetricError, prior_submission, score, score_parts
 
 ROWS = [
     # row_id, true class
@@ -105,7 +105,8 @@ def test_prior_is_weighted_frequency_and_beats_uniform():
 
 
 def test_real_prior_scores_about_091(shared):
-    from src.data.tables import load_train, solution_frame
+    from src.core.metric import solution_frame
+    from src.data.tables import load_train
 
     sol = solution_frame(load_train(shared / "train.csv"))
     assert score(sol, prior_submission(sol, sol["row_id"].tolist())) == pytest.approx(0.911, abs=0.005)
