@@ -18,7 +18,7 @@ from ..core.progress import log
 from ..core.registry import build_model, register_task
 from ..core.run_folders import OOF, localizer_run, run_dir
 from ..data.folds import fold_solution
-from ..data.inputs import prepare_tables, read_tables
+from ..data.inputs import check_tables, prepare_tables, read_tables
 from ..data.tables import load_coordinates, load_submission
 from ..localizer.errors import point_errors
 from ..localizer.plan import PLAN
@@ -83,6 +83,9 @@ class ClassifierTask:
         self.device = device
         self.spec = CropSpec(**cfg["crop"])
         self._jittered: pd.DataFrame | None = None
+
+    def check(self) -> None:
+        check_tables(self.cfg)
 
     def build_model(self) -> torch.nn.Module:
         return build_model(self.cfg)

@@ -5,10 +5,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..core import config as config_lib
 from ..core.paths import cache_dir_for
 from .cache import prepare
-from .folds import ensure_folds, load_folds
+from .folds import check_fold, ensure_folds, load_folds
 from .tables import load_coordinates, load_train
+
+
+def check_tables(cfg: dict) -> None:
+    """What every task checks before any work: each file the config names (ConfigError naming the key), the
+    folds file and the fold id (DataError)."""
+    config_lib.check_inputs(cfg)
+    check_fold(Path(cfg["data_dir"]) / "train.csv", Path(cfg["folds"]), cfg["fold"])
 
 
 def prepare_tables(cfg: dict) -> None:

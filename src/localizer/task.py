@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ..core.constants import PREDICTED_COORDINATE_COLUMNS
 from ..core.registry import build_model, register_task
 from ..data.cache import load_series, series_cache_path
-from ..data.inputs import prepare_tables, read_tables
+from ..data.inputs import check_tables, prepare_tables, read_tables
 from ..data.tables import load_series_descriptions
 from .data import SliceDataset, SliceStore, build_slice_store, loc_transform
 from .decode import HeatSource, decode_series_points
@@ -39,6 +39,9 @@ class LocalizerTask:
     def __init__(self, cfg: dict, device: torch.device = torch.device("cpu")):
         self.cfg = cfg
         self.part = part(cfg["series_type"])
+
+    def check(self) -> None:
+        check_tables(self.cfg)
 
     def build_model(self) -> torch.nn.Module:
         return build_model(self.cfg)

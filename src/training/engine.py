@@ -30,7 +30,6 @@ from ..core.atomic import remove_orphans, save_torch, write_csv, write_json, wri
 from ..core.device import autocast, pick_device, training_amp
 from ..core.progress import first_line, interactive, log, progress
 from ..core.run_folders import BEST, CONFIG, DONE, LAST, LOG, OOF, run_dir
-from ..data.folds import check_fold
 from .task import Task
 
 
@@ -311,7 +310,7 @@ def _train_epoch(t: _Trainer, task, loader, cfg: dict, first_step: int, desc: st
     return float(total) / max(step + 1, 1)
 
 
-def _open_run(cfg: dict, out_dir: Path, main: bool) -> dict | None:
+def _open_run(cfg: dict, task: Task, out_dir: Path, main: bool) -> dict | None:
     """Before anything is built: the saved config must match (ConfigError), a finished run returns its result
     (nothing to do), the folds file and fold id must be valid (DataError), and --restart moves the earlier run
     aside. None when training goes ahead."""
@@ -324,8 +323,7 @@ def _open_run(cfg: dict, out_dir: Path, main: bool) -> dict | None:
                     f"{finished['score']:.4f}); nothing to do: more --epochs (or --patience, if it stopped early) "
                     "continue it, --restart trains it again")
             return {**finished, "run_dir": str(out_dir), "references": {}}
-    config_lib.check_inputs(cfg)  # before any folder is made: every file the run reads, the folds and the fold id
-    check_fold(Path(cfg["data_dir"]) / "train.csv", Path(cfg["folds"]), cfg["fold"])
+    task.check()  # before any folder is made: every file the run reads, the folds and the fold id
     if main and not cfg["resume"] and out_dir.is_dir():
         aside = out_dir.with_name(f"{out_dir.name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
         os.replace(out_dir, aside)  # never trained over: the earlier run stays whole beside the new one
@@ -341,10 +339,10 @@ def fit(cfg: dict, task_class: type[Task]) -> dict:
     device = pick_device(cfg["device"], local_rank)
     seed_everything(cfg["seed"] + rank)
     out_dir = run_dir(cfg["runs"], cfg["name"], cfg["fold"])
-    finished = _open_run(cfg, out_dir, main)
+    task = task_class(cfg, device)
+    finished = _open_run(cfg, task, out_dir, main)
     if finished is not None:
         return finished
-    task = task_class(cfg, device)
     model = task.build_model()  # before any folder: pretrained weights that do not load leave nothing behind
     resuming = cfg["resume"] and (out_dir / LAST).is_file()
     made = not out_dir.is_dir()

@@ -1,9 +1,10 @@
 """The contract between the generic train loop (engine.fit) and what it trains.
 
-A task is built from the config and the device without side effects; `build_model` gives the model the
-config names, `prepare` then writes the caches it reads (decoded series, folds, crops; the main process only,
-once), and `load` reads them (every process). The loop calls nothing else, so a new stage is a class with
-these members, registered for its task name (core.registry.register_task).
+A task is built from the config and the device without side effects; `check` then refuses bad inputs before
+any work, `build_model` gives the model the config names, `prepare` writes the caches it reads (decoded
+series, folds, crops; the main process only, once), and `load` reads them (every process). The loop calls
+nothing else, so a new stage is a class with these members, registered for its task name
+(core.registry.register_task).
 """
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ class Task(Protocol):
     shown: tuple[str, ...]
 
     def __init__(self, cfg: dict, device: torch.device) -> None: ...
+
+    def check(self) -> None:
+        """Before any work: every input the task will read is there and valid (an error naming it)."""
 
     def build_model(self) -> torch.nn.Module:
         """The model the config names, untrained (its registered builder)."""
