@@ -42,7 +42,9 @@ baselines: data
 	$(PY) score.py --solution $(DATA)/test_solution.csv --submission $(DATA)/test_oracle.csv
 
 # One recipe (configs/*.yaml) on any competition-format folder: folds when the folds file is missing, the
-# series cache, every model of the recipe (its `pipeline`) for each listed fold, the ensemble, infer.py on the
+# series cache, every model of the recipe (its `pipeline`) for each listed fold, each fold's localization report
+# (which writes every classifier fold's oof_predicted.csv: crops at its fold's predicted points), the final stage
+# the recipe asks for (`ensemble:`, validated by nested folds against the plain mean), infer.py on the
 # test split, the out-of-fold reports and, where DATA holds the answers (test_solution.csv,
 # test_label_coordinates.csv, as the generator writes them), the held-out tables. It never generates data.
 CONFIG ?= configs/demo.yaml
@@ -62,10 +64,10 @@ pipeline: install
 	  $(PY) train.py --fold $$f --model $$m --config $(CONFIG) --data-dir $(DATA) --folds $(FOLDS_FILE) --runs $(RUNS) \
 	    $(if $(CACHE_DIR),--cache_dir $(CACHE_DIR)) $(PRETRAINED_FLAG); \
 	done; done
-	$(PY) ensemble.py --runs $(RUNS) --data-dir $(DATA)
-	$(PY) infer.py --data-dir $(DATA) --runs $(RUNS) --out $(SUBMISSIONS)/submission.csv --per-model --strict $(CACHE_FLAG)
 	$(PY) evaluate_localization.py --runs $(RUNS) --data-dir $(DATA) --folds $(FOLDS_FILE) --fold-ids $(FOLD_IDS) \
 	  --out $(REPORTS)/localization.json $(CACHE_FLAG)
+	$(PY) ensemble.py --runs $(RUNS) --data-dir $(DATA) --config $(CONFIG)
+	$(PY) infer.py --data-dir $(DATA) --runs $(RUNS) --out $(SUBMISSIONS)/submission.csv --per-model --strict $(CACHE_FLAG)
 	if [ -f $(DATA)/test_label_coordinates.csv ]; then $(PY) evaluate_localization.py --split test --runs $(RUNS) \
 	  --data-dir $(DATA) --out $(REPORTS)/localization_test.json --coords $(SUBMISSIONS)/submission.coordinates.csv $(CACHE_FLAG); fi
 	$(PY) evaluate.py --runs $(RUNS) --data-dir $(DATA) --folds $(FOLDS_FILE) --out-dir $(REPORTS) \

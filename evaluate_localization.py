@@ -4,8 +4,10 @@ For each fold: runs that fold's localizers on its held-out training studies and 
 median and 95th-percentile error (mm and pixels), the share within 5 mm, on the right slice (+-1) and a
 level off, with the confidence of the points a level off and of the others (and every point's error in
 <out stem>_errors.csv, which evaluate.py draws per condition). Then, for every classifier
-trained on that fold, the out-of-fold competition score with crops cut at the predicted coordinates beside
-the score with the labelled ones.
+trained on that fold, the out-of-fold competition score with crops cut at the predicted coordinates (with
+the flip test-time augmentation, as infer.py runs them) beside the score with the labelled ones; those
+predictions are written beside the fold's oof.csv as oof_predicted.csv, which ensemble.py fits the final
+stage on.
 
 --split test scores the test split instead, against the data's test_label_coordinates.csv (the synthetic
 generator writes it as a hidden answer), with the localizers of every fold given (all by default) run
@@ -31,7 +33,7 @@ from src.core.faults import FaultLog  # noqa: E402
 from src.core.metric import fold_prior, overlay, score  # noqa: E402
 from src.core.parallel import loader_workers  # noqa: E402
 from src.core.paths import cache_dir_for, reports_dir_for  # noqa: E402
-from src.core.run_folders import OOF, classifier_runs, fold_of, localizer_run, run_dir, trained_folds  # noqa: E402
+from src.core.run_folders import OOF, OOF_PREDICTED, classifier_runs, fold_of, localizer_run, run_dir, trained_folds  # noqa: E402
 from src.data.cache import prepare  # noqa: E402
 from src.data.folds import fold_solution, load_folds  # noqa: E402
 from src.data.tables import DataError, load_coordinates, load_submission, load_train  # noqa: E402
@@ -46,17 +48,19 @@ from src.localizer.plan import PLAN  # noqa: E402
 def classifier_scores(ctx: InferenceContext, fold: int, predicted: pd.DataFrame, train: pd.DataFrame,
                       folds: pd.DataFrame) -> list[dict]:
     """Each classifier's score on one fold with crops at the labelled (its oof.csv) and the predicted coordinates
-    (cut from ctx's cache of the train split)."""
+    (cut from ctx's cache of the train split); the latter, the fold prior where no crop was cut, are written
+    as the fold's oof_predicted.csv."""
     runs = ctx.runs
     solution = fold_solution(train, folds, fold)
     prior = fold_prior(train, folds, solution)
     out = []
     for name in classifier_runs(runs):
         for member in load_members(runs, [name], ctx.device, FaultLog(), [fold]):
-            probs = predict_members(predicted, [member], ctx)[name]
+            probs = overlay(prior, predict_members(predicted, [member], ctx)[name])
             run = run_dir(runs, name, fold)
+            write_csv(probs, run / OOF_PREDICTED)
             out.append({"model": name, "fold": fold, "score_labelled": score(solution, load_submission(run / OOF)),
-                        "score_predicted": score(solution, overlay(prior, probs))})
+                        "score_predicted": score(solution, probs)})
     return out
 
 
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         predicted = localize(series_table(a.data_dir, "train", studies), cache_dir, "train", localizer,
                              workers=loader_workers(a.workers))
         errors.append(point_errors(predicted, truth[truth["study_id"].isin(studies)], cache_dir, "train"))
-        ctx = InferenceContext(a.data_dir, a.runs, cache_dir, "train", device=device, tta=False)
+        ctx = InferenceContext(a.data_dir, a.runs, cache_dir, "train", device=device)
         scores += classifier_scores(ctx, fold, predicted, train, folds)
     errors = pd.concat(errors, ignore_index=True)
     write_csv(errors, errors_file(a.out))

@@ -29,7 +29,10 @@ def test_make_pipeline_runs_a_recipe_end_to_end(synth_dir, tmp_path):
         "attn_resnext", "cnn_lstm", "localizer_sagittal_t2", "localizer_sagittal_t1", "localizer_axial"}
     saved = yaml_load(runs / "localizer_axial" / "fold0" / "config.yaml")
     assert saved["loc"]["sigma"] == 3.0 and saved["epochs"] == 1
-    assert (runs / "ensemble.json").is_file()
+    # The final stage was fitted on what test time sees: each classifier fold's predictions at its predicted points.
+    assert all((runs / m / "fold0" / "oof_predicted.csv").is_file() for m in ("attn_resnext", "cnn_lstm"))
+    final = json.loads((runs / "ensemble.json").read_text())["final_stage"]
+    assert final["source"] == "oof_predicted.csv" and final["chosen"] in ("mean", "weights")
     sub = pd.read_csv(paths["SUBMISSIONS"] / "submission.csv")
     assert sub["row_id"].tolist() == pd.read_csv(synth_dir / "sample_submission.csv")["row_id"].tolist()
     reports = paths["REPORTS"]

@@ -133,9 +133,16 @@ SERIES_TYPE_DEFAULTS: dict[str, dict[str, Any]] = {
 
 # Keys of a recipe (preset or config file) that are not run settings.
 SECTION_KEYS = ("per_model", "per_series_type")
-RECIPE_KEYS = ("pipeline",)
+RECIPE_KEYS = ("pipeline", "ensemble")
 # What `make pipeline` trains for each listed fold when a recipe names no `pipeline`, in this order.
 PIPELINE = ("localizer", "attn_resnext", "cnn_lstm")
+
+# The final stage ensemble.py fits (a recipe's `ensemble:` section): the stage asked for (the plain mean; weights
+# and temperatures; the metric-fitted stacker, alone or with the study's context), kept only where its score by
+# nested folds over the studies beats the plain mean's; `shrink` pulls fitted weights toward equal and
+# temperatures toward 1 (inference.ensemble.fit_ensemble).
+ENSEMBLE_STAGES = ("mean", "weights", "stacker", "stacker_context")
+ENSEMBLE_DEFAULTS: dict[str, Any] = {"stage": "weights", "nested_folds": 5, "shrink": 0.02}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Minutes on 2 CPU cores for the synthetic benchmark; tests and `make demo` use it.
@@ -224,6 +231,15 @@ def check_recipe(recipe: dict, where: str) -> None:
     for model in recipe.get("pipeline") or ():
         if model not in registry.model_names():
             raise ConfigError(f"{where}: pipeline: unknown model '{model}'; known: {registry.model_names()}")
+    ensemble = recipe.get("ensemble") or {}
+    _check_keys(ensemble, ENSEMBLE_DEFAULTS, where, "ensemble.")
+    if ensemble.get("stage", "weights") not in ENSEMBLE_STAGES:
+        raise ConfigError(f"{where}: ensemble.stage: expected one of {', '.join(ENSEMBLE_STAGES)}, got {ensemble['stage']!r}")
+    for key in ("nested_folds", "shrink"):
+        value = ensemble.get(key, ENSEMBLE_DEFAULTS[key])
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < (2 if key == "nested_folds" else 0):
+            raise ConfigError(f"{where}: ensemble.{key}: expected a number of at least {2 if key == 'nested_folds' else 0}, "
+                              f"got {value!r}")
 
 
 def check_saved(cfg: dict, where: str) -> None:
@@ -252,6 +268,11 @@ def read_recipe(config_file: str | Path | None) -> dict:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     check_recipe(recipe, str(path))
     return recipe
+
+
+def ensemble_settings(config_file: str | Path | None) -> dict:
+    """The final stage a recipe asks for (its `ensemble:` section over ENSEMBLE_DEFAULTS)."""
+    return {**ENSEMBLE_DEFAULTS, **(read_recipe(config_file).get("ensemble") or {})}
 
 
 def pipeline_models(config_file: str | Path | None) -> list[str]:

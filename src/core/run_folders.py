@@ -1,6 +1,7 @@
-"""The runs/ layout, in one place: runs/{name}/fold{N}/ with config.yaml, best.pt, last.pt, oof.csv, log.csv,
-done.json, and runs/ensemble.json. Finding runs and telling ensemble members from localizers (by their model's
-registration, core.registry) go through here; training.checkpoint rebuilds a trained model from its folder.
+"""The runs/ layout, in one place: runs/{name}/fold{N}/ with config.yaml, best.pt, last.pt, oof.csv,
+oof_predicted.csv, log.csv, done.json, and runs/ensemble.json. Finding runs and telling ensemble members from
+localizers (by their model's registration, core.registry) go through here; training.checkpoint rebuilds a
+trained model from its folder.
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from . import registry
 from .progress import first_line
 
 CONFIG, BEST, LAST, OOF, LOG = "config.yaml", "best.pt", "last.pt", "oof.csv", "log.csv"
+# A classifier fold's held-out predictions from crops at the points its fold's localizers predict, with the
+# test-time augmentation: what inference sees (evaluate_localization.py writes it beside oof.csv).
+OOF_PREDICTED = "oof_predicted.csv"
 DONE = "done.json"  # written when a training run ends: rerunning the same command then does nothing
 ENSEMBLE = "ensemble.json"
 # What inference needs of a run folder (the Kaggle dataset ships these and nothing else).

@@ -50,21 +50,32 @@ def blend(frames: dict[str, pd.DataFrame], weights: dict[str, float], temperatur
     return out
 
 
-def collect_oof(runs: Path, names: list[str] | None = None) -> dict[str, pd.DataFrame]:
-    """Each classifier run's out-of-fold predictions over all of its folds (every classifier run by default)."""
+def collect_oof(runs: Path, names: list[str] | None = None, file: str = OOF) -> dict[str, pd.DataFrame]:
+    """Each classifier run's out-of-fold predictions (`file` of each fold folder: oof.csv, or OOF_PREDICTED)
+    over all of its folds (every classifier run by default)."""
     out = {}
     bad = [n for n in names or [] if not is_run_name(runs, n)]
     if bad:
         raise DataError(f"{runs}: {', '.join(map(repr, bad))} not a run folder inside it")
     for name in classifier_runs(runs) if names is None else names:
-        frames = [load_submission(d / OOF) for d in trained_folds(runs, name) if (d / OOF).is_file()]
+        frames = [load_submission(d / file) for d in trained_folds(runs, name) if (d / file).is_file()]
         if frames:
             out[name] = pd.concat(frames, ignore_index=True).drop_duplicates("row_id")
     return out
 
 
-def fit_ensemble(frames: dict[str, pd.DataFrame], solution: pd.DataFrame) -> dict:
-    """Model weights (non-negative, summing to 1) and group temperatures minimising the OOF score."""
+def _pull(weights: dict[str, float], temps: dict[str, float], shrink: float) -> float:
+    """The pull toward the plain mean: shrink times the squared distance of the weights from equal (times the
+    member count) plus each temperature's squared log; 0 at equal weights and temperature 1."""
+    if not shrink:
+        return 0.0
+    w = np.array(list(weights.values()))
+    return shrink * (len(w) * float(((w - 1 / len(w)) ** 2).sum()) + sum(float(np.log(t)) ** 2 for t in temps.values()))
+
+
+def fit_ensemble(frames: dict[str, pd.DataFrame], solution: pd.DataFrame, shrink: float = 0.0) -> dict:
+    """Model weights (non-negative, summing to 1) and group temperatures minimising the OOF score plus the pull
+    toward equal weights and temperature 1 (shrink, _pull)."""
     names = sorted(frames)
     common = solution[solution["row_id"].isin(common_rows(frames))]
     if common.empty:
@@ -76,7 +87,7 @@ def fit_ensemble(frames: dict[str, pd.DataFrame], solution: pd.DataFrame) -> dic
         return {n: float(v) for n, v in zip(names, w / w.sum())}
 
     def objective(z: np.ndarray) -> float:
-        return score(common, blend(frames, weights_of(z), temps))
+        return score(common, blend(frames, weights_of(z), temps)) + _pull(weights_of(z), temps, shrink)
 
     z = np.zeros(len(names))
     if len(names) > 1:
@@ -87,7 +98,7 @@ def fit_ensemble(frames: dict[str, pd.DataFrame], solution: pd.DataFrame) -> dic
     for _ in range(2):  # coordinate descent over the groups (the any-severe term couples them a little)
         for g in GROUPS:
             def by_t(t: float, g=g) -> float:
-                return score(common, blend(frames, weights, {**temps, g: t}))
+                return score(common, blend(frames, weights, {**temps, g: t})) + _pull(weights, {**temps, g: t}, shrink)
             temps[g] = float(minimize_scalar(by_t, bounds=(0.5, 2.0), method="bounded", options={"xatol": 1e-3}).x)
     final = score(common, blend(frames, weights, temps))
     singles = {n: score(common, frames[n]) for n in names}

@@ -4,9 +4,9 @@ differentiable twin of the metric (metric_loss: the weighted log loss of each gr
 term, as metric.score_parts computes them), with an L2 pull towards the plain geometric mean of the members
 (l2 = 10 by default: weaker pulls overfit in nested scores, docs/BENCHMARKS.md).
 
-Its honest score comes from nested folds over the OOF studies (nested_scores): fitted on the others,
-scored on each held-out part, beside the weights-and-temperatures ensemble fitted the same way. ensemble.py
---stacker writes it into ensemble.json; infer.py applies it when every member it names predicted.
+Its honest score comes from nested folds over the OOF studies (final_stage.nested_scores), and it is written
+into ensemble.json only where that beats the plain mean (final_stage.choose); infer.py applies it when every
+member it names predicted.
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from ..core.constants import (
     row_study_ids,
     split_row_id,
 )
-from ..core.metric import EPS, metric_loss, score
-from .ensemble import blend, common_rows, fit_ensemble
+from ..core.metric import EPS, metric_loss
+from .ensemble import common_rows
 
 N_CONTEXT = 4  # study-context features per row (_context)
 
@@ -137,25 +137,3 @@ def valid_stacker(stacker, members: list[str]) -> str | None:
     if [s.shape for s in shapes] != [(3, 3, k), (3, 3), (3, 5, 3)] or not all(np.isfinite(s).all() for s in shapes):
         return "the stacker's parameters have the wrong shape or are not finite"
     return None
-
-
-def nested_scores(frames: dict[str, pd.DataFrame], solution: pd.DataFrame, k: int = 5, seed: int = 0,
-                  l2: float = 10.0, context: bool = False) -> dict[str, float]:
-    """Honest OOF scores: the studies split into k parts; on each, the stacker and the weights-and-temperatures
-    ensemble are fitted on the other parts and applied to it; the held-out predictions are scored together."""
-    common = solution[solution["row_id"].isin(common_rows(frames))]
-    studies = np.unique(row_study_ids(common["row_id"]))
-    part = dict(zip(np.random.default_rng(seed).permutation(studies), np.arange(len(studies)) % k))
-    which = np.array([part[s] for s in row_study_ids(common["row_id"])])
-    stacked, ensembled = [], []
-    for i in range(k):
-        inner, outer = common[which != i], common[which == i]
-        if outer.empty or inner.empty:
-            continue
-        keep = set(outer["row_id"])
-        held = {n: f[f["row_id"].isin(keep)] for n, f in frames.items()}
-        stacked.append(apply_stacker(fit_stacker(frames, inner, l2, context=context), held))
-        fitted = fit_ensemble(frames, inner)
-        ensembled.append(blend(held, fitted["weights"], fitted["temperature"]))
-    return {"stacker": score(common, pd.concat(stacked)), "ensemble": score(common, pd.concat(ensembled)),
-            "folds": k, "rows": int(len(common))}

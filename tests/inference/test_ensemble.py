@@ -85,4 +85,5 @@ def test_cli_writes_ensemble_json(synth_dir, tmp_path):
     ensemble_script.main(["--runs", str(tmp_path), "--data-dir", str(synth_dir), "--names", "attn_resnext", "cnn_lstm"])
     saved = json.loads((tmp_path / "ensemble.json").read_text())
     assert set(saved["weights"]) == {"attn_resnext", "cnn_lstm"} and abs(sum(saved["weights"].values()) - 1) < 1e-6
-    assert saved["rows"] == len(sol) and set(saved["prior"]) == {"spinal", "foraminal", "subarticular"}
+    assert saved["final_stage"]["rows"] == len(sol) and set(saved["prior"]) == {"spinal", "foraminal", "subarticular"}
+    assert saved["final_stage"]["source"] == "oof.csv" and saved["final_stage"]["asked"] == "weights"

@@ -6,7 +6,8 @@ import torch
 from src.core.constants import GROUPS, TARGETS, group_of, row_study_ids
 from src.core.metric import metric_loss, score, solution_frame
 from src.data.tables import load_train
-from src.inference.stacker import apply_stacker, fit_stacker, nested_scores, valid_stacker
+from src.inference.final_stage import nested_scores
+from src.inference.stacker import apply_stacker, fit_stacker, valid_stacker
 
 
 def _frames(solution: pd.DataFrame, seed: int = 0) -> dict[str, pd.DataFrame]:
@@ -41,8 +42,8 @@ def test_stacker_beats_its_members_and_is_scored_honestly(synth_dir):
     stacked = apply_stacker(fitted, frames)
     assert np.allclose(stacked[list(TARGETS)].sum(1), 1) and stacked["row_id"].tolist() == solution["row_id"].tolist()
     assert score(solution, stacked) < min(score(solution, f) for f in frames.values())
-    honest = nested_scores(frames, solution, k=3, l2=0.01)
-    assert honest["stacker"] > score(solution, stacked) - 1e-9  # fitted on other studies: never better in-sample
+    honest = nested_scores(frames, solution, ("stacker",), k=3)
+    assert honest["scores"]["stacker"] > score(solution, stacked) - 1e-9  # fitted on other studies: never better
     assert honest["rows"] == len(solution)
     assert valid_stacker(fitted, ["a"]) == "the stacker needs b, which did not predict"
     assert "wrong shape" in valid_stacker({**fitted, "W": [[1.0]]}, ["a", "b"])
