@@ -277,6 +277,24 @@ def _reliability(solution: pd.DataFrame, frames: dict[str, pd.DataFrame], fitted
     return {"model": name, "temperature": fitted.get("temperature", {}), "ece": ece}
 
 
+def _final_stage_lines(metrics: dict) -> list[str]:
+    """report.md's lines on what test time sees: each model at the labelled and at the predicted points, and the
+    final stage ensemble.py chose."""
+    lines = []
+    if metrics.get("predicted_points"):
+        lines += ["", "## Labelled against predicted points", "",
+                  "The same rows, with each fold's crops cut at the labelled points (its oof.csv) and at the points "
+                  "its localizers predict, with the flip TTA (oof_predicted.csv: what test time sees).", "",
+                  "| submission | labelled points | predicted points |", "| --- | --- | --- |"]
+        lines += [f"| {n} | {metrics['scores'][n]['score']:.4f} | {s:.4f} |" for n, s in metrics["predicted_points"].items()]
+    final = metrics.get("final_stage")
+    if final:
+        nested = ", ".join(f"{k} {v:.4f}" for k, v in final["scores"].items())
+        lines += ["", f"Final stage ({final.get('source', 'oof.csv')}): {final['chosen']}, asked {final['asked']}: "
+                  f"{final['why']}. Nested {final['folds']}-fold scores over {final['studies']} studies: {nested}."]
+    return lines
+
+
 def render(metrics: dict, reports: dict, pictures: list[str]) -> str:
     """report.md from the metrics."""
     lines = ["# Out-of-fold evaluation", "",
@@ -290,17 +308,7 @@ def render(metrics: dict, reports: dict, pictures: list[str]) -> str:
     if "ensemble" in metrics["scores"]:
         lines += ["", "The ensemble's final stage was fitted on these studies' out-of-fold predictions, so its row is "
                   "optimistic; the nested scores below and a held-out test split score it honestly."]
-    if metrics.get("predicted_points"):
-        lines += ["", "## Labelled against predicted points", "",
-                  "The same rows, with each fold's crops cut at the labelled points (its oof.csv) and at the points "
-                  "its localizers predict, with the flip TTA (oof_predicted.csv: what test time sees).", "",
-                  "| submission | labelled points | predicted points |", "| --- | --- | --- |"]
-        lines += [f"| {n} | {metrics['scores'][n]['score']:.4f} | {s:.4f} |" for n, s in metrics["predicted_points"].items()]
-    final = metrics.get("final_stage")
-    if final:
-        nested = ", ".join(f"{k} {v:.4f}" for k, v in final["scores"].items())
-        lines += ["", f"Final stage ({final.get('source', 'oof.csv')}): {final['chosen']}, asked {final['asked']}: "
-                  f"{final['why']}. Nested {final['folds']}-fold scores over {final['studies']} studies: {nested}."]
+    lines += _final_stage_lines(metrics)
     if "signal_captured" in metrics:
         lines += ["", "Share of the learnable signal captured, (prior - model) / (prior - oracle): "
                   + ", ".join(f"{n} {100 * v:.1f}%" for n, v in metrics["signal_captured"].items()) + "."]
