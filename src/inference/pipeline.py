@@ -28,7 +28,8 @@ from ..localizer.infer import Localizer, localize
 from . import ensemble as ensemble_lib
 from .classify import run_classifiers
 from .context import InferenceContext
-from .stacker import apply_stacker, valid_stacker
+from .final_stage import apply_stage
+from .stacker import valid_stacker
 
 
 def series_table(data_dir: Path, split: str, study_ids: list[int] | None = None,
@@ -122,10 +123,10 @@ def _combine(frames: dict[str, pd.DataFrame], fitted: dict, faults: FaultLog) ->
     that predicted (else named, and the weighted blend), or by the weights and temperatures."""
     if "stacker" in fitted:
         why = valid_stacker(fitted["stacker"], list(frames))
-        if why is None:
-            return apply_stacker(fitted["stacker"], frames)
-        faults.add("ensemble", "stacker", f"{why}; the weighted blend is used instead")
-    return ensemble_lib.blend(frames, ensemble_lib.member_weights(fitted, list(frames)), fitted.get("temperature", {}))
+        if why is not None:
+            faults.add("ensemble", "stacker", f"{why}; the weighted blend is used instead")
+            fitted = {k: v for k, v in fitted.items() if k != "stacker"}
+    return apply_stage(fitted, frames)
 
 
 def _localize(ctx: InferenceContext, study_ids: list[int]) -> pd.DataFrame:

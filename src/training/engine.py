@@ -2,7 +2,7 @@
 
 Per run it writes {runs}/{name}/fold{N}/: config.yaml (resolved), best.pt and last.pt, oof.csv (best
 epoch's out-of-fold predictions) and log.csv (one row per epoch). It knows only the Task protocol
-(training.task): the caller gives the task class (src.registry finds it by the model's name), and the task
+(training.task): the caller gives the task class (src.tasks.task_class of the config's `task`), and the task
 gives the model, the data, the loss and the validation numbers.
 """
 from __future__ import annotations
