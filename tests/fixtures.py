@@ -19,7 +19,6 @@ def random_runs(root: str | Path, preset: str | None = "tiny", folds: tuple[int,
     type's localizer and (with classifiers) both classifiers, each fold of `folds`. overrides: config overrides
     of the 'localizer' and of the 'classifier' runs; experiments are more attn_resnext runs under these names
     (as `train.py --name NAME` writes them)."""
-
     localizer, classifier = (overrides or {}).get("localizer", {}), (overrides or {}).get("classifier", {})
     jobs = [("localizer", {**localizer, "series_type": p.series_type, "name": localizer_run(p.series_type)}) for p in PLAN]
     if classifiers:
