@@ -21,7 +21,7 @@ from src.core.atomic import write_json
 from src.core.metric import prior_table, solution_frame
 from src.core.run_folders import ensemble_file
 from src.data.tables import DataError, load_train
-from src.inference.final_stage import STAGES, choose, stage_predictions
+from src.inference.final_stage import choose, stage_predictions
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--names", nargs="+", default=None,
                     help="the classifier runs (folders under --runs) to blend; default: every one with an oof.csv")
     ap.add_argument("--config", default=None, help="a recipe whose `ensemble:` section names the final stage")
-    ap.add_argument("--stage", choices=STAGES, default=None,
+    ap.add_argument("--stage", choices=config_lib.ENSEMBLE_STAGES, default=None,
                     help="the final stage to fit and validate (default: the recipe's, else weights)")
     ap.add_argument("--stacker", action="store_true", help="the same as --stage stacker")
     ap.add_argument("--stacker-context", action="store_true",

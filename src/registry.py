@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .classifier import models  # noqa: F401 - the per-crop classifiers and the study-level model
 from .core import config as config_lib
-from .core.registry import build_model, mark_complete, model_entry, model_names  # noqa: F401
+from .core.registry import build_model, mark_complete, model_names  # noqa: F401
 from .localizer import net  # noqa: F401 - the localizer's network
 from .localizer.plan import PLAN
 

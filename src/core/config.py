@@ -233,13 +233,7 @@ def check_recipe(recipe: dict, where: str) -> None:
             raise ConfigError(f"{where}: pipeline: unknown model '{model}'; known: {registry.model_names()}")
     ensemble = recipe.get("ensemble") or {}
     _check_keys(ensemble, ENSEMBLE_DEFAULTS, where, "ensemble.")
-    if ensemble.get("stage", "weights") not in ENSEMBLE_STAGES:
-        raise ConfigError(f"{where}: ensemble.stage: expected one of {', '.join(ENSEMBLE_STAGES)}, got {ensemble['stage']!r}")
-    for key in ("nested_folds", "shrink"):
-        value = ensemble.get(key, ENSEMBLE_DEFAULTS[key])
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < (2 if key == "nested_folds" else 0):
-            raise ConfigError(f"{where}: ensemble.{key}: expected a number of at least {2 if key == 'nested_folds' else 0}, "
-                              f"got {value!r}")
+    check_values(ensemble, ENSEMBLE_DEFAULTS, {where: {"ensemble": ensemble}}, "ensemble.")
 
 
 def check_saved(cfg: dict, where: str) -> None:
@@ -325,10 +319,12 @@ def resolve(model: str | None = None, preset: str | None = None, config_file: st
 
 
 # Keys whose value is one of a few words.
-CHOICES = {"amp": ("bf16", "fp16", "none"), "aug.where": ("auto", "cpu", "device"), "device": ("auto", "cpu", "cuda", "mps")}
+CHOICES = {"amp": ("bf16", "fp16", "none"), "aug.where": ("auto", "cpu", "device"), "device": ("auto", "cpu", "cuda", "mps"),
+           "ensemble.stage": ENSEMBLE_STAGES}
 # Keys that must be at least this (counts, sizes, rates).
 MINIMUM = {"epochs": 1, "batch_size": 1, "patience": 1, "crop.n_slices": 1, "crop.size_px": 8, "loc.size_px": 8, "fold": 0,
-           "lr": 0.0, "jitter.copies": 0, "log_every": 1, "prefetch": 1, "warmup_epochs": 0.0}
+           "lr": 0.0, "jitter.copies": 0, "log_every": 1, "prefetch": 1, "warmup_epochs": 0.0,
+           "ensemble.nested_folds": 2, "ensemble.shrink": 0.0}
 # Keys whose default is null, and what they take instead.
 NULLABLE = {"pretrained": (bool, str), "name": (str,), "preset": (str,), "dataset": (str,), "cache_dir": (str,),
             "folds": (str,), "runs": (str,), "coords": (str,), "series_type": (str,), "backbone": (str,),

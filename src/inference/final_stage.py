@@ -22,7 +22,6 @@ from ..core.run_folders import OOF, OOF_PREDICTED, trained_folds
 from .ensemble import blend, collect_oof, common_rows, fit_ensemble, member_weights
 from .stacker import apply_stacker, fit_stacker
 
-STAGES = ENSEMBLE_STAGES
 NESTED_FOLDS = ENSEMBLE_DEFAULTS["nested_folds"]
 SHRINK = ENSEMBLE_DEFAULTS["shrink"]
 DRAWS = 200  # studies drawn again (with replacement) to tell a nested gain from luck
@@ -39,8 +38,8 @@ def stage_predictions(runs: Path, names: list[str] | None = None) -> tuple[str, 
 
 def fit_stage(stage: str, frames: dict[str, pd.DataFrame], solution: pd.DataFrame, shrink: float = SHRINK) -> dict:
     """The ensemble.json entries of one stage fitted on the rows of `solution` every member predicted."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown final stage {stage!r}; known: {', '.join(STAGES)}")
+    if stage not in ENSEMBLE_STAGES:
+        raise ValueError(f"unknown final stage {stage!r}; known: {', '.join(ENSEMBLE_STAGES)}")
     mean = {"weights": {n: 1.0 / len(frames) for n in sorted(frames)}, "temperature": {}}
     if stage == "mean":
         return mean
@@ -105,16 +104,15 @@ def gain_quantile(solution: pd.DataFrame, base: pd.DataFrame, other: pd.DataFram
 def choose(frames: dict[str, pd.DataFrame], solution: pd.DataFrame, stage: str = "weights", k: int = NESTED_FOLDS,
            seed: int = 0, shrink: float = SHRINK) -> dict:
     """ensemble.json's entries: the asked stage fitted on every row where its nested score beats the plain
-    mean's, else the plain mean; `final_stage` says which, why, and the nested scores."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown final stage {stage!r}; known: {', '.join(STAGES)}")
+    mean's, else the plain mean; `final_stage` says which, why, and the nested scores (an unknown stage is
+    fit_stage's ValueError, at the first nested fit)."""
     stages = ("mean",) if stage == "mean" else ("mean", stage)
     nested = nested_scores(frames, solution, stages, k, seed, shrink)
     scores, held_out = nested["scores"], nested.pop("held_out")
+    rows = solution[solution["row_id"].isin(common_rows(frames))]  # the rows every part held out, once each
     if stage == "mean":
         chosen, why = "mean", "the recipe asks for the plain mean"
     else:
-        rows = solution[solution["row_id"].isin(held_out["mean"]["row_id"])]
         nested["gain_p10"] = gain_quantile(rows, held_out["mean"], held_out[stage], seed=seed)
         if scores[stage] < scores["mean"] and nested["gain_p10"] > 0:
             chosen, why = stage, f"its nested score {scores[stage]:.4f} beats the plain mean's {scores['mean']:.4f}"
@@ -124,7 +122,6 @@ def choose(frames: dict[str, pd.DataFrame], solution: pd.DataFrame, stage: str =
                    f"{scores['mean']:.4f} by more than luck (the gain's 10th percentile over the studies drawn again "
                    f"is {nested['gain_p10']:+.4f})")
     fitted = fit_stage(chosen, frames, solution, shrink)
-    rows = solution[solution["row_id"].isin(common_rows(frames))]
     report = {"asked": stage, "chosen": chosen, "why": why, "shrink": shrink, **nested,
               "in_sample": score(rows, apply_stage(fitted, frames)),
               "single": {n: score(rows, frames[n]) for n in sorted(frames)}}
