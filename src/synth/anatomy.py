@@ -123,9 +123,14 @@ class Grid:
         return sl, x[:, None, None], y[None, :, None], z[None, None, :]
 
     def paint(self, sl, alpha: np.ndarray, tissue: str) -> None:
+        """Blend `tissue` into every sequence's volume inside the box `sl` with occupancy `alpha` (in place, one
+        temporary: the volumes are the generator's largest arrays)."""
         a = np.clip(alpha, 0.0, 1.0).astype(np.float32)
         for q, volume in self.volumes.items():
-            volume[sl] += a * (self.tissue[tissue][q] - volume[sl])
+            box = volume[sl]
+            change = np.subtract(np.float32(self.tissue[tissue][q]), box)
+            change *= a
+            box += change
 
     def soft(self, distance: np.ndarray) -> np.ndarray:
         """Occupancy from a signed distance in mm (negative inside), one voxel of anti-aliasing."""
