@@ -154,6 +154,17 @@ class SliceDataset(Dataset):
         ks = np.clip(self._k[r] + np.array([-1, 0, 1]), 0, self._n[r] - 1)
         return to_unit(self.store.images[self._first[r] + ks])
 
+    def _target(self, pts: np.ndarray) -> np.ndarray:
+        target = gaussian_heatmaps(pts, self.channels, self.size, self.sigma)
+        if self.any_channel:
+            target = np.concatenate([target, target.max(0, keepdims=True)])
+        return target
+
+    def target(self, i: int) -> torch.Tensor:
+        """Item i's target heatmaps without its image (the unaugmented item's: validation scores them every
+        epoch, and reading the slices again for that would cost as much as the forward pass)."""
+        return torch.from_numpy(self._target(self._pts.get(int(self.rows[i]), np.zeros((0, 4)))))
+
     def __getitem__(self, i: int) -> dict:
         r = int(self.rows[i])
         pts = self._pts.get(r, np.zeros((0, 4)))
@@ -163,11 +174,8 @@ class SliceDataset(Dataset):
             image = out["image"].transpose(2, 0, 1)
             if len(pts):
                 pts = np.concatenate([pts[:, :1], np.asarray(out["keypoints"]).reshape(-1, 2), pts[:, 3:]], 1)
-        target = gaussian_heatmaps(pts, self.channels, self.size, self.sigma)
-        if self.any_channel:
-            target = np.concatenate([target, target.max(0, keepdims=True)])
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image)),
-            "target": torch.from_numpy(target),
+            "target": torch.from_numpy(self._target(pts)),
             "row": torch.tensor(i),
         }

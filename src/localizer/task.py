@@ -107,7 +107,7 @@ class LocalizerTask:
 
     def evaluate(self, logits: torch.Tensor, rows: torch.Tensor) -> tuple[dict, pd.DataFrame]:
         """Decode every validation series as test-time localization does; score = mean 3D error in mm (capped at 50)."""
-        targets = torch.stack([self._val[int(i)]["target"] for i in rows])
+        targets = torch.stack([self._val.target(int(i)) for i in rows])
         val_loss = float(self.loss(logits, {"target": targets}))
         heat = torch.sigmoid(logits).numpy()
         index = self.store.index.iloc[self.val_rows[rows.numpy()]].reset_index(drop=True)

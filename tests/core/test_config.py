@@ -84,13 +84,16 @@ def test_recipe_sections_apply_per_model_and_series_type(tmp_path):
 
 
 def test_localizer_defaults_are_the_variety_recipe():
-    """Without a recipe the localizers train what held on --variety real: the level loss on the sagittal types
-    and the longer schedules, at the preset's size; --preset tiny alone is what configs/variety.yaml trains."""
-    for t, (epochs, weight) in {"sagittal_t2": (42, 0.5), "sagittal_t1": (24, 0.5), "axial": (24, 0.0)}.items():
+    """Without a recipe the localizers train what held on --variety real: the level loss on the sagittal types,
+    each type's schedule and batches of 16 slices under every preset, at the preset's size; --preset tiny alone
+    is what configs/variety.yaml trains."""
+    for t, (epochs, weight) in {"sagittal_t2": (20, 0.5), "sagittal_t1": (10, 0.5), "axial": (8, 0.0)}.items():
         full = resolve("localizer", overrides={"series_type": t})
-        assert (full["epochs"], full["loc"]["level_weight"], full["loc"]["size_px"]) == (epochs, weight, 256)
+        full_values = (full["epochs"], full["loc"]["level_weight"], full["loc"]["size_px"], full["batch_size"])
+        assert full_values == (epochs, weight, 256, 16)
         tiny = resolve("localizer", "tiny", overrides={"series_type": t})
-        assert (tiny["epochs"], tiny["loc"]["size_px"]) == (epochs, 128)
+        assert (tiny["epochs"], tiny["loc"]["size_px"], tiny["batch_size"]) == (epochs, 128, 16)
+        assert resolve("attn_resnext", "tiny")["batch_size"] == 64
         assert tiny == resolve("localizer", None, REPO / "configs" / "variety.yaml", {"series_type": t})
 
 
@@ -103,13 +106,14 @@ def test_every_committed_recipe_resolves(recipe):
 
 
 def test_demo_recipe_keeps_the_demo_settings():
-    """configs/demo.yaml trains what `make demo` always trained (docs/BENCHMARKS.md's numbers stand)."""
+    """configs/demo.yaml trains the demo's settings (docs/BENCHMARKS.md's numbers stand): 4-epoch localizers in
+    batches of 16 slices at 96 px without the level loss."""
     parts = _parts(REPO / "configs" / "demo.yaml")
     assert {c["preset"] for c in parts.values()} == {"tiny"}
     assert (parts["attn_resnext"]["epochs"], parts["cnn_lstm"]["epochs"]) == (12, 10)
     for t in TYPES:
         loc = parts[f"localizer_{t}"]
-        assert (loc["epochs"], loc["patience"], loc["loc"]["size_px"], loc["loc"]["level_weight"]) == (8, 4, 96, 0.0)
+        assert (loc["epochs"], loc["batch_size"], loc["loc"]["size_px"], loc["loc"]["level_weight"]) == (4, 16, 96, 0.0)
     real = _parts(REPO / "configs" / "real.yaml")
     assert {c["preset"] for c in real.values()} == {None} and real["attn_resnext"]["backbone"] == "resnext50_32x4d"
     assert parts["attn_resnext"]["jitter"]["copies"] == 0  # jitter did not pay on the default set
@@ -144,7 +148,7 @@ def test_per_type_values_reach_each_runs_saved_config(tmp_path, monkeypatch, cap
     train.main(["--model", "localizer", "--config", str(recipe), "--runs", str(runs), "--fold", "1",
                 "--data-dir", str(synth_dir)])
     saved = {t: config_lib.load(runs / f"localizer_{t}" / "fold1" / "config.yaml") for t in TYPES}
-    assert saved["sagittal_t2"]["epochs"] == 7 and saved["sagittal_t1"]["epochs"] == 24
+    assert saved["sagittal_t2"]["epochs"] == 7 and saved["sagittal_t1"]["epochs"] == 10
     assert saved["axial"]["loc"]["sigma"] == 4.0 and saved["sagittal_t2"]["loc"]["sigma"] == 2.0
     assert {c["preset"] for c in saved.values()} == {"tiny"}
     capsys.readouterr()

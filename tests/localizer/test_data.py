@@ -46,3 +46,19 @@ def test_tiny_heatmap_net_learns_planted_keypoints():
     assert np.median(errors) < 1.5, np.median(errors)
 
 
+
+
+def test_target_alone_is_the_items_target():
+    """SliceDataset.target(i) (what validation scores every epoch, no slice read) is item i's target, the
+    every-level channel included; slices without a point get empty heatmaps."""
+    size, n = 32, 4
+    index = pd.DataFrame({"study_id": 1, "series_id": 1, "k": np.arange(n), "n": n, "instance_number": np.arange(n) + 1,
+                          "h": size, "w": size, "first": 0})
+    points = pd.DataFrame([{"slice": 1, "channel": c, "x": 8.0 + 4 * c, "y": 10.0, "amplitude": 1.0, "condition": "c",
+                            "level": "L1/L2"} for c in range(2)])
+    store = SliceStore(np.zeros((n, size, size), np.uint8), index, points)
+    ds = SliceDataset(store, np.arange(n), 2, 1.5, loc_transform(False), any_channel=True)
+    for i in range(n):
+        assert torch.equal(ds.target(i), ds[i]["target"])
+    assert ds.target(1).shape == (3, size // 2, size // 2) and float(ds.target(1)[2].max()) > 0.9
+    assert float(ds.target(0).abs().sum()) == 0.0
