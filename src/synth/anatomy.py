@@ -158,12 +158,15 @@ def render_anatomy(anat: Anatomy, voxel: float, sequences: tuple[str, ...] = ("t
     lo = np.array([-100.0, -110.0, zs[-1] - (1.5 + below) * gap - 30])
     hi = np.array([100.0, 85.0, zs[0] + (1.5 + above) * gap + 30])
     g = Grid(lo, hi, voxel, sequences, tissue)
-    # Body outline: subcutaneous fat ring around muscle.
-    sl, x, y, z = g.axes(lo, hi)
+    # Body outline: subcutaneous fat ring around muscle. It does not change along z: painted on a grid one voxel
+    # deep, then copied along z (the volumes are empty before it, so the values are what painting them gives).
+    layer = Grid(lo, np.array([hi[0], hi[1], lo[2]]), voxel, sequences, tissue)
+    sl, x, y, _ = layer.axes(lo, hi)
     outline = np.sqrt((x / 96.0) ** 2 + ((y + 12.0) / 92.0) ** 2)
-    # The outline does not change along z: painted as one (x, y) map broadcast over the grid's z.
-    g.paint(sl, g.soft((outline - 1.0) * 92.0), "fat")
-    g.paint(sl, g.soft((outline - 0.87) * 92.0), "muscle")
+    layer.paint(sl, layer.soft((outline - 1.0) * 92.0), "fat")
+    layer.paint(sl, layer.soft((outline - 0.87) * 92.0), "muscle")
+    for q, volume in g.volumes.items():
+        volume[...] = layer.volumes[q]
     paint_bones(g, anat, lo, hi)
     discs = disc_severities(anat)
     for zk, sev in discs:  # each disc with a posterior bulge that grows with canal stenosis

@@ -165,8 +165,15 @@ def finish_image(image: np.ndarray, rng: np.random.Generator, noise: float, gain
     coarse = rng.normal(0, 1, (4, 4))
     bias = 1.0 + bias_strength * cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
     img = gaussian_filter(image * bias, 0.5)
-    real = img + rng.normal(0, noise, img.shape)
+    # sqrt((img + n1)^2 + n2^2) * gain in place: the same operations, so the same values, without temporaries
+    real = rng.normal(0, noise, img.shape)
+    real += img
     imag = rng.normal(0, noise, img.shape)
-    return np.sqrt(real**2 + imag**2) * gain
+    real *= real
+    imag *= imag
+    real += imag
+    np.sqrt(real, out=real)
+    real *= gain
+    return real
 
 
