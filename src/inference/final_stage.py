@@ -59,7 +59,7 @@ def nested_scores(frames: dict[str, pd.DataFrame], solution: pd.DataFrame, stage
                   k: int = NESTED_FOLDS, seed: int = 0, shrink: float = SHRINK) -> dict:
     """Honest scores of each stage: the studies split into k parts; on each, the stage is fitted on the other
     parts and applied to it; the held-out predictions of all parts are scored together, on the same rows for
-    every stage."""
+    every stage (`common`: those rows of the solution; `held_out`: each stage's predictions of them)."""
     common = solution[solution["row_id"].isin(common_rows(frames))]
     studies = np.unique(row_study_ids(common["row_id"]))
     part = dict(zip(np.random.default_rng(seed).permutation(studies), np.arange(len(studies)) % k))
@@ -75,7 +75,7 @@ def nested_scores(frames: dict[str, pd.DataFrame], solution: pd.DataFrame, stage
             held_out[stage].append(apply_stage(fit_stage(stage, frames, inner, shrink), held))
     return {"scores": {s: score(common, pd.concat(p)) for s, p in held_out.items() if p}, "folds": k,
             "rows": int(len(common)), "studies": int(len(studies)),
-            "held_out": {s: pd.concat(p) for s, p in held_out.items() if p}}
+            "held_out": {s: pd.concat(p) for s, p in held_out.items() if p}, "common": common}
 
 
 def gain_quantile(solution: pd.DataFrame, base: pd.DataFrame, other: pd.DataFrame, q: float = 0.1, seed: int = 0,
@@ -108,8 +108,7 @@ def choose(frames: dict[str, pd.DataFrame], solution: pd.DataFrame, stage: str =
     fit_stage's ValueError, at the first nested fit)."""
     stages = ("mean",) if stage == "mean" else ("mean", stage)
     nested = nested_scores(frames, solution, stages, k, seed, shrink)
-    scores, held_out = nested["scores"], nested.pop("held_out")
-    rows = solution[solution["row_id"].isin(common_rows(frames))]  # the rows every part held out, once each
+    scores, held_out, rows = nested["scores"], nested.pop("held_out"), nested.pop("common")
     if stage == "mean":
         chosen, why = "mean", "the recipe asks for the plain mean"
     else:

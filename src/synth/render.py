@@ -124,8 +124,7 @@ def render_slice(grid: Grid, volume: np.ndarray, spec: SliceSpec, thickness: flo
     matrix = np.stack([spec.col_dir * row_mm, spec.row_dir * col_mm, normal * (thickness / 3)], 1) / grid.voxel
     offset = (spec.position - (thickness / 3) * normal - grid.lo) / grid.voxel
     order = [2, 0, 1] if abs(normal[2]) > abs(normal[0]) else [0, 1, 2]
-    return _slab_mean(grid.in_order(volume, tuple(order)), np.ascontiguousarray(matrix[order]),
-                      np.ascontiguousarray(offset[order]), spec.rows, spec.cols, 3)
+    return _slab_mean(grid.in_order(volume, tuple(order)), matrix[order], offset[order], spec.rows, spec.cols, 3)
 
 
 @numba.njit(cache=True, nogil=True)
