@@ -90,7 +90,7 @@ DEFAULTS: dict[str, Any] = {
     "label_filter": {"oof": None, "below": 0.05},
     "class_weights": list(SAMPLE_WEIGHTS),
     "patience": 5,
-    "amp": "bf16",  # bf16 | fp16 | none; only used on CUDA
+    "amp": "bf16",  # bf16 | fp16 | none; the CPU runs bf16 where it computes it natively, else fp32 (device.training_amp)
     "device": "auto",
     "workers": "auto",  # cache and loader processes; auto = the usable CPUs minus one (the main process feeds the GPU)
     # Training's data loader processes: auto = `workers`. 0 runs the loader in the main process: on 2 CPU cores
@@ -100,7 +100,7 @@ DEFAULTS: dict[str, Any] = {
     "loader_workers": "auto",
     "prefetch": 4,  # batches each loader worker keeps ready
     "log_every": 50,  # steps between progress updates (each one waits for the GPU once)
-    "channels_last": True,  # CUDA only: channels-last memory format for the 2D CNNs
+    "channels_last": True,  # channels-last memory format for the 2D CNNs (CUDA and CPU: oneDNN is faster with it)
     "compile": False,  # torch.compile the model (CUDA; worth it for long runs)
     "ddp_wait_s": 7200,  # under torchrun: how long the other ranks wait for rank 0 to build the caches
     "resume": True,  # continue from the run folder's last.pt when its config matches; train.py --restart sets False

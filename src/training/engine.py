@@ -383,8 +383,8 @@ def _make_trainer(cfg: dict, model: torch.nn.Module, steps: int, device: torch.d
     model = model.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        if cfg["channels_last"]:
-            model = model.to(memory_format=torch.channels_last)
+    if cfg["channels_last"] and device.type in ("cuda", "cpu"):
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
                                   fused=device.type == "cuda")
     scheduler = CosineLRScheduler(optimizer, t_initial=cfg["epochs"] * steps, lr_min=cfg["min_lr"],
