@@ -254,3 +254,16 @@ def test_slices_sample_the_volume_as_trilinear_point_sampling_does(row_dir, col_
     got = render_slice(grid, grid.t2, spec, 3.0)
     assert got.shape == (24, 30) and got.dtype == np.float32 and np.abs(got).max() > 0.1
     assert np.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(32, 48), (7, 5)])
+def test_finish_image_blurs_as_scipy_gaussian_filter_does(shape):
+    """finish_image's blur (OpenCV's, 5 taps, mirrored edge) is scipy's gaussian_filter(., 0.5): with no bias,
+    no noise and unit gain, the image comes back blurred exactly so."""
+    from scipy.ndimage import gaussian_filter
+
+    from src.synth.render import finish_image
+
+    image = np.random.default_rng(1).random(shape) * 500
+    got = finish_image(image.astype(np.float32), np.random.default_rng(0), noise=0.0, gain=1.0, bias_strength=0.0)
+    assert np.allclose(got, gaussian_filter(image.astype(np.float32).astype(float), 0.5), rtol=0, atol=1e-9)
