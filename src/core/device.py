@@ -54,22 +54,3 @@ def inference_dtype(device: torch.device) -> torch.dtype | None:
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """Mixed-precision context for a forward pass: autocast to dtype, or nothing when dtype is None."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
-def keep_freed_cpu_memory() -> bool:
-    """Serve large CPU tensors from the heap and keep what is freed there for reuse (glibc mallopt: no mmap,
-    no trimming below 1 GiB); True when applied.
-
-    By default glibc maps every allocation over 32 MB afresh and the kernel zeroes its pages on each forward:
-    at a batch of 64+ slices that doubled the CPU time of inference (docs/BENCHMARKS.md). For a process
-    that runs batched forwards on the CPU; memory is then returned to the system only at exit.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4
-        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to tune
-        return False

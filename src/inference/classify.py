@@ -16,8 +16,9 @@ from torch.utils.data import Dataset
 
 from ..classifier.crops import CropSpec, centre_unit, crop_table, cut_study
 from ..core.constants import FLIPPED_CONDITION, TARGETS
-from ..core.device import autocast, inference_dtype, keep_freed_cpu_memory
+from ..core.device import autocast, inference_dtype
 from ..core.faults import FaultLog
+from ..core.memory import keep_freed_cpu_memory
 from ..core.parallel import batches_ahead, loader_workers
 from ..core.progress import first_line
 from ..core.run_folders import BEST, fold_of, trained_folds

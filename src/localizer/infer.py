@@ -22,8 +22,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ..core.constants import PREDICTED_COORDINATE_COLUMNS, condition_side
-from ..core.device import autocast, inference_dtype, keep_freed_cpu_memory, pick_device
+from ..core.device import autocast, inference_dtype, pick_device
 from ..core.faults import FaultLog
+from ..core.memory import keep_freed_cpu_memory
 from ..core.parallel import batches_ahead
 from ..core.progress import first_line
 from ..core.run_folders import fold_of, localizer_run

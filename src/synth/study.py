@@ -18,6 +18,7 @@ from ..core.constants import (
     TARGETS,
     row_id,
 )
+from ..core.memory import keep_freed_cpu_memory
 from ..data import geometry
 from .anatomy import SEQUENCES, Anatomy, Grid, render_anatomy, tissue_table
 from .config import SynthConfig
@@ -29,6 +30,7 @@ from .write import write_series
 def make_study(args: tuple) -> dict:
     """Render and write one study; returns its table rows (series, coordinates, latent truth)."""
     study_id, pattern, split, seed, cfg = args
+    keep_freed_cpu_memory()  # each study's volumes (tens of MB) reuse the last one's pages, not fresh zeroed ones
     rng = np.random.default_rng(seed)
     severity = draw_severities(pattern, rng, cfg.thresholds)
     p = label_probabilities(severity, cfg.thresholds, cfg.reader_noise)

@@ -27,11 +27,3 @@ def test_training_amp_and_cpu_fallbacks(monkeypatch):
         training_amp("fp8", cpu)
     with autocast(cpu, None):
         assert torch.ones(1).dtype == torch.float32
-
-
-def test_freed_cpu_memory_is_kept_on_glibc():
-    import platform
-
-    from src.core.device import keep_freed_cpu_memory
-
-    assert keep_freed_cpu_memory() is (platform.libc_ver()[0] == "glibc")
