@@ -63,6 +63,11 @@ def write_text(text: str, path: str | Path) -> None:
         tmp.write_text(text)
 
 
+def write_bytes(data: bytes, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def write_json(obj: Any, path: str | Path) -> None:
     write_text(json.dumps(obj, indent=1), path)
 

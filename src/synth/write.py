@@ -12,7 +12,7 @@ from pydicom.filewriter import write_data_element
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, MRImageStorage, RLELossless, generate_uid
 from pydicom.valuerep import DSfloat
 
-from ..core.atomic import atomic_path
+from ..core.atomic import atomic_path, write_bytes
 from .config import SynthConfig
 from .render import SliceSpec
 
@@ -53,14 +53,14 @@ def write_series(
         stored = np.clip(np.round((image - intercept) / slope), 0, 65535).astype(np.uint16)
         own.Rows, own.Columns = stored.shape
         own.add_new(0x7FE00010, "OW", stored.tobytes())  # PixelData: 16-bit words, as BitsAllocated says
-        with atomic_path(directory / f"{instance}.dcm") as tmp:
-            if encoder is not None:
-                tmp.write_bytes(encoder.file_bytes(own))
-            else:
-                ds = copy.deepcopy(base)  # compress may change shared elements
-                ds.update(own)
-                ds.file_meta = file_meta(own.SOPInstanceUID, ExplicitVRLittleEndian)
-                ds.compress(compress, generate_instance_uid=False)  # the instance keeps its deterministic UID
+        if encoder is not None:
+            write_bytes(encoder.file_bytes(own), directory / f"{instance}.dcm")
+        else:
+            ds = copy.deepcopy(base)  # compress may change shared elements
+            ds.update(own)
+            ds.file_meta = file_meta(own.SOPInstanceUID, ExplicitVRLittleEndian)
+            ds.compress(compress, generate_instance_uid=False)  # the instance keeps its deterministic UID
+            with atomic_path(directory / f"{instance}.dcm") as tmp:
                 ds.save_as(tmp, enforce_file_format=True)
         # Geometry as the reader will see it (after DS rounding), for placing the labels.
         geometry_rows.append({"instance": instance, "position": np.array([float(v) for v in own.ImagePositionPatient]),
