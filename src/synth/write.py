@@ -94,7 +94,7 @@ def _encoded(ds: Dataset) -> dict[int, bytes]:
 class SeriesEncoder:
     """Uncompressed (Explicit VR Little Endian) Part 10 files of one series with the shared tags encoded once:
     the bytes pydicom's save_as(enforce_file_format=True) writes (tests/synth/test_write.py), without building
-    and encoding the ~25 shared elements again for every instance (half the generator's writing time)."""
+    and encoding the ~25 shared elements again for every instance (most of pydicom's work per file)."""
 
     def __init__(self, shared: Dataset):
         self.shared = _encoded(shared)
