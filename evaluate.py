@@ -1,5 +1,6 @@
 """Evaluate every fold's out-of-fold predictions:
 python evaluate.py --data-dir DIR [--runs runs/<data-dir name>] [--out-dir reports/<data-dir name>]
+python evaluate.py --across reports/A reports/B ... [--out-dir DIR]   (several sets' held-out tables: mean, spread)
 
 Writes <out-dir>/metrics.json and <out-dir>/report.md: the competition score and its parts per model and for
 the ensemble, the attention paper's table, the CNN-LSTM paper's classification reports, confusion
@@ -13,11 +14,11 @@ from pathlib import Path
 
 import src.registry  # noqa: F401 - every model registered (the runs listing reads it)
 from src.core import cli
-from src.core.atomic import write_json
+from src.core.atomic import write_csv, write_json
 from src.core.paths import reports_dir_for
 from src.data.folds import load_folds
 from src.data.tables import load_submission, load_train
-from src.evaluation.reports import evaluate, held_out_lines, held_out_table
+from src.evaluation.reports import across_lines, across_reports, evaluate, held_out_lines, held_out_table
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,7 +31,17 @@ def main(argv: list[str] | None = None) -> dict:
                     help="a folder of submission*.csv for the data's test split, scored against test_solution.csv")
     ap.add_argument("--held-out-only", action="store_true",
                     help="score only --submissions on the data's test split (for runs trained on another dataset)")
-    a = cli.dataset_defaults(ap.parse_args(argv))
+    ap.add_argument("--across", type=Path, nargs="+", default=None,
+                    help="reports folders of several sets (e.g. one per generator seed): their held-out tables' mean "
+                         "and spread, written to <out-dir>/across.csv (no --data-dir needed)")
+    args = ap.parse_args(argv)
+    if args.across:
+        summary = across_reports(args.across)
+        out = (args.out_dir or Path("reports") / "across") / "across.csv"
+        write_csv(summary, out)
+        print(f"wrote {out}: mean (spread) over {len(args.across)} reports\n" + "\n".join(across_lines(summary)))
+        return {"across": summary.to_dict("records")}
+    a = cli.dataset_defaults(args)
     a.out_dir = a.out_dir or reports_dir_for(a.data_dir)
     if a.held_out_only:
         if a.submissions is None:

@@ -3,6 +3,7 @@ calibration (reliability diagrams before and after the fitted temperatures), pri
 localization error histograms of evaluate_localization.py's per-point errors."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -354,6 +355,54 @@ def held_out_lines(rows: list[dict]) -> list[str]:
     lines = ["## Held-out test split", "", "| submission | score | share of learnable signal |", "| --- | --- | --- |"]
     return lines + [f"| {r['submission']} | {r['score']:.4f} | {100 * r.get('signal_captured', float('nan')):.0f}% |"
                     for r in rows]
+
+
+def across_reports(report_dirs: list[Path]) -> pd.DataFrame:
+    """The held-out tables of several reports folders (say one per generator seed) summarised: per submission the
+    mean and the spread (max - min) of the score, its parts and the share of signal over the reports, and
+    whether the ensemble is at least as good as its best member in every one. Each report's test-split
+    localization (localization_test.json, where there is one) adds the share of points within 5 mm and of
+    studies with a point a level off."""
+    rows = []
+    for folder in report_dirs:
+        metrics_file = Path(folder) / "metrics.json"
+        if not metrics_file.is_file():
+            raise FileNotFoundError(f"{metrics_file}: no metrics.json (run evaluate.py --submissions for that set)")
+        test = json.loads(metrics_file.read_text()).get("test")
+        if not test:
+            raise ValueError(f"{metrics_file}: no held-out table (evaluate.py was run without --submissions)")
+        located = {}
+        loc_file = Path(folder) / "localization_test.json"
+        if loc_file.is_file():
+            loc = json.loads(loc_file.read_text())
+            points = pd.DataFrame(loc["localization"])
+            located = {"within_5mm": float((points["within_5mm"] * points["points"]).sum() / points["points"].sum()),
+                       "studies_level_off": loc["studies_with_a_point_a_level_off"] / loc["studies"]}
+        rows += [{"report": str(folder), **r, **located} for r in test]
+    table = pd.DataFrame(rows)
+    parts = [c for c in table.columns if c not in ("report", "submission")]
+    summary = table.groupby("submission", sort=False)[parts].agg(["mean", lambda x: x.max() - x.min()])
+    summary.columns = [f"{part}_{'mean' if stat == 'mean' else 'spread'}" for part, stat in summary.columns]
+    members = [n for n in table["submission"].unique() if n not in ("prior", "oracle", "ensemble")]
+    if "ensemble" in set(table["submission"]) and members:
+        scores = table.pivot(index="report", columns="submission", values="score")
+        summary["ensemble_at_least_best_member"] = None
+        summary.loc["ensemble", "ensemble_at_least_best_member"] = bool(
+            (scores["ensemble"] <= scores[members].min(axis=1)).all())
+    return summary.reset_index()
+
+
+def across_lines(summary: pd.DataFrame) -> list[str]:
+    """across_reports' summary as Markdown lines: mean (spread) of each number per submission."""
+    parts = [c[:-5] for c in summary.columns if c.endswith("_mean")]
+    lines = ["| submission | " + " | ".join(parts) + " |", "| --- " * (len(parts) + 1) + "|"]
+    for r in summary.to_dict("records"):
+        cells = [f"{r[p + '_mean']:.4f} ({r[p + '_spread']:.4f})" for p in parts]
+        lines.append(f"| {r['submission']} | " + " | ".join(cells) + " |")
+    if "ensemble_at_least_best_member" in summary:
+        verdict = summary.set_index("submission").loc["ensemble", "ensemble_at_least_best_member"]
+        lines += ["", f"ensemble at least as good as its best member in every report: {'yes' if verdict else 'no'}"]
+    return lines
 
 
 def held_out_table(submissions: Path, data_dir: Path) -> pd.DataFrame:

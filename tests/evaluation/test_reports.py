@@ -103,3 +103,32 @@ def test_calibration_error_tells_calibrated_from_overconfident():
     curves, overconfident = calibration(labels, sharp)
     assert calibrated < 0.02 and overconfident > 0.08
     assert [k for k, _, _ in curves] == [0, 1, 2] and all(len(p) == len(o) for _, p, o in curves)
+
+
+def test_across_reports_gives_mean_spread_and_the_ensemble_verdict(tmp_path, capsys):
+    """Two sets' held-out tables: the mean and spread per submission, the localization shares, and whether the
+    ensemble beat its best member in both (here it does not in the second)."""
+    def report(name, ensemble, attn, cnn, within, level_off):
+        folder = tmp_path / name
+        folder.mkdir()
+        test = [{"submission": s, "score": v, "spinal": v + 0.01, "signal_captured": 1 - v}
+                for s, v in (("prior", 1.0), ("ensemble", ensemble), ("attn_resnext", attn), ("cnn_lstm", cnn))]
+        (folder / "metrics.json").write_text(json.dumps({"test": test}))
+        loc = [{"condition": c, "points": n, "within_5mm": w} for c, n, w in zip("ab", (100, 300), within)]
+        (folder / "localization_test.json").write_text(json.dumps({"studies": 100, "studies_with_a_point_a_level_off": level_off,
+                                                                   "localization": loc}))
+        return folder
+
+    a = report("s1", 0.30, 0.32, 0.31, (1.0, 0.98), 0)
+    b = report("s2", 0.34, 0.35, 0.33, (0.96, 1.0), 2)
+    out = evaluate_script.main(["--across", str(a), str(b), "--out-dir", str(tmp_path / "out")])["across"]
+    rows = {r["submission"]: r for r in out}
+    assert rows["ensemble"]["score_mean"] == pytest.approx(0.32) and rows["ensemble"]["score_spread"] == pytest.approx(0.04)
+    assert rows["cnn_lstm"]["spinal_mean"] == pytest.approx(0.33)
+    assert rows["prior"]["within_5mm_mean"] == pytest.approx((0.985 + 0.99) / 2)  # point-weighted per set
+    assert rows["prior"]["studies_level_off_spread"] == pytest.approx(0.02)
+    assert rows["ensemble"]["ensemble_at_least_best_member"] is False
+    assert (tmp_path / "out" / "across.csv").is_file()
+    assert "ensemble at least as good as its best member in every report: no" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="no metrics.json"):
+        evaluate_script.main(["--across", str(tmp_path / "out")])
