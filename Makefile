@@ -105,6 +105,20 @@ variety-demo: install
 	$(MAKE) data baselines DATA=$(VARIETY_DATA) VARIETY=real
 	$(MAKE) pipeline DATA=$(VARIETY_DATA) CONFIG=configs/variety.yaml FOLD_IDS=0
 
+# Decisions on enough data (issue 31): the variety recipe on one --variety real set per seed (200 training and
+# VARIETY_TEST held-out studies each, input/synth_real_s<seed>), then their held-out tables side by side:
+# mean and spread of every score part (reports/variety_seeds/across.csv). About 15 minutes a seed on 2 cores.
+SEEDS ?= 1 2
+VARIETY_TEST ?= 100
+.PHONY: variety-seeds
+variety-seeds: install
+	set -e; for s in $(SEEDS); do \
+	  $(MAKE) data baselines DATA=input/synth_real_s$$s VARIETY=real SEED=$$s TEST_STUDIES=$(VARIETY_TEST); \
+	  $(MAKE) pipeline DATA=input/synth_real_s$$s CONFIG=configs/variety.yaml FOLD_IDS=0; \
+	done
+	$(PY) evaluate.py --across $(foreach s,$(SEEDS),$(word 4,$(shell $(PYTHON) -m src.core.paths input/synth_real_s$(s)))) \
+	  --out-dir reports/variety_seeds
+
 # One prepared GPU check (under 8 minutes on one GPU; exits at once without one): full-size AMP samples/s and
 # peak memory per model, inference s/study, and a 2-epoch full-size training of each model (gpu_check.py).
 .PHONY: gpu-check
