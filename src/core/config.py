@@ -90,7 +90,7 @@ DEFAULTS: dict[str, Any] = {
     "label_filter": {"oof": None, "below": 0.05},
     "class_weights": list(SAMPLE_WEIGHTS),
     "patience": 5,
-    "amp": "bf16",  # bf16 | fp16 | none; the CPU runs bf16 where it computes it natively, else fp32 (device.training_amp)
+    "amp": "bf16",  # bf16 | fp16 | none; only used on CUDA (device.training_amp: the CPU trains in fp32)
     "device": "auto",
     "workers": "auto",  # cache and loader processes; auto = the usable CPUs minus one (the main process feeds the GPU)
     # Training's data loader processes: auto = `workers`. 0 runs the loader in the main process: on 2 CPU cores

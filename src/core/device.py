@@ -16,28 +16,16 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return device
 
 
-def cpu_runs_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX, through oneDNN); elsewhere bf16 is emulated
-    and slower than fp32."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch build without oneDNN's query
-        return False
-
-
 def training_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype or None, whether a GradScaler is needed) for the config's amp: bf16 | fp16 | none.
 
-    CUDA runs either. The CPU runs bf16 where it computes it natively (the 2-core dev box: a localizer or
-    cnn_lstm step 2x faster, docs/BENCHMARKS.md), else fp32; it never runs fp16.
+    Only CUDA uses mixed precision; the CPU trains in fp32. (bf16 autocast on a CPU with native bf16 was 1.4-2.7x
+    faster a step on the dev box, but now and then gave NaN for the same seed and inputs: 3 of 10 repeats of a tiny run,
+    docs/BENCHMARKS.md.)
     """
     if amp not in ("bf16", "fp16", "none"):
         raise ValueError(f"amp must be bf16, fp16 or none, not {amp!r}")
-    if amp == "none":
-        return None, False
-    if device.type == "cpu":
-        return (torch.bfloat16, False) if amp == "bf16" and cpu_runs_bf16() else (None, False)
-    if device.type != "cuda":
+    if device.type != "cuda" or amp == "none":
         return None, False
     return (torch.bfloat16, False) if amp == "bf16" else (torch.float16, True)
 

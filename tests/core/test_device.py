@@ -12,15 +12,9 @@ def test_inference_dtype_follows_the_device(monkeypatch):
         assert inference_dtype(torch.device("cuda:0")) == dtype  # T4 7.5, P100 6.0: fp16; A100/H100: bf16
 
 
-def test_training_amp_and_cpu_fallbacks(monkeypatch):
-    from src.core import device as device_module
-
+def test_training_amp_and_cpu_fallbacks():
     cpu = pick_device("cpu")
-    monkeypatch.setattr(device_module, "cpu_runs_bf16", lambda: False)
-    assert cpu.type == "cpu" and training_amp("bf16", cpu) == (None, False)  # emulated bf16 is slower than fp32
-    monkeypatch.setattr(device_module, "cpu_runs_bf16", lambda: True)
-    assert training_amp("bf16", cpu) == (torch.bfloat16, False)
-    assert training_amp("fp16", cpu) == (None, False) and training_amp("none", cpu) == (None, False)
+    assert cpu.type == "cpu" and training_amp("bf16", cpu) == (None, False)  # bf16 on the CPU gave NaN now and then
     assert training_amp("fp16", torch.device("cuda:0")) == (torch.float16, True)
     assert training_amp("bf16", torch.device("cuda:0")) == (torch.bfloat16, False)
     with pytest.raises(ValueError, match="amp must be"):
