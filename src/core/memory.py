@@ -7,8 +7,8 @@ def keep_freed_cpu_memory() -> bool:
     """Serve large CPU arrays from the heap and keep what is freed there for reuse (glibc mallopt: no mmap,
     no trimming below 1 GiB); True when applied.
 
-    By default glibc maps every allocation over 32 MB afresh and the kernel zeroes its pages on each forward:
-    at a batch of 64+ slices that doubled the CPU time of inference, and it was a tenth of the generator's
+    By default glibc maps every allocation over 32 MB afresh and the kernel zeroes its pages each time: at a
+    batch of 64+ slices that doubles the CPU time of inference, and costs the generator a tenth of its time
     (docs/BENCHMARKS.md). Memory is then returned to the system only at exit.
     """
     import ctypes
