@@ -60,7 +60,7 @@ pipeline: install
 	@test -f $(CONFIG) || { echo "make pipeline: recipe $(CONFIG) not found (CONFIG=configs/....yaml)"; exit 2; }
 	test -f $(FOLDS_FILE) || $(PY) make_folds.py --data-dir $(DATA) --n-folds 5 --seed 42 --out $(FOLDS_FILE)
 	$(PY) prepare.py --data-dir $(DATA) $(CACHE_FLAG)
-	set -e; models="$$($(PY) train.py --config $(CONFIG) --list-models)"; for f in $(FOLD_IDS); do for m in $$models; do \
+	set -e; models="$$($(PY) -m src.core.config $(CONFIG))"; for f in $(FOLD_IDS); do for m in $$models; do \
 	  $(PY) train.py --fold $$f --model $$m --config $(CONFIG) --data-dir $(DATA) --folds $(FOLDS_FILE) --runs $(RUNS) \
 	    $(if $(CACHE_DIR),--cache_dir $(CACHE_DIR)) $(PRETRAINED_FLAG); \
 	done; done

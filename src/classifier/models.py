@@ -90,9 +90,10 @@ class AttnResNeXt(CropClassifier):
     """
 
     def __init__(self, backbone: str = "resnext50_32x4d", in_chans: int = 5, pretrained: bool | str | None = None,
-                 model_kwargs: dict | None = None, head: HeadSpec = HeadSpec()):
+                 model_kwargs: dict | None = None, head: HeadSpec = HeadSpec(), stem_pool: bool = True):
         super().__init__()
-        self.net = create_backbone(backbone, pretrained, in_chans, num_classes=0, global_pool="", **(model_kwargs or {}))
+        self.net = create_backbone(backbone, pretrained, in_chans, stem_pool, num_classes=0, global_pool="",
+                                   **(model_kwargs or {}))
         for part in ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3", "layer4"):
             if not hasattr(self.net, part):
                 raise ValueError(f"backbone '{backbone}' is not a timm ResNet/ResNeXt (no '{part}')")
@@ -126,9 +127,9 @@ class CNNLSTM(CropClassifier):
     ReLU layer and 3 logits (softmax gives the severities)."""
 
     def __init__(self, backbone: str = "resnet18", pretrained: bool | str | None = None, model_kwargs: dict | None = None,
-                 lstm_hidden: int = 128, bidirectional: bool = True, head: HeadSpec = HeadSpec()):
+                 lstm_hidden: int = 128, bidirectional: bool = True, head: HeadSpec = HeadSpec(), stem_pool: bool = True):
         super().__init__()
-        self.encoder = create_backbone(backbone, pretrained, 1, num_classes=0, **(model_kwargs or {}))
+        self.encoder = create_backbone(backbone, pretrained, 1, stem_pool, num_classes=0, **(model_kwargs or {}))
         self.lstm = nn.LSTM(self.encoder.num_features, lstm_hidden, batch_first=True, bidirectional=bidirectional)
         self.embed = head.embedding()
         self.head = head.mlp(lstm_hidden * (2 if bidirectional else 1))
@@ -169,14 +170,15 @@ class PlainCNN(CropClassifier):
 @register_model("attn_resnext", task="classifier")
 def attn_resnext(cfg: dict) -> nn.Module:
     """The dual-attention ResNeXt paper's model."""
-    return AttnResNeXt(cfg["backbone"], cfg["crop"]["n_slices"], cfg["pretrained"], cfg["model_kwargs"], HeadSpec.of(cfg))
+    return AttnResNeXt(cfg["backbone"], cfg["crop"]["n_slices"], cfg["pretrained"], cfg["model_kwargs"], HeadSpec.of(cfg),
+                       cfg.get("stem_pool", True))  # runs saved before the key existed kept the pool
 
 
 @register_model("cnn_lstm", task="classifier", defaults={"backbone": "resnet18"})
 def cnn_lstm(cfg: dict) -> nn.Module:
     """The CNN-LSTM paper's model."""
     return CNNLSTM(cfg["backbone"], cfg["pretrained"], cfg["model_kwargs"], cfg["lstm_hidden"], cfg["bidirectional"],
-                   HeadSpec.of(cfg))
+                   HeadSpec.of(cfg), cfg.get("stem_pool", True))
 
 
 @register_model("plain_cnn", task="classifier", defaults={"backbone": None})

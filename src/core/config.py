@@ -59,6 +59,9 @@ DEFAULTS: dict[str, Any] = {
     # state-dict file, or a folder holding <backbone>.pth (what fetch_weights.py writes).
     "pretrained": None,
     "model_kwargs": {},  # passed to timm.create_model
+    # The per-crop classifiers' ResNet stem max-pool; false: every stage at twice the resolution (about 3x the
+    # compute), for crops of few pixels.
+    "stem_pool": True,
     "embed_dim": 32,
     "hidden": 256,
     "drop": 0.2,
@@ -257,8 +260,9 @@ def _apply(cfg: dict, recipe: dict, model: str, series_type: str | None) -> dict
     return cfg
 
 
-def read_recipe(config_file: str | Path | None) -> dict:
-    """A recipe file (configs/*.yaml) as a dict, checked (ConfigError naming the file); {} for None."""
+def read_recipe(config_file: str | Path | None, check: bool = True) -> dict:
+    """A recipe file (configs/*.yaml) as a dict, checked unless check=False (ConfigError naming the file); {}
+    for None."""
     if not config_file:
         return {}
     path = Path(config_file)
@@ -266,7 +270,8 @@ def read_recipe(config_file: str | Path | None) -> dict:
         recipe = load(path) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    check_recipe(recipe, str(path))
+    if check:
+        check_recipe(recipe, str(path))
     return recipe
 
 
@@ -275,9 +280,10 @@ def ensemble_settings(config_file: str | Path | None) -> dict:
     return {**ENSEMBLE_DEFAULTS, **(read_recipe(config_file).get("ensemble") or {})}
 
 
-def pipeline_models(config_file: str | Path | None) -> list[str]:
-    """The models a recipe trains, in order (its `pipeline`, else PIPELINE)."""
-    return list(read_recipe(config_file).get("pipeline") or PIPELINE)
+def pipeline_models(config_file: str | Path | None, check: bool = True) -> list[str]:
+    """The models a recipe trains, in order (its `pipeline`, else PIPELINE); check=False skips the recipe's
+    check against the model registry (which imports every model, torch and timm with them)."""
+    return list(read_recipe(config_file, check).get("pipeline") or PIPELINE)
 
 
 def model_defaults_of(model: str) -> dict:
@@ -467,3 +473,9 @@ def save(cfg: dict, path: Path) -> None:
 def load(path: Path) -> dict:
     """A saved config.yaml."""
     return yaml.safe_load(Path(path).read_text())
+
+
+if __name__ == "__main__":  # `python -m src.core.config RECIPE`: the models it trains, in a second, for the Makefile
+    import sys  # (train.py, which each of them goes to next, checks the whole recipe)
+
+    print(" ".join(pipeline_models(sys.argv[1] if len(sys.argv) > 1 else None, check=False)))

@@ -9,12 +9,24 @@ from ..core.config import ConfigError, pretrained_file
 from ..core.progress import first_line, log
 
 
-def create_backbone(name: str, pretrained: bool | str | None, in_chans: int, **kwargs) -> nn.Module:
+def create_backbone(name: str, pretrained: bool | str | None, in_chans: int, stem_pool: bool = True,
+                    **kwargs) -> nn.Module:
     """A timm model (kwargs e.g. num_classes=0 or features_only=True), with its first convolution taking
     `in_chans` channels. pretrained: None/False = random initialisation; True = timm's pretrained weights for
     the backbone (downloaded once into the Hugging Face cache; HF_HUB_OFFLINE=1 then reads the cache); a path =
     a local state-dict file, or a folder holding <backbone>.pth. timm adapts the first convolution's RGB
-    weights to `in_chans` and drops the ImageNet classifier; one log line says which weights loaded."""
+    weights to `in_chans` and drops the ImageNet classifier; one log line says which weights loaded.
+    stem_pool=False drops a ResNet's stem max-pool (every stage then sees twice the resolution; the weights
+    are the same, so pretrained ones still load)."""
+    model = _create(name, pretrained, in_chans, **kwargs)
+    if not stem_pool:
+        if not isinstance(getattr(model, "maxpool", None), nn.Module):
+            raise ConfigError(f"stem_pool: false: backbone '{name}' has no stem max-pool (a timm ResNet has)")
+        model.maxpool = nn.Identity()
+    return model
+
+
+def _create(name: str, pretrained: bool | str | None, in_chans: int, **kwargs) -> nn.Module:
     if not pretrained:
         return timm.create_model(name, pretrained=False, in_chans=in_chans, **kwargs)
     extra, source = {}, "timm's pretrained weights"

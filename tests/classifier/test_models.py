@@ -92,6 +92,28 @@ def test_non_resnet_backbone_rejected():
         raise AssertionError("expected a ValueError")
 
 
+def test_stem_pool_off_keeps_every_stage_at_twice_the_resolution():
+    """stem_pool: false drops the ResNet stem's max-pool in both papers' models: the same weights, logits of
+    the same shape, the last stage's map twice as wide (a 64 px crop: 2 -> 4 px); a backbone without one is
+    refused by name."""
+    from src.core.config import ConfigError
+    from src.training.backbone import create_backbone
+
+    for name in ("attn_resnext", "cnn_lstm"):
+        pooled, unpooled = resolve(name, "tiny"), resolve(name, "tiny", None, {"stem_pool": False})
+        a, b = build_model(pooled).eval(), build_model(unpooled).eval()
+        assert a.state_dict().keys() == b.state_dict().keys()
+        logits = b(*_batch(unpooled))
+        assert logits.shape == (4, 3) and torch.isfinite(logits).all()
+    net = create_backbone("resnet10t", None, 3, stem_pool=False, num_classes=0, global_pool="",
+                          channels=[8, 8, 8, 8], stem_width=8)
+    pooled = create_backbone("resnet10t", None, 3, num_classes=0, global_pool="", channels=[8, 8, 8, 8], stem_width=8)
+    x = torch.rand(1, 3, 64, 64)
+    assert net(x).shape[-1] == 4 and pooled(x).shape[-1] == 2
+    with pytest.raises(ConfigError, match="stem_pool.*no stem max-pool"):
+        create_backbone("efficientnet_b0", None, 3, stem_pool=False)
+
+
 def test_plain_cnn_baseline_is_four_conv_blocks():
     cfg = resolve("plain_cnn", "tiny")
     model = build_model(cfg)
