@@ -42,7 +42,7 @@ baselines: data
 	$(PY) score.py --solution $(DATA)/test_solution.csv --submission $(DATA)/test_oracle.csv
 
 # One recipe (configs/*.yaml) on any competition-format folder: folds when the folds file is missing, the
-# series cache, every model of the recipe (its `pipeline`) for each listed fold, each fold's localization report
+# series cache, every model of the recipe (its `pipeline`) for each listed fold (train.py --pipeline), each fold's localization report
 # (which writes every classifier fold's oof_predicted.csv: crops at its fold's predicted points), the final stage
 # the recipe asks for (`ensemble:`, validated by nested folds against the plain mean), infer.py on the
 # test split, the out-of-fold reports and, where DATA holds the answers (test_solution.csv,
@@ -51,6 +51,8 @@ CONFIG ?= configs/demo.yaml
 FOLD_IDS ?= 0
 # CACHE_DIR= moves the decoded-series cache (default: input/cache/<dataset>-<path hash>).
 CACHE_FLAG = $(if $(CACHE_DIR),--cache-dir $(CACHE_DIR))
+# TRAIN_JOBS= trainings of a fold at once (train.py --jobs; auto: 2 on a CPU device of 2 or more cores, else 1).
+TRAIN_JOBS ?= auto
 # PRETRAINED= passes backbone weights to every model (true: timm's, through the Hugging Face cache; a folder
 # from `make weights`); default: the recipe's `pretrained`.
 PRETRAINED_FLAG = $(if $(PRETRAINED),--pretrained $(PRETRAINED))
@@ -60,10 +62,10 @@ pipeline: install
 	@test -f $(CONFIG) || { echo "make pipeline: recipe $(CONFIG) not found (CONFIG=configs/....yaml)"; exit 2; }
 	test -f $(FOLDS_FILE) || $(PY) make_folds.py --data-dir $(DATA) --n-folds 5 --seed 42 --out $(FOLDS_FILE)
 	$(PY) prepare.py --data-dir $(DATA) $(CACHE_FLAG)
-	set -e; models="$$($(PY) -m src.core.config $(CONFIG))"; for f in $(FOLD_IDS); do for m in $$models; do \
-	  $(PY) train.py --fold $$f --model $$m --config $(CONFIG) --data-dir $(DATA) --folds $(FOLDS_FILE) --runs $(RUNS) \
-	    $(if $(CACHE_DIR),--cache_dir $(CACHE_DIR)) $(PRETRAINED_FLAG); \
-	done; done
+	set -e; for f in $(FOLD_IDS); do \
+	  $(PY) train.py --pipeline --jobs $(TRAIN_JOBS) --fold $$f --config $(CONFIG) --data-dir $(DATA) --folds $(FOLDS_FILE) \
+	    --runs $(RUNS) $(if $(CACHE_DIR),--cache_dir $(CACHE_DIR)) $(PRETRAINED_FLAG); \
+	done
 	$(PY) evaluate_localization.py --runs $(RUNS) --data-dir $(DATA) --folds $(FOLDS_FILE) --fold-ids $(FOLD_IDS) \
 	  --out $(REPORTS)/localization.json $(CACHE_FLAG)
 	$(PY) ensemble.py --runs $(RUNS) --data-dir $(DATA) --config $(CONFIG)

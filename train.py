@@ -7,11 +7,14 @@ file (configs/*.yaml) sets every model and series type at once; `--print-config`
 would train with and exits. Running the same command again continues from the run's last.pt (a different
 config is refused unless --restart); a last.pt that does not load is set aside.
 Several GPUs: torchrun --nproc_per_node=K train.py --fold N ...
+Every model of a recipe: python train.py --pipeline --fold N --config configs/demo.yaml [--jobs auto|K] (what
+`make pipeline` runs; on a CPU device two trainings at once, each with half the cores).
 """
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -19,6 +22,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from src.core import cli  # noqa: E402
 from src.core import config as config_lib  # noqa: E402
+from src.core.parallel import SKIPPED, Job, default_workers, run_jobs  # noqa: E402
 from src.core.progress import log  # noqa: E402
 from src.core.run_folders import localizer_run  # noqa: E402
 from src.localizer.plan import PLAN  # noqa: E402
@@ -44,6 +48,14 @@ def _main(argv: list[str] | None) -> dict:
                     help="print the resolved config of every part (each model of the recipe, or --model; each "
                          "series type of the localizer) and exit")
     ap.add_argument("--list-models", action="store_true", help="print the models the recipe trains (its `pipeline`) and exit")
+    ap.add_argument("--pipeline", action="store_true",
+                    help="train every model of the recipe's `pipeline` for --fold (each series type's localizer apart), "
+                         "--jobs of them at once, each after the trainings it needs (a classifier jittered by the "
+                         "localizer's errors after the localizer)")
+    ap.add_argument("--jobs", default="auto",
+                    help="--pipeline: trainings at once; auto: 2 on a CPU device of 2 or more cores, each in a process "
+                         "of its own with half the cores' threads (the cores do about 1.5x the work so, "
+                         "docs/BENCHMARKS.md); else 1, one after the other in this process")
     cli.add_data_dir(ap, default=None)
     cli.add_folds(ap, default=None)
     cli.add_runs(ap, default=None)
@@ -64,6 +76,8 @@ def _main(argv: list[str] | None) -> dict:
         overrides.update(config_lib.parse_overrides(["--pretrained", args.pretrained]))
     if args.restart:
         overrides["resume"] = False
+    if args.pipeline:
+        return _pipeline(args, overrides, sys.argv[1:] if argv is None else list(argv))
     if args.print_config:
         models = [args.model] if args.model else config_lib.pipeline_models(args.config)
         for cfg in (c for m in models for c in _configs(m, args, overrides)):
@@ -86,6 +100,77 @@ def _configs(model: str | None, args, overrides: dict) -> list[dict]:
     names = {k: (name if len(keys) == 1 else f"{name}_{k}") if name else localizer_run(k) for k in keys}
     return [config_lib.resolve("localizer", args.preset, args.config, dict(overrides, series_type=k, name=names[k]))
             for k in keys]
+
+
+def _pipeline(args, overrides: dict, argv: list[str]) -> dict | int:
+    """Every part of the recipe's pipeline for the fold: in this process one after the other (jobs 1), or as
+    `train.py --model ...` processes, --jobs at once; the exit code is 1 when a training failed (each named
+    once), and a training that needs a failed one is not started."""
+    if args.model or overrides.get("name") or args.print_config:
+        raise config_lib.ConfigError("--pipeline trains each model of the recipe under its own name: drop --model, "
+                                     "--name and --print-config")
+    parts = [cfg for model in config_lib.pipeline_models(args.config) for cfg in _configs(model, args, overrides)]
+    for cfg in parts:  # every part's inputs before the first one trains
+        config_lib.check_inputs(cfg)
+    jobs = _jobs(args.jobs, parts)
+    if jobs == 1:
+        return {cfg["name"]: _fit(cfg) for cfg in parts}
+    from src.data.inputs import prepare_tables
+
+    prepare_tables(parts[0])  # the series cache and folds every part reads, once, before they start together
+    threads = max(1, default_workers() // jobs)
+    passed = _without(argv, {"--pipeline": 0, "--jobs": 1})
+    localizers = tuple(cfg["name"] for cfg in parts if cfg["task"] == "localizer")
+    runs = []
+    for cfg in parts:
+        which = ["--model", cfg["model"]] + (["--series_type", cfg["series_type"]] if cfg["task"] == "localizer" else [])
+        own = [] if {"--workers", "--loader_workers"} & {a.split("=")[0] for a in passed} else \
+            ["--workers", str(threads), "--loader_workers", str(threads - 1)]
+        jitter = cfg.get("jitter") or {}
+        needs = localizers if cfg["task"] != "localizer" and jitter.get("copies") and jitter.get("errors") == "localizer" else ()
+        runs.append(Job(cfg["name"], [sys.executable, str(Path(__file__).resolve()), *passed, *which, *own], needs,
+                        {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}))
+    log(f"fold {args.fold}: {len(runs)} trainings, {jobs} at once with {threads} thread(s) each: "
+        + ", ".join(r.name + (f" (after {', '.join(r.needs)})" if r.needs else "") for r in runs))
+    codes = run_jobs(runs, jobs)
+    failed = {n: c for n, c in codes.items() if c != 0}
+    if failed:
+        said = ", ".join(f"{n} (not started: a training it needs failed)" if c == SKIPPED else f"{n} (exit {c})"
+                         for n, c in failed.items())
+        log(f"fold {args.fold}: {len(failed)} of {len(runs)} trainings failed: {said}")
+        return 1
+    log(f"fold {args.fold}: {len(runs)} trainings done")
+    return 0
+
+
+def _jobs(asked: str, parts: list[dict]) -> int:
+    """--jobs as a count: auto is 2 on a CPU device with 2 or more cores (never under torchrun), else 1."""
+    if asked != "auto":
+        try:
+            jobs = int(asked)
+        except ValueError:
+            jobs = 0
+        if jobs < 1:
+            raise config_lib.ConfigError(f"--jobs {asked}: expected auto or a count of at least 1")
+        return min(jobs, len(parts))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or len(parts) < 2 or default_workers() < 2:
+        return 1
+    from src.core.device import pick_device
+
+    return 2 if pick_device(parts[0]["device"]).type == "cpu" else 1
+
+
+def _without(argv: list[str], flags: dict[str, int]) -> list[str]:
+    """argv less the given flags (as `--flag value` or `--flag=value`), each with its count of values."""
+    out, skip = [], 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+        elif arg.split("=")[0] in flags:
+            skip = 0 if "=" in arg else flags[arg.split("=")[0]]
+        else:
+            out.append(arg)
+    return out
 
 
 def _keys_epilog() -> str:

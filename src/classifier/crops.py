@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from ..core.atomic import atomic_path, write_csv, write_text
+from ..core.atomic import atomic_path, cache_lock, write_csv, write_text
 from ..core.config import DEFAULTS
 from ..core.constants import CONDITIONS, LEVELS, group_of, label_column, row_id
 from ..core.parallel import progress_map
@@ -194,6 +194,15 @@ def build_crops(
     npy, csv = out_dir / f"crops_{split}_{key}.npy", out_dir / f"crops_{split}_{key}.csv"
     if npy.is_file() and csv.is_file():
         return np.load(npy, mmap_mode="r"), pd.read_csv(csv)
+    with cache_lock(npy):  # trainings started together (train.py --pipeline --jobs 2) cut the crops once
+        if not (npy.is_file() and csv.is_file()):
+            _cut_crops(table, cache_dir, split, spec, npy, csv, out_dir / f"crops_{split}_{key}.log", workers)
+    return np.load(npy, mmap_mode="r"), pd.read_csv(csv)
+
+
+def _cut_crops(table: pd.DataFrame, cache_dir: Path, split: str, spec: CropSpec, npy: Path, csv: Path, log: Path,
+               workers: int) -> None:
+    """build_crops' files: the crops (npy), their index (csv) and the rows dropped (log)."""
     groups = [(g.to_dict("records"), cache_dir, split, spec) for _, g in table.groupby("study_id", sort=True)]
     starts = np.concatenate([[0], np.cumsum([len(g[0]) for g in groups])[:-1]]).astype(int).tolist()
     keep = np.zeros(len(table), dtype=bool)
@@ -208,9 +217,8 @@ def build_crops(
         arr.flush()
         del arr
         if problems:
-            write_text("\n".join(problems) + "\n", out_dir / f"crops_{split}_{key}.log")
+            write_text("\n".join(problems) + "\n", log)
         write_csv(table.assign(crop=np.arange(len(table)))[keep], csv)
-    return np.load(npy, mmap_mode="r"), pd.read_csv(csv)
 
 
 def centre_unit(crops: torch.Tensor, size_px: int) -> torch.Tensor:

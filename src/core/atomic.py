@@ -33,6 +33,18 @@ def remove_orphans(folder: Path) -> list[Path]:
 
 
 @contextmanager
+def cache_lock(path: str | Path) -> Iterator[None]:
+    """Held while one process builds the cache file `path` (a file lock beside it, PATH.lock): another process
+    that needs the same file waits, then finds it built, so two trainings started together cut it once."""
+    from filelock import FileLock
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        yield
+
+
+@contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path to write; it replaces `path` when the block ends, and is removed on error.
 

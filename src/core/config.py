@@ -260,9 +260,8 @@ def _apply(cfg: dict, recipe: dict, model: str, series_type: str | None) -> dict
     return cfg
 
 
-def read_recipe(config_file: str | Path | None, check: bool = True) -> dict:
-    """A recipe file (configs/*.yaml) as a dict, checked unless check=False (ConfigError naming the file); {}
-    for None."""
+def read_recipe(config_file: str | Path | None) -> dict:
+    """A recipe file (configs/*.yaml) as a dict, checked (ConfigError naming the file); {} for None."""
     if not config_file:
         return {}
     path = Path(config_file)
@@ -270,8 +269,7 @@ def read_recipe(config_file: str | Path | None, check: bool = True) -> dict:
         recipe = load(path) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if check:
-        check_recipe(recipe, str(path))
+    check_recipe(recipe, str(path))
     return recipe
 
 
@@ -280,10 +278,9 @@ def ensemble_settings(config_file: str | Path | None) -> dict:
     return {**ENSEMBLE_DEFAULTS, **(read_recipe(config_file).get("ensemble") or {})}
 
 
-def pipeline_models(config_file: str | Path | None, check: bool = True) -> list[str]:
-    """The models a recipe trains, in order (its `pipeline`, else PIPELINE); check=False skips the recipe's
-    check against the model registry (which imports every model, torch and timm with them)."""
-    return list(read_recipe(config_file, check).get("pipeline") or PIPELINE)
+def pipeline_models(config_file: str | Path | None) -> list[str]:
+    """The models a recipe trains, in order (its `pipeline`, else PIPELINE)."""
+    return list(read_recipe(config_file).get("pipeline") or PIPELINE)
 
 
 def model_defaults_of(model: str) -> dict:
@@ -474,8 +471,3 @@ def load(path: Path) -> dict:
     """A saved config.yaml."""
     return yaml.safe_load(Path(path).read_text())
 
-
-if __name__ == "__main__":  # `python -m src.core.config RECIPE`: the models it trains, in a second, for the Makefile
-    import sys  # (train.py, which each of them goes to next, checks the whole recipe)
-
-    print(" ".join(pipeline_models(sys.argv[1] if len(sys.argv) > 1 else None, check=False)))

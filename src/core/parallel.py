@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence, TypeVar
 
 from .progress import progress
@@ -53,3 +58,66 @@ def batches_ahead(dataset: Dataset, per_batch: int, workers: int, desc: str) -> 
         for batch in loader:
             yield batch
             bar.update(len(batch))
+
+
+@dataclass
+class Job:
+    """A command run by run_jobs: its name (the prefix of its output lines), argv, the names of the jobs that
+    must have succeeded first, and environment variables set for it."""
+
+    name: str
+    argv: list[str]
+    needs: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+
+
+SKIPPED = -1000  # run_jobs' code of a job not run because a job it needs failed
+
+
+def run_jobs(jobs: Sequence[Job], at_once: int, poll_s: float = 0.2) -> dict[str, int]:
+    """Run the jobs as subprocesses, at most `at_once` at a time, each once every job it needs has exited 0,
+    in the given order otherwise; every output line is relayed whole, prefixed with the job's name. Returns
+    each job's exit code (SKIPPED where a needed job failed or was skipped). On an interrupt the running jobs
+    are terminated."""
+    names = {j.name for j in jobs}
+    unknown = {n for j in jobs for n in j.needs} - names
+    if unknown:
+        raise ValueError(f"jobs need unknown jobs {sorted(unknown)}")
+    codes: dict[str, int] = {}
+    waiting, running = list(jobs), {}
+    lock = threading.Lock()
+
+    def relay(job: Job, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            with lock:
+                sys.stdout.write(f"[{job.name}] {line}")
+                sys.stdout.flush()
+
+    try:
+        while waiting or running:
+            if waiting and not running and not any(all(n in codes for n in j.needs) for j in waiting):
+                raise ValueError(f"jobs that need each other: {[j.name for j in waiting]}")
+            for job in list(waiting):
+                if any(codes.get(n, 0) != 0 for n in job.needs if n in codes):
+                    codes[job.name] = SKIPPED
+                    waiting.remove(job)
+                elif len(running) < at_once and all(n in codes for n in job.needs):
+                    proc = subprocess.Popen(job.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                            env={**os.environ, **job.env}, bufsize=1)
+                    reader = threading.Thread(target=relay, args=(job, proc), daemon=True)
+                    reader.start()
+                    running[job.name] = (proc, reader)
+                    waiting.remove(job)
+            for name, (proc, reader) in list(running.items()):
+                if proc.poll() is not None:
+                    reader.join()
+                    codes[name] = proc.returncode
+                    del running[name]
+            if running:
+                time.sleep(poll_s)
+    finally:
+        for proc, _ in running.values():
+            proc.terminate()
+        for proc, _ in running.values():
+            proc.wait()
+    return {j.name: codes[j.name] for j in jobs}

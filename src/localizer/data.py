@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from ..core.atomic import atomic_path, write_csv
+from ..core.atomic import atomic_path, cache_lock, write_csv
 from ..core.progress import progress
 from ..data.cache import entries_signature, load_series, series_cache_path, to_stored, to_unit
 from ..data.dicom import Series
@@ -50,9 +50,21 @@ def build_slice_store(
     out_dir = Path(out_dir)
     stem = out_dir / f"slices_{series_type}_{key}"
     npy, idx_csv, pts_csv = stem.with_suffix(".npy"), Path(f"{stem}_index.csv"), Path(f"{stem}_points.csv")
-    if npy.is_file() and idx_csv.is_file() and pts_csv.is_file():
-        return SliceStore(np.load(npy, mmap_mode="r"), pd.read_csv(idx_csv), pd.read_csv(pts_csv))
+    def complete() -> bool:
+        return npy.is_file() and idx_csv.is_file() and pts_csv.is_file()
 
+    if not complete():
+        with cache_lock(npy):  # trainings started together build each store once
+            if not complete():
+                _write_store(series_table, coords, cache_dir, plan, size, neighbour_weight, (npy, idx_csv, pts_csv))
+    return SliceStore(np.load(npy, mmap_mode="r"), pd.read_csv(idx_csv), pd.read_csv(pts_csv))
+
+
+def _write_store(series_table: pd.DataFrame, coords: pd.DataFrame, cache_dir: Path, plan, size: int,
+                 neighbour_weight: float, files: tuple[Path, Path, Path]) -> None:
+    """build_slice_store's files: the resized slices (npy, written last), their index and the points."""
+    npy, idx_csv, pts_csv = files
+    series_type = plan.series_type
     by_series = {sid: g for sid, g in coords.groupby("series_id")}
     rows, points, images = [], [], []
     for r in progress(series_table.itertuples(), f"slices {series_type}", total=len(series_table)):
@@ -70,7 +82,6 @@ def build_slice_store(
     write_csv(pts, pts_csv)
     with atomic_path(npy, ".npy") as tmp:  # written last: its presence means the store is complete
         np.save(tmp, arr)
-    return SliceStore(np.load(npy, mmap_mode="r"), index, pts)
 
 
 def _add_series(s: Series, r, labelled: pd.DataFrame | None, plan: Part, size: int, neighbour_weight: float,
