@@ -40,7 +40,7 @@ import src.registry  # noqa: E402,F401 - every model registered (the runs listin
 from src.core import cli  # noqa: E402
 from src.core.faults import MODEL_DROPPED_EXIT, FaultLog  # noqa: E402
 from src.core.paths import cache_dir_for, submission_dir_for  # noqa: E402
-from src.data.tables import DataError  # noqa: E402
+from src.data.tables import DataError, load_coordinates  # noqa: E402
 from src.evaluation.explain import explain  # noqa: E402
 from src.inference.context import InferenceContext  # noqa: E402
 from src.inference.pipeline import coordinates_path, make_submission  # noqa: E402
@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also write a plain-language reading and a PNG sheet of crops and attention for these studies")
     ap.add_argument("--explain-dir", type=Path, default=None, help="the explanations' folder; default: <out folder>/explain")
     ap.add_argument("--per-model", action="store_true", help="also write submission_{model}.csv per classifier")
+    ap.add_argument("--at-points", type=Path, default=None, metavar="CSV",
+                    help="cut the crops at this table's points (train_label_coordinates.csv's format, e.g. the test "
+                         "split's labelled points) instead of localizing: what the classifiers score without stage 1")
     ap.add_argument("--strict", action="store_true",
                     help=f"exit {MODEL_DROPPED_EXIT} (submission still written) when any fold, member or localizer was "
                          "dropped, an ensemble entry or a series' geometry fell back, or no model was used")
@@ -75,12 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     if not a.runs.is_dir():
         raise DataError(f"{a.runs}: no such runs folder (--runs)")
     a.out = a.out or submission_dir_for(a.data_dir) / "submission.csv"
+    if a.at_points is not None:
+        load_coordinates(a.at_points)  # a bad table is one line now, not a submission of priors later
     faults = FaultLog()
     started = time.time()
     try:
         ctx = InferenceContext(a.data_dir, a.runs, cache_dir_for(a.data_dir, a.cache_dir), a.split, a.out,
                                tta=not a.no_tta, workers=a.workers, studies_per_batch=a.batch_studies,
-                               ensemble_path=a.ensemble, per_model=a.per_model, faults=faults)
+                               ensemble_path=a.ensemble, per_model=a.per_model, faults=faults, points=a.at_points)
         submission = make_submission(ctx, studies=a.studies)
     except Exception as err:  # only when not even the prior could be written, or a file after it failed
         if a.debug:

@@ -30,6 +30,7 @@ class InferenceContext:
     ensemble_path: Path | None = None  # default: runs/ensemble.json
     per_model: bool = False
     faults: FaultLog = field(default_factory=FaultLog)
+    points: Path | None = None  # crops cut at this table's points (e.g. the labelled ones) instead of localizing
 
     def __post_init__(self) -> None:
         self.data_dir, self.runs, self.cache_dir = Path(self.data_dir), Path(self.runs), Path(self.cache_dir)

@@ -23,7 +23,15 @@ from ..core.progress import log
 from ..core.run_folders import classifier_runs, ensemble_file, is_run_name
 from ..data.cache import prepare
 from ..data.dicom import GEOMETRY_FALLBACK
-from ..data.tables import DataError, bad_row_ids, load_row_ids, load_series_descriptions, load_train, submission_row_ids
+from ..data.tables import (
+    DataError,
+    bad_row_ids,
+    load_coordinates,
+    load_row_ids,
+    load_series_descriptions,
+    load_train,
+    submission_row_ids,
+)
 from ..localizer.infer import Localizer, localize
 from . import ensemble as ensemble_lib
 from .classify import run_classifiers
@@ -130,7 +138,18 @@ def _combine(frames: dict[str, pd.DataFrame], fitted: dict, faults: FaultLog) ->
 
 
 def _localize(ctx: InferenceContext, study_ids: list[int]) -> pd.DataFrame:
-    """Stage 1 for the studies: their series lines read, decoded once, localized; every problem named per study."""
+    """Stage 1 for the studies: their series lines read, decoded once, localized; every problem named per study.
+    With ctx.points, the crops' points are that table's rows of the studies instead (no localizer runs)."""
+    table = _read_series(ctx, study_ids)
+    if ctx.points is not None:
+        points = load_coordinates(ctx.points)
+        return points[points["study_id"].isin(study_ids)].reset_index(drop=True)
+    return localize(table, ctx.cache_dir, ctx.split, Localizer.from_runs(ctx.runs, device=ctx.device, faults=ctx.faults),
+                    ctx.faults, workers=loader_workers(ctx.workers, ctx.device.type), studies_per_batch=ctx.studies_per_batch)
+
+
+def _read_series(ctx: InferenceContext, study_ids: list[int]) -> pd.DataFrame:
+    """The studies' series lines, each series decoded once into the cache; every problem named per study."""
     problems: list[tuple[int | None, bool, str]] = []
     faults, split = ctx.faults, ctx.split
     table = series_table(ctx.data_dir, split, study_ids, problems)
@@ -150,8 +169,7 @@ def _localize(ctx: InferenceContext, study_ids: list[int]) -> pd.DataFrame:
             "geometry" if any(GEOMETRY_FALLBACK in t for t in texts) else "repair"
         faults.add(unit, "series descriptions" if study_id is None else f"study {study_id}", "; ".join(texts),
                    study_id=study_id)
-    return localize(table, ctx.cache_dir, split, Localizer.from_runs(ctx.runs, device=ctx.device, faults=faults), faults,
-                    workers=loader_workers(ctx.workers, ctx.device.type), studies_per_batch=ctx.studies_per_batch)
+    return table
 
 
 def make_submission(ctx: InferenceContext, studies: list[int] | None = None) -> pd.DataFrame:

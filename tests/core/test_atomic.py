@@ -60,3 +60,19 @@ def test_every_file_write_goes_through_the_atomic_helper():
             if not to_string and (target is None or target.group(1) != "tmp"):
                 found.append(f"{path.relative_to(repo)}:{i + 1}: {line.strip()}")
     assert not found, "writes outside src/atomic.py:\n" + "\n".join(found)
+
+
+def test_cache_lock_makes_a_second_builder_wait(tmp_path):
+    """While one process holds a cache file's lock, another cannot take it (it waits for the file instead)."""
+    import subprocess
+    import sys
+
+    from src.core.atomic import cache_lock
+
+    target = tmp_path / "sub" / "crops.npy"
+    probe = ("import sys; from filelock import FileLock, Timeout\ntry:\n    FileLock(sys.argv[1] + '.lock').acquire(timeout=0.1)"
+             "\n    print('taken')\nexcept Timeout:\n    print('busy')")
+    with cache_lock(target):
+        held = subprocess.run([sys.executable, "-c", probe, str(target)], capture_output=True, text=True).stdout.strip()
+    free = subprocess.run([sys.executable, "-c", probe, str(target)], capture_output=True, text=True).stdout.strip()
+    assert (held, free) == ("busy", "taken")

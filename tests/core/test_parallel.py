@@ -19,3 +19,36 @@ def test_training_loaders_take_the_configs_count():
     assert train.num_workers == 3
     train, _, _ = _loaders({**cfg, "loader_workers": 0}, data, data, 1, 0, torch.device("cpu"))
     assert train.num_workers == 0
+
+
+def _py(code: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-c", code]
+
+
+def test_run_jobs_relays_each_line_runs_what_is_ready_and_skips_what_needs_a_failure(tmp_path, capsys):
+    trail = tmp_path / "trail.txt"
+    step = ("import os, pathlib, time; p = pathlib.Path({t!r}); p.write_text(p.read_text() + 'start {n};' "
+            "if p.exists() else 'start {n};'); time.sleep(0.2); print('hello from', os.environ['WHO']); "
+            "p.write_text(p.read_text() + 'end {n};')")
+    jobs = [parallel.Job("a", _py(step.format(t=str(trail), n="a")), env={"WHO": "a"}),
+            parallel.Job("bad", _py("import sys; print('failing'); sys.exit(3)")),
+            parallel.Job("after_bad", _py("print('never')"), needs=("bad",)),
+            parallel.Job("after_after", _py("print('never')"), needs=("after_bad",)),
+            parallel.Job("b", _py(step.format(t=str(trail), n="b")), needs=("a",), env={"WHO": "b"})]
+    codes = parallel.run_jobs(jobs, at_once=1)
+    assert codes == {"a": 0, "bad": 3, "after_bad": parallel.SKIPPED, "after_after": parallel.SKIPPED, "b": 0}
+    out = capsys.readouterr().out.splitlines()
+    assert "[a] hello from a" in out and "[b] hello from b" in out and "[bad] failing" in out
+    assert not any("never" in line for line in out)
+    assert trail.read_text() == "start a;end a;start b;end b;"  # one at a time, b after the a it needs
+
+
+def test_run_jobs_refuses_needs_it_cannot_meet():
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown jobs"):
+        parallel.run_jobs([parallel.Job("a", _py(""), needs=("nowhere",))], 2)
+    with pytest.raises(ValueError, match="need each other"):
+        parallel.run_jobs([parallel.Job("a", _py(""), needs=("b",)), parallel.Job("b", _py(""), needs=("a",))], 2)

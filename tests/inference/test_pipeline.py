@@ -152,6 +152,32 @@ def test_the_coordinates_written_beside_a_submission_score_as_localizing_again(s
         evaluate_localization.main(common + ["--coords", str(coordinates_path(out))])
 
 
+@pytest.mark.filterwarnings("ignore")
+def test_at_points_cuts_the_crops_at_a_given_table_without_any_localizer(synth_dir, tmp_path, capsys):
+    """infer.py --at-points: stage 2 alone, at the test split's labelled points (no localizer run is needed, and
+    the written coordinates are those points); a table that does not read is one line before any work."""
+    from src.data.tables import load_coordinates
+    from src.inference.pipeline import coordinates_path
+
+    runs = make_fake_runs(tmp_path / "runs")
+    for loc in runs.glob("localizer_*"):
+        shutil.rmtree(loc)
+    labelled = synth_dir / "test_label_coordinates.csv"
+    out = tmp_path / "sub" / "submission.csv"
+    common = ["--data-dir", str(synth_dir), "--runs", str(runs), "--cache-dir", str(tmp_path / "cache"), "--workers", "1"]
+    assert infer_script.main(common + ["--out", str(out), "--at-points", str(labelled)]) == 0
+    used = load_coordinates(coordinates_path(out))
+    expected = load_coordinates(labelled)
+    pd.testing.assert_frame_equal(used[["study_id", "series_id", "instance_number", "x", "y"]].reset_index(drop=True),
+                                  expected[["study_id", "series_id", "instance_number", "x", "y"]].reset_index(drop=True))
+    sub = load_submission(out)
+    assert len(sub) == len(pd.read_csv(synth_dir / "sample_submission.csv"))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("study_id,x\n1,2\n")
+    assert infer_script.cli.guard(infer_script.main, common + ["--out", str(tmp_path / "b.csv"), "--at-points", str(bad)]) == 2
+    assert f"{bad}" in capsys.readouterr().err and not (tmp_path / "b.csv").exists()
+
+
 def test_inference_imports_no_augmentation_library_and_chooses_no_plot_backend():
     """What the Kaggle notebook imports: no albumentations, no pyplot (whose import picks a backend)."""
     import subprocess

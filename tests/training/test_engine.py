@@ -278,3 +278,24 @@ def test_a_full_disk_ends_training_in_one_line_and_keeps_the_last_checkpoint(bas
     assert not list(run.glob(".*.tmp*"))
     assert guard(train_script.main, [*cmd, "--epochs", "2"]) == 0  # room again: it continues from epoch 1
     assert pd.read_csv(run / "log.csv")["epoch"].tolist() == [1, 2]
+
+
+def test_pipeline_trains_every_model_of_a_recipe_two_at_once_or_in_this_process(base_args, tmp_path, capsys):
+    """train.py --pipeline: --jobs 2 runs each model as a train.py process of its own (output lines prefixed by
+    the run's name, exit code 0); --jobs 1 trains them one after the other in this process; --model is refused."""
+    args, root = base_args
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("preset: tiny\npipeline: [attn_resnext, cnn_lstm]\nepochs: 1\n")
+    runs = tmp_path / "runs"
+    code = train_script.main(["--pipeline", "--jobs", "2", "--fold", "0", "--config", str(recipe), "--runs", str(runs), *args])
+    out = capsys.readouterr().out
+    assert code == 0 and "2 trainings, 2 at once" in out and "2 trainings done" in out
+    assert any(line.startswith("[cnn_lstm] ") and "epoch 1: train_loss" in line for line in out.splitlines())
+    for model in ("attn_resnext", "cnn_lstm"):
+        saved = yaml.safe_load((runs / model / "fold0" / "config.yaml").read_text())
+        assert (runs / model / "fold0" / "best.pt").is_file() and saved["workers"] == 0  # the command's own --workers
+    here = train_script.main(["--pipeline", "--jobs", "1", "--fold", "0", "--config", str(recipe),
+                              "--runs", str(tmp_path / "runs1"), *args])
+    assert set(here) == {"attn_resnext", "cnn_lstm"} and all(r["best_epoch"] == 1 for r in here.values())
+    with pytest.raises(config_lib.ConfigError, match="--pipeline trains each model"):
+        train_script.main(["--pipeline", "--model", "cnn_lstm", "--config", str(recipe), *args])
