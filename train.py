@@ -54,7 +54,7 @@ def _main(argv: list[str] | None) -> dict:
                          "localizer's errors after the localizer)")
     ap.add_argument("--jobs", default="auto",
                     help="--pipeline: trainings at once; auto: 2 on a CPU device of 2 or more cores, each in a process "
-                         "of its own with half the cores' threads (the cores do about 1.5x the work so, "
+                         "of its own with half the cores' threads and --workers (the cores do about 1.5x the work so, "
                          "docs/BENCHMARKS.md); else 1, one after the other in this process")
     cli.add_data_dir(ap, default=None)
     cli.add_folds(ap, default=None)
@@ -124,8 +124,7 @@ def _pipeline(args, overrides: dict, argv: list[str]) -> dict | int:
     runs = []
     for cfg in parts:
         which = ["--model", cfg["model"]] + (["--series_type", cfg["series_type"]] if cfg["task"] == "localizer" else [])
-        own = [] if {"--workers", "--loader_workers"} & {a.split("=")[0] for a in passed} else \
-            ["--workers", str(threads), "--loader_workers", str(threads - 1)]
+        own = [] if "--workers" in {a.split("=")[0] for a in passed} else ["--workers", str(threads)]
         jitter = cfg.get("jitter") or {}
         needs = localizers if cfg["task"] != "localizer" and jitter.get("copies") and jitter.get("errors") == "localizer" else ()
         runs.append(Job(cfg["name"], [sys.executable, str(Path(__file__).resolve()), *passed, *which, *own], needs,

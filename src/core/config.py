@@ -97,9 +97,9 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "workers": "auto",  # cache and loader processes; auto = the usable CPUs minus one (the main process feeds the GPU)
     # Training's data loader processes: auto = `workers`. 0 runs the loader in the main process: on 2 CPU cores
-    # epochs were 1.2-1.4x faster so (a worker takes a core from the model's threads, docs/BENCHMARKS.md), but the
-    # augmentation draws another random stream, which moves the demo's scores by its noise; opt in with
-    # --loader_workers 0.
+    # epochs were 1.1-1.4x faster so, but the augmentation then draws another random stream, and the demo's
+    # held-out ensemble came out 0.008-0.015 worse at each of 3 seeds (out of fold no worse; docs/BENCHMARKS.md,
+    # issue 30's fourth part); opt in with --loader_workers 0.
     "loader_workers": "auto",
     "prefetch": 4,  # batches each loader worker keeps ready
     "log_every": 50,  # steps between progress updates (each one waits for the GPU once)
