@@ -143,7 +143,10 @@ def _pipeline(args, overrides: dict, argv: list[str]) -> dict | int:
 
 
 def _jobs(asked: str, parts: list[dict]) -> int:
-    """--jobs as a count: auto is 2 on a CPU device with 2 or more cores (never under torchrun), else 1."""
+    """--jobs as a count: auto is 2 on a CPU device with 2 or more cores, else 1; always 1 under torchrun (its
+    processes already share the machine)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return 1
     if asked != "auto":
         try:
             jobs = int(asked)
@@ -152,7 +155,7 @@ def _jobs(asked: str, parts: list[dict]) -> int:
         if jobs < 1:
             raise config_lib.ConfigError(f"--jobs {asked}: expected auto or a count of at least 1")
         return min(jobs, len(parts))
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or len(parts) < 2 or default_workers() < 2:
+    if len(parts) < 2 or default_workers() < 2:
         return 1
     from src.core.device import pick_device
 

@@ -60,7 +60,8 @@ DEFAULTS: dict[str, Any] = {
     "pretrained": None,
     "model_kwargs": {},  # passed to timm.create_model
     # The per-crop classifiers' ResNet stem max-pool; false: every stage at twice the resolution (about 3x the
-    # compute), for crops of few pixels.
+    # compute). On the tiny preset's 64 px crops of --variety real it scored worse on both sets tried
+    # (docs/BENCHMARKS.md, issue 31).
     "stem_pool": True,
     "embed_dim": 32,
     "hidden": 256,

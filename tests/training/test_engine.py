@@ -299,3 +299,5 @@ def test_pipeline_trains_every_model_of_a_recipe_two_at_once_or_in_this_process(
     assert set(here) == {"attn_resnext", "cnn_lstm"} and all(r["best_epoch"] == 1 for r in here.values())
     with pytest.raises(config_lib.ConfigError, match="--pipeline trains each model"):
         train_script.main(["--pipeline", "--model", "cnn_lstm", "--config", str(recipe), *args])
+    with pytest.raises(config_lib.ConfigError, match="--jobs none: expected auto or a count"):
+        train_script.main(["--pipeline", "--jobs", "none", "--config", str(recipe), *args])
