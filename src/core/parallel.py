@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence, TypeVar
 
-from .progress import progress
+from .progress import progress, tagged
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -76,7 +76,7 @@ SKIPPED = -1000  # run_jobs' code of a job not run because a job it needs failed
 
 def run_jobs(jobs: Sequence[Job], at_once: int, poll_s: float = 0.2) -> dict[str, int]:
     """Run the jobs as subprocesses, at most `at_once` at a time, each once every job it needs has exited 0,
-    in the given order otherwise; every output line is relayed whole, prefixed with the job's name. Returns
+    in the given order otherwise; every output line is relayed whole, tagged with the job's name (progress.tagged). Returns
     each job's exit code (SKIPPED where a needed job failed or was skipped). On an interrupt the running jobs
     are terminated."""
     names = {j.name for j in jobs}
@@ -90,7 +90,7 @@ def run_jobs(jobs: Sequence[Job], at_once: int, poll_s: float = 0.2) -> dict[str
     def relay(job: Job, proc: subprocess.Popen) -> None:
         for line in proc.stdout:
             with lock:
-                sys.stdout.write(f"[{job.name}] {line}")
+                sys.stdout.write(tagged(line, job.name))
                 sys.stdout.flush()
 
     try:

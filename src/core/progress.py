@@ -32,6 +32,13 @@ def stamp(message: str) -> str:
     return f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
 
 
+def tagged(line: str, tag: str) -> str:
+    """A line of another process's output marked as its (`[tag]`): after the time stamp where it has one (the
+    log stays sorted by time at the start of each line), else in front."""
+    stamped = len(line) > 20 and line[:4].isdigit() and line[4] == "-" and line[10] == " " and line[19] == " "
+    return f"{line[:20]}[{tag}] {line[20:]}" if stamped else f"[{tag}] {line}"
+
+
 def log(message: str, file=None) -> None:
     """Print one timestamped line (stdout by default), flushed at once."""
     print(stamp(message), file=file or sys.stdout, flush=True)

@@ -281,8 +281,9 @@ def test_a_full_disk_ends_training_in_one_line_and_keeps_the_last_checkpoint(bas
 
 
 def test_pipeline_trains_every_model_of_a_recipe_two_at_once_or_in_this_process(base_args, tmp_path, capsys):
-    """train.py --pipeline: --jobs 2 runs each model as a train.py process of its own (output lines prefixed by
-    the run's name, exit code 0); --jobs 1 trains them one after the other in this process; --model is refused."""
+    """train.py --pipeline: --jobs 2 runs each model as a train.py process of its own (output lines tagged with
+    the run's name after their time stamp, exit code 0); --jobs 1 trains them one after the other in this
+    process; --model and a bad --jobs are refused."""
     args, root = base_args
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("preset: tiny\npipeline: [attn_resnext, cnn_lstm]\nepochs: 1\n")
@@ -290,7 +291,7 @@ def test_pipeline_trains_every_model_of_a_recipe_two_at_once_or_in_this_process(
     code = train_script.main(["--pipeline", "--jobs", "2", "--fold", "0", "--config", str(recipe), "--runs", str(runs), *args])
     out = capsys.readouterr().out
     assert code == 0 and "2 trainings, 2 at once" in out and "2 trainings done" in out
-    assert any(line.startswith("[cnn_lstm] ") and "epoch 1: train_loss" in line for line in out.splitlines())
+    assert any(line[:4].isdigit() and " [cnn_lstm] cnn_lstm fold 0 epoch 1: train_loss" in line for line in out.splitlines())
     for model in ("attn_resnext", "cnn_lstm"):
         saved = yaml.safe_load((runs / model / "fold0" / "config.yaml").read_text())
         assert (runs / model / "fold0" / "best.pt").is_file() and saved["workers"] == 0  # the command's own --workers
