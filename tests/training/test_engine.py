@@ -145,6 +145,16 @@ def test_rerun_continues_refuses_another_config_and_survives_a_corrupt_last(base
     assert guard(train_script.main, [*moved[:-len(args) - 2], "--epochs", "3", *args]) == 0
     assert "finished at epoch 3" in capsys.readouterr().out
     assert (root / "moved" / "cnn_lstm" / "fold0" / "best.pt").stat().st_mtime_ns == before
+    # A run saved before a config key existed (here stem_pool) is the same run while the key is at its default;
+    # set otherwise, the key is named.
+    saved_file = root / "moved" / "cnn_lstm" / "fold0" / "config.yaml"
+    saved = yaml.safe_load(saved_file.read_text())
+    saved.pop("stem_pool")
+    saved_file.write_text(yaml.safe_dump(saved))
+    assert guard(train_script.main, [*moved[:-len(args) - 2], "--epochs", "3", *args]) == 0
+    assert "finished at epoch 3" in capsys.readouterr().out
+    assert guard(train_script.main, [*moved[:-len(args) - 2], "--epochs", "3", "--stem_pool", "false", *args]) == 2
+    assert "another config (stem_pool differ)" in capsys.readouterr().err
     # A corrupt last.pt is set aside; training continues from best.pt at its epoch.
     (run / "last.pt").write_bytes(b"garbage")
     train_script.main([*cmd[:-len(args) - 2], "--epochs", "3", *args])
