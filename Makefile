@@ -44,10 +44,10 @@ baselines: data
 # One recipe (configs/*.yaml) on any competition-format folder: folds when the folds file is missing, the
 # series cache, every model of the recipe (its `pipeline`) for each listed fold (train.py --pipeline), each
 # fold's localization report (which writes every classifier fold's oof_predicted.csv: crops at its fold's
-# predicted points), the final stage
-# the recipe asks for (`ensemble:`, validated by nested folds against the plain mean), infer.py on the
-# test split, the out-of-fold reports and, where DATA holds the answers (test_solution.csv,
-# test_label_coordinates.csv, as the generator writes them), the held-out tables. It never generates data.
+# predicted points), the final stage the recipe asks for (`ensemble:`, validated by nested folds against the
+# plain mean), infer.py on the test split, the out-of-fold reports and, where DATA holds the answers
+# (test_solution.csv, test_label_coordinates.csv, as the generator writes them), the held-out tables. It never
+# generates data.
 CONFIG ?= configs/demo.yaml
 FOLD_IDS ?= 0
 # CACHE_DIR= moves the decoded-series cache (default: input/cache/<dataset>-<path hash>).
