@@ -110,8 +110,9 @@ variety-demo: install
 
 # Decisions on enough data (issue 31): the variety recipe on one --variety real set per seed (200 training and
 # VARIETY_TEST held-out studies each, input/synth_real_s<seed>), then their held-out tables side by side:
-# mean and spread of every score part (reports/variety_seeds/across.csv). About 20 minutes a seed on 2 cores
-# (the localizers about 10, the two 20-epoch classifiers at once about 8: docs/BENCHMARKS.md).
+# mean and spread of every score part (reports/variety_seeds/across.csv). On 2 cores, a seed's two 20-epoch
+# classifiers (at once) and its reports take about 8 minutes (docs/BENCHMARKS.md); its data and localizers,
+# not timed alone at this head, come before them.
 SEEDS ?= 1 2
 VARIETY_TEST ?= 100
 .PHONY: variety-seeds
