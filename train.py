@@ -121,10 +121,10 @@ def _pipeline(args, overrides: dict, argv: list[str]) -> dict | int:
     threads = max(1, default_workers() // jobs)
     passed = _without(argv, {"--pipeline": 0, "--jobs": 1})
     localizers = tuple(cfg["name"] for cfg in parts if cfg["task"] == "localizer")
+    own = [] if "--workers" in {a.split("=")[0] for a in passed} else ["--workers", str(threads)]
     runs = []
     for cfg in parts:
         which = ["--model", cfg["model"]] + (["--series_type", cfg["series_type"]] if cfg["task"] == "localizer" else [])
-        own = [] if "--workers" in {a.split("=")[0] for a in passed} else ["--workers", str(threads)]
         jitter = cfg.get("jitter") or {}
         needs = localizers if cfg["task"] != "localizer" and jitter.get("copies") and jitter.get("errors") == "localizer" else ()
         runs.append(Job(cfg["name"], [sys.executable, str(Path(__file__).resolve()), *passed, *which, *own], needs,

@@ -171,14 +171,14 @@ class PlainCNN(CropClassifier):
 def attn_resnext(cfg: dict) -> nn.Module:
     """The dual-attention ResNeXt paper's model."""
     return AttnResNeXt(cfg["backbone"], cfg["crop"]["n_slices"], cfg["pretrained"], cfg["model_kwargs"], HeadSpec.of(cfg),
-                       cfg.get("stem_pool", True))  # runs saved before the key existed kept the pool
+                       cfg["stem_pool"])
 
 
 @register_model("cnn_lstm", task="classifier", defaults={"backbone": "resnet18"})
 def cnn_lstm(cfg: dict) -> nn.Module:
     """The CNN-LSTM paper's model."""
     return CNNLSTM(cfg["backbone"], cfg["pretrained"], cfg["model_kwargs"], cfg["lstm_hidden"], cfg["bidirectional"],
-                   HeadSpec.of(cfg), cfg.get("stem_pool", True))
+                   HeadSpec.of(cfg), cfg["stem_pool"])
 
 
 @register_model("plain_cnn", task="classifier", defaults={"backbone": None})

@@ -472,3 +472,9 @@ def load(path: Path) -> dict:
     """A saved config.yaml."""
     return yaml.safe_load(Path(path).read_text())
 
+
+def with_new_keys(saved: dict) -> dict:
+    """A saved config with every key added to DEFAULTS since it was saved, at its default: a new key's default
+    keeps the behaviour the run was trained with."""
+    return {**{k: copy.deepcopy(v) for k, v in DEFAULTS.items() if k not in saved}, **saved}
+

@@ -53,8 +53,9 @@ class RunFileError(ValueError):
 
 
 def read_config(run: Path) -> dict:
-    """The resolved config a run was trained with; RunFileError naming config.yaml when it cannot be read,
-    does not parse, is not a mapping or names a key the config does not know."""
+    """The resolved config a run was trained with (keys added since at their defaults: config.with_new_keys);
+    RunFileError naming config.yaml when it cannot be read, does not parse, is not a mapping or names a key the
+    config does not know."""
     path = Path(run) / CONFIG
     try:
         cfg = config_lib.load(path)
@@ -67,7 +68,7 @@ def read_config(run: Path) -> dict:
         raise RunFileError(str(err)) from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise RunFileError(f"{path}: does not read ({first_line(err)})") from None
-    return cfg
+    return config_lib.with_new_keys(cfg)
 
 
 def run_names(runs: str | Path, keep: Callable[[dict], bool], faults=None) -> list[str]:

@@ -166,11 +166,11 @@ RUNTIME_KEYS = ("workers", "loader_workers", "device", "resume", "epochs", "pati
 
 def _check_same_run(out_dir: Path, cfg: dict) -> None:
     """Refuse to continue a run folder trained with another config (ConfigError naming the keys)."""
-    saved = config_lib.portable(config_lib.load(out_dir / CONFIG) or {})  # older runs saved absolute paths
+    raw = config_lib.load(out_dir / CONFIG) or {}
+    saved = config_lib.portable(config_lib.with_new_keys(raw))  # older runs saved absolute paths
     now = yaml.safe_load(yaml.safe_dump(config_lib.portable(cfg)))
-    for key in set(now) - set(saved):  # added since the run was saved: at its default it trains as the run did
-        if key == "dataset" or now[key] == config_lib.DEFAULTS.get(key):  # dataset: derived from data_dir
-            now.pop(key)
+    if "dataset" not in raw:  # derived from data_dir, which is compared; runs saved before it lack it
+        now.pop("dataset", None)
     differ = sorted(k for k in set(saved) | set(now) if k not in RUNTIME_KEYS and saved.get(k) != now.get(k))
     if differ:
         raise config_lib.ConfigError(f"{out_dir}: holds a run with another config ({', '.join(differ)} differ); "

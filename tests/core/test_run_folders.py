@@ -43,3 +43,21 @@ def test_a_broken_config_costs_only_its_run_and_is_named(tmp_path):
     assert "config.yaml: does not read (" in faults.faults[0].reason and "\n" not in faults.faults[0].reason
     with pytest.raises(RunFileError, match=r"cnn_lstm/fold0/config.yaml: not a mapping"):
         read_config(run_dir(runs, "cnn_lstm", 0))
+
+
+def test_a_config_saved_before_a_key_existed_reads_with_the_keys_default(tmp_path):
+    """read_config gives a run's config with every key added since at its default (what the run trained with),
+    so inference rebuilds the same model."""
+    import yaml
+
+    from src.core.config import DEFAULTS
+    from src.core.run_folders import read_config
+
+    runs = make_fake_runs(tmp_path / "runs")
+    saved_file = next(runs.glob("attn_resnext/fold*/config.yaml"))
+    saved = yaml.safe_load(saved_file.read_text())
+    saved.pop("stem_pool")
+    saved_file.write_text(yaml.safe_dump(saved))
+    cfg = read_config(saved_file.parent)
+    assert cfg["stem_pool"] is DEFAULTS["stem_pool"] is True
+    assert {k: v for k, v in cfg.items() if k != "stem_pool"} == saved
