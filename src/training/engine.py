@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from ..core import config as config_lib
 from ..core.atomic import remove_orphans, save_torch, write_csv, write_json, write_text
 from ..core.device import autocast, pick_device, training_amp
+from ..core.memory import keep_freed_cpu_memory
 from ..core.progress import first_line, interactive, log, progress
 from ..core.run_folders import BEST, CONFIG, DONE, LAST, LOG, OOF, run_dir
 from .task import Task
@@ -338,6 +339,8 @@ def fit(cfg: dict, task_class: type[Task]) -> dict:
     rank, world, local_rank = _distributed()
     main = rank == 0
     device = pick_device(cfg["device"], local_rank)
+    if device.type == "cpu":
+        keep_freed_cpu_memory()  # each step's activations would otherwise fault in fresh zeroed pages
     seed_everything(cfg["seed"] + rank)
     out_dir = run_dir(cfg["runs"], cfg["name"], cfg["fold"])
     task = task_class(cfg, device)

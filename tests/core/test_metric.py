@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from src.core.constants import TARGETS
-from src.core.metric import MetricError, prior_submission, score, score_parts
+from src.core.metric import MetricError, log_loss, prior_submission, score, score_parts
 
 ROWS = [
     # row_id, true class
@@ -46,6 +46,20 @@ def test_parts_by_hand():
     assert parts["any_severe_spinal"] == pytest.approx(any_severe)
     assert parts["score"] == pytest.approx((spinal + foraminal + subarticular + any_severe) / 4)
     assert score(sol, sub, "row_id", 2.0) == pytest.approx((spinal + foraminal + subarticular + 2 * any_severe) / 5)
+
+
+def test_log_loss_is_sklearns_to_the_last_bit():
+    from sklearn.metrics import log_loss as sklearn_log_loss
+
+    rng = np.random.default_rng(0)
+    for k in (2, 3):
+        for n in (1, 7, 500):
+            prob = rng.dirichlet(np.ones(k), n)
+            prob[rng.random(n) < 0.2] = np.eye(k)[0]  # certain rows: the clip to [eps, 1 - eps] matters
+            label, weight = rng.integers(0, k, n), rng.choice([1.0, 2.0, 4.0], n)
+            ours = log_loss(label, prob[:, 1] if k == 2 else prob, weight)
+            theirs = sklearn_log_loss(label, prob[:, 1] if k == 2 else prob, sample_weight=weight, labels=list(range(k)))
+            assert ours == theirs
 
 
 def test_rows_renormalised_and_order_free():
