@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.device import place_model
 from ..core.progress import first_line
 from ..core.registry import build_model
 from ..core.run_folders import BEST, RunFileError, fold_of, read_config, trained_folds
@@ -24,7 +25,7 @@ def load_model(run: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
     except Exception as err:  # noqa: BLE001 - named with its file, the caller drops the fold
         raise RunFileError(f"{path}: does not load ({first_line(err)})") from None
-    return model.to(device).eval(), cfg
+    return place_model(model, device, cfg["channels_last"]).eval(), cfg
 
 
 def load_fold_models(runs: str | Path, name: str, device: torch.device, faults,

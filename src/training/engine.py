@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..core import config as config_lib
 from ..core.atomic import remove_orphans, save_torch, write_csv, write_json, write_text
-from ..core.device import autocast, pick_device, training_amp
+from ..core.device import autocast, pick_device, place_model, training_amp
 from ..core.memory import keep_freed_cpu_memory
 from ..core.progress import first_line, interactive, log, progress
 from ..core.run_folders import BEST, CONFIG, DONE, LAST, LOG, OOF, run_dir
@@ -384,11 +384,9 @@ def _make_trainer(cfg: dict, model: torch.nn.Module, steps: int, device: torch.d
     schedule with warm-up over every step, the AMP scaler and the EMA of the weights (ema_decay > 0).
     dist_ranks: (rank, world size, local rank), as _distributed gives them."""
     rank, world, local_rank = dist_ranks
-    model = model.to(device)
+    model = place_model(model, device, cfg["channels_last"])
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    if cfg["channels_last"] and device.type in ("cuda", "cpu"):
-        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
                                   fused=device.type == "cuda")
     scheduler = CosineLRScheduler(optimizer, t_initial=cfg["epochs"] * steps, lr_min=cfg["min_lr"],
