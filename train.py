@@ -12,6 +12,7 @@ Every model of a recipe: python train.py --pipeline --fold N --config configs/de
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -127,8 +128,10 @@ def _pipeline(args, overrides: dict, argv: list[str]) -> dict | int:
         which = ["--model", cfg["model"]] + (["--series_type", cfg["series_type"]] if cfg["task"] == "localizer" else [])
         jitter = cfg.get("jitter") or {}
         needs = localizers if cfg["task"] != "localizer" and jitter.get("copies") and jitter.get("errors") == "localizer" else ()
-        runs.append(Job(cfg["name"], [sys.executable, str(Path(__file__).resolve()), *passed, *which, *own], needs,
-                        {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}))
+        child = [*passed, *which, *own]
+        runs.append(Job(cfg["name"], [sys.executable, str(Path(__file__).resolve()), *child], needs,
+                        {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)},
+                        call=functools.partial(_forked_training, child, threads)))
     log(f"fold {args.fold}: {len(runs)} trainings, {jobs} at once with {threads} thread(s) each: "
         + ", ".join(r.name + (f" (after {', '.join(r.needs)})" if r.needs else "") for r in runs))
     codes = run_jobs(runs, jobs)
@@ -140,6 +143,15 @@ def _pipeline(args, overrides: dict, argv: list[str]) -> dict | int:
         return 1
     log(f"fold {args.fold}: {len(runs)} trainings done")
     return 0
+
+
+def _forked_training(argv: list[str], threads: int) -> int:
+    """One training of --pipeline in a fork of its process (core.parallel.Job.call): the command line it would
+    have had, with `threads` threads (the environment's OMP_NUM_THREADS is read when torch loads, in the parent)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return cli.guard(main, argv)
 
 
 def _jobs(asked: str, parts: list[dict]) -> int:

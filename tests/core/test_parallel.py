@@ -1,8 +1,13 @@
+import os
+import sys
+
 import torch
 
 from src.core import config as config_lib
 from src.core import parallel
 from src.training.engine import _loaders
+
+PARENT = os.getpid()
 
 
 def test_no_loader_process_where_it_would_take_a_core_from_the_models(monkeypatch):
@@ -52,3 +57,35 @@ def test_run_jobs_refuses_needs_it_cannot_meet():
         parallel.run_jobs([parallel.Job("a", _py(""), needs=("nowhere",))], 2)
     with pytest.raises(ValueError, match="need each other"):
         parallel.run_jobs([parallel.Job("a", _py(""), needs=("b",)), parallel.Job("b", _py(""), needs=("a",))], 2)
+
+
+def _exit_with(code):
+    def call():
+        print("child", os.getpid() != PARENT, os.environ.get("WHO"))
+        if code == "raise":
+            raise RuntimeError("boom")
+        if code == "exit":
+            sys.exit(4)
+        return code
+    return call
+
+
+def test_run_jobs_calls_a_jobs_function_in_a_fork_of_this_process(capsys):
+    """On Linux a job's `call` runs in a fork (not its argv): its lines relayed, its return value (an int; a
+    dict counts 0), SystemExit's code or 1 for an exception as the exit code, its environment its own."""
+    import pytest
+
+    if not parallel.forks_jobs():
+        pytest.skip("forks only on Linux")
+    never = _py("print('argv ran')")
+    jobs = [parallel.Job("ok", never, env={"WHO": "ok"}, call=_exit_with(0)),
+            parallel.Job("dict", never, call=_exit_with({"score": 1.0})),
+            parallel.Job("three", never, call=_exit_with(3)),
+            parallel.Job("exit", never, call=_exit_with("exit")),
+            parallel.Job("raise", never, call=_exit_with("raise")),
+            parallel.Job("after", never, needs=("raise",), call=_exit_with(0))]
+    codes = parallel.run_jobs(jobs, at_once=2)
+    assert codes == {"ok": 0, "dict": 0, "three": 3, "exit": 4, "raise": 1, "after": parallel.SKIPPED}
+    out = capsys.readouterr().out.splitlines()
+    assert "[ok] child True ok" in out and "[three] child True None" in out and "WHO" not in os.environ
+    assert any("[raise] RuntimeError: boom" in line for line in out) and not any("argv ran" in line for line in out)
