@@ -46,8 +46,8 @@ baselines: data
 # fold's localization report (which writes every classifier fold's oof_predicted.csv: crops at its fold's
 # predicted points), the final stage the recipe asks for (`ensemble:`, validated by nested folds against the
 # plain mean), infer.py on the test split, the out-of-fold reports and, where DATA holds the answers
-# (test_solution.csv, test_label_coordinates.csv, as the generator writes them), the held-out tables. It never
-# generates data.
+# (test_solution.csv, test_label_coordinates.csv, as the generator writes them), the held-out tables: the steps
+# after the trainings in one process (run_steps.py: torch and timm imported once). It never generates data.
 CONFIG ?= configs/demo.yaml
 FOLD_IDS ?= 0
 # CACHE_DIR= moves the decoded-series cache (default: input/cache/<dataset>-<path hash>).
@@ -67,14 +67,15 @@ pipeline: install
 	  $(PY) train.py --pipeline --jobs $(TRAIN_JOBS) --fold $$f --config $(CONFIG) --data-dir $(DATA) --folds $(FOLDS_FILE) \
 	    --runs $(RUNS) $(if $(CACHE_DIR),--cache_dir $(CACHE_DIR)) $(PRETRAINED_FLAG); \
 	done
-	$(PY) evaluate_localization.py --runs $(RUNS) --data-dir $(DATA) --folds $(FOLDS_FILE) --fold-ids $(FOLD_IDS) \
-	  --out $(REPORTS)/localization.json $(CACHE_FLAG)
-	$(PY) ensemble.py --runs $(RUNS) --data-dir $(DATA) --config $(CONFIG)
-	$(PY) infer.py --data-dir $(DATA) --runs $(RUNS) --out $(SUBMISSIONS)/submission.csv --per-model --strict $(CACHE_FLAG)
-	if [ -f $(DATA)/test_label_coordinates.csv ]; then $(PY) evaluate_localization.py --split test --runs $(RUNS) \
-	  --data-dir $(DATA) --out $(REPORTS)/localization_test.json --coords $(SUBMISSIONS)/submission.coordinates.csv $(CACHE_FLAG); fi
-	$(PY) evaluate.py --runs $(RUNS) --data-dir $(DATA) --folds $(FOLDS_FILE) --out-dir $(REPORTS) \
-	  $$(test -f $(DATA)/test_solution.csv && echo --submissions $(SUBMISSIONS))
+	$(PY) run_steps.py \
+	  evaluate_localization.py --runs $(RUNS) --data-dir $(DATA) --folds $(FOLDS_FILE) --fold-ids $(FOLD_IDS) \
+	    --out $(REPORTS)/localization.json $(CACHE_FLAG) \
+	  --then ensemble.py --runs $(RUNS) --data-dir $(DATA) --config $(CONFIG) \
+	  --then infer.py --data-dir $(DATA) --runs $(RUNS) --out $(SUBMISSIONS)/submission.csv --per-model --strict $(CACHE_FLAG) \
+	  $$(test -f $(DATA)/test_label_coordinates.csv && echo --then evaluate_localization.py --split test --runs $(RUNS) \
+	    --data-dir $(DATA) --out $(REPORTS)/localization_test.json --coords $(SUBMISSIONS)/submission.coordinates.csv $(CACHE_FLAG)) \
+	  --then evaluate.py --runs $(RUNS) --data-dir $(DATA) --folds $(FOLDS_FILE) --out-dir $(REPORTS) \
+	    $$(test -f $(DATA)/test_solution.csv && echo --submissions $(SUBMISSIONS))
 
 # Every pretrained backbone a recipe uses, saved as WEIGHTS/<backbone>.pth (needs internet once, or the Hugging
 # Face cache): give the folder to an offline training box and set `pretrained: WEIGHTS` (or PRETRAINED=WEIGHTS).
