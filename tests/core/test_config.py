@@ -106,14 +106,14 @@ def test_every_committed_recipe_resolves(recipe):
 
 
 def test_demo_recipe_keeps_the_demo_settings():
-    """configs/demo.yaml trains the demo's settings (docs/BENCHMARKS.md's numbers stand): 4-epoch localizers in
+    """configs/demo.yaml trains the demo's settings (docs/BENCHMARKS.md's numbers stand): 3-epoch localizers in
     batches of 16 slices at 96 px without the level loss."""
     parts = _parts(REPO / "configs" / "demo.yaml")
     assert {c["preset"] for c in parts.values()} == {"tiny"}
     assert (parts["attn_resnext"]["epochs"], parts["cnn_lstm"]["epochs"]) == (12, 10)
     for t in TYPES:
         loc = parts[f"localizer_{t}"]
-        assert (loc["epochs"], loc["batch_size"], loc["loc"]["size_px"], loc["loc"]["level_weight"]) == (4, 16, 96, 0.0)
+        assert (loc["epochs"], loc["batch_size"], loc["loc"]["size_px"], loc["loc"]["level_weight"]) == (3, 16, 96, 0.0)
     real = _parts(REPO / "configs" / "real.yaml")
     assert {c["preset"] for c in real.values()} == {None} and real["attn_resnext"]["backbone"] == "resnext50_32x4d"
     assert parts["attn_resnext"]["jitter"]["copies"] == 0  # jitter did not pay on the default set
