@@ -16,16 +16,19 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import pandas as pd
-import torch
 
 from ..core.atomic import atomic_path, write_text
 from ..core.parallel import progress_map
 from .dicom import DicomError, Series, read_series
 from .tables import load_series_descriptions
+
+if TYPE_CHECKING:
+    import torch
 
 CODECS = {"jpeg": (".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95]), "png": (".png", [cv2.IMWRITE_PNG_COMPRESSION, 6])}
 DEFAULT_CODEC = "jpeg"
@@ -59,8 +62,9 @@ def entries_signature(cache_dir: Path, split: str, pairs) -> bytes:
 def to_unit(images: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Stored images as float32 in [0, 1], numpy or torch (on its device): 8-bit stores (crops, slice stores,
     the series cache) are divided by 255; float images pass as they are."""
-    if isinstance(images, torch.Tensor):
-        return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    if not isinstance(images, np.ndarray) and type(images).__module__.startswith("torch"):
+        # a tensor (torch is not imported here: the cache builders and prepare.py never load it)
+        return images.float() / 255.0 if str(images.dtype) == "torch.uint8" else images.float()
     images = np.asarray(images)
     return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
 
