@@ -2,9 +2,9 @@
 flip, Gaussian noise sigma 0.01-0.05), one draw per crop for all of its slices, then the centre crop.
 
 Two paths with the same draw distribution, chosen by the config's `aug.where`:
-- `cpu`: albumentations per crop in the loader workers (train_transform);
-- `device`: one batched transform on the training device (DeviceAugment: affine_grid + grid_sample), so
-  the loader only reads raw crops and the CPU never limits a GPU; `auto` picks it on CUDA.
+- `device` (and `auto`, the default): one batched transform on the training device (DeviceAugment:
+  affine_grid + grid_sample), so the loader only gathers raw crops and the CPU never limits a GPU;
+- `cpu`: albumentations per crop in the loader workers (train_transform).
 A horizontal flip mirrors patient left and right on axial crops, so their condition becomes the mirrored
 one (datasets.flip_condition); both paths report it.
 """
@@ -55,11 +55,13 @@ def was_flipped(result: dict) -> bool:
 
 
 def use_device_path(aug: dict, device: torch.device) -> bool:
-    """Whether augmentation runs batched on the training device: `device`, or `auto` on CUDA."""
+    """Whether augmentation runs batched on the training device: `device` and `auto` (on the GPU and the CPU
+    alike: on the CPU demo's classifiers it was cheaper than albumentations in a loader process and scored
+    better at each of three seeds, docs/BENCHMARKS.md); `cpu` keeps albumentations in the loader."""
     where = aug.get("where", "auto")
     if where not in ("auto", "cpu", "device"):
         raise ValueError(f"aug.where must be auto, cpu or device, not {where!r}")
-    return where == "device" or (where == "auto" and device.type == "cuda")
+    return where != "cpu"
 
 
 class DeviceAugment:

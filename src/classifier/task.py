@@ -130,6 +130,11 @@ class ClassifierTask:
         use_device = use_device_path(cfg["aug"], self.device)
         self.device_augment = DeviceAugment(cfg["aug"], self.spec.size_px) if use_device else None
 
+    @property
+    def loader_work(self) -> bool:
+        """Augmented in the loader (aug.where cpu); on the device path the loader only gathers crops."""
+        return self.device_augment is None
+
     def to_device(self, batch: dict, device: torch.device, train: bool) -> dict[str, torch.Tensor]:
         """The model's inputs on the device; training crops are augmented there on the device path."""
         inputs = {k: batch[k].to(device, non_blocking=True) for k in self.input_keys}

@@ -97,10 +97,10 @@ DEFAULTS: dict[str, Any] = {
     "amp": "bf16",  # bf16 | fp16 | none; only used on CUDA (device.training_amp: the CPU trains in fp32)
     "device": "auto",
     "workers": "auto",  # cache and loader processes; auto = the usable CPUs minus one (the main process feeds the GPU)
-    # Training's data loader processes: auto = `workers`. 0 runs the loader in the main process: on 2 CPU cores
-    # epochs were 1.1-1.4x faster so, but the augmentation then draws another random stream, and the demo's
-    # held-out ensemble came out 0.008-0.015 worse at each of 3 seeds (out of fold no worse; docs/BENCHMARKS.md,
-    # issue 30's fourth part); opt in with --loader_workers 0.
+    # Training's data loader processes: auto = `workers`, and none on the CPU device where the loader only
+    # gathers crops (the classifiers, augmented batched on the device: engine.loader_processes). The localizer
+    # augments in its loader; with its albumentations in the training process instead (aug.where cpu,
+    # --loader_workers 0) the demo's classifiers scored worse held out at each of 3 seeds (docs/BENCHMARKS.md).
     "loader_workers": "auto",
     "prefetch": 4,  # batches each loader worker keeps ready
     "log_every": 50,  # steps between progress updates (each one waits for the GPU once)
@@ -116,7 +116,7 @@ DEFAULTS: dict[str, Any] = {
             # hedge them all, as on --variety real). On for the sagittal types (SERIES_TYPE_DEFAULTS).
             "level_weight": 0.0},
     "aug": {
-        "where": "auto",  # cpu (albumentations in the loader workers) | device (batched on the GPU) | auto
+        "where": "auto",  # auto = device (batched on the training device, GPU or CPU) | cpu (albumentations in the loader)
         "rotate": 10.0,
         "translate": 0.1,
         "scale": [0.8, 1.0],

@@ -35,6 +35,7 @@ class LocalizerTask:
 
     input_keys = ("image",)
     shown = ("val_loss", "score", "right_slice")
+    loader_work = True  # each slice stack is augmented in the loader (data.loc_transform)
 
     def __init__(self, cfg: dict, device: torch.device = torch.device("cpu")):
         self.cfg = cfg

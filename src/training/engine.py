@@ -148,12 +148,21 @@ class _RunState:
                 "bad_epochs": self.bad_epochs}
 
 
-def _loaders(cfg: dict, train_ds: Dataset, val_ds: Dataset, world: int, rank: int, device: torch.device):
+def loader_processes(cfg: dict, device: torch.device, loader_work: bool = True) -> int:
+    """The config's loader_workers as a count: auto is `workers`, and none on the CPU device where the task's
+    loader only gathers prepared arrays (Task.loader_work false): a process would only add copying."""
+    if cfg["loader_workers"] != "auto":
+        return cfg["loader_workers"]
+    return cfg["workers"] if loader_work or device.type != "cpu" else 0
+
+
+def _loaders(cfg: dict, train_ds: Dataset, val_ds: Dataset, world: int, rank: int, device: torch.device,
+             loader_work: bool = True):
     """Training and validation loaders; under DDP both are sharded across the ranks."""
     sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg["seed"]) if world > 1 else None
     val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
     batch_size = min(cfg["batch_size"], len(train_ds))
-    workers = cfg["workers"] if cfg["loader_workers"] == "auto" else cfg["loader_workers"]
+    workers = loader_processes(cfg, device, loader_work)
     args = dict(num_workers=workers, worker_init_fn=seed_worker, pin_memory=device.type == "cuda",
                 persistent_workers=workers > 0, prefetch_factor=cfg["prefetch"] if workers > 0 else None)
     train = DataLoader(train_ds, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True, **args)
@@ -361,7 +370,7 @@ def fit(cfg: dict, task_class: type[Task]) -> dict:
         raise
     if main:
         config_lib.save(cfg, out_dir / CONFIG)
-    loaders = _loaders(cfg, task.train_dataset(), task.val_dataset(), world, rank, device)
+    loaders = _loaders(cfg, task.train_dataset(), task.val_dataset(), world, rank, device, task.loader_work)
     trainer = _make_trainer(cfg, model, len(loaders[0]), device, (rank, world, local_rank))
     if resuming:
         state = _resume(out_dir, trainer, main)

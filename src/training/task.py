@@ -22,6 +22,9 @@ class Task(Protocol):
     # the one the best epoch is chosen by (lower is better): the competition metric for the classifiers, the
     # mean 3D error in mm for the localizer.
     shown: tuple[str, ...]
+    # Whether the training loader does per-item work (augmentation, decoding) worth loader processes on the CPU
+    # device; false where it only gathers prepared arrays: engine.fit then loads in the training process.
+    loader_work: bool
 
     def __init__(self, cfg: dict, device: torch.device) -> None: ...
 

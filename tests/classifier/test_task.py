@@ -27,7 +27,8 @@ def overrides(synth_dir, tmp_path_factory):
 
 @pytest.mark.filterwarnings("ignore")
 def test_classifier_task_splits_by_study_and_scores_every_validation_row(overrides):
-    task = ready(ClassifierTask(resolve("attn_resnext", "tiny", None, overrides)))
+    task = ready(ClassifierTask(resolve("attn_resnext", "tiny", None, {**overrides, "aug": {"where": "cpu"}})))
+    assert task.loader_work  # augmented in the loader: the item is the augmented centre crop
     train_studies, val_studies = set(task.train_index["study_id"]), set(task.val_index["study_id"])
     assert train_studies and val_studies and not train_studies & val_studies
     assert task.train_index["label"].notna().all()  # unlabelled crops never train

@@ -5,7 +5,7 @@ import torch
 
 from src.core import config as config_lib
 from src.core import parallel
-from src.training.engine import _loaders
+from src.training.engine import _loaders, loader_processes
 
 PARENT = os.getpid()
 
@@ -24,6 +24,10 @@ def test_training_loaders_take_the_configs_count():
     assert train.num_workers == 3
     train, _, _ = _loaders({**cfg, "loader_workers": 0}, data, data, 1, 0, torch.device("cpu"))
     assert train.num_workers == 0
+    # auto on the CPU: none where the task's loader only gathers arrays (augmented on the device), else `workers`
+    assert loader_processes(cfg, torch.device("cpu"), loader_work=False) == 0
+    assert loader_processes(cfg, torch.device("cuda"), loader_work=False) == 3
+    assert loader_processes({**cfg, "loader_workers": 1}, torch.device("cpu"), loader_work=False) == 1
 
 
 def _py(code: str) -> list[str]:
