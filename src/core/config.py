@@ -98,9 +98,9 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "workers": "auto",  # cache and loader processes; auto = the usable CPUs minus one (the main process feeds the GPU)
     # Training's data loader processes: auto = `workers`, and none on the CPU device where the loader only
-    # gathers crops (the classifiers, augmented batched on the device: engine.loader_processes). The localizer
-    # augments in its loader; with its albumentations in the training process instead (aug.where cpu,
-    # --loader_workers 0) the demo's classifiers scored worse held out at each of 3 seeds (docs/BENCHMARKS.md).
+    # gathers crops (the classifiers, augmented batched on the device: engine.loader_processes); the localizer
+    # augments in its loader, which keeps its processes. (The classifiers' albumentations in the training
+    # process, aug.where cpu with --loader_workers 0, scored worse held out at 3 of 3 seeds: docs/BENCHMARKS.md.)
     "loader_workers": "auto",
     "prefetch": 4,  # batches each loader worker keeps ready
     "log_every": 50,  # steps between progress updates (each one waits for the GPU once)
