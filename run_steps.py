@@ -9,6 +9,7 @@ one of this folder's scripts before the first one runs.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from pathlib import Path
@@ -44,6 +45,7 @@ def split_steps(argv: list[str]) -> list[tuple[Path, list[str]]]:
     return steps
 
 
+@functools.cache  # a script run twice (the two localization reports) is executed once
 def _module(script: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"_step_{script.stem}", script)
     module = importlib.util.module_from_spec(spec)

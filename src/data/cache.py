@@ -62,7 +62,7 @@ def entries_signature(cache_dir: Path, split: str, pairs) -> bytes:
 def to_unit(images: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Stored images as float32 in [0, 1], numpy or torch (on its device): 8-bit stores (crops, slice stores,
     the series cache) are divided by 255; float images pass as they are."""
-    if not isinstance(images, np.ndarray) and type(images).__module__.startswith("torch"):
+    if type(images).__module__.startswith("torch"):
         # a tensor (torch is not imported here: the cache builders and prepare.py never load it)
         return images.float() / 255.0 if str(images.dtype) == "torch.uint8" else images.float()
     images = np.asarray(images)
