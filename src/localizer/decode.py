@@ -136,6 +136,15 @@ def assign_levels(scores: np.ndarray, inferior: np.ndarray, min_gap: float,
 
 
 @dataclass(frozen=True)
+class Reading:
+    """A condition's levels as read on a searched series: its rows and each level's height (mm, feet up:
+    minus the patient z of its point)."""
+
+    rows: tuple[dict, ...]
+    heights: dict[str, float]
+
+
+@dataclass(frozen=True)
 class HeatSource:
     """Whose heatmaps are decoded: the series (its study and series ids, loaded) and the localizer input size
     (px) the heatmaps were made at."""
@@ -154,31 +163,37 @@ class HeatSource:
 
 @dataclass(frozen=True)
 class Search:
-    """How levels are found on a searched series: candidate peaks (per level and of the every-level channel)
-    and the plausible spacing of consecutive discs (mm, and the largest ratio between two gaps)."""
+    """How levels are found on a searched series: candidate peaks (per level and of the every-level channel),
+    the plausible spacing of consecutive discs (mm, and the largest ratio between two gaps), and the spread of
+    one level's heights across a study's series (mm: the canal and both foramina of a level lie within a few
+    mm of one height; 0: each series read on its own)."""
 
     n_candidates: int = 10
     per_level: int = 1
     min_gap_mm: float = 15.0
     max_gap_mm: float = 70.0
     max_gap_ratio: float = 1.6
+    level_sd_mm: float = 10.0
 
 
-def decode_searched(part: Part, src: HeatSource, heat: np.ndarray, ks: np.ndarray, midline: np.ndarray | None = None,
-                    search: Search = Search()) -> list[dict]:
-    """Rows for every condition and level of a searched (sagittal) series from per-slice heatmaps (len(ks), C, h, w).
+def read_searched(part: Part, src: HeatSource, heat: np.ndarray, ks: np.ndarray, midline: np.ndarray | None = None,
+                  search: Search = Search(), anchors: dict[str, float] | None = None) -> dict[str, Reading]:
+    """Each condition's reading of a searched (sagittal) series from per-slice heatmaps (len(ks), C, h, w).
 
     A midline condition looks at every slice and is read on the middle slice of the structure
     (centre_slice); a lateral one only at the slices on its side of the mid-sagittal plane (through
     `midline`, or the series centre), on the slice where its heat peaks. The candidate discs are the peaks of the
     every-level channel (where the discs are, whichever they are: those above L1/L2 and below L5/S1 too) and
     each level's own strongest peaks; levels are then assigned to those peaks jointly, in head-to-feet order
-    with a plausible spacing, so the levels come from what each level's channel sees (the sacrum below
-    L5/S1, the count from it), never from which disc is topmost in the image. A row's confidence is its
-    peak heat times the assignment's confidence (low when a reading a level off
-    is about as likely).
+    with a plausible spacing (assign_levels), so the levels come from what each level's channel sees (the
+    sacrum below L5/S1, the count from it), never from which disc is topmost in the image. A row's confidence
+    is its peak heat times the assignment's confidence (low when a reading a level off is about as likely).
+
+    With `anchors` (each level's height, mm feet up, read on another series of the study) each level's
+    strongest cell within two search.level_sd_mm of its anchor is a candidate too, and a level's heat at a
+    peak is weighted by N(peak height - anchor; 0, level_sd_mm): the levels where that series put them.
     """
-    rows = []
+    out: dict[str, Reading] = {}
     series, weights = src.series, None
     if midline is None:
         weights = np.zeros(len(series))
@@ -195,12 +210,30 @@ def decode_searched(part: Part, src: HeatSource, heat: np.ndarray, ks: np.ndarra
         top = sub.max(axis=0)  # (C, h, w): each channel's maximum over the slices
         peaks = candidate_peaks(top[: len(levels)], top[part.any_channel], search.n_candidates, search.per_level,
                                 search.min_gap_mm / frame.mm_per_cell)
+        h, w = top.shape[-2:]
+        yy, xx = np.mgrid[0:h, 0:w]
+        height_map = -series.pixel_to_patient(ks[candidates[0]], *frame.to_image((xx + 0.5) * STRIDE - 0.5,
+                                                                                (yy + 0.5) * STRIDE - 0.5))[..., 2]
+        anchored = anchors is not None and search.level_sd_mm > 0
+        if anchored:
+            disc = top[: len(levels)] * top[part.any_channel]
+            for c, level in enumerate(levels):
+                if level in anchors:
+                    near = np.abs(height_map - anchors[level]) <= 2 * search.level_sd_mm
+                    if near.any():
+                        cell = np.unravel_index(int(np.argmax(np.where(near, disc[c], -np.inf))), (h, w))
+                        if tuple(map(int, cell)) not in peaks:
+                            peaks.append((int(cell[0]), int(cell[1])))
         # A level at a peak: its channel's heat (which disc) times the every-level heat (a disc, and where).
         ys, xs = np.array(peaks).T
         scores = top[: len(levels), ys, xs] * top[part.any_channel, ys, xs]  # (levels, peaks)
-        inferior = np.array([-series.pixel_to_patient(ks[candidates[0]], *frame.heat_to_image((y, x)))[2]
-                             for y, x in peaks])
+        inferior = height_map[ys, xs]
+        if anchored:
+            gap = inferior[None, :] - np.array([anchors.get(level, np.nan) for level in levels])[:, None]
+            scores = scores * np.where(np.isnan(gap), 1.0, np.exp(-0.5 * (gap / search.level_sd_mm) ** 2))
+
         picks, sure = assign_levels(scores, inferior, search.min_gap_mm, search.max_gap_mm, search.max_gap_ratio)
+        rows, heights = [], {}
         for c, level in enumerate(levels):
             if picks is not None:
                 y, x = peaks[picks[c]]
@@ -213,7 +246,15 @@ def decode_searched(part: Part, src: HeatSource, heat: np.ndarray, ks: np.ndarra
                 j = int(np.argmax(sub[:, c, y, x]))
             xy = frame.heat_to_image(refine_peak(sub[j, c], y, x))
             rows.append(src.row(ks[candidates[j]], condition, level, xy, float(sub[j, c, y, x]) * sure))
-    return rows
+            heights[level] = float(height_map[y, x])
+        out[condition] = Reading(tuple(rows), heights)
+    return out
+
+
+def decode_searched(part: Part, src: HeatSource, heat: np.ndarray, ks: np.ndarray, midline: np.ndarray | None = None,
+                    search: Search = Search()) -> list[dict]:
+    """Rows for every condition and level of a searched series read on its own (read_searched)."""
+    return [r for found in read_searched(part, src, heat, ks, midline, search).values() for r in found.rows]
 
 
 # On a geometry-sliced (axial) slice: how far a lateral structure may be from the canal, and how far apart the

@@ -31,7 +31,7 @@ from ..core.run_folders import fold_of, localizer_run
 from ..data.cache import load_series, series_cache_path, to_stored
 from ..data.dicom import Series
 from ..training.checkpoint import load_fold_models
-from .decode import HeatSource, decode_searched, decode_slice
+from .decode import HeatSource, Reading, Search, decode_slice, read_searched
 from .frame import series_stacks, stack_of
 from .plan import PLAN, Part
 
@@ -85,13 +85,30 @@ class StudyInput:
     stacks: dict[str, np.ndarray] = field(default_factory=dict)
     error: str | None = None
 
+
+@dataclass
+class Searched:
+    """A searched series as read: its heatmaps (slices, channels, h, w), the midline it was split at and each
+    condition's reading (decode.read_searched)."""
+
+    src: HeatSource
+    heat: np.ndarray
+    midline: np.ndarray | None
+    readings: dict[str, Reading]
+
+    @property
+    def rows(self) -> list[dict]:
+        return [r for reading in self.readings.values() for r in reading.rows]
+
+
 class Localizer:
     """The trained localizers of one or more folds, ready to run on batches of studies."""
 
     def __init__(self, models: dict[str, list[tuple[torch.nn.Module, dict]]], device: torch.device,
-                 batch_size: int = 256):
+                 batch_size: int = 256, search: Search = Search()):
         self.models, self.device, self.dtype = models, device, inference_dtype(device)
         self.batch_size = batch_size  # slices per forward call
+        self.search = search  # how the searched series' levels are read, and agreed across a study's series
         # Folds (by position in models[part]) that failed to predict: never run again, each named once.
         self.failed: dict[str, set[int]] = {key: set() for key in models}
 
@@ -170,21 +187,61 @@ class Localizer:
 
     def studies(self, inputs: list[StudyInput], faults: FaultLog | None = None) -> list[dict]:
         """Coordinate rows of a batch of studies, each part's folds running over all of them at once. A series
-        type that fails in a study costs only that study's conditions of that type (named in `faults`)."""
+        type that fails in a study costs only that study's conditions of that type (named in `faults`).
+
+        Once every searched (sagittal) part is read, each study's series agree on the levels (_agree: the
+        others read where the first one put them), the canal is placed between the foramina, and the
+        geometry-sliced (axial) parts are read at those levels."""
         faults = faults if faults is not None else FaultLog()
         rows: dict[int, list[dict]] = {i: [] for i in range(len(inputs))}
         points: dict[int, dict[str, np.ndarray]] = {i: {} for i in range(len(inputs))}  # from the first searched series
+        searched: dict[int, list[tuple[Part, Searched]]] = {i: [] for i in range(len(inputs))}
         centred = False
         for part in PLAN:
-            if not part.searched and not centred:  # every searched part is read: place the canal, then the levels
+            if not part.searched and not centred:  # every searched part is read: levels, the canal, then the rest
+                self._agree(inputs, rows, searched, faults)
                 self._recentre(inputs, rows, points, faults)
                 centred = True
             if part.series_type not in self.models or not self.live(part):
                 continue
-            run = self._searched if part.searched else self._sliced
-            for i, found in run(part, inputs, points, faults).items():
-                rows[i] += found
+            if part.searched:
+                for i, found in self._searched(part, inputs, points, faults).items():
+                    searched[i].append((part, found))
+            else:
+                for i, found in self._sliced(part, inputs, points, faults).items():
+                    rows[i] += found
+        if not centred:
+            self._agree(inputs, rows, searched, faults)
         return [r for i in range(len(inputs)) for r in rows[i]]
+
+    def _agree(self, inputs: list[StudyInput], rows: dict, searched: dict, faults: FaultLog) -> None:
+        """Each study's searched rows, its series agreeing on the levels: the first series read (Sagittal T2:
+        one canal, the surest count) as it was read, the others read again anchored at its levels
+        (decode.read_searched), so a foramen's heat on the next disc, or between two, does not name a level
+        a disc away from the canal's. search.level_sd_mm 0: each series read on its own."""
+        for i, inp in enumerate(inputs):
+            parts = searched[i]
+            own = [r for _, found in parts for r in found.rows]
+            if len(parts) < 2 or self.search.level_sd_mm <= 0:
+                rows[i] += own
+                continue
+            try:
+                (_, lead), others = parts[0], parts[1:]
+                by_level: dict[str, list[float]] = {}
+                for reading in lead.readings.values():
+                    for level, height in reading.heights.items():
+                        by_level.setdefault(level, []).append(height)
+                anchors = {level: float(np.mean(h)) for level, h in by_level.items()}
+                agreed = lead.rows
+                for part, found in others:
+                    again = read_searched(part, found.src, found.heat, np.arange(len(found.src.series)),
+                                          midline=found.midline, search=self.search, anchors=anchors)
+                    agreed += [r for reading in again.values() for r in reading.rows]
+                rows[i] += agreed
+            except Exception as err:  # noqa: BLE001 - the study keeps each series' own reading
+                faults.add("study", f"study {inp.study_id}", f"agreeing on the levels across series failed "
+                           f"({type(err).__name__}: {err}); each series' own reading kept", study_id=inp.study_id)
+                rows[i] += own
 
     @staticmethod
     def _recentre(inputs: list[StudyInput], rows: dict, points: dict, faults: FaultLog) -> None:
@@ -207,10 +264,12 @@ class Localizer:
         faults.add("study", f"study {study_id}", f"{part.series_type} localization failed ({type(err).__name__}: {err})",
                    study_id=study_id, conditions=part.conditions)
 
-    def _searched(self, part: Part, inputs: list[StudyInput], points: dict, faults: FaultLog) -> dict[int, list[dict]]:
-        """A searched part over every slice of every series of its type in each study, in one batch. A study
-        with several series of the type keeps the reading of the one whose rows are the most confident on
-        average (a repeated acquisition may be blurred, cut short or of another part of the spine)."""
+    def _searched(self, part: Part, inputs: list[StudyInput], points: dict,
+                  faults: FaultLog) -> dict[int, Searched]:
+        """A searched part over every slice of every series of its type in each study, in one batch: each
+        study's heatmaps and reading per condition (decode.read_searched). A study with several series of the
+        type keeps the one whose rows are the most confident on average (a repeated acquisition may be
+        blurred, cut short or of another part of the spine)."""
         size = self.size(part)
         todo, stacks = [], []
         errors: dict[int, Exception] = {}  # a study is named only when none of its series of the type is read
@@ -230,22 +289,23 @@ class Localizer:
         start = 0
         for i, sid, s in todo if heat is not None else []:
             h, start = heat[start : start + len(s)], start + len(s)
+            src = HeatSource(inputs[i].study_id, sid, s, size)
+            midline = np.mean(list(points[i].values()), 0) if points[i] else None
             try:
-                found = decode_searched(part, HeatSource(inputs[i].study_id, sid, s, size), h, np.arange(len(s)),
-                                        midline=np.mean(list(points[i].values()), 0) if points[i] else None)
+                found = Searched(src, h, midline, read_searched(part, src, h, np.arange(len(s)), midline, self.search))
             except Exception as err:  # noqa: BLE001 - one series type of one study must not take the others down
                 errors.setdefault(i, err)
                 continue
-            sure = float(np.mean([r["confidence"] for r in found])) if found else -1.0
+            sure = float(np.mean([r["confidence"] for r in found.rows])) if found.rows else -1.0
             if i not in best or sure > best[i][0]:
                 best[i] = (sure, s, found)
         for i, err in errors.items():
             if i not in best:
                 self._failed(faults, part, inputs[i].study_id, err)
-        out: dict[int, list[dict]] = {}
+        out: dict[int, Searched] = {}
         for i, (_, s, found) in best.items():
             out[i] = found
-            points[i] = points[i] or level_points(s, found)
+            points[i] = points[i] or level_points(s, found.rows)
         return out
 
     def _sliced(self, part: Part, inputs: list[StudyInput], points: dict, faults: FaultLog) -> dict[int, list[dict]]:

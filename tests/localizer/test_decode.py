@@ -5,10 +5,12 @@ from src.data.dicom import Series
 from src.localizer.data import gaussian_heatmaps
 from src.localizer.decode import (
     HeatSource,
+    Search,
     assign_levels,
     centre_slice,
     decode_searched,
     decode_slice,
+    read_searched,
     refine_peak,
     side_of_slices,
 )
@@ -202,3 +204,37 @@ def test_decode_slice_takes_each_side_from_its_own_side_of_the_canal():
     assert out["Left Subarticular Stenosis"]["x"] == pytest.approx(25 * 2 + 0.5, abs=0.6)
     assert out["Right Subarticular Stenosis"]["x"] == pytest.approx(14 * 2 + 0.5, abs=0.6)
     assert out["Right Subarticular Stenosis"]["confidence"] == pytest.approx(0.3)
+
+
+def test_read_searched_with_anchors_takes_the_discs_another_series_found():
+    """Sagittal T1: both foramina's channels fire hardest on the disc below their own (a reading a level
+    low), and faintly where they should. Read alone, each level lands a disc too low; anchored at the canal's
+    heights (Sagittal T2 of the same study) every level is back on its own disc, and the reading says where."""
+    s = _sagittal(n=5)  # slices at patient x = 8, 4, 0, -4, -8 mm
+    s = Series(None, s.volume, s.instance_numbers, s.positions, s.orientations, np.full((5, 2), 2.0))  # 2 mm pixels
+    frame = frame_of(s.shape, s.spacings[0], 100)  # a heat cell is 4 mm
+    discs = [2, 11, 20, 29, 38, 47]  # heatmap rows, head to feet, 36 mm apart: one disc below L5/S1's
+    heat = np.zeros((5, 6, 50, 50), np.float32)
+    for k in (0, 4):  # a left and a right slice
+        for c in range(5):
+            heat[k, c, discs[c + 1], 20] = 0.9  # the disc below: strong
+            heat[k, c, discs[c], 20] = 0.3  # its own disc: faint
+        heat[k, 5, discs, 20] = 0.8  # the every-level channel sees every disc
+    part, src = PARTS["sagittal_t1"], HeatSource(1, 2, s, 100)
+
+    def height(r):  # heat row -> mm, feet up
+        return float(-s.pixel_to_patient(0, *frame.heat_to_image((r, 20)))[2])
+
+    alone = read_searched(part, src, heat, np.arange(5), midline=np.zeros(3))
+    left = alone["Left Neural Foraminal Narrowing"]
+    assert list(left.heights.values()) == pytest.approx([height(r) for r in discs[1:]], abs=0.5)
+    anchors = {level: height(r) + 3.0 for level, r in zip(part.levels, discs[:5])}  # the canal, 3 mm off
+    agreed = read_searched(part, src, heat, np.arange(5), midline=np.zeros(3), anchors=anchors)
+    for condition in part.conditions:
+        reading = agreed[condition]
+        assert list(reading.heights) == list(part.levels)
+        assert list(reading.heights.values()) == pytest.approx([height(r) for r in discs[:5]], abs=0.5)
+        assert [r["y"] for r in reading.rows] == pytest.approx([frame.heat_to_image((r, 20))[1] for r in discs[:5]], abs=1.0)
+    # Anchors off (level_sd_mm 0): the series on its own.
+    off = read_searched(part, src, heat, np.arange(5), midline=np.zeros(3), anchors=anchors, search=Search(level_sd_mm=0.0))
+    assert off["Left Neural Foraminal Narrowing"].heights == left.heights

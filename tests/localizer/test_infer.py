@@ -118,6 +118,54 @@ def test_a_study_with_two_series_of_a_type_keeps_the_more_confident_reading():
         assert len([k for key, k in loc.calls if key == "sagittal_t1"][0]) == 10  # both series in one call
 
 
+class _FaintT1(_Planted):
+    """_Planted, with each foramen level's channel firing hardest on the disc below its own (a sixth disc
+    below L5/S1 at heat row 49) and faintly on its own: Sagittal T1 read on its own is a level low."""
+
+    def heatmaps(self, part, slices, stacks=None, faults=None):
+        heat = super().heatmaps(part, slices, stacks, faults)
+        if part.series_type == "sagittal_t1":
+            rows = DISC_ROWS + [49]
+            heat[:, part.any_channel, 49, 20] = 0.9
+            for c in range(5):
+                heat[:, c, rows[c], 20], heat[:, c, rows[c + 1], 20] = 0.3, 0.9
+        return heat
+
+
+def test_the_foramina_are_read_at_the_levels_of_the_canal(monkeypatch):
+    from src.core.faults import FaultLog
+    from src.localizer import infer
+    from src.localizer.decode import Search
+
+    def ys(rows, condition):
+        return [r["y"] for r in rows if r["condition"] == condition]
+
+    canal = ys(_FaintT1().study(7, _study()), "Spinal Canal Stenosis")
+    alone = _FaintT1()
+    alone.search = Search(level_sd_mm=0.0)  # each series on its own: the foramina a disc low
+    assert ys(alone.study(7, _study()), "Left Neural Foraminal Narrowing")[:4] == pytest.approx(canal[1:], abs=0.5)
+    rows = _FaintT1().study(7, _study())
+    assert len(rows) == 25
+    for side in ("Left", "Right"):
+        assert ys(rows, f"{side} Neural Foraminal Narrowing") == pytest.approx(canal, abs=0.5)
+    # Without a canal there is nothing to agree with: Sagittal T1 is read on its own.
+    no_t2 = _FaintT1().study(7, _study(with_t2=False))
+    assert ys(no_t2, "Left Neural Foraminal Narrowing")[:4] == pytest.approx(canal[1:], abs=0.5)
+
+    # A failure while agreeing costs the study nothing but the agreement, and is named once.
+    def broken(*args, anchors=None, **kwargs):
+        if anchors is not None:
+            raise ValueError("no luck")
+        return read_searched(*args, **kwargs)
+
+    read_searched = infer.read_searched
+    monkeypatch.setattr(infer, "read_searched", broken)
+    faults = FaultLog()
+    rows = _FaintT1().study(7, _study(), faults)
+    assert len(rows) == 25 and ys(rows, "Left Neural Foraminal Narrowing")[:4] == pytest.approx(canal[1:], abs=0.5)
+    assert [f.name for f in faults.faults] == ["study 7"] and "no luck" in faults.faults[0].reason
+
+
 class _Truth(Localizer):
     """A perfect localizer on a generated study: each level's heat peaks where its true 3D point projects,
     fading with the distance from the slice (beyond that of the series' nearest slice, where the labels sit,
