@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..core.constants import PREDICTED_COORDINATE_COLUMNS
 from ..data.dicom import Series
-from .frame import frame_of
+from .frame import Frame, frame_of
 from .plan import STRIDE, Part
 
 PATIENT_LEFT = np.array([1.0, 0.0, 0.0])
@@ -54,6 +54,12 @@ def side_of_slices(series: Series, midline: np.ndarray | None, weights: np.ndarr
     else:
         ref = float(left.mean())
     return np.where(left - ref >= 0, 1, -1)
+
+
+def cell_points(series: Series, k: int, frame: Frame, shape: tuple[int, int]) -> np.ndarray:
+    """The patient point (mm) of every heatmap cell's centre on slice k: (h, w, 3)."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return series.pixel_to_patient(k, *frame.to_image((xx + 0.5) * STRIDE - 0.5, (yy + 0.5) * STRIDE - 0.5))
 
 
 def centre_slice(profile: np.ndarray, depth: np.ndarray) -> int:
@@ -211,9 +217,7 @@ def read_searched(part: Part, src: HeatSource, heat: np.ndarray, ks: np.ndarray,
         peaks = candidate_peaks(top[: len(levels)], top[part.any_channel], search.n_candidates, search.per_level,
                                 search.min_gap_mm / frame.mm_per_cell)
         h, w = top.shape[-2:]
-        yy, xx = np.mgrid[0:h, 0:w]
-        height_map = -series.pixel_to_patient(ks[candidates[0]], *frame.to_image((xx + 0.5) * STRIDE - 0.5,
-                                                                                (yy + 0.5) * STRIDE - 0.5))[..., 2]
+        height_map = -cell_points(series, ks[candidates[0]], frame, (h, w))[..., 2]
         anchored = anchors is not None and search.level_sd_mm > 0
         if anchored:
             disc = top[: len(levels)] * top[part.any_channel]
@@ -276,8 +280,7 @@ def decode_slice(part: Part, src: HeatSource, k: int, heat: np.ndarray, level: s
     frame = frame_of(series.shape, series.spacings[k], src.size)
     sides = part.sides()
     if midline is not None:
-        yy, xx = np.mgrid[0 : heat.shape[0], 0 : heat.shape[1]]
-        cells = series.pixel_to_patient(k, *frame.to_image((xx + 0.5) * STRIDE - 0.5, (yy + 0.5) * STRIDE - 0.5))
+        cells = cell_points(series, k, frame, heat.shape)
         mx, my, _ = series.patient_to_pixel(k, np.asarray(midline, float))
         centre = series.pixel_to_patient(k, float(mx), float(my))  # the canal point on this slice
         left = (cells - centre) @ PATIENT_LEFT
