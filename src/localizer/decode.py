@@ -218,9 +218,10 @@ def read_searched(part: Part, src: HeatSource, heat: np.ndarray, ks: np.ndarray,
                                 search.min_gap_mm / frame.mm_per_cell)
         h, w = top.shape[-2:]
         height_map = -cell_points(series, ks[candidates[0]], frame, (h, w))[..., 2]
+        # A level at a cell: its channel's heat (which disc) times the every-level heat (a disc, and where).
+        disc = top[: len(levels)] * top[part.any_channel]
         anchored = anchors is not None and search.level_sd_mm > 0
         if anchored:
-            disc = top[: len(levels)] * top[part.any_channel]
             for c, level in enumerate(levels):
                 if level in anchors:
                     near = np.abs(height_map - anchors[level]) <= 2 * search.level_sd_mm
@@ -228,9 +229,8 @@ def read_searched(part: Part, src: HeatSource, heat: np.ndarray, ks: np.ndarray,
                         cell = np.unravel_index(int(np.argmax(np.where(near, disc[c], -np.inf))), (h, w))
                         if tuple(map(int, cell)) not in peaks:
                             peaks.append((int(cell[0]), int(cell[1])))
-        # A level at a peak: its channel's heat (which disc) times the every-level heat (a disc, and where).
         ys, xs = np.array(peaks).T
-        scores = top[: len(levels), ys, xs] * top[part.any_channel, ys, xs]  # (levels, peaks)
+        scores = disc[:, ys, xs]  # (levels, peaks)
         inferior = height_map[ys, xs]
         if anchored:
             gap = inferior[None, :] - np.array([anchors.get(level, np.nan) for level in levels])[:, None]

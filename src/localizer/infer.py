@@ -86,21 +86,6 @@ class StudyInput:
     error: str | None = None
 
 
-@dataclass
-class Searched:
-    """A searched series as read: its heatmaps (slices, channels, h, w), the midline it was split at and each
-    condition's reading (decode.read_searched)."""
-
-    src: HeatSource
-    heat: np.ndarray
-    midline: np.ndarray | None
-    readings: dict[str, Reading]
-
-    @property
-    def rows(self) -> list[dict]:
-        return [r for reading in self.readings.values() for r in reading.rows]
-
-
 class Localizer:
     """The trained localizers of one or more folds, ready to run on batches of studies."""
 
@@ -189,59 +174,25 @@ class Localizer:
         """Coordinate rows of a batch of studies, each part's folds running over all of them at once. A series
         type that fails in a study costs only that study's conditions of that type (named in `faults`).
 
-        Once every searched (sagittal) part is read, each study's series agree on the levels (_agree: the
-        others read where the first one put them), the canal is placed between the foramina, and the
-        geometry-sliced (axial) parts are read at those levels."""
+        The first searched (sagittal) series read gives each level's height, and the later ones are read where
+        it put the levels (_searched); then the canal is placed between the foramina, and the geometry-sliced
+        (axial) parts are read at those levels."""
         faults = faults if faults is not None else FaultLog()
         rows: dict[int, list[dict]] = {i: [] for i in range(len(inputs))}
         points: dict[int, dict[str, np.ndarray]] = {i: {} for i in range(len(inputs))}  # from the first searched series
-        searched: dict[int, list[tuple[Part, Searched]]] = {i: [] for i in range(len(inputs))}
+        heights: dict[int, dict[str, float]] = {i: {} for i in range(len(inputs))}  # likewise: each level's height
         centred = False
         for part in PLAN:
-            if not part.searched and not centred:  # every searched part is read: levels, the canal, then the rest
-                self._agree(inputs, rows, searched, faults)
+            if not part.searched and not centred:  # every searched part is read: place the canal, then the levels
                 self._recentre(inputs, rows, points, faults)
                 centred = True
             if part.series_type not in self.models or not self.live(part):
                 continue
-            if part.searched:
-                for i, found in self._searched(part, inputs, points, faults).items():
-                    searched[i].append((part, found))
-            else:
-                for i, found in self._sliced(part, inputs, points, faults).items():
-                    rows[i] += found
-        if not centred:
-            self._agree(inputs, rows, searched, faults)
+            found = self._searched(part, inputs, points, heights, faults) if part.searched else \
+                self._sliced(part, inputs, points, faults)
+            for i, study_rows in found.items():
+                rows[i] += study_rows
         return [r for i in range(len(inputs)) for r in rows[i]]
-
-    def _agree(self, inputs: list[StudyInput], rows: dict, searched: dict, faults: FaultLog) -> None:
-        """Each study's searched rows, its series agreeing on the levels: the first series read (Sagittal T2:
-        one canal, the surest count) as it was read, the others read again anchored at its levels
-        (decode.read_searched), so a foramen's heat on the next disc, or between two, does not name a level
-        a disc away from the canal's. search.level_sd_mm 0: each series read on its own."""
-        for i, inp in enumerate(inputs):
-            parts = searched[i]
-            own = [r for _, found in parts for r in found.rows]
-            if len(parts) < 2 or self.search.level_sd_mm <= 0:
-                rows[i] += own
-                continue
-            try:
-                (_, lead), others = parts[0], parts[1:]
-                by_level: dict[str, list[float]] = {}
-                for reading in lead.readings.values():
-                    for level, height in reading.heights.items():
-                        by_level.setdefault(level, []).append(height)
-                anchors = {level: float(np.mean(h)) for level, h in by_level.items()}
-                agreed = lead.rows
-                for part, found in others:
-                    again = read_searched(part, found.src, found.heat, np.arange(len(found.src.series)),
-                                          midline=found.midline, search=self.search, anchors=anchors)
-                    agreed += [r for reading in again.values() for r in reading.rows]
-                rows[i] += agreed
-            except Exception as err:  # noqa: BLE001 - the study keeps each series' own reading
-                faults.add("study", f"study {inp.study_id}", f"agreeing on the levels across series failed "
-                           f"({type(err).__name__}: {err}); each series' own reading kept", study_id=inp.study_id)
-                rows[i] += own
 
     @staticmethod
     def _recentre(inputs: list[StudyInput], rows: dict, points: dict, faults: FaultLog) -> None:
@@ -264,12 +215,16 @@ class Localizer:
         faults.add("study", f"study {study_id}", f"{part.series_type} localization failed ({type(err).__name__}: {err})",
                    study_id=study_id, conditions=part.conditions)
 
-    def _searched(self, part: Part, inputs: list[StudyInput], points: dict,
-                  faults: FaultLog) -> dict[int, Searched]:
-        """A searched part over every slice of every series of its type in each study, in one batch: each
-        study's heatmaps and reading per condition (decode.read_searched). A study with several series of the
-        type keeps the one whose rows are the most confident on average (a repeated acquisition may be
-        blurred, cut short or of another part of the spine)."""
+    def _searched(self, part: Part, inputs: list[StudyInput], points: dict, heights: dict,
+                  faults: FaultLog) -> dict[int, list[dict]]:
+        """A searched part over every slice of every series of its type in each study, in one batch. A study
+        with several series of the type keeps the reading of the one whose rows are the most confident on
+        average (a repeated acquisition may be blurred, cut short or of another part of the spine).
+
+        The first searched part read for a study (Sagittal T2: one canal, the surest count) leaves each level's
+        height in `heights`; a later one is read again anchored there (decode.read_searched), so a foramen's
+        heat on the next disc, or between two, does not name a level a disc away from the canal's. A failure
+        there keeps the series' own reading, named in `faults`. search.level_sd_mm 0: each series on its own."""
         size = self.size(part)
         todo, stacks = [], []
         errors: dict[int, Exception] = {}  # a study is named only when none of its series of the type is read
@@ -285,27 +240,42 @@ class Localizer:
         heat = None
         if todo:
             heat = self.heatmaps(part, [(s, k) for _, _, s in todo for k in range(len(s))], np.concatenate(stacks), faults)
-        best: dict[int, tuple[float, Series, list[dict]]] = {}
+        best: dict[int, tuple[float, dict[str, Reading], tuple]] = {}
         start = 0
         for i, sid, s in todo if heat is not None else []:
             h, start = heat[start : start + len(s)], start + len(s)
             src = HeatSource(inputs[i].study_id, sid, s, size)
             midline = np.mean(list(points[i].values()), 0) if points[i] else None
             try:
-                found = Searched(src, h, midline, read_searched(part, src, h, np.arange(len(s)), midline, self.search))
+                found = read_searched(part, src, h, np.arange(len(s)), midline, self.search)
             except Exception as err:  # noqa: BLE001 - one series type of one study must not take the others down
                 errors.setdefault(i, err)
                 continue
-            sure = float(np.mean([r["confidence"] for r in found.rows])) if found.rows else -1.0
+            found_rows = [r for reading in found.values() for r in reading.rows]
+            sure = float(np.mean([r["confidence"] for r in found_rows])) if found_rows else -1.0
             if i not in best or sure > best[i][0]:
-                best[i] = (sure, s, found)
+                best[i] = (sure, found, (src, h, midline))
         for i, err in errors.items():
             if i not in best:
                 self._failed(faults, part, inputs[i].study_id, err)
-        out: dict[int, Searched] = {}
-        for i, (_, s, found) in best.items():
-            out[i] = found
-            points[i] = points[i] or level_points(s, found.rows)
+        out: dict[int, list[dict]] = {}
+        for i, (_, found, (src, h, midline)) in best.items():
+            if not heights[i]:  # the first searched part read: the lead
+                by_level: dict[str, list[float]] = {}
+                for reading in found.values():
+                    for level, height in reading.heights.items():
+                        by_level.setdefault(level, []).append(height)
+                heights[i] = {level: float(np.mean(hs)) for level, hs in by_level.items()}
+            elif self.search.level_sd_mm > 0:
+                try:
+                    found = read_searched(part, src, h, np.arange(len(src.series)), midline, self.search,
+                                          anchors=heights[i])
+                except Exception as err:  # noqa: BLE001 - the study keeps the series' own reading
+                    faults.add("study", f"study {inputs[i].study_id}", f"agreeing on the levels across series "
+                               f"failed ({type(err).__name__}: {err}); each series' own reading kept",
+                               study_id=inputs[i].study_id)
+            out[i] = [r for reading in found.values() for r in reading.rows]
+            points[i] = points[i] or level_points(src.series, out[i])
         return out
 
     def _sliced(self, part: Part, inputs: list[StudyInput], points: dict, faults: FaultLog) -> dict[int, list[dict]]:
