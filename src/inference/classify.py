@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..classifier.crops import CropSpec, centre_unit, crop_table, cut_study
+from ..core.config import DEFAULTS
 from ..core.constants import FLIPPED_CONDITION, TARGETS
 from ..core.device import autocast, inference_dtype
 from ..core.faults import FaultLog
@@ -39,6 +40,11 @@ class Member:
     @property
     def spec(self) -> CropSpec:
         return CropSpec(**self.cfg["crop"])
+
+    @property
+    def flips(self) -> bool:
+        """Whether it trained on horizontally flipped crops, so the flip TTA view is one it knows."""
+        return float(self.cfg.get("aug", {}).get("hflip", DEFAULTS["aug"]["hflip"])) > 0
 
     @property
     def spec_key(self) -> str:
@@ -78,7 +84,8 @@ def batch_probabilities(members: list[Member], crops: np.ndarray, condition: np.
                         study: np.ndarray | None = None) -> dict[int, np.ndarray | Exception]:
     """Each member's severity probabilities (N, 3) for one batch of stored crops, in one forward call per member;
     with hflip_tta the flipped crops (with their mirrored condition where the flip swaps sides, as in
-    training augmentation) go in the same call and the two views are averaged. Every member predicts through
+    training augmentation) go in the same call and the two views are averaged, for the members that trained
+    on flipped crops (Member.flips; the others see one view). Every member predicts through
     row_logits (models.CropClassifier, models.StudyModel): a study-level member sees each study's crops
     together (`study`: each crop's study id; the flipped view as studies of its own). A member that fails
     gets its exception instead."""
@@ -89,18 +96,20 @@ def batch_probabilities(members: list[Member], crops: np.ndarray, condition: np.
     lev = torch.from_numpy(np.asarray(level, np.int64)).to(device)
     _, which = np.unique(np.zeros(n) if study is None else np.asarray(study), return_inverse=True)
     group = torch.from_numpy(which.astype(np.int64)).to(device)
-    if hflip_tta:
+    if hflip_tta and any(m.flips for m in members):
         mirrored = torch.tensor(FLIPPED_CONDITION, device=device)
         x, cond, lev = torch.cat([x, x.flip(-1)]), torch.cat([cond, mirrored[cond]]), torch.cat([lev, lev])
         group = torch.cat([group, group + int(which.max(initial=-1)) + 1])
     out: dict[int, np.ndarray | Exception] = {}
     for j, m in enumerate(members):
+        both = hflip_tta and m.flips  # a member trained without flips sees the crops as they are
+        views = slice(None) if both else slice(0, n)
         try:
             with autocast(device, dtype):
-                images = centre_unit(x, m.spec.size_px)
-                logits = m.model.row_logits(images, cond, lev, group)
+                images = centre_unit(x[views], m.spec.size_px)
+                logits = m.model.row_logits(images, cond[views], lev[views], group[views])
                 p = torch.softmax(logits.float(), 1)
-            out[j] = ((p[:n] + p[n:]) / 2 if hflip_tta else p).cpu().numpy()
+            out[j] = ((p[:n] + p[n:]) / 2 if both else p).cpu().numpy()
         except Exception as err:  # noqa: BLE001 - a fold that cannot predict costs that fold only
             out[j] = err
     return out

@@ -37,8 +37,9 @@ def _ctx(cache, **kw) -> InferenceContext:
     return InferenceContext(cache, cache, cache, "train", device=torch.device("cpu"), **{"workers": 1, **kw})
 
 
-def _member(model, name="m", fold=0, size_px=4):
-    return Member(name, fold, model, {"crop": {"n_slices": 2, "size_px": size_px, "context": 1.5}})
+def _member(model, name="m", fold=0, size_px=4, hflip=0.5):
+    return Member(name, fold, model, {"crop": {"n_slices": 2, "size_px": size_px, "context": 1.5},
+                                      "aug": {"hflip": hflip}})
 
 
 def test_both_tta_views_go_in_one_call_per_member_and_are_averaged():
@@ -63,6 +64,23 @@ def test_both_tta_views_go_in_one_call_per_member_and_are_averaged():
     assert np.allclose(out[0], expected.numpy(), atol=1e-6) and np.allclose(out[1], out[0])
     assert isinstance(out[2], RuntimeError)  # a failing member costs only itself
     assert centre_unit(torch.full((1, 1, 7, 7), 255, dtype=torch.uint8), 4).shape == (1, 1, 4, 4)
+
+
+def test_a_member_trained_without_flips_sees_only_the_crops_as_they_are():
+    rng = np.random.default_rng(1)
+    crops = rng.integers(0, 256, (3, 2, 6, 6), dtype=np.uint8)
+    condition, level = np.array([0, 3, 4]), np.array([1, 2, 3])
+    flips, plain = _Recorder(), _Recorder()
+    out = batch_probabilities([_member(flips), _member(plain, hflip=0)], crops, condition, level,
+                              torch.device("cpu"), hflip_tta=True)
+    assert flips.calls[0][0].shape[0] == 6 and plain.calls[0][0].shape[0] == 3
+    x = centre_unit(torch.from_numpy(crops), 4)
+    assert torch.equal(plain.calls[0][0], x)
+    expected = torch.softmax(_Recorder()(x, torch.from_numpy(condition), torch.from_numpy(level)), 1)
+    assert np.allclose(out[1], expected.numpy(), atol=1e-6) and not np.allclose(out[0], out[1])
+    only = _Recorder()  # with no member that flips, no flipped view is made at all
+    batch_probabilities([_member(only, hflip=0)], crops, condition, level, torch.device("cpu"), hflip_tta=True)
+    assert only.calls[0][0].shape[0] == 3
 
 
 def _two_fold_members(synth_dir, tmp_path, names):
