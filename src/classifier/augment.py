@@ -36,6 +36,7 @@ def train_transform(aug: dict, size_px: int) -> A.Compose:
                 p=aug["affine_p"],
             ),
             A.HorizontalFlip(p=aug["hflip"]),
+            A.VerticalFlip(p=aug.get("vflip", 0.0)),
             A.GaussNoise(std_range=tuple(aug["noise_std"]), p=aug["noise_p"]),
             A.CenterCrop(size_px, size_px),
         ],
@@ -77,7 +78,7 @@ class DeviceAugment:
         self.aug, self.size_px = aug, size_px
 
     def draw(self, n: int, device: torch.device) -> dict[str, torch.Tensor]:
-        """Per-crop parameters: angle (degrees), scale, tx, ty (fractions of the crop), flip, noise sigma.
+        """Per-crop parameters: angle (degrees), scale, tx, ty (fractions of the crop), flip, vflip, noise sigma.
 
         Drawn from torch's global generator of the device, which the train loop seeds per epoch, so a resumed
         run draws what an uninterrupted one would have."""
@@ -92,7 +93,7 @@ class DeviceAugment:
         affine = chance(a["affine_p"])
         params = {"angle": uniform(-a["rotate"], a["rotate"]), "scale": uniform(*a["scale"]),
                   "tx": uniform(-a["translate"], a["translate"]), "ty": uniform(-a["translate"], a["translate"]),
-                  "flip": chance(a["hflip"]), "sigma": uniform(*a["noise_std"]) * chance(a["noise_p"])}
+                  "flip": chance(a["hflip"]), "vflip": chance(a.get("vflip", 0.0)), "sigma": uniform(*a["noise_std"]) * chance(a["noise_p"])}
         params["angle"] = params["angle"] * affine
         params["scale"] = torch.where(affine, params["scale"], torch.ones_like(params["scale"]))
         params["tx"], params["ty"] = params["tx"] * affine, params["ty"] * affine
@@ -107,14 +108,16 @@ class DeviceAugment:
         cos, sin = torch.cos(rad), torch.sin(rad)
         r = self.size_px / w  # the centre crop, in the input's normalised coordinates
         flip = torch.where(params["flip"], -1.0, 1.0).to(images.device)
+        vflip = torch.where(params.get("vflip", torch.zeros_like(params["flip"])), -1.0, 1.0).to(images.device)
         inv = 1.0 / params["scale"].float()
         # Output point u (normalised over the crop) samples the input at S^-1 R^-1 (F r u - t): the image was
-        # rotated by +angle (counter-clockwise as shown, y pointing down), scaled, translated, then flipped.
+        # rotated by +angle (counter-clockwise as shown, y pointing down), scaled, translated, then flipped (F: -1 on x
+        # for a horizontal flip, on y for a vertical one).
         theta = torch.zeros(b, 2, 3, device=images.device)
         theta[:, 0, 0] = inv * cos * flip * r
-        theta[:, 0, 1] = -inv * sin * r
+        theta[:, 0, 1] = -inv * sin * vflip * r
         theta[:, 1, 0] = inv * sin * flip * r
-        theta[:, 1, 1] = inv * cos * r
+        theta[:, 1, 1] = inv * cos * vflip * r
         tx, ty = 2 * params["tx"].float(), 2 * params["ty"].float()  # fractions of the image -> normalised units
         theta[:, 0, 2] = -inv * (cos * tx - sin * ty)
         theta[:, 1, 2] = -inv * (sin * tx + cos * ty)

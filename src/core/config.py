@@ -121,6 +121,8 @@ DEFAULTS: dict[str, Any] = {
         "translate": 0.1,
         "scale": [0.8, 1.0],
         "hflip": 0.5,
+        # Head-feet on sagittal crops, front-back on axial ones (sides kept); not in the attention paper's list.
+        "vflip": 0.0,
         "noise_std": [0.01, 0.05],
         "noise_p": 0.5,
         "affine_p": 0.8,

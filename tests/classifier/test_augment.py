@@ -9,10 +9,10 @@ from src.core.constants import CONDITIONS
 AUG = DEFAULTS["aug"]
 
 
-def _params(n=1, angle=0.0, scale=1.0, tx=0.0, ty=0.0, flip=False, sigma=0.0):
+def _params(n=1, angle=0.0, scale=1.0, tx=0.0, ty=0.0, flip=False, sigma=0.0, vflip=False):
     full = lambda v: torch.full((n,), float(v))  # noqa: E731
     return {"angle": full(angle), "scale": full(scale), "tx": full(tx), "ty": full(ty),
-            "flip": torch.full((n,), bool(flip)), "sigma": full(sigma)}
+            "flip": torch.full((n,), bool(flip)), "vflip": torch.full((n,), bool(vflip)), "sigma": full(sigma)}
 
 
 def _crops(b=2, s=3, p=10):
@@ -25,6 +25,10 @@ def test_known_parameters_give_the_expected_geometry():
     centre = x[..., 1:9, 1:9]
     assert torch.allclose(aug.apply(x, _params(2)), centre, atol=1e-5)  # identity: the centre crop, size kept
     assert torch.allclose(aug.apply(x, _params(2, flip=True)), centre.flip(-1), atol=1e-5)
+    assert torch.allclose(aug.apply(x, _params(2, vflip=True)), centre.flip(-2), atol=1e-5)
+    assert torch.allclose(aug.apply(x, _params(2, flip=True, vflip=True)), centre.flip(-1, -2), atol=1e-5)
+    assert torch.allclose(aug.apply(x, _params(2, angle=90, vflip=True)), torch.rot90(centre, 1, (-2, -1)).flip(-2),
+                          atol=1e-5)  # rotated, then flipped
     assert torch.allclose(aug.apply(x, _params(2, angle=90)), torch.rot90(centre, 1, (-2, -1)), atol=1e-5)
     # Translation by 0.1 of the 10 px crop moves the content one pixel right (down for ty).
     assert torch.allclose(aug.apply(x, _params(2, tx=0.1)), x[..., 1:9, 0:8], atol=1e-5)
