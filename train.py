@@ -66,7 +66,7 @@ def _main(argv: list[str] | None) -> dict:
     ap.add_argument("--restart", action="store_true", help="train from scratch over an earlier run in the same folder")
     args, rest = ap.parse_known_args(argv)
     if args.list_models:
-        print(" ".join(config_lib.pipeline_models(args.config)))
+        print(" ".join(m if seed is None else f"{m}@{seed}" for m, seed in config_lib.pipeline_runs(args.config)))
         return {}
     overrides = config_lib.parse_overrides(rest)
     overrides["fold"] = args.fold
@@ -80,8 +80,8 @@ def _main(argv: list[str] | None) -> dict:
     if args.pipeline:
         return _pipeline(args, overrides, sys.argv[1:] if argv is None else list(argv))
     if args.print_config:
-        models = [args.model] if args.model else config_lib.pipeline_models(args.config)
-        for cfg in (c for m in models for c in _configs(m, args, overrides)):
+        runs = [(args.model, None)] if args.model else config_lib.pipeline_runs(args.config)
+        for cfg in (c for m, seed in runs for c in _configs(m, args, overrides, seed)):
             print(f"# {cfg['name']} fold {cfg['fold']}\n" + yaml.safe_dump(config_lib.portable(cfg), sort_keys=False))
         return {}
     configs = _configs(args.model, args, overrides)
@@ -92,8 +92,11 @@ def _main(argv: list[str] | None) -> dict:
     return _fit(configs[0])
 
 
-def _configs(model: str | None, args, overrides: dict) -> list[dict]:
-    """The resolved config of each run the command trains: one per series type for the localizer."""
+def _configs(model: str | None, args, overrides: dict, seed: int | None = None) -> list[dict]:
+    """The resolved config of each run the command trains: one per series type for the localizer; with `seed`
+    (a recipe's MODEL@SEED) the model's run at that seed, under its own name."""
+    if seed is not None:
+        overrides = dict(overrides, seed=seed, name=config_lib.seeded_name(model, seed))
     if model != "localizer":
         return [config_lib.resolve(model, args.preset, args.config, overrides)]
     keys = [overrides["series_type"]] if overrides.get("series_type") else [p.series_type for p in PLAN]
@@ -110,7 +113,8 @@ def _pipeline(args, overrides: dict, argv: list[str]) -> dict | int:
     if args.model or overrides.get("name") or args.print_config:
         raise config_lib.ConfigError("--pipeline trains each model of the recipe under its own name: drop --model, "
                                      "--name and --print-config")
-    parts = [cfg for model in config_lib.pipeline_models(args.config) for cfg in _configs(model, args, overrides)]
+    parts = [cfg for model, seed in config_lib.pipeline_runs(args.config)
+             for cfg in _configs(model, args, overrides, seed)]
     for cfg in parts:  # every part's inputs before the first one trains
         config_lib.check_inputs(cfg)
     jobs = _jobs(args.jobs, parts)
@@ -125,7 +129,8 @@ def _pipeline(args, overrides: dict, argv: list[str]) -> dict | int:
     own = [] if "--workers" in {a.split("=")[0] for a in passed} else ["--workers", str(threads)]
     runs = []
     for cfg in parts:
-        which = ["--model", cfg["model"]] + (["--series_type", cfg["series_type"]] if cfg["task"] == "localizer" else [])
+        which = ["--model", cfg["model"]] + (["--series_type", cfg["series_type"]] if cfg["task"] == "localizer"
+                                             else ["--seed", str(cfg["seed"]), "--name", cfg["name"]])
         jitter = cfg.get("jitter") or {}
         needs = localizers if cfg["task"] != "localizer" and jitter.get("copies") and jitter.get("errors") == "localizer" else ()
         child = [*passed, *which, *own]

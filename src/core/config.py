@@ -240,9 +240,8 @@ def check_recipe(recipe: dict, where: str) -> None:
             if name not in names:
                 raise _unknown(name, names, where, f"{section}.")
             _check_keys(override or {}, DEFAULTS, where, f"{section}.{name}.")
-    for model in recipe.get("pipeline") or ():
-        if model not in registry.model_names():
-            raise ConfigError(f"{where}: pipeline: unknown model '{model}'; known: {registry.model_names()}")
+    for entry in recipe.get("pipeline") or ():
+        pipeline_entry(entry, where)
     ensemble = recipe.get("ensemble") or {}
     _check_keys(ensemble, ENSEMBLE_DEFAULTS, where, "ensemble.")
     check_values(ensemble, ENSEMBLE_DEFAULTS, {where: {"ensemble": ensemble}}, "ensemble.")
@@ -281,9 +280,35 @@ def ensemble_settings(config_file: str | Path | None) -> dict:
     return {**ENSEMBLE_DEFAULTS, **(read_recipe(config_file).get("ensemble") or {})}
 
 
+def pipeline_entry(entry: Any, where: str = "pipeline") -> tuple[str, int | None]:
+    """A recipe's `pipeline` entry as (model, seed): `cnn_lstm` -> ('cnn_lstm', None), the run of the config's seed;
+    `cnn_lstm@7` -> ('cnn_lstm', 7), one more run of the model at seed 7 (named by seeded_name), for an ensemble of
+    training seeds. ConfigError naming `where` for an unknown model or a seed that is not a whole number."""
+    model, sep, seed = str(entry).partition("@")
+    if model not in registry.model_names():
+        raise ConfigError(f"{where}: pipeline: unknown model '{model}'; known: {registry.model_names()}")
+    if not sep:
+        return model, None
+    if model == "localizer" or not seed.isdigit():
+        raise ConfigError(f"{where}: pipeline: '{entry}': expected MODEL@SEED with a whole-number seed "
+                          "(a classifier's extra training seed; inference reads one localizer per series type)")
+    return model, int(seed)
+
+
+def seeded_name(model: str, seed: int) -> str:
+    """The run folder of a recipe's extra training seed of a model (`cnn_lstm@7` -> cnn_lstm_seed7)."""
+    return f"{model}_seed{seed}"
+
+
+def pipeline_runs(config_file: str | Path | None) -> list[tuple[str, int | None]]:
+    """(model, seed) of every run a recipe trains, in order (its `pipeline`, else PIPELINE; pipeline_entry)."""
+    where = str(config_file) if config_file else "pipeline"
+    return [pipeline_entry(e, where) for e in read_recipe(config_file).get("pipeline") or PIPELINE]
+
+
 def pipeline_models(config_file: str | Path | None) -> list[str]:
-    """The models a recipe trains, in order (its `pipeline`, else PIPELINE)."""
-    return list(read_recipe(config_file).get("pipeline") or PIPELINE)
+    """The models a recipe trains, in order, each once (an extra training seed is the same model)."""
+    return list(dict.fromkeys(model for model, _ in pipeline_runs(config_file)))
 
 
 def model_defaults_of(model: str) -> dict:

@@ -223,3 +223,33 @@ def test_train_refuses_bad_values_before_any_folder(flags, says, synth_dir, tmp_
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and says in err, err
         assert not runs.exists()
+
+
+def test_a_recipe_trains_extra_seeds_of_a_model_under_their_own_names(tmp_path, monkeypatch, capsys, synth_dir):
+    """`cnn_lstm@7` in a recipe's pipeline: one more cnn_lstm run, its per_model settings, seed 7, named
+    cnn_lstm_seed7 (inference reads it as one more member); --pipeline hands each child its seed and name."""
+    import train
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("preset: tiny\npipeline: [cnn_lstm, cnn_lstm@7]\nper_model:\n  cnn_lstm: {epochs: 3}\n")
+    assert config_lib.pipeline_runs(recipe) == [("cnn_lstm", None), ("cnn_lstm", 7)]
+    assert config_lib.pipeline_models(recipe) == ["cnn_lstm"]
+    train.main(["--print-config", "--config", str(recipe)])
+    printed = capsys.readouterr().out
+    docs = {d.split(" fold")[0]: yaml.safe_load(d.split("\n", 1)[1]) for d in printed.split("# ")[1:]}
+    assert {n: (d["seed"], d["epochs"], d["model"]) for n, d in docs.items()} == {
+        "cnn_lstm": (42, 3, "cnn_lstm"), "cnn_lstm_seed7": (7, 3, "cnn_lstm")}
+    train.main(["--list-models", "--config", str(recipe)])
+    assert capsys.readouterr().out.split() == ["cnn_lstm", "cnn_lstm@7"]
+    started = {}
+    monkeypatch.setattr(train, "run_jobs", lambda jobs, n: started.update({j.name: j.argv for j in jobs}) or {})
+    train.main(["--pipeline", "--jobs", "2", "--config", str(recipe), "--data-dir", str(synth_dir),
+                "--runs", str(tmp_path / "runs"), "--folds", str(tmp_path / "folds.csv"),
+                "--cache_dir", str(tmp_path / "cache")])
+    seeded = started["cnn_lstm_seed7"]
+    assert seeded[seeded.index("--seed") + 1] == "7" and seeded[seeded.index("--name") + 1] == "cnn_lstm_seed7"
+    assert started["cnn_lstm"][started["cnn_lstm"].index("--seed") + 1] == "42"
+    for bad in ("cnn_lstm@x", "localizer@3", "vit@2"):
+        recipe.write_text(f"pipeline: [{bad}]\n")
+        with pytest.raises(config_lib.ConfigError, match=f"{recipe}: pipeline: "):
+            config_lib.pipeline_runs(recipe)
