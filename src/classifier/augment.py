@@ -93,7 +93,8 @@ class DeviceAugment:
         affine = chance(a["affine_p"])
         params = {"angle": uniform(-a["rotate"], a["rotate"]), "scale": uniform(*a["scale"]),
                   "tx": uniform(-a["translate"], a["translate"]), "ty": uniform(-a["translate"], a["translate"]),
-                  "flip": chance(a["hflip"]), "vflip": chance(a.get("vflip", 0.0)), "sigma": uniform(*a["noise_std"]) * chance(a["noise_p"])}
+                  "flip": chance(a["hflip"]), "vflip": chance(a.get("vflip", 0.0)),
+                  "sigma": uniform(*a["noise_std"]) * chance(a["noise_p"])}
         params["angle"] = params["angle"] * affine
         params["scale"] = torch.where(affine, params["scale"], torch.ones_like(params["scale"]))
         params["tx"], params["ty"] = params["tx"] * affine, params["ty"] * affine
