@@ -91,9 +91,11 @@ class DeviceAugment:
             return torch.rand(n, device=device) < p
 
         affine = chance(a["affine_p"])
+        vflip = a.get("vflip", 0.0)  # drawn only when asked: without it the draws are those of the paper's list
         params = {"angle": uniform(-a["rotate"], a["rotate"]), "scale": uniform(*a["scale"]),
                   "tx": uniform(-a["translate"], a["translate"]), "ty": uniform(-a["translate"], a["translate"]),
-                  "flip": chance(a["hflip"]), "vflip": chance(a.get("vflip", 0.0)),
+                  "flip": chance(a["hflip"]),
+                  "vflip": chance(vflip) if vflip > 0 else torch.zeros(n, dtype=torch.bool, device=device),
                   "sigma": uniform(*a["noise_std"]) * chance(a["noise_p"])}
         params["angle"] = params["angle"] * affine
         params["scale"] = torch.where(affine, params["scale"], torch.ones_like(params["scale"]))

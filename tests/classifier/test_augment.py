@@ -46,6 +46,9 @@ def test_draw_is_per_crop_shared_by_its_slices_and_in_the_paper_ranges():
     p = aug.draw(4000, torch.device("cpu"))
     assert p["angle"].abs().max() <= AUG["rotate"] and 0.8 <= float(p["scale"].min()) <= float(p["scale"].max()) <= 1.0
     assert p["tx"].abs().max() <= AUG["translate"] and abs(float(p["flip"].float().mean()) - AUG["hflip"]) < 0.03
+    assert not p["vflip"].any()  # off unless asked, and then at its rate
+    assert abs(float(DeviceAugment(dict(AUG, vflip=0.3), 8).draw(4000, torch.device("cpu"))["vflip"].float().mean())
+               - 0.3) < 0.03
     noisy = p["sigma"] > 0
     assert abs(float(noisy.float().mean()) - AUG["noise_p"]) < 0.03 and 0.01 <= float(p["sigma"][noisy].min())
     assert abs(float((p["angle"] != 0).float().mean()) - AUG["affine_p"]) < 0.03
