@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from timm.layers import SEModule
 from torch import nn
 
@@ -50,26 +51,57 @@ class DualAttention(nn.Module):
         return self.spatial(self.channel(x), return_map)
 
 
+class OrdinalLogits(nn.Module):
+    """(B, 2) -> (B, 3) logits of ordered grades: a severity score m and a spread s = softplus(.) per crop give
+    P(grade >= moderate) = sigmoid(m / s) and P(grade >= severe) = sigmoid((m - t) / s), t > 0 learned; the
+    logits are the three grades' log-probabilities plus log(class_weights), so a cross-entropy weighted by
+    the same class weights is minimised by calibrated grade probabilities and the softmax is the metric's
+    weighted optimum (as a weighted loss makes it for free logits)."""
+
+    def __init__(self, class_weights=(1.0, 2.0, 4.0)):
+        super().__init__()
+        self.gap = nn.Parameter(torch.tensor(1.0))  # softplus: the severe threshold above the moderate one
+        self.register_buffer("log_weights", torch.log(torch.tensor(class_weights, dtype=torch.float32)))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = z.float()
+        spread = F.softplus(z[:, 1]) + 1e-3
+        above_moderate = z[:, 0] / spread
+        above_severe = (z[:, 0] - F.softplus(self.gap)) / spread
+        log_ge1, log_ge2 = F.logsigmoid(above_moderate), F.logsigmoid(above_severe)
+        # log(P(>= moderate) - P(>= severe)), the severe one always the smaller
+        log_moderate = log_ge1 + torch.log1p(-torch.exp(log_ge2 - log_ge1).clamp(max=1 - 1e-6))
+        log_p = torch.stack([F.logsigmoid(-above_moderate), log_moderate, log_ge2], 1)
+        return log_p + self.log_weights
+
+
 @dataclass(frozen=True)
 class HeadSpec:
     """What every per-crop classifier ends with: a (condition, level) embedding beside the image features,
-    then an MLP (hidden units, dropout) to 3 logits."""
+    then an MLP (hidden units, dropout) to 3 logits, free (`mlp`) or of ordered grades (`ordinal`)."""
 
     embed_dim: int = 32
     hidden: int = 256
     drop: float = 0.2
+    kind: str = "mlp"
+    class_weights: tuple[float, ...] = (1.0, 2.0, 4.0)
 
     @classmethod
     def of(cls, cfg: dict) -> "HeadSpec":
-        return cls(cfg["embed_dim"], cfg["hidden"], cfg["drop"])
+        return cls(cfg["embed_dim"], cfg["hidden"], cfg["drop"], cfg.get("head", "mlp"),
+                   tuple(cfg.get("class_weights", (1.0, 2.0, 4.0))))
 
     def embedding(self) -> nn.Embedding:
         return nn.Embedding(N_PAIRS, self.embed_dim)
 
     def mlp(self, in_features: int) -> nn.Sequential:
         """The MLP over in_features image features and the embedding."""
-        return nn.Sequential(nn.Linear(in_features + self.embed_dim, self.hidden), nn.ReLU(inplace=True),
-                             nn.Dropout(self.drop), nn.Linear(self.hidden, 3))
+        layers = [nn.Linear(in_features + self.embed_dim, self.hidden), nn.ReLU(inplace=True), nn.Dropout(self.drop)]
+        if self.kind == "ordinal":
+            return nn.Sequential(*layers, nn.Linear(self.hidden, 2), OrdinalLogits(self.class_weights))
+        if self.kind != "mlp":
+            raise ValueError(f"head must be mlp or ordinal, not {self.kind!r}")
+        return nn.Sequential(*layers, nn.Linear(self.hidden, 3))
 
 
 class CropClassifier(nn.Module):

@@ -66,6 +66,10 @@ DEFAULTS: dict[str, Any] = {
     "embed_dim": 32,
     "hidden": 256,
     "drop": 0.2,
+    # The per-crop classifiers' last layer: mlp = 3 free logits; ordinal = a severity score and its spread per
+    # crop, cut at two learned thresholds (normal/mild < moderate < severe), the metric's class weights added
+    # to its log-probabilities so the weighted loss fits calibrated grades (models.OrdinalLogits).
+    "head": "mlp",
     "lstm_hidden": 128,
     "bidirectional": True,
     "epochs": 15,
@@ -357,7 +361,7 @@ def resolve(model: str | None = None, preset: str | None = None, config_file: st
 
 # Keys whose value is one of a few words.
 CHOICES = {"amp": ("bf16", "fp16", "none"), "aug.where": ("auto", "cpu", "device"), "device": ("auto", "cpu", "cuda", "mps"),
-           "ensemble.stage": ENSEMBLE_STAGES}
+           "head": ("mlp", "ordinal"), "ensemble.stage": ENSEMBLE_STAGES}
 # Keys that must be at least this (counts, sizes, rates).
 MINIMUM = {"epochs": 1, "batch_size": 1, "patience": 1, "crop.n_slices": 1, "crop.size_px": 8, "loc.size_px": 8, "fold": 0,
            "lr": 0.0, "jitter.copies": 0, "log_every": 1, "prefetch": 1, "warmup_epochs": 0.0,
