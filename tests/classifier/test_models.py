@@ -23,6 +23,36 @@ def test_shapes_and_finite_outputs():
         assert torch.allclose(probs.sum(1), torch.ones(4))
 
 
+def test_the_ordinal_head_gives_ordered_grades_and_its_weighted_loss_fits_calibrated_ones():
+    from src.classifier.models import OrdinalLogits
+
+    for name in ("attn_resnext", "cnn_lstm", "plain_cnn"):  # every per-crop model takes it
+        cfg = resolve(name, "tiny", overrides={"head": "ordinal"})
+        logits = build_model(cfg).eval()(*_batch(cfg))
+        assert logits.shape == (4, 3) and torch.isfinite(logits).all()
+    head = OrdinalLogits((1.0, 2.0, 4.0))
+    z = torch.tensor([[-3.0, 0.5], [0.0, 0.5], [3.0, 0.5], [3.0, 5.0]])
+    p = torch.softmax(head(z) - head.log_weights, 1)
+    assert torch.allclose(p.sum(1), torch.ones(4))
+    assert (p[:, 1:].sum(1) > p[:, 2]).all() and p[0, 0] > 0.9 and p[2, 2] > 0.5  # a higher score: worse grades
+    assert p[3].max() < p[2].max()  # a wider spread: less sure
+    # The expected weighted cross-entropy of grades drawn from `truth`, minimised over one crop's score and
+    # spread and the threshold: the head's grades come out as `truth`, its softmax as the metric's optimum.
+    truth, w = torch.tensor([0.6, 0.3, 0.1]), torch.tensor([1.0, 2.0, 4.0])
+    z = torch.zeros(1, 2, requires_grad=True)
+    opt = torch.optim.Adam([z, *head.parameters()], lr=0.05)
+    for _ in range(600):
+        opt.zero_grad()
+        loss = -(w * truth * torch.log_softmax(head(z), 1)).sum()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert torch.allclose(torch.softmax(head(z) - head.log_weights, 1)[0], truth, atol=0.01)
+        assert torch.allclose(torch.softmax(head(z), 1)[0], w * truth / (w * truth).sum(), atol=0.01)
+    with pytest.raises(ValueError, match="head must be mlp or ordinal"):
+        build_model(dict(resolve("cnn_lstm", "tiny"), head="linear"))
+
+
 def test_full_size_configs_build_and_run():
     """The default (full-size) configs that `make demo FULL=1` trains: resnext50_32x4d, resnet18, 256 px heatmaps."""
     for name in ("attn_resnext", "cnn_lstm"):
