@@ -504,8 +504,13 @@ def load(path: Path) -> dict:
     return yaml.safe_load(Path(path).read_text())
 
 
-def with_new_keys(saved: dict) -> dict:
-    """A saved config with every key added to DEFAULTS since it was saved, at its default: a new key's default
-    keeps the behaviour the run was trained with."""
-    return {**{k: copy.deepcopy(v) for k, v in DEFAULTS.items() if k not in saved}, **saved}
+def with_new_keys(saved: dict, defaults: dict | None = None) -> dict:
+    """A saved config with every key added to DEFAULTS since it was saved, at its default, nested sections
+    included (aug.vflip): a new key's default keeps the behaviour the run was trained with."""
+    defaults = DEFAULTS if defaults is None else defaults
+    out = {**{k: copy.deepcopy(v) for k, v in defaults.items() if k not in saved}, **saved}
+    for key, value in defaults.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("model_kwargs", "size_mm"):
+            out[key] = with_new_keys(out[key], value)
+    return out
 

@@ -57,7 +57,10 @@ def test_a_config_saved_before_a_key_existed_reads_with_the_keys_default(tmp_pat
     saved_file = next(runs.glob("attn_resnext/fold*/config.yaml"))
     saved = yaml.safe_load(saved_file.read_text())
     saved.pop("stem_pool")
+    saved["aug"].pop("vflip")  # a key added inside a section
     saved_file.write_text(yaml.safe_dump(saved))
     cfg = read_config(saved_file.parent)
     assert cfg["stem_pool"] is DEFAULTS["stem_pool"] is True
+    assert cfg["aug"]["vflip"] == DEFAULTS["aug"]["vflip"] == 0.0 and cfg["aug"]["hflip"] == saved["aug"]["hflip"]
+    cfg["aug"].pop("vflip")
     assert {k: v for k, v in cfg.items() if k != "stem_pool"} == saved
