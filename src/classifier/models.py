@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from timm.layers import SEModule
 from torch import nn
 
-from ..core.constants import CONDITIONS, LEVELS
+from ..core.constants import CONDITIONS, LEVELS, SAMPLE_WEIGHTS
 from ..core.registry import build_model, register_model
 from ..training.backbone import create_backbone
 
@@ -58,7 +58,7 @@ class OrdinalLogits(nn.Module):
     the same class weights is minimised by calibrated grade probabilities and the softmax is the metric's
     weighted optimum (as a weighted loss makes it for free logits)."""
 
-    def __init__(self, class_weights=(1.0, 2.0, 4.0)):
+    def __init__(self, class_weights: tuple[float, ...] = SAMPLE_WEIGHTS):
         super().__init__()
         self.gap = nn.Parameter(torch.tensor(1.0))  # softplus: the severe threshold above the moderate one
         self.register_buffer("log_weights", torch.log(torch.tensor(class_weights, dtype=torch.float32)))
@@ -84,12 +84,12 @@ class HeadSpec:
     hidden: int = 256
     drop: float = 0.2
     kind: str = "mlp"
-    class_weights: tuple[float, ...] = (1.0, 2.0, 4.0)
+    class_weights: tuple[float, ...] = SAMPLE_WEIGHTS
 
     @classmethod
     def of(cls, cfg: dict) -> "HeadSpec":
         return cls(cfg["embed_dim"], cfg["hidden"], cfg["drop"], cfg.get("head", "mlp"),
-                   tuple(cfg.get("class_weights", (1.0, 2.0, 4.0))))
+                   tuple(cfg.get("class_weights", SAMPLE_WEIGHTS)))
 
     def embedding(self) -> nn.Embedding:
         return nn.Embedding(N_PAIRS, self.embed_dim)
