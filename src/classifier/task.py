@@ -159,11 +159,15 @@ class ClassifierTask:
         return CropDataset(self.crops, self.val_index, eval_transform(self.spec.size_px))
 
     def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Cross-entropy with the metric's class weights 1/2/4 (and label_smoothing); unknown labels (-1) are
-        ignored."""
+        """Cross-entropy with the metric's class weights 1/2/4 (as `loss_weighting` says: item weights, or the
+        logits shifted by -log of them) and label_smoothing; unknown labels (-1) are ignored. Either way the
+        softmax of the logits is fitted to the metric's weighted optimum."""
         label = batch["label"].to(logits.device, non_blocking=True)
         if self.class_weights.device != logits.device:  # moved once, not every step
             self.class_weights = self.class_weights.to(logits.device)
+        if self.cfg.get("loss_weighting", "weights") == "logit_adjusted":
+            return F.cross_entropy(logits.float() - self.class_weights.log(), label, ignore_index=-1,
+                                   label_smoothing=self.cfg["label_smoothing"])
         return F.cross_entropy(logits.float(), label, weight=self.class_weights, ignore_index=-1,
                                label_smoothing=self.cfg["label_smoothing"])
 

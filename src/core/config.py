@@ -97,6 +97,10 @@ DEFAULTS: dict[str, Any] = {
     # `below` there is dropped. Validation keeps every label.
     "label_filter": {"oof": None, "below": 0.05},
     "class_weights": list(SAMPLE_WEIGHTS),
+    # How the classifiers' loss takes the class weights: weights = cross-entropy weighted by them (each item
+    # counts by its grade's weight); logit_adjusted = unweighted cross-entropy of logits - log(class_weights), whose
+    # minimum is the same metric-optimal softmax with every item counting the same.
+    "loss_weighting": "weights",
     "patience": 5,
     "amp": "bf16",  # bf16 | fp16 | none; only used on CUDA (device.training_amp: the CPU trains in fp32)
     "device": "auto",
@@ -361,7 +365,7 @@ def resolve(model: str | None = None, preset: str | None = None, config_file: st
 
 # Keys whose value is one of a few words.
 CHOICES = {"amp": ("bf16", "fp16", "none"), "aug.where": ("auto", "cpu", "device"), "device": ("auto", "cpu", "cuda", "mps"),
-           "head": ("mlp", "ordinal"), "ensemble.stage": ENSEMBLE_STAGES}
+           "head": ("mlp", "ordinal"), "loss_weighting": ("weights", "logit_adjusted"), "ensemble.stage": ENSEMBLE_STAGES}
 # Keys that must be at least this (counts, sizes, rates).
 MINIMUM = {"epochs": 1, "batch_size": 1, "patience": 1, "crop.n_slices": 1, "crop.size_px": 8, "loc.size_px": 8, "fold": 0,
            "lr": 0.0, "jitter.copies": 0, "log_every": 1, "prefetch": 1, "warmup_epochs": 0.0,

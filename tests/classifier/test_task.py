@@ -150,3 +150,27 @@ def test_labels_the_out_of_fold_predictions_contradict_are_left_out_of_training(
     filtered = ready(ClassifierTask(resolve("attn_resnext", "tiny", None, {
         **overrides, "label_filter": {"oof": str(tmp_path / "fold1" / "oof.csv"), "below": 0.05}})))
     assert len(filtered.train_index) == len(train) - 3 and len(filtered.val_index) == len(task.val_index)
+
+
+@pytest.mark.parametrize("weighting", ["weights", "logit_adjusted"])
+def test_both_loss_weightings_fit_the_metrics_weighted_optimum(weighting):
+    """Free logits fitted to grades drawn from p: the softmax reaches w * p / sum(w * p) whether the class weights
+    weight the items or shift the logits; a logit-adjusted batch counts each item the same."""
+    task = ClassifierTask.__new__(ClassifierTask)  # the loss needs its config and class weights only
+    task.cfg = {"loss_weighting": weighting, "label_smoothing": 0.0}
+    task.class_weights = torch.tensor([1.0, 2.0, 4.0])
+    p = torch.tensor([0.6, 0.3, 0.1])
+    label = torch.multinomial(p, 20000, replacement=True, generator=torch.Generator().manual_seed(0))
+    z = torch.zeros(1, 3, requires_grad=True)
+    opt = torch.optim.Adam([z], lr=0.05)
+    for _ in range(400):
+        opt.zero_grad()
+        task.loss(z.expand(len(label), 3), {"label": label}).backward()
+        opt.step()
+    observed = torch.bincount(label, minlength=3).float() / len(label)
+    optimum = task.class_weights * observed / (task.class_weights * observed).sum()
+    assert torch.allclose(torch.softmax(z.detach(), 1)[0], optimum, atol=0.005)
+    # One item of each grade at zero logits: weighted items average log 3; shifted logits -log(w / sum(w)) per item.
+    at_zero = float(task.loss(torch.zeros(3, 3), {"label": torch.tensor([0, 1, 2])}))
+    shifted = float(-torch.log_softmax(-task.class_weights.log(), 0).mean())
+    assert at_zero == pytest.approx(np.log(3) if weighting == "weights" else shifted, abs=1e-6)
