@@ -111,7 +111,7 @@ class DeviceAugment:
         cos, sin = torch.cos(rad), torch.sin(rad)
         r = self.size_px / w  # the centre crop, in the input's normalised coordinates
         flip = torch.where(params["flip"], -1.0, 1.0).to(images.device)
-        vflip = torch.where(params.get("vflip", torch.zeros_like(params["flip"])), -1.0, 1.0).to(images.device)
+        vflip = torch.where(params["vflip"], -1.0, 1.0).to(images.device)
         inv = 1.0 / params["scale"].float()
         # Output point u (normalised over the crop) samples the input at S^-1 R^-1 (F r u - t): the image was
         # rotated by +angle (counter-clockwise as shown, y pointing down), scaled, translated, then flipped (F: -1 on x

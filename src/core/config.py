@@ -146,6 +146,9 @@ SERIES_TYPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "axial": {"epochs": 8},
 }
 
+# Mapping-valued keys whose own keys are free (timm's keyword arguments; a crop size per condition group):
+# never checked, completed or merged key by key against their defaults.
+FREE_FORM_KEYS = ("model_kwargs", "size_mm")
 # Keys of a recipe (preset or config file) that are not run settings.
 SECTION_KEYS = ("per_model", "per_series_type")
 RECIPE_KEYS = ("pipeline", "ensemble")
@@ -234,7 +237,7 @@ def _check_keys(override: dict, base: dict, where: str, prefix: str = "") -> Non
     for key, value in override.items():
         if key not in base:
             raise _unknown(key, base, where, prefix)
-        if isinstance(value, dict) and isinstance(base[key], dict) and key not in ("model_kwargs", "size_mm"):
+        if isinstance(value, dict) and isinstance(base[key], dict) and key not in FREE_FORM_KEYS:
             _check_keys(value, base[key], where, f"{prefix}{key}.")
 
 
@@ -437,7 +440,7 @@ def check_values(cfg: dict, defaults: dict, layers: dict[str, dict], prefix: str
         if key not in cfg:
             continue
         value, path = cfg[key], f"{prefix}{key}"
-        if isinstance(default, dict) and isinstance(value, dict) and key not in ("model_kwargs", "size_mm"):
+        if isinstance(default, dict) and isinstance(value, dict) and key not in FREE_FORM_KEYS:
             check_values(value, default, layers, f"{path}.")
             continue
         if key == "size_mm" and isinstance(value, dict):
@@ -482,7 +485,7 @@ def flat_keys(node: dict = DEFAULTS, prefix: str = "") -> list[tuple[str, Any]]:
     """Every settable key as it is written on the command line ('crop.size_px') with its default."""
     out: list[tuple[str, Any]] = []
     for key, value in node.items():
-        if isinstance(value, dict) and value and key not in ("model_kwargs", "size_mm"):
+        if isinstance(value, dict) and value and key not in FREE_FORM_KEYS:
             out += flat_keys(value, f"{prefix}{key}.")
         else:
             out.append((f"{prefix}{key}", value))
@@ -514,7 +517,7 @@ def with_new_keys(saved: dict, defaults: dict | None = None) -> dict:
     defaults = DEFAULTS if defaults is None else defaults
     out = {**{k: copy.deepcopy(v) for k, v in defaults.items() if k not in saved}, **saved}
     for key, value in defaults.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("model_kwargs", "size_mm"):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in FREE_FORM_KEYS:
             out[key] = with_new_keys(out[key], value)
     return out
 

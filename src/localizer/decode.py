@@ -150,6 +150,11 @@ class Reading:
     heights: dict[str, float]
 
 
+def reading_rows(readings: dict[str, Reading]) -> list[dict]:
+    """Every row of a series' readings (read_searched), condition after condition."""
+    return [r for reading in readings.values() for r in reading.rows]
+
+
 @dataclass(frozen=True)
 class HeatSource:
     """Whose heatmaps are decoded: the series (its study and series ids, loaded) and the localizer input size
@@ -258,7 +263,7 @@ def read_searched(part: Part, src: HeatSource, heat: np.ndarray, ks: np.ndarray,
 def decode_searched(part: Part, src: HeatSource, heat: np.ndarray, ks: np.ndarray, midline: np.ndarray | None = None,
                     search: Search = Search()) -> list[dict]:
     """Rows for every condition and level of a searched series read on its own (read_searched)."""
-    return [r for found in read_searched(part, src, heat, ks, midline, search).values() for r in found.rows]
+    return reading_rows(read_searched(part, src, heat, ks, midline, search))
 
 
 # On a geometry-sliced (axial) slice: how far a lateral structure may be from the canal, and how far apart the

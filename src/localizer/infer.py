@@ -31,7 +31,7 @@ from ..core.run_folders import fold_of, localizer_run
 from ..data.cache import load_series, series_cache_path, to_stored
 from ..data.dicom import Series
 from ..training.checkpoint import load_fold_models
-from .decode import HeatSource, Reading, Search, decode_slice, read_searched
+from .decode import HeatSource, Reading, Search, decode_slice, read_searched, reading_rows
 from .frame import series_stacks, stack_of
 from .plan import PLAN, Part
 
@@ -251,7 +251,7 @@ class Localizer:
             except Exception as err:  # noqa: BLE001 - one series type of one study must not take the others down
                 errors.setdefault(i, err)
                 continue
-            found_rows = [r for reading in found.values() for r in reading.rows]
+            found_rows = reading_rows(found)
             sure = float(np.mean([r["confidence"] for r in found_rows])) if found_rows else -1.0
             if i not in best or sure > best[i][0]:
                 best[i] = (sure, found, (src, h, midline))
@@ -274,7 +274,7 @@ class Localizer:
                     faults.add("study", f"study {inputs[i].study_id}", f"agreeing on the levels across series "
                                f"failed ({type(err).__name__}: {err}); each series' own reading kept",
                                study_id=inputs[i].study_id)
-            out[i] = [r for reading in found.values() for r in reading.rows]
+            out[i] = reading_rows(found)
             points[i] = points[i] or level_points(src.series, out[i])
         return out
 
