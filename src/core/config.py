@@ -102,6 +102,9 @@ DEFAULTS: dict[str, Any] = {
     # minimum is the same metric-optimal softmax with every item counting the same.
     "loss_weighting": "weights",
     "patience": 5,
+    # Which epoch's weights a run keeps (best.pt, and its predictions as oof.csv): best = the lowest validation
+    # score (early stop after `patience` epochs without one); last = the end of the schedule, patience unused.
+    "keep": "best",
     "amp": "bf16",  # bf16 | fp16 | none; only used on CUDA (device.training_amp: the CPU trains in fp32)
     "device": "auto",
     "workers": "auto",  # cache and loader processes; auto = the usable CPUs minus one (the main process feeds the GPU)
@@ -368,7 +371,8 @@ def resolve(model: str | None = None, preset: str | None = None, config_file: st
 
 # Keys whose value is one of a few words.
 CHOICES = {"amp": ("bf16", "fp16", "none"), "aug.where": ("auto", "cpu", "device"), "device": ("auto", "cpu", "cuda", "mps"),
-           "head": ("mlp", "ordinal"), "loss_weighting": ("weights", "logit_adjusted"), "ensemble.stage": ENSEMBLE_STAGES}
+           "head": ("mlp", "ordinal"), "keep": ("best", "last"), "loss_weighting": ("weights", "logit_adjusted"),
+           "ensemble.stage": ENSEMBLE_STAGES}
 # Keys that must be at least this (counts, sizes, rates).
 MINIMUM = {"epochs": 1, "batch_size": 1, "patience": 1, "crop.n_slices": 1, "crop.size_px": 8, "loc.size_px": 8, "fold": 0,
            "lr": 0.0, "jitter.copies": 0, "log_every": 1, "prefetch": 1, "warmup_epochs": 0.0,

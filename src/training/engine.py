@@ -1,7 +1,8 @@
 """The one generic train loop: AMP on CUDA, DDP under torchrun, atomic resumable checkpoints.
 
-Per run it writes {runs}/{name}/fold{N}/: config.yaml (resolved), best.pt and last.pt, oof.csv (best
-epoch's out-of-fold predictions) and log.csv (one row per epoch). It knows only the Task protocol
+Per run it writes {runs}/{name}/fold{N}/: config.yaml (resolved), best.pt (the kept epoch's weights: the best
+validated one, or the last with `keep: last`) and last.pt (the resumable state), oof.csv (the kept epoch's
+out-of-fold predictions) and log.csv (one row per epoch). It knows only the Task protocol
 (training.task): the caller gives the task class (src.tasks.task_class of the config's `task`), and the task
 gives the model, the data, the loss and the validation numbers.
 """
@@ -188,7 +189,7 @@ def _check_same_run(out_dir: Path, cfg: dict) -> None:
 
 
 def _finished(out_dir: Path, cfg: dict) -> dict | None:
-    """The best epoch's row of a run that ended (its done marker) and that this config would not continue
+    """The kept epoch's row of a run that ended (its done marker) and that this config would not continue
     (no more epochs, or patience run out), else None."""
     try:
         done = json.loads((out_dir / DONE).read_text())
@@ -196,7 +197,7 @@ def _finished(out_dir: Path, cfg: dict) -> dict | None:
         return None
     if done.get("epoch", 0) < cfg["epochs"] and done.get("bad_epochs", 0) < cfg["patience"]:
         return None
-    return {**(_best_row(_log_until(out_dir)) or {}), "best_epoch": done.get("best_epoch"),
+    return {**(_kept_row(_log_until(out_dir), cfg["keep"]) or {}), "best_epoch": done.get("best_epoch"),
             "score": float(done.get("best_score", math.nan)), "epoch": done.get("epoch")}
 
 
@@ -205,9 +206,12 @@ def _log_until(out_dir: Path, epoch: int | None = None) -> list[dict]:
     return pd.read_csv(out_dir / LOG).to_dict("records")[:epoch] if (out_dir / LOG).is_file() else []
 
 
-def _best_row(rows: list[dict]) -> dict | None:
-    """The epoch row with the lowest validation score, or None."""
-    return min(rows, key=lambda r: r["score"]) if rows else None
+def _kept_row(rows: list[dict], keep: str) -> dict | None:
+    """The row of the epoch whose weights the run keeps (config `keep`): the lowest validation score, or the
+    last epoch; None without rows."""
+    if not rows:
+        return None
+    return rows[-1] if keep == "last" else min(rows, key=lambda r: r["score"])
 
 
 @dataclass
@@ -247,7 +251,7 @@ class _Trainer:
             self.ema.module.load_state_dict(ckpt.get("ema", ckpt["model"]))
 
 
-def _resume(out_dir: Path, trainer: _Trainer, main: bool) -> _RunState:
+def _resume(out_dir: Path, trainer: _Trainer, main: bool, keep: str) -> _RunState:
     """Weights, optimizer, scaler, EMA and the run state from last.pt. A last.pt that does not load is named and set
     aside (last.pt.corrupt); training then continues from best.pt's weights at its epoch, or from scratch."""
     try:
@@ -258,18 +262,18 @@ def _resume(out_dir: Path, trainer: _Trainer, main: bool) -> _RunState:
         if main:
             os.replace(out_dir / LAST, out_dir / f"{LAST}.corrupt")
         what = f"{out_dir / LAST} does not load ({first_line(err)}); set aside as {LAST}.corrupt"
-        return _from_best(out_dir, trainer, what, main)
+        return _from_best(out_dir, trainer, what, main, keep)
     state.log = _log_until(out_dir, state.epoch)
     if main:
         log(f"resumed {out_dir / LAST} at epoch {state.epoch}")
     return state
 
 
-def _from_best(out_dir: Path, trainer: _Trainer, what: str, main: bool) -> _RunState:
+def _from_best(out_dir: Path, trainer: _Trainer, what: str, main: bool, keep: str) -> _RunState:
     """The run state after a lost last.pt: best.pt's weights (the EMA's too) and the log up to its epoch, else a
     fresh start."""
     history = _log_until(out_dir)
-    best = _best_row(history)
+    best = _kept_row(history, keep)
     try:
         weights = torch.load(out_dir / BEST, map_location="cpu", weights_only=True)["model"]
         trainer.model.load_state_dict(weights)
@@ -344,7 +348,7 @@ def _open_run(cfg: dict, task: Task, out_dir: Path, main: bool) -> dict | None:
 
 def fit(cfg: dict, task_class: type[Task]) -> dict:
     """Train one fold of one model as the config says, with a task of `task_class` (the class registered for
-    cfg['task']); returns the best epoch's metrics."""
+    cfg['task']); returns the kept epoch's metrics."""
     rank, world, local_rank = _distributed()
     main = rank == 0
     device = pick_device(cfg["device"], local_rank)
@@ -373,9 +377,9 @@ def fit(cfg: dict, task_class: type[Task]) -> dict:
     loaders = _loaders(cfg, task.train_dataset(), task.val_dataset(), world, rank, device, task.loader_work)
     trainer = _make_trainer(cfg, model, len(loaders[0]), device, (rank, world, local_rank))
     if resuming:
-        state = _resume(out_dir, trainer, main)
+        state = _resume(out_dir, trainer, main, cfg["keep"])
     elif cfg["resume"] and ((out_dir / BEST).is_file() or (out_dir / LOG).is_file()):  # a run without its last.pt
-        state = _from_best(out_dir, trainer, f"{out_dir}: no {LAST}", main)
+        state = _from_best(out_dir, trainer, f"{out_dir}: no {LAST}", main, cfg["keep"])
     else:
         state = _RunState()
     trainer.scheduler.step_update(state.epoch * len(loaders[0]))
@@ -412,8 +416,8 @@ def _make_trainer(cfg: dict, model: torch.nn.Module, steps: int, device: torch.d
 
 
 def _epochs(cfg: dict, task: Task, t: _Trainer, loaders: tuple, state: _RunState, out_dir: Path) -> dict:
-    """The epochs left (until patience runs out): train, validate, keep the best (best.pt, oof.csv), log, and
-    checkpoint every epoch (last.pt); returns the best epoch's row."""
+    """The epochs left (until patience runs out): train, validate, keep the best or the last epoch (best.pt,
+    oof.csv), log, and checkpoint every epoch (last.pt); returns the kept epoch's row."""
     train_loader, val_loader, sampler = loaders
     rank, main, best_metrics = t.rank, t.rank == 0, {}
     for epoch in range(state.epoch, cfg["epochs"]):
@@ -431,7 +435,7 @@ def _epochs(cfg: dict, task: Task, t: _Trainer, loaders: tuple, state: _RunState
         row = {"epoch": epoch + 1, "train_loss": train_loss, **metrics,
                "lr": t.optimizer.param_groups[0]["lr"], "seconds": time.time() - started}
         state.log.append(row)
-        improved = metrics["score"] < state.best_score
+        improved = cfg["keep"] == "last" or metrics["score"] < state.best_score
         if improved:
             state.best_score, state.best_epoch, state.bad_epochs = metrics["score"], epoch + 1, 0
             best_metrics = row
@@ -448,5 +452,5 @@ def _epochs(cfg: dict, task: Task, t: _Trainer, loaders: tuple, state: _RunState
             log(f"{cfg['name']} fold {cfg['fold']} epoch {epoch + 1}: train_loss {train_loss:.4f} {shown} "
                 f"({row['seconds']:.0f}s)" + (" *" if improved else ""))
     if not best_metrics and state.log:
-        best_metrics = _best_row(state.log)
+        best_metrics = _kept_row(state.log, cfg["keep"])
     return best_metrics

@@ -228,6 +228,27 @@ def test_ema_weights_are_validated_saved_and_resumed(base_args):
     assert config_lib.load(run / "config.yaml")["label_smoothing"] == 0.1
 
 
+def test_keep_last_keeps_the_end_of_the_schedule(base_args, synth_dir):
+    """keep: last: best.pt and oof.csv are the last epoch's whatever the validation scores, patience is unused,
+    and a run whose last.pt is lost continues from that epoch."""
+    args, root = base_args
+    cmd = ["--fold", "0", "--model", "cnn_lstm", "--runs", str(root / "keep"), "--keep", "last", "--patience", "1",
+           *args]
+    result = train_script.main([*cmd, "--epochs", "3"])
+    run = root / "keep" / "cnn_lstm" / "fold0"
+    log = pd.read_csv(run / "log.csv")
+    assert log["epoch"].tolist() == [1, 2, 3] and result["best_epoch"] == 3
+    assert result["score"] == pytest.approx(log["score"].iloc[-1], abs=1e-9)
+    last = torch.load(run / "last.pt", weights_only=True)["model"]
+    best = torch.load(run / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(best[k], last[k]) for k in best)
+    solution = fold_solution(load_train(synth_dir / "train.csv"), load_folds(root / "folds.csv"), 0)
+    assert score(solution, load_submission(run / "oof.csv")) == pytest.approx(log["score"].iloc[-1], abs=1e-6)
+    (run / "last.pt").unlink()
+    train_script.main([*cmd, "--epochs", "4"])
+    assert pd.read_csv(run / "log.csv")["epoch"].tolist() == [1, 2, 3, 4]
+
+
 @pytest.mark.filterwarnings("ignore")
 def test_study_model_trains_and_infer_uses_it(base_args, synth_dir, tmp_path):
     """task 'study': one item per study, every crop of it; its oof.csv covers the fold like a classifier's,
