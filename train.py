@@ -203,7 +203,7 @@ def _keys_epilog() -> str:
 def _fit(cfg: dict) -> dict:
     result = fit(cfg, task_class(cfg["task"]))
     refs = "".join(f", {k} {v:.4f}" for k, v in result.get("references", {}).items())
-    log(f"{cfg['name']} fold {cfg['fold']}: best epoch {result.get('best_epoch')}, "
+    log(f"{cfg['name']} fold {cfg['fold']}: {cfg['keep']} epoch {result.get('best_epoch')}, "
           f"score {result.get('score', float('nan')):.4f}{refs} -> {result['run_dir']}")
     return result
 

@@ -334,7 +334,7 @@ def _open_run(cfg: dict, task: Task, out_dir: Path, main: bool) -> dict | None:
         finished = _finished(out_dir, cfg)
         if finished is not None:
             if main:
-                log(f"{out_dir}: finished at epoch {finished['epoch']} (best epoch {finished['best_epoch']}, score "
+                log(f"{out_dir}: finished at epoch {finished['epoch']} ({cfg['keep']} epoch {finished['best_epoch']}, score "
                     f"{finished['score']:.4f}); nothing to do: more --epochs (or --patience, if it stopped early) "
                     "continue it, --restart trains it again")
             return {**finished, "run_dir": str(out_dir), "references": {}}

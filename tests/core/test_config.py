@@ -97,6 +97,17 @@ def test_localizer_defaults_are_the_variety_recipe():
         assert tiny == resolve("localizer", None, REPO / "configs" / "variety.yaml", {"series_type": t})
 
 
+def test_severity_models_keep_their_last_epoch_and_the_localizer_its_best():
+    """The severity models keep the end of their schedule under every recipe; the localizer and a saved run from
+    before the key (filled with DEFAULTS: what it was trained with) keep the best validated epoch."""
+    for model in ("attn_resnext", "cnn_lstm", "plain_cnn", "study"):
+        for recipe in RECIPES:
+            assert resolve(model, None, recipe)["keep"] == "last", (model, recipe.name)
+    assert resolve("localizer", "tiny", overrides={"series_type": "axial"})["keep"] == "best"
+    assert config_lib.with_new_keys({"model": "cnn_lstm"})["keep"] == "best"
+    assert resolve("cnn_lstm", "tiny", overrides={"keep": "best"})["keep"] == "best"
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
 def test_every_committed_recipe_resolves(recipe):
     parts = _parts(recipe)
@@ -174,6 +185,7 @@ def test_scientific_notation_on_the_command_line_is_a_number():
     ({"epochs": "abc"}, "command line: --epochs: expected an integer, got 'abc'"),
     ({"lr": True}, "command line: --lr: expected a number, got True"),
     ({"amp": "fp8"}, "command line: --amp: expected one of bf16, fp16, none, got 'fp8'"),
+    ({"keep": "first"}, "command line: --keep: expected one of best, last, got 'first'"),
     ({"aug": {"where": "gpu"}}, "command line: --aug.where: expected one of auto, cpu, device"),
     ({"channels_last": "yes"}, "command line: --channels_last: expected true or false, got 'yes'"),
     ({"batch_size": 0}, "command line: --batch_size: expected at least 1, got 0"),
