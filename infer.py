@@ -58,8 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_cache_dir(ap)
     ap.add_argument("--ensemble", type=Path, default=None, help="the ensemble file; default: <runs>/ensemble.json if present")
     ap.add_argument("--no-tta", action="store_true", help="no horizontal-flip test-time augmentation")
-    ap.add_argument("--tta-shift", type=int, default=0, metavar="PX",
-                    help="also average each crop's prediction over its window moved PX pixels up, down, left and right")
     cli.add_workers(ap)
     ap.add_argument("--batch-studies", type=int, default=8,
                     help="studies per batch through the models (lower it if the GPU or RAM runs out)")
@@ -86,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         ctx = InferenceContext(a.data_dir, a.runs, cache_dir_for(a.data_dir, a.cache_dir), a.split, a.out,
-                               tta=not a.no_tta, shift_px=a.tta_shift, workers=a.workers, studies_per_batch=a.batch_studies,
+                               tta=not a.no_tta, workers=a.workers, studies_per_batch=a.batch_studies,
                                ensemble_path=a.ensemble, per_model=a.per_model, faults=faults, points=a.at_points)
         submission = make_submission(ctx, studies=a.studies)
     except Exception as err:  # only when not even the prior could be written, or a file after it failed

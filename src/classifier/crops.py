@@ -221,12 +221,9 @@ def _cut_crops(table: pd.DataFrame, cache_dir: Path, split: str, spec: CropSpec,
         write_csv(table.assign(crop=np.arange(len(table)))[keep], csv)
 
 
-def centre_unit(crops: torch.Tensor, size_px: int, shift: tuple[int, int] = (0, 0)) -> torch.Tensor:
+def centre_unit(crops: torch.Tensor, size_px: int) -> torch.Tensor:
     """Stored 8-bit crops (B, S, P, P) with their margin -> the centre size_px square as float in [0, 1]
-    (albumentations' CenterCrop offsets), or that square moved by `shift` (down, right) pixels, kept inside the
-    stored margin."""
+    (albumentations' CenterCrop offsets)."""
     top = (crops.shape[-2] - size_px) // 2
     left = (crops.shape[-1] - size_px) // 2
-    top = min(max(top + shift[0], 0), crops.shape[-2] - size_px)
-    left = min(max(left + shift[1], 0), crops.shape[-1] - size_px)
     return to_unit(crops[..., top : top + size_px, left : left + size_px])

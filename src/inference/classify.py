@@ -81,16 +81,14 @@ def crops_none(spec: CropSpec) -> np.ndarray:
 @torch.no_grad()
 def batch_probabilities(members: list[Member], crops: np.ndarray, condition: np.ndarray, level: np.ndarray,
                         device: torch.device, hflip_tta: bool = False,
-                        study: np.ndarray | None = None, shift_px: int = 0) -> dict[int, np.ndarray | Exception]:
+                        study: np.ndarray | None = None) -> dict[int, np.ndarray | Exception]:
     """Each member's severity probabilities (N, 3) for one batch of stored crops, in one forward call per member;
     with hflip_tta the flipped crops (with their mirrored condition where the flip swaps sides, as in
     training augmentation) go in the same call and the two views are averaged, for the members that trained
     on flipped crops (Member.flips; the others see one view). Every member predicts through
     row_logits (models.CropClassifier, models.StudyModel): a study-level member sees each study's crops
-    together (`study`: each crop's study id; the flipped view as studies of its own). With shift_px > 0 the
-    probabilities are also averaged over four more windows of each view, moved that many pixels up, down, left
-    and right inside the stored margin (a point a little off, as stage 1's are). A member that fails gets its
-    exception instead."""
+    together (`study`: each crop's study id; the flipped view as studies of its own). A member that fails
+    gets its exception instead."""
     dtype = inference_dtype(device)
     n = len(crops)
     x = torch.from_numpy(np.ascontiguousarray(crops)).to(device)
@@ -102,16 +100,15 @@ def batch_probabilities(members: list[Member], crops: np.ndarray, condition: np.
         mirrored = torch.tensor(FLIPPED_CONDITION, device=device)
         x, cond, lev = torch.cat([x, x.flip(-1)]), torch.cat([cond, mirrored[cond]]), torch.cat([lev, lev])
         group = torch.cat([group, group + int(which.max(initial=-1)) + 1])
-    windows = [(0, 0)] + ([(-shift_px, 0), (shift_px, 0), (0, -shift_px), (0, shift_px)] if shift_px > 0 else [])
     out: dict[int, np.ndarray | Exception] = {}
     for j, m in enumerate(members):
         both = hflip_tta and m.flips  # a member trained without flips sees the crops as they are
         views = slice(None) if both else slice(0, n)
         try:
             with autocast(device, dtype):
-                p = sum(torch.softmax(m.model.row_logits(centre_unit(x[views], m.spec.size_px, shift), cond[views],
-                                                         lev[views], group[views]).float(), 1)
-                        for shift in windows) / len(windows)
+                images = centre_unit(x[views], m.spec.size_px)
+                logits = m.model.row_logits(images, cond[views], lev[views], group[views])
+                p = torch.softmax(logits.float(), 1)
             out[j] = ((p[:n] + p[n:]) / 2 if both else p).cpu().numpy()
         except Exception as err:  # noqa: BLE001 - a fold that cannot predict costs that fold only
             out[j] = err
@@ -147,8 +144,7 @@ def predict_members(coords: pd.DataFrame, members: list[Member], ctx: InferenceC
             crops = np.concatenate([c for _, _, c, _ in batch])
             live = [m for m in group if m not in failed]
             probs = batch_probabilities(live, crops, rows["condition_idx"].to_numpy(), rows["level_idx"].to_numpy(),
-                                        device, hflip_tta=ctx.tta, study=rows["study_id"].to_numpy(),
-                                        shift_px=ctx.shift_px)
+                                        device, hflip_tta=ctx.tta, study=rows["study_id"].to_numpy())
             for j, m in enumerate(live):
                 if isinstance(probs[j], Exception):
                     failed.add(m)

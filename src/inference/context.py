@@ -27,7 +27,6 @@ class InferenceContext:
     workers: int = 2  # loader processes that decode and cut ahead of the models
     studies_per_batch: int = 8  # studies per batch through the models (localize, classify)
     tta: bool = True  # average each crop with its horizontal flip
-    shift_px: int = 0  # > 0: also average over the crop window moved this many pixels up, down, left and right
     ensemble_path: Path | None = None  # default: runs/ensemble.json
     per_model: bool = False
     faults: FaultLog = field(default_factory=FaultLog)

@@ -83,26 +83,6 @@ def test_a_member_trained_without_flips_sees_only_the_crops_as_they_are():
     assert only.calls[0][0].shape[0] == 3
 
 
-def test_shift_tta_averages_five_windows_inside_the_stored_margin():
-    rng = np.random.default_rng(2)
-    crops = rng.integers(0, 256, (3, 2, 8, 8), dtype=np.uint8)
-    condition, level = np.array([0, 3, 4]), np.array([1, 2, 3])
-    rec = _Recorder()
-    out = batch_probabilities([_member(rec, hflip=0)], crops, condition, level, torch.device("cpu"), shift_px=1)
-    stored = torch.from_numpy(crops)
-    seen = [image for image, _ in rec.calls]
-    assert len(seen) == 5 and torch.equal(seen[0], centre_unit(stored, 4))
-    # the 4 px windows of the 8 px crops start at rows / columns 2 +- 1
-    assert torch.equal(seen[1], centre_unit(stored[..., 1:5, 2:6], 4))
-    assert torch.equal(seen[4], centre_unit(stored[..., 2:6, 3:7], 4))
-    cond, lev = torch.from_numpy(condition), torch.from_numpy(level)
-    expected = sum(torch.softmax(_Recorder()(x, cond, lev), 1) for x in seen) / 5
-    assert np.allclose(out[0], expected.numpy(), atol=1e-6)
-    assert not np.allclose(out[0], torch.softmax(_Recorder()(seen[0], cond, lev), 1).numpy())
-    # a shift beyond the margin stops at the stored crop's edge
-    assert torch.equal(centre_unit(stored, 4, (-5, 9)), centre_unit(stored[..., 0:4, 4:8], 4))
-
-
 def _two_fold_members(synth_dir, tmp_path, names):
     """The cache and labelled coordinates of the tiny train split, and folds 0 and 1 of random-weight runs."""
     cache = tmp_path / "cache"
