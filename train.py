@@ -25,7 +25,7 @@ from src.core import cli  # noqa: E402
 from src.core import config as config_lib  # noqa: E402
 from src.core.parallel import SKIPPED, Job, default_workers, run_jobs  # noqa: E402
 from src.core.progress import log  # noqa: E402
-from src.core.run_folders import localizer_run  # noqa: E402
+from src.core.run_folders import BEST, localizer_run, run_dir  # noqa: E402
 from src.localizer.plan import PLAN  # noqa: E402
 from src.registry import model_names
 from src.tasks import task_class  # noqa: E402
@@ -98,12 +98,21 @@ def _configs(model: str | None, args, overrides: dict, seed: int | None = None) 
     if seed is not None:
         overrides = dict(overrides, seed=seed, name=config_lib.seeded_name(model, seed))
     if model != "localizer":
-        return [config_lib.resolve(model, args.preset, args.config, overrides)]
+        return [_warm_start(config_lib.resolve(model, args.preset, args.config, overrides))]
     keys = [overrides["series_type"]] if overrides.get("series_type") else [p.series_type for p in PLAN]
     name = overrides.get("name")
     names = {k: (name if len(keys) == 1 else f"{name}_{k}") if name else localizer_run(k) for k in keys}
     return [config_lib.resolve("localizer", args.preset, args.config, dict(overrides, series_type=k, name=names[k]))
             for k in keys]
+
+
+def _warm_start(cfg: dict) -> dict:
+    """A study model's `study.init_from` that names a run (no folder, no file: `cnn_lstm`) becomes that run's
+    best.pt of the same fold, in the same runs folder."""
+    init = (cfg.get("study") or {}).get("init_from")
+    if init and "/" not in init and os.sep not in init and not Path(init).is_file():
+        cfg["study"] = {**cfg["study"], "init_from": str(run_dir(cfg["runs"], init, cfg["fold"]) / BEST)}
+    return cfg
 
 
 def _pipeline(args, overrides: dict, argv: list[str]) -> dict | int:
@@ -115,8 +124,11 @@ def _pipeline(args, overrides: dict, argv: list[str]) -> dict | int:
                                      "--name and --print-config")
     parts = [cfg for model, seed in config_lib.pipeline_runs(args.config)
              for cfg in _configs(model, args, overrides, seed)]
+    # A study model warm-started from a run of this pipeline trains after it (its best.pt is not there yet).
+    made_here = {str(run_dir(c["runs"], c["name"], c["fold"]) / BEST): c["name"] for c in parts}
+    warm = {c["name"]: made_here.get((c.get("study") or {}).get("init_from") or "") for c in parts}
     for cfg in parts:  # every part's inputs before the first one trains
-        config_lib.check_inputs(cfg)
+        config_lib.check_inputs(cfg if not warm[cfg["name"]] else {**cfg, "study": {**cfg["study"], "init_from": None}})
     jobs = _jobs(args.jobs, parts)
     if jobs == 1:
         return {cfg["name"]: _fit(cfg) for cfg in parts}
@@ -133,6 +145,7 @@ def _pipeline(args, overrides: dict, argv: list[str]) -> dict | int:
                                              else ["--seed", str(cfg["seed"]), "--name", cfg["name"]])
         jitter = cfg.get("jitter") or {}
         needs = localizers if cfg["task"] != "localizer" and jitter.get("copies") and jitter.get("errors") == "localizer" else ()
+        needs = (*needs, warm[cfg["name"]]) if warm[cfg["name"]] else needs
         child = [*passed, *which, *own]
         runs.append(Job(cfg["name"], [sys.executable, str(Path(__file__).resolve()), *child], needs,
                         {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)},

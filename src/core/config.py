@@ -80,7 +80,8 @@ DEFAULTS: dict[str, Any] = {
     "warmup_epochs": 1.0,
     "grad_clip": 1.0,
     # The study-level model (task 'study'): its per-crop model and the transformer across a study's crops.
-    # init_from: a trained per-crop run's best.pt (the same fold's) to start the per-crop model from.
+    # init_from: a trained per-crop run's best.pt (the same fold's) to start the per-crop model from, or the name
+    # of a run in the same runs folder (`cnn_lstm`: its best.pt of the same fold, trained first by --pipeline).
     # any_severe_weight: the metric's any-severe-spinal term added to the loss, with this weight.
     "study": {"crop_model": "attn_resnext", "dim": 128, "heads": 4, "layers": 2, "init_from": None,
               "any_severe_weight": 0.0},

@@ -312,6 +312,26 @@ def test_a_full_disk_ends_training_in_one_line_and_keeps_the_last_checkpoint(bas
     assert pd.read_csv(run / "log.csv")["epoch"].tolist() == [1, 2]
 
 
+def test_a_recipe_warm_starts_its_study_model_from_a_run_it_trains_first(base_args, tmp_path, monkeypatch):
+    """`study.init_from: cnn_lstm` in a recipe: the same fold's cnn_lstm best.pt of the same runs folder, checked
+    only once it exists; with --jobs 2 the study waits for that training."""
+    args, root = base_args
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("preset: tiny\npipeline: [cnn_lstm, study]\nepochs: 1\n"
+                      "per_model:\n  study: {study: {crop_model: cnn_lstm, init_from: cnn_lstm}}\n")
+    runs = tmp_path / "runs"
+    done = train_script.main(["--pipeline", "--jobs", "1", "--fold", "0", "--config", str(recipe), "--runs", str(runs),
+                              *args])
+    assert set(done) == {"cnn_lstm", "study"}
+    saved = config_lib.load(runs / "study" / "fold0" / "config.yaml")
+    assert Path(saved["study"]["init_from"]) == runs / "cnn_lstm" / "fold0" / "best.pt"
+    started = {}
+    monkeypatch.setattr(train_script, "run_jobs", lambda jobs, n: started.update({j.name: j.needs for j in jobs}) or {})
+    assert train_script.main(["--pipeline", "--jobs", "2", "--fold", "0", "--config", str(recipe),
+                              "--runs", str(tmp_path / "fresh"), *args]) == 0
+    assert started == {"cnn_lstm": (), "study": ("cnn_lstm",)}
+
+
 def test_pipeline_trains_every_model_of_a_recipe_two_at_once_or_in_this_process(base_args, tmp_path, capsys):
     """train.py --pipeline: --jobs 2 runs each model as a train.py process of its own (output lines tagged with
     the run's name after their time stamp, exit code 0); --jobs 1 trains them one after the other in this
