@@ -165,7 +165,7 @@ class ClassifierTask:
         label = batch["label"].to(logits.device, non_blocking=True)
         if self.class_weights.device != logits.device:  # moved once, not every step
             self.class_weights = self.class_weights.to(logits.device)
-        if self.cfg.get("loss_weighting", "weights") == "logit_adjusted":
+        if self.cfg["loss_weighting"] == "logit_adjusted":
             return F.cross_entropy(logits.float() - self.class_weights.log(), label, ignore_index=-1,
                                    label_smoothing=self.cfg["label_smoothing"])
         return F.cross_entropy(logits.float(), label, weight=self.class_weights, ignore_index=-1,
