@@ -1,5 +1,6 @@
 """Augmentation: the attention paper's list (rotation +-10 deg, translation +-10%, scale 0.8-1.0, horizontal
-flip, Gaussian noise sigma 0.01-0.05), one draw per crop for all of its slices, then the centre crop.
+flip, Gaussian noise sigma 0.01-0.05), one draw per crop for all of its slices, then the centre crop; an intensity
+curve, contrast and brightness where the config asks (`aug.gamma`, `aug.contrast`, `aug.brightness`).
 
 Two paths with the same draw distribution, chosen by the config's `aug.where`:
 - `device` (and `auto`, the default): one batched transform on the training device (DeviceAugment:
@@ -37,12 +38,32 @@ def train_transform(aug: dict, size_px: int) -> A.Compose:
             ),
             A.HorizontalFlip(p=aug["hflip"]),
             A.VerticalFlip(p=aug.get("vflip", 0.0)),
+            *_intensity_transforms(aug),
             A.GaussNoise(std_range=tuple(aug["noise_std"]), p=aug["noise_p"]),
             A.CenterCrop(size_px, size_px),
         ],
         strict=True,
         save_applied_params=True,  # the dataset must know whether a crop was flipped
     )
+
+
+def _intensity_on(aug: dict) -> tuple[bool, bool]:
+    """Whether the config asks for the intensity curve, and for contrast or brightness."""
+    lo, hi = aug.get("gamma", (1.0, 1.0))
+    return (lo, hi) != (1.0, 1.0), bool(aug.get("contrast", 0.0) or aug.get("brightness", 0.0))
+
+
+def _intensity_transforms(aug: dict) -> list:
+    """albumentations' RandomGamma and RandomBrightnessContrast where asked (none by default)."""
+    gamma, linear = _intensity_on(aug)
+    p = aug.get("intensity_p", 0.5)
+    out = []
+    if gamma:
+        lo, hi = aug["gamma"]
+        out.append(A.RandomGamma(gamma_limit=(100 * lo, 100 * hi), p=p))
+    if linear:
+        out.append(A.RandomBrightnessContrast(brightness_limit=aug["brightness"], contrast_limit=aug["contrast"], p=p))
+    return out
 
 
 def eval_transform(size_px: int) -> A.Compose:
@@ -78,10 +99,12 @@ class DeviceAugment:
         self.aug, self.size_px = aug, size_px
 
     def draw(self, n: int, device: torch.device) -> dict[str, torch.Tensor]:
-        """Per-crop parameters: angle (degrees), scale, tx, ty (fractions of the crop), flip, vflip, noise sigma.
+        """Per-crop parameters: angle (degrees), scale, tx, ty (fractions of the crop), flip, vflip, noise sigma,
+        gamma, alpha and beta (the intensity: x ** gamma * alpha + beta).
 
         Drawn from torch's global generator of the device, which the train loop seeds per epoch, so a resumed
-        run draws what an uninterrupted one would have."""
+        run draws what an uninterrupted one would have. The intensity is drawn only where asked, after the rest:
+        without it the draws are those of the paper's list."""
         a = self.aug
 
         def uniform(lo: float, hi: float) -> torch.Tensor:
@@ -100,6 +123,16 @@ class DeviceAugment:
         params["angle"] = params["angle"] * affine
         params["scale"] = torch.where(affine, params["scale"], torch.ones_like(params["scale"]))
         params["tx"], params["ty"] = params["tx"] * affine, params["ty"] * affine
+        gamma, linear = _intensity_on(a)
+        one, zero = torch.ones(n, device=device), torch.zeros(n, device=device)
+        p = a.get("intensity_p", 0.5)
+        params["gamma"] = torch.where(chance(p), uniform(*a["gamma"]), one) if gamma else one
+        if linear:
+            on = chance(p)
+            params["alpha"] = torch.where(on, 1 + uniform(-a["contrast"], a["contrast"]), one)
+            params["beta"] = torch.where(on, uniform(-a["brightness"], a["brightness"]), zero)
+        else:
+            params["alpha"], params["beta"] = one, zero
         return params
 
     def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -127,6 +160,9 @@ class DeviceAugment:
         grid = F.affine_grid(theta, (b, s, self.size_px, self.size_px), align_corners=False)
         unit = to_unit(images)  # 8-bit crops from the store
         out = F.grid_sample(unit, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if bool(((params["gamma"] != 1) | (params["alpha"] != 1) | (params["beta"] != 0)).any()):
+            view = lambda t: t.float().view(b, 1, 1, 1)  # noqa: E731
+            out = (out.clamp(0.0, 1.0) ** view(params["gamma"]) * view(params["alpha"]) + view(params["beta"])).clamp(0.0, 1.0)
         sigma = params["sigma"].float().view(b, 1, 1, 1)
         if bool((sigma > 0).any()):
             noise = torch.randn(out.shape, device=images.device)

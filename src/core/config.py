@@ -138,6 +138,13 @@ DEFAULTS: dict[str, Any] = {
         "noise_std": [0.01, 0.05],
         "noise_p": 0.5,
         "affine_p": 0.8,
+        # Intensity, one draw per crop, each with probability intensity_p (off at these values; not in the
+        # attention paper's list): x ** gamma with gamma uniform in the range (albumentations' RandomGamma), then
+        # x * (1 + c) + b with c, b uniform in +-contrast and +-brightness (RandomBrightnessContrast).
+        "gamma": [1.0, 1.0],
+        "contrast": 0.0,
+        "brightness": 0.0,
+        "intensity_p": 0.5,
     },
 }
 
@@ -377,7 +384,8 @@ CHOICES = {"amp": ("bf16", "fp16", "none"), "aug.where": ("auto", "cpu", "device
 # Keys that must be at least this (counts, sizes, rates).
 MINIMUM = {"epochs": 1, "batch_size": 1, "patience": 1, "crop.n_slices": 1, "crop.size_px": 8, "loc.size_px": 8, "fold": 0,
            "lr": 0.0, "jitter.copies": 0, "log_every": 1, "prefetch": 1, "warmup_epochs": 0.0,
-           "ensemble.nested_folds": 2, "ensemble.shrink": 0.0}
+           "ensemble.nested_folds": 2, "ensemble.shrink": 0.0, "aug.contrast": 0.0, "aug.brightness": 0.0,
+           "aug.intensity_p": 0.0}
 # Keys whose default is null, and what they take instead.
 NULLABLE = {"pretrained": (bool, str), "name": (str,), "preset": (str,), "dataset": (str,), "cache_dir": (str,),
             "folds": (str,), "runs": (str,), "coords": (str,), "series_type": (str,), "backbone": (str,),
