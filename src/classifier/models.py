@@ -88,8 +88,7 @@ class HeadSpec:
 
     @classmethod
     def of(cls, cfg: dict) -> "HeadSpec":
-        return cls(cfg["embed_dim"], cfg["hidden"], cfg["drop"], cfg.get("head", "mlp"),
-                   tuple(cfg.get("class_weights", SAMPLE_WEIGHTS)))
+        return cls(cfg["embed_dim"], cfg["hidden"], cfg["drop"], cfg["head"], tuple(cfg["class_weights"]))
 
     def embedding(self) -> nn.Embedding:
         return nn.Embedding(N_PAIRS, self.embed_dim)

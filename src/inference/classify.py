@@ -15,7 +15,6 @@ import torch
 from torch.utils.data import Dataset
 
 from ..classifier.crops import CropSpec, centre_unit, crop_table, cut_study
-from ..core.config import DEFAULTS
 from ..core.constants import FLIPPED_CONDITION, TARGETS
 from ..core.device import autocast, inference_dtype
 from ..core.faults import FaultLog
@@ -44,7 +43,7 @@ class Member:
     @property
     def flips(self) -> bool:
         """Whether it trained on horizontally flipped crops, so the flip TTA view is one it knows."""
-        return float(self.cfg.get("aug", {}).get("hflip", DEFAULTS["aug"]["hflip"])) > 0
+        return float(self.cfg["aug"]["hflip"]) > 0
 
     @property
     def spec_key(self) -> str:
