@@ -138,9 +138,10 @@ DEFAULTS: dict[str, Any] = {
         "noise_std": [0.01, 0.05],
         "noise_p": 0.5,
         "affine_p": 0.8,
-        # Intensity, one draw per crop, each with probability intensity_p (off at these values; not in the
-        # attention paper's list): x ** gamma with gamma uniform in the range (albumentations' RandomGamma), then
-        # x * (1 + c) + b with c, b uniform in +-contrast and +-brightness (RandomBrightnessContrast).
+        # Intensity, one draw per crop, each with probability intensity_p (not in the attention paper's list; off
+        # here, on in the severity models' registered defaults, models.SEVERITY_DEFAULTS): x ** gamma with gamma
+        # uniform in the range (albumentations' RandomGamma), then x * (1 + c) + b with c, b uniform in
+        # +-contrast and +-brightness (RandomBrightnessContrast).
         "gamma": [1.0, 1.0],
         "contrast": 0.0,
         "brightness": 0.0,
