@@ -49,14 +49,14 @@ def train_transform(aug: dict, size_px: int) -> A.Compose:
 
 def _intensity_on(aug: dict) -> tuple[bool, bool]:
     """Whether the config asks for the intensity curve, and for contrast or brightness."""
-    lo, hi = aug.get("gamma", (1.0, 1.0))
-    return (lo, hi) != (1.0, 1.0), bool(aug.get("contrast", 0.0) or aug.get("brightness", 0.0))
+    lo, hi = aug["gamma"]
+    return (lo, hi) != (1.0, 1.0), bool(aug["contrast"] or aug["brightness"])
 
 
 def _intensity_transforms(aug: dict) -> list:
     """albumentations' RandomGamma and RandomBrightnessContrast where asked (none by default)."""
     gamma, linear = _intensity_on(aug)
-    p = aug.get("intensity_p", 0.5)
+    p = aug["intensity_p"]
     out = []
     if gamma:
         lo, hi = aug["gamma"]
@@ -125,7 +125,7 @@ class DeviceAugment:
         params["tx"], params["ty"] = params["tx"] * affine, params["ty"] * affine
         gamma, linear = _intensity_on(a)
         one, zero = torch.ones(n, device=device), torch.zeros(n, device=device)
-        p = a.get("intensity_p", 0.5)
+        p = a["intensity_p"]
         params["gamma"] = torch.where(chance(p), uniform(*a["gamma"]), one) if gamma else one
         if linear:
             on = chance(p)
