@@ -37,7 +37,7 @@ def train_transform(aug: dict, size_px: int) -> A.Compose:
                 p=aug["affine_p"],
             ),
             A.HorizontalFlip(p=aug["hflip"]),
-            A.VerticalFlip(p=aug.get("vflip", 0.0)),
+            A.VerticalFlip(p=aug["vflip"]),
             *_intensity_transforms(aug),
             A.GaussNoise(std_range=tuple(aug["noise_std"]), p=aug["noise_p"]),
             A.CenterCrop(size_px, size_px),
@@ -114,7 +114,7 @@ class DeviceAugment:
             return torch.rand(n, device=device) < p
 
         affine = chance(a["affine_p"])
-        vflip = a.get("vflip", 0.0)  # drawn only when asked: without it the draws are those of the paper's list
+        vflip = a["vflip"]  # drawn only when asked: without it the draws are those of the paper's list
         params = {"angle": uniform(-a["rotate"], a["rotate"]), "scale": uniform(*a["scale"]),
                   "tx": uniform(-a["translate"], a["translate"]), "ty": uniform(-a["translate"], a["translate"]),
                   "flip": chance(a["hflip"]),
