@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--at-points", type=Path, default=None, metavar="CSV",
                     help="cut the crops at this table's points (train_label_coordinates.csv's format, e.g. the test "
                          "split's labelled points) instead of localizing: what the classifiers score without stage 1")
+    ap.add_argument("--slice-sd-mm", type=float, default=None, metavar="MM",
+                    help="how far (sd, mm) a foramen's or an axial level's depth may be from where it was read: its "
+                         "crop is also cut on the neighbouring slice on that side and the two predictions averaged by "
+                         "the chance that the point lies nearer it (default 1.0; 0: one slice per point, half the "
+                         "classification work)")
     ap.add_argument("--strict", action="store_true",
                     help=f"exit {MODEL_DROPPED_EXIT} (submission still written) when any fold, member or localizer was "
                          "dropped, an ensemble entry or a series' geometry fell back, or no model was used")
@@ -78,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     if not a.runs.is_dir():
         raise DataError(f"{a.runs}: no such runs folder (--runs)")
     a.out = a.out or submission_dir_for(a.data_dir) / "submission.csv"
+    if a.slice_sd_mm is not None and not a.slice_sd_mm >= 0:
+        raise DataError(f"--slice-sd-mm {a.slice_sd_mm}: must be 0 or more")
     if a.at_points is not None:
         load_coordinates(a.at_points)  # a bad table is one line now, not a submission of priors later
     faults = FaultLog()
@@ -85,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ctx = InferenceContext(a.data_dir, a.runs, cache_dir_for(a.data_dir, a.cache_dir), a.split, a.out,
                                tta=not a.no_tta, workers=a.workers, studies_per_batch=a.batch_studies,
-                               ensemble_path=a.ensemble, per_model=a.per_model, faults=faults, points=a.at_points)
+                               ensemble_path=a.ensemble, per_model=a.per_model, faults=faults, points=a.at_points,
+                               slice_sd_mm=a.slice_sd_mm)
         submission = make_submission(ctx, studies=a.studies)
     except Exception as err:  # only when not even the prior could be written, or a file after it failed
         if a.debug:

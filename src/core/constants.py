@@ -46,9 +46,12 @@ LOCALIZER_ORDER: tuple[str, ...] = (SAGITTAL_T2, SAGITTAL_T1, AXIAL_T2)
 # level there, while a searched (sagittal) type has one channel per level.
 GEOMETRY_SLICED: frozenset[str] = frozenset({AXIAL_T2})
 
-# Columns of train_label_coordinates.csv, and of predicted coordinates (which add the localizer's confidence).
+# Columns of train_label_coordinates.csv, and of predicted coordinates: they add the localizer's confidence and,
+# where a point's depth lies between two slices, the neighbouring slice and the weight stage 2 gives its crop
+# (localizer.decode.slice_alternative; empty and 0 where there is none).
 COORDINATE_COLUMNS: tuple[str, ...] = ("study_id", "series_id", "instance_number", "condition", "level", "x", "y")
-PREDICTED_COORDINATE_COLUMNS: tuple[str, ...] = (*COORDINATE_COLUMNS, "confidence")
+SLICE_ALTERNATIVE_COLUMNS: tuple[str, ...] = ("alt_instance_number", "alt_weight")
+PREDICTED_COORDINATE_COLUMNS: tuple[str, ...] = (*COORDINATE_COLUMNS, "confidence", *SLICE_ALTERNATIVE_COLUMNS)
 
 # Class frequencies (normal/mild, moderate, severe) per group in the real train.csv: the fallback prior.
 REAL_CLASS_FREQUENCIES: dict[str, tuple[float, float, float]] = {

@@ -21,6 +21,7 @@ from ..core.constants import (
     SERIES_DESCRIPTIONS,
     SEVERITIES,
     SEVERITY_TO_INDEX,
+    SLICE_ALTERNATIVE_COLUMNS,
     TARGETS,
     row_id,
 )
@@ -164,6 +165,19 @@ def load_coordinates(path: str | Path) -> pd.DataFrame:
     )
     if "confidence" in raw:  # a localizer's (PREDICTED_COORDINATE_COLUMNS)
         out["confidence"] = _to_float(raw, "confidence", path)
+    if set(SLICE_ALTERNATIVE_COLUMNS) & set(raw.columns):  # and its points' neighbouring slices, where named
+        _require_columns(raw, SLICE_ALTERNATIVE_COLUMNS, path)
+        weight = _to_float(raw, "alt_weight", path)
+        if not weight.between(0, 1).all():
+            i = int(np.flatnonzero(~weight.between(0, 1).to_numpy())[0])
+            raise _fail(path, i, "alt_weight", f"expected a weight in [0, 1], got {raw['alt_weight'].iloc[i]!r}")
+        text = raw["alt_instance_number"].str.strip()
+        bad = ((text != "") & ~text.str.fullmatch(r"[+-]?\d+")).to_numpy()
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise _fail(path, i, "alt_instance_number", f"expected an integer or nothing, got {text.iloc[i]!r}")
+        out["alt_instance_number"] = pd.to_numeric(text.where(text != "")).astype(float)  # NaN: no neighbour named
+        out["alt_weight"] = weight
     for extra in raw.columns.difference(out.columns):
         out[extra] = raw[extra]
     return out

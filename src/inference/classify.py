@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..classifier.crops import CropSpec, centre_unit, crop_table, cut_study
-from ..core.constants import FLIPPED_CONDITION, TARGETS
+from ..core.constants import FLIPPED_CONDITION, SLICE_ALTERNATIVE_COLUMNS, TARGETS
 from ..core.device import autocast, inference_dtype
 from ..core.faults import FaultLog
 from ..core.memory import keep_freed_cpu_memory
@@ -114,20 +114,42 @@ def batch_probabilities(members: list[Member], crops: np.ndarray, condition: np.
     return out
 
 
+def with_alternatives(coords: pd.DataFrame) -> pd.DataFrame:
+    """coords with a `variant` and a `weight` per row: every row as given (variant 0), and, for each study where
+    some row names a neighbouring slice (SLICE_ALTERNATIVE_COLUMNS, localizer.decode.slice_alternative), all
+    of its rows again (variant 1) with those rows on that slice. A row's two weights are 1 - alt_weight and
+    alt_weight (0 for the rows variant 1 repeats unmoved: a study-level member sees each variant as a whole
+    study)."""
+    weight = np.zeros(len(coords))
+    if set(SLICE_ALTERNATIVE_COLUMNS) <= set(coords.columns):
+        named = coords["alt_instance_number"].notna().to_numpy()
+        weight = np.where(named, pd.to_numeric(coords["alt_weight"], errors="coerce").fillna(0.0).to_numpy(float), 0.0)
+    out = coords.assign(variant=0, weight=1.0 - weight)
+    studies = coords["study_id"].to_numpy()[weight > 0]
+    if not len(studies):
+        return out
+    again = coords["study_id"].isin(studies).to_numpy()
+    alt = coords[again].assign(variant=1, weight=weight[again])
+    moved = weight[again] > 0
+    alt.loc[moved, "instance_number"] = alt.loc[moved, "alt_instance_number"].astype(np.int64).to_numpy()
+    return pd.concat([out, alt], ignore_index=True)
+
+
 def predict_members(coords: pd.DataFrame, members: list[Member], ctx: InferenceContext) -> dict[str, pd.DataFrame]:
     """Per run name: the mean probabilities (row_id + TARGETS) of its folds that predicted, for the rows with a
-    crop at `coords` (on ctx's split, cache and device). Crops are cut once per crop spec, in batches of
-    studies ahead of the models; a fold that fails is dropped (named in ctx.faults) and its run's other folds
-    carry on."""
+    crop at `coords` (on ctx's split, cache and device); a row that names a neighbouring slice gets the
+    weighted mean of its two slices' predictions (with_alternatives). Crops are cut once per crop spec, in
+    batches of studies ahead of the models; a fold that fails is dropped (named in ctx.faults) and its run's
+    other folds carry on."""
     faults, device = ctx.faults, ctx.device
     if device.type == "cpu":
         keep_freed_cpu_memory()  # batched forwards would otherwise fault in fresh pages on every call
-    table = crop_table(coords)
+    table = crop_table(with_alternatives(coords))
     by_spec: dict[str, list[Member]] = {}
     for m in members:
         by_spec.setdefault(m.spec_key, []).append(m)
     sums: dict[Member, list[np.ndarray]] = {m: [] for m in members}  # per member: its batches' probabilities
-    ids: dict[str, list[np.ndarray]] = {}
+    ids: dict[str, list[pd.DataFrame]] = {}  # per crop spec: each batch's row_id and weight
     failed: set[Member] = set()
     for key, group in by_spec.items():
         ids[key] = []
@@ -143,7 +165,8 @@ def predict_members(coords: pd.DataFrame, members: list[Member], ctx: InferenceC
             crops = np.concatenate([c for _, _, c, _ in batch])
             live = [m for m in group if m not in failed]
             probs = batch_probabilities(live, crops, rows["condition_idx"].to_numpy(), rows["level_idx"].to_numpy(),
-                                        device, hflip_tta=ctx.tta, study=rows["study_id"].to_numpy())
+                                        device, hflip_tta=ctx.tta,
+                                        study=rows["study_id"].to_numpy() * 2 + rows["variant"].to_numpy())
             for j, m in enumerate(live):
                 if isinstance(probs[j], Exception):
                     failed.add(m)
@@ -152,7 +175,7 @@ def predict_members(coords: pd.DataFrame, members: list[Member], ctx: InferenceC
                                f"{where}cannot predict ({first_line(probs[j])}); fold dropped")
                 else:
                     sums[m].append(probs[j])
-            ids[key].append(rows["row_id"].to_numpy())
+            ids[key].append(rows[["row_id", "weight"]])
     out: dict[str, pd.DataFrame] = {}
     for name in dict.fromkeys(m.name for m in members):
         folds = [m for m in members if m.name == name and m not in failed]
@@ -161,9 +184,12 @@ def predict_members(coords: pd.DataFrame, members: list[Member], ctx: InferenceC
             continue
         per_fold = []
         for m in folds:
-            row_ids = np.concatenate(ids[m.spec_key]) if ids[m.spec_key] else np.zeros(0, object)
+            keys = pd.concat(ids[m.spec_key]) if ids[m.spec_key] else pd.DataFrame(columns=["row_id", "weight"])
             p = np.concatenate(sums[m]) if sums[m] else np.zeros((0, 3))
-            per_fold.append(pd.DataFrame(p, columns=list(TARGETS), index=pd.Index(row_ids, name="row_id")))
+            w = keys["weight"].to_numpy(float)
+            weighted = pd.DataFrame(p * w[:, None], columns=list(TARGETS)).assign(row_id=keys["row_id"].to_numpy(), w=w)
+            total = weighted.groupby("row_id").sum()
+            per_fold.append(total[list(TARGETS)].div(total["w"], axis=0))  # no weight left: NaN, dropped below
         out[name] = (sum(per_fold) / len(per_fold)).dropna().reset_index()
     return out
 

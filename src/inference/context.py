@@ -31,6 +31,7 @@ class InferenceContext:
     per_model: bool = False
     faults: FaultLog = field(default_factory=FaultLog)
     points: Path | None = None  # crops cut at this table's points (e.g. the labelled ones) instead of localizing
+    slice_sd_mm: float | None = None  # a point's depth spread across its slices (localizer.decode.Search); None: its default
 
     def __post_init__(self) -> None:
         self.data_dir, self.runs, self.cache_dir = Path(self.data_dir), Path(self.runs), Path(self.cache_dir)

@@ -32,6 +32,7 @@ from ..data.tables import (
     load_train,
     submission_row_ids,
 )
+from ..localizer.decode import Search
 from ..localizer.infer import Localizer, localize
 from . import ensemble as ensemble_lib
 from .classify import run_classifiers
@@ -144,7 +145,9 @@ def _localize(ctx: InferenceContext, study_ids: list[int]) -> pd.DataFrame:
     if ctx.points is not None:
         points = load_coordinates(ctx.points)
         return points[points["study_id"].isin(study_ids)].reset_index(drop=True)
-    return localize(table, ctx.cache_dir, ctx.split, Localizer.from_runs(ctx.runs, device=ctx.device, faults=ctx.faults),
+    search = Search() if ctx.slice_sd_mm is None else Search(slice_sd_mm=ctx.slice_sd_mm)
+    localizer = Localizer.from_runs(ctx.runs, device=ctx.device, faults=ctx.faults, search=search)
+    return localize(table, ctx.cache_dir, ctx.split, localizer,
                     ctx.faults, workers=loader_workers(ctx.workers, ctx.device.type), studies_per_batch=ctx.studies_per_batch)
 
 

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.special import ndtr
 
 from ..core.constants import PREDICTED_COORDINATE_COLUMNS
 from ..data.dicom import Series
+from ..data.geometry import slice_normal
 from .frame import Frame, frame_of
 from .plan import STRIDE, Part
 
@@ -62,13 +64,14 @@ def cell_points(series: Series, k: int, frame: Frame, shape: tuple[int, int]) ->
     return series.pixel_to_patient(k, *frame.to_image((xx + 0.5) * STRIDE - 0.5, (yy + 0.5) * STRIDE - 0.5))
 
 
-def centre_slice(profile: np.ndarray, depth: np.ndarray) -> int:
-    """The slice nearest the centre of a structure seen on several slices.
+def structure_centre(profile: np.ndarray, depth: np.ndarray) -> tuple[int, float]:
+    """The slice nearest the centre of a structure seen on several slices, and that centre's depth (mm).
 
     profile is one cell's heat on each slice and depth each slice's position along the normal (mm). The
     centre is the heat-weighted mean depth of the run of neighbouring slices around the maximum whose heat
     exceeds half of it, each weighted by its excess over half: a wide structure (the spinal canal spans
-    four or five sagittal slices) is read at its middle, not on whichever of its slices happens to peak.
+    four or five sagittal slices) is read at its middle, and a foramen between two slices on the one its
+    centre is nearer, not on whichever of its slices happens to peak.
     """
     order = np.argsort(depth)
     p, d = np.asarray(profile, float)[order], np.asarray(depth, float)[order]
@@ -81,9 +84,63 @@ def centre_slice(profile: np.ndarray, depth: np.ndarray) -> int:
         hi += 1
     w = p[lo : hi + 1] - half
     if w.sum() <= 0:
-        return int(order[top])
+        return int(order[top]), float(d[top])
     centre = float((w * d[lo : hi + 1]).sum() / w.sum())
-    return int(order[lo + int(np.argmin(np.abs(d[lo : hi + 1] - centre)))])
+    return int(order[lo + int(np.argmin(np.abs(d[lo : hi + 1] - centre)))]), centre
+
+
+def centre_slice(profile: np.ndarray, depth: np.ndarray) -> int:
+    """The slice nearest the centre of a structure seen on several slices (structure_centre)."""
+    return structure_centre(profile, depth)[0]
+
+
+MIN_ALTERNATIVE_WEIGHT = 0.01  # a neighbouring slice less likely than this is not cut
+
+
+def neighbour_weight(offset: float, gap: float, sd: float) -> float:
+    """The chance that a point read `offset` mm from its slice (along the normal) lies nearer the slice `gap` mm
+    away along the same normal, when the reading's depth error is N(0, sd^2)."""
+    if sd <= 0 or gap == 0:
+        return 0.0
+    return float(ndtr((offset * np.sign(gap) - abs(gap) / 2) / sd))
+
+
+def slice_alternative(depth: np.ndarray, j: int, centre: float, sd: float) -> tuple[int, float] | None:
+    """Of slices at `depth` (mm along one normal) with a point read on slice j at depth `centre`: the
+    neighbouring slice on the point's side and the chance that the point is nearer it (neighbour_weight),
+    or None where there is none or that chance is under MIN_ALTERNATIVE_WEIGHT. Stage 2 cuts the point's
+    crop on both slices and averages the two predictions by that chance, so a point read near the middle
+    between two slices is not staked on one of them."""
+    if sd <= 0 or len(depth) < 2:
+        return None
+    order = np.argsort(depth)
+    pos = int(np.flatnonzero(order == j)[0]) + (1 if centre >= depth[j] else -1)
+    if not 0 <= pos < len(order):
+        return None
+    k = int(order[pos])
+    weight = neighbour_weight(centre - depth[j], depth[k] - depth[j], sd)
+    return (k, weight) if weight >= MIN_ALTERNATIVE_WEIGHT else None
+
+
+PARALLEL_COS = 0.99  # slices whose normals are within about 8 degrees are one stack's
+
+
+def plane_alternative(series: Series, k: int, point: np.ndarray, sd: float) -> tuple[int, float] | None:
+    """slice_alternative for a 3D point read on slice k: its neighbours in the series that are parallel to it
+    and whose image holds the point (an axial series may be several stacks at different angles, and the
+    next slice another stack's), with the point measured along slice k's normal."""
+    normal = slice_normal(series.orientations[k])
+    h, w = series.shape
+
+    def same_stack(j: int) -> bool:
+        x, y, _ = series.patient_to_pixel(j, np.asarray(point, float))
+        return (abs(float(slice_normal(series.orientations[j]) @ normal)) >= PARALLEL_COS
+                and -0.5 <= float(x) <= w - 0.5 and -0.5 <= float(y) <= h - 0.5)
+
+    near = [j for j in (k - 1, k, k + 1) if 0 <= j < len(series) and (j == k or same_stack(j))]
+    depth = (series.positions[near] - series.positions[k]) @ normal
+    alt = slice_alternative(depth, near.index(k), float((np.asarray(point, float) - series.positions[k]) @ normal), sd)
+    return None if alt is None else (near[alt[0]], alt[1])
 
 
 def local_peaks(heat: np.ndarray, n: int, min_dist: float) -> list[tuple[int, int]]:
@@ -150,6 +207,15 @@ class Reading:
     heights: dict[str, float]
 
 
+def coordinate_frame(rows: list[dict]) -> pd.DataFrame:
+    """Predicted coordinate rows as a table (PREDICTED_COORDINATE_COLUMNS); a neighbouring slice's instance
+    number is a whole number, empty where none is named."""
+    frame = pd.DataFrame(rows, columns=list(PREDICTED_COORDINATE_COLUMNS))
+    frame["alt_instance_number"] = pd.to_numeric(frame["alt_instance_number"]).astype("Int64")
+    frame["alt_weight"] = pd.to_numeric(frame["alt_weight"]).fillna(0.0).astype(float)
+    return frame
+
+
 def reading_rows(readings: dict[str, Reading]) -> list[dict]:
     """Every row of a series' readings (read_searched), condition after condition."""
     return [r for reading in readings.values() for r in reading.rows]
@@ -165,11 +231,16 @@ class HeatSource:
     series: Series
     size: int
 
-    def row(self, k: int, condition: str, level: str, xy: tuple[float, float], confidence: float) -> dict:
-        """A predicted coordinate row on slice k."""
+    def row(self, k: int, condition: str, level: str, xy: tuple[float, float], confidence: float,
+            alternative: tuple[int, float] | None = None) -> dict:
+        """A predicted coordinate row on slice k; with `alternative` (slice_alternative) its neighbouring slice
+        and that slice's weight."""
+        alt_k, alt_w = alternative if alternative is not None else (None, 0.0)
         return {"study_id": self.study_id, "series_id": self.series_id,
                 "instance_number": int(self.series.instance_numbers[k]), "condition": condition, "level": level,
-                "x": xy[0], "y": xy[1], "confidence": confidence}
+                "x": xy[0], "y": xy[1], "confidence": confidence,
+                "alt_instance_number": None if alt_k is None else int(self.series.instance_numbers[alt_k]),
+                "alt_weight": alt_w}
 
 
 @dataclass(frozen=True)
@@ -177,7 +248,8 @@ class Search:
     """How levels are found on a searched series: candidate peaks (per level and of the every-level channel),
     the plausible spacing of consecutive discs (mm, and the largest ratio between two gaps), and the spread of
     one level's heights across a study's series (mm: the canal and both foramina of a level lie within a few
-    mm of one height; 0: each series read on its own)."""
+    mm of one height; 0: each series read on its own), and the spread of a lateral or axial point's depth
+    across its slices (mm; slice_alternative; 0: one slice per point)."""
 
     n_candidates: int = 10
     per_level: int = 1
@@ -185,15 +257,17 @@ class Search:
     max_gap_mm: float = 70.0
     max_gap_ratio: float = 1.6
     level_sd_mm: float = 10.0
+    slice_sd_mm: float = 1.0
 
 
 def read_searched(part: Part, src: HeatSource, heat: np.ndarray, ks: np.ndarray, midline: np.ndarray | None = None,
                   search: Search = Search(), anchors: dict[str, float] | None = None) -> dict[str, Reading]:
     """Each condition's reading of a searched (sagittal) series from per-slice heatmaps (len(ks), C, h, w).
 
-    A midline condition looks at every slice and is read on the middle slice of the structure
-    (centre_slice); a lateral one only at the slices on its side of the mid-sagittal plane (through
-    `midline`, or the series centre), on the slice where its heat peaks. The candidate discs are the peaks of the
+    A midline condition looks at every slice, a lateral one only at the slices on its side of the
+    mid-sagittal plane (through `midline`, or the series centre); each is read on the slice nearest the
+    structure's centre (structure_centre), a lateral one also naming its neighbouring slice on the
+    centre's side with that slice's weight (slice_alternative, search.slice_sd_mm). The candidate discs are the peaks of the
     every-level channel (where the discs are, whichever they are: those above L1/L2 and below L5/S1 too) and
     each level's own strongest peaks; levels are then assigned to those peaks jointly, in head-to-feet order
     with a plausible spacing (assign_levels), so the levels come from what each level's channel sees (the
@@ -249,12 +323,12 @@ def read_searched(part: Part, src: HeatSource, heat: np.ndarray, ks: np.ndarray,
             else:  # too few separate peaks: each level's own maximum, with little trust in the order
                 y, x = np.unravel_index(int(np.argmax(sub[:, c].max(0))), sub.shape[-2:])
                 sure = 0.1
-            if side == 0:  # a midline structure, wider than the slice gap: its middle slice
-                j = centre_slice(sub[:, c, y, x], depth[candidates])
-            else:
-                j = int(np.argmax(sub[:, c, y, x]))
+            j, centre = structure_centre(sub[:, c, y, x], depth[candidates])
+            # The canal's slice may move once the foramina are read (infer.recentre_midline): one slice for it.
+            alt = None if side == 0 else slice_alternative(depth[candidates], j, centre, search.slice_sd_mm)
             xy = frame.heat_to_image(refine_peak(sub[j, c], y, x))
-            rows.append(src.row(ks[candidates[j]], condition, level, xy, float(sub[j, c, y, x]) * sure))
+            rows.append(src.row(ks[candidates[j]], condition, level, xy, float(sub[j, c, y, x]) * sure,
+                                None if alt is None else (ks[candidates[alt[0]]], alt[1])))
             heights[level] = float(height_map[y, x])
         out[condition] = Reading(tuple(rows), heights)
     return out
@@ -273,13 +347,14 @@ MIN_DIST_MM = 8.0
 
 
 def decode_slice(part: Part, src: HeatSource, k: int, heat: np.ndarray, level: str,
-                 midline: np.ndarray | None = None) -> list[dict]:
+                 midline: np.ndarray | None = None, alternative: tuple[int, float] | None = None) -> list[dict]:
     """Rows of a geometry-sliced (axial) part on the slice assigned to `level`, from its heatmap (h, w).
 
     With `midline` (the level's 3D point on the spinal canal, from the sagittal series) each lateral
     condition is its side's strongest peak within REACH_MM of the canal: the two sides look alike, so two
     peaks on one side (one recess and a lookalike) would otherwise name one of them the other side.
     Without it, the two strongest peaks at least MIN_DIST_MM apart, named by their patient x (left is +x).
+    Every row names `alternative` (plane_alternative: the level's neighbouring slice and its weight).
     """
     series = src.series
     frame = frame_of(series.shape, series.spacings[k], src.size)
@@ -296,7 +371,8 @@ def decode_slice(part: Part, src: HeatSource, k: int, heat: np.ndarray, level: s
             mask = near if side == 0 else near & (np.sign(left) == side)
             masked = np.where(mask, heat, -np.inf) if mask.any() else heat
             y, x = np.unravel_index(int(np.argmax(masked)), heat.shape)
-            rows.append(src.row(k, condition, level, frame.heat_to_image(refine_peak(heat, y, x)), float(heat[y, x])))
+            rows.append(src.row(k, condition, level, frame.heat_to_image(refine_peak(heat, y, x)), float(heat[y, x]),
+                                alternative))
         return rows
     peaks = local_peaks(heat, len(part.conditions), max(MIN_DIST_MM / frame.mm_per_cell, 1.0))
     peaks += peaks[-1:] * (len(part.conditions) - len(peaks))  # a map too small for separate peaks
@@ -304,7 +380,7 @@ def decode_slice(part: Part, src: HeatSource, k: int, heat: np.ndarray, level: s
     leftness = [float(series.pixel_to_patient(k, *xy) @ PATIENT_LEFT) for xy, _ in found]
     by_left = sorted(range(len(found)), key=lambda i: -leftness[i])  # stable: ties keep the peak order
     by_side = sorted(part.conditions, key=lambda c: -sides[c])
-    return [src.row(k, condition, level, *found[i]) for condition, i in zip(by_side, by_left)]
+    return [src.row(k, condition, level, *found[i], alternative) for condition, i in zip(by_side, by_left)]
 
 
 def decode_series_points(part: Part, src: HeatSource, heat: np.ndarray, ks: np.ndarray,
@@ -318,4 +394,4 @@ def decode_series_points(part: Part, src: HeatSource, heat: np.ndarray, ks: np.n
             on_slice = labelled[labelled["instance_number"] == src.series.instance_numbers[k]] if labelled is not None else []
             if len(on_slice):
                 rows += decode_slice(part, src, int(k), heat[j, 0], on_slice["level"].iloc[0])
-    return pd.DataFrame(rows, columns=list(PREDICTED_COORDINATE_COLUMNS))
+    return coordinate_frame(rows)

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from ..core.constants import PREDICTED_COORDINATE_COLUMNS, condition_side
+from ..core.constants import condition_side
 from ..core.device import autocast, inference_dtype, pick_device
 from ..core.faults import FaultLog
 from ..core.memory import keep_freed_cpu_memory
@@ -31,7 +31,7 @@ from ..core.run_folders import fold_of, localizer_run
 from ..data.cache import load_series, series_cache_path, to_stored
 from ..data.dicom import Series
 from ..training.checkpoint import load_fold_models
-from .decode import HeatSource, Reading, Search, decode_slice, read_searched, reading_rows
+from .decode import HeatSource, Reading, Search, coordinate_frame, decode_slice, plane_alternative, read_searched, reading_rows
 from .frame import series_stacks, stack_of
 from .plan import PLAN, Part
 
@@ -103,7 +103,7 @@ class Localizer:
 
     @classmethod
     def from_runs(cls, runs: Path, folds: list[int] | None = None, device: torch.device | None = None,
-                  faults: FaultLog | None = None, batch_size: int = 256) -> "Localizer":
+                  faults: FaultLog | None = None, batch_size: int = 256, search: Search = Search()) -> "Localizer":
         """Every trained fold (or those listed) of each series type's localizer under runs/. A fold whose
         checkpoint does not load, or whose input size differs from the first fold's, is dropped (the other
         folds carry on); a series type left without a model gives no coordinates, and the others carry on."""
@@ -123,7 +123,7 @@ class Localizer:
             if not models[part.series_type]:
                 faults.add("localizer", name, f"no loadable fold under {runs}: {', '.join(part.conditions)} get no "
                            "coordinates", conditions=part.conditions)
-        return cls(models, device, batch_size)
+        return cls(models, device, batch_size, search)
 
     def size(self, part: Part) -> int:
         """The part's input size (px); every fold of a part has the same."""
@@ -300,9 +300,10 @@ class Localizer:
         failed: set[int] = set()
         for j, (i, level, sid, s, k) in enumerate(todo if heat is not None else []):
             try:
+                point = points[i][level]
                 out.setdefault(i, []).extend(
                     decode_slice(part, HeatSource(inputs[i].study_id, sid, s, self.size(part)), k, heat[j, 0], level,
-                                 midline=points[i][level]))
+                                 midline=point, alternative=plane_alternative(s, k, point, self.search.slice_sd_mm)))
             except Exception as err:  # noqa: BLE001 - costs this study's rows of this series type
                 if i not in failed:
                     self._failed(faults, part, inputs[i].study_id, err)
@@ -367,4 +368,4 @@ def localize(table: pd.DataFrame, cache_dir: Path, split: str, localizer: Locali
             for item in good:
                 faults.add("study", f"study {item.study_id}", f"localization failed ({type(err).__name__}: {err})",
                            study_id=item.study_id)
-    return pd.DataFrame(rows, columns=list(PREDICTED_COORDINATE_COLUMNS))
+    return coordinate_frame(rows)

@@ -78,6 +78,20 @@ def test_coordinates_bad_condition_and_level(tmp_path):
         load_coordinates(_write(tmp_path, head + "1,2,3,Spinal Canal Stenosis,L1/L2,nan,2\n"))
 
 
+def test_predicted_coordinates_read_their_neighbouring_slices(tmp_path):
+    head = "study_id,series_id,instance_number,condition,level,x,y,confidence,alt_instance_number,alt_weight\n"
+    rows = "1,2,3,Spinal Canal Stenosis,L1/L2,10.5,20,0.9,,0.0\n1,4,6,Left Subarticular Stenosis,L1/L2,3,4,0.8,7,0.25\n"
+    coords = load_coordinates(_write(tmp_path, head + rows))
+    assert np.isnan(coords.loc[0, "alt_instance_number"]) and coords.loc[1, "alt_instance_number"] == 7
+    assert coords["alt_weight"].tolist() == [0.0, 0.25]
+    with pytest.raises(DataError, match=r"line 3, column 'alt_instance_number': expected an integer or nothing, got '7.5'"):
+        load_coordinates(_write(tmp_path, head + rows.replace(",7,", ",7.5,")))
+    with pytest.raises(DataError, match=r"line 3, column 'alt_weight': expected a weight in \[0, 1\], got '1.5'"):
+        load_coordinates(_write(tmp_path, head + rows.replace("0.25", "1.5")))
+    with pytest.raises(DataError, match=r"missing column\(s\) \['alt_weight'\]"):
+        load_coordinates(_write(tmp_path, head.replace(",alt_weight", "") + "1,2,3,Spinal Canal Stenosis,L1/L2,1,2,0.9,\n"))
+
+
 def test_series_descriptions_unknown(tmp_path):
     path = _write(tmp_path, "study_id,series_id,series_description\n1,2,Sagittal T1\n1,3,Coronal T2\n")
     with pytest.raises(DataError, match="line 3.*unknown series description 'Coronal T2'"):

@@ -6,11 +6,11 @@ from conftest import make_fake_runs
 
 from src.classifier.crops import centre_unit
 from src.classifier.models import CropClassifier
-from src.core.constants import CONDITIONS, FLIPPED_CONDITION
+from src.core.constants import CONDITIONS, FLIPPED_CONDITION, row_id
 from src.core.faults import FaultLog
 from src.data.cache import prepare
 from src.data.tables import load_coordinates
-from src.inference.classify import Member, batch_probabilities, load_members, predict_members
+from src.inference.classify import Member, batch_probabilities, load_members, predict_members, with_alternatives
 from src.inference.context import InferenceContext
 
 
@@ -129,3 +129,39 @@ def test_a_fold_that_cannot_predict_is_dropped_and_named(synth_dir, tmp_path):
     faults = FaultLog()
     assert predict_members(coords, members, _ctx(cache, faults=faults)) == {}
     assert [f.name for f in faults.of("member")] == ["attn_resnext"]
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_point_between_two_slices_gets_the_weighted_mean_of_both_slices(synth_dir, tmp_path):
+    """A row naming its neighbouring slice (localizer.decode.slice_alternative) is predicted on both slices and
+    the two averaged by the weight; the other rows are as without it."""
+    cache, coords, _ = _two_fold_members(synth_dir, tmp_path, [])
+    members = [_member(_Recorder(), name="attn_resnext")]  # its logits follow the image, so the two slices differ
+    coords = coords.drop_duplicates(["study_id", "condition", "level"]).reset_index(drop=True)
+    i = int(np.flatnonzero(coords["condition"].str.contains("Subarticular").to_numpy())[0])
+    k = int(coords.loc[i, "instance_number"])
+    other = k - 1 if k > 1 else k + 1
+    moved = coords.copy()
+    moved.loc[i, "instance_number"] = other
+    plain = predict_members(coords, members, _ctx(cache))["attn_resnext"].set_index("row_id")
+    there = predict_members(moved, members, _ctx(cache))["attn_resnext"].set_index("row_id")
+    named = coords.assign(alt_instance_number=np.nan, alt_weight=0.0)
+    named.loc[i, ["alt_instance_number", "alt_weight"]] = [other, 0.25]
+    both = predict_members(named, members, _ctx(cache))["attn_resnext"].set_index("row_id")
+    row = row_id(coords.loc[i, "study_id"], coords.loc[i, "condition"], coords.loc[i, "level"])
+    assert np.abs(plain.loc[row] - there.loc[row]).max() > 1e-3  # the two slices predict differently
+    assert np.allclose(both.loc[row], 0.75 * plain.loc[row] + 0.25 * there.loc[row], atol=1e-6)
+    rest = both.index.drop(row)
+    assert np.allclose(both.loc[rest], plain.loc[rest], atol=1e-6) and len(both) == len(plain)
+
+
+def test_with_alternatives_repeats_each_study_that_names_a_slice():
+    coords = pd.DataFrame({"study_id": [1, 1, 2], "series_id": 5, "instance_number": [3, 4, 6],
+                           "condition": "Left Subarticular Stenosis", "level": ["L1/L2", "L2/L3", "L1/L2"],
+                           "x": 1.0, "y": 1.0, "alt_instance_number": [np.nan, 5.0, 7.0], "alt_weight": [0.0, 0.3, 0.0]})
+    out = with_alternatives(coords)
+    assert out["variant"].tolist() == [0, 0, 0, 1, 1]  # study 1 again, whole; study 2's zero weight names nothing
+    assert out["instance_number"].tolist() == [3, 4, 6, 3, 5]
+    assert np.allclose(out["weight"], [1.0, 0.7, 1.0, 0.0, 0.3])
+    plain = with_alternatives(coords.drop(columns=["alt_instance_number", "alt_weight"]))
+    assert plain["variant"].tolist() == [0, 0, 0] and plain["weight"].tolist() == [1.0, 1.0, 1.0]

@@ -150,6 +150,17 @@ def test_the_coordinates_written_beside_a_submission_score_as_localizing_again(s
     pd.testing.assert_frame_equal(pd.DataFrame(given["localization"]), pd.DataFrame(again["localization"]), rtol=1e-9)
     with pytest.raises(SystemExit):
         evaluate_localization.main(common + ["--coords", str(coordinates_path(out))])
+    # Each foramen and axial level may name its neighbouring slice (stage 2 averages the two); the canal never;
+    # --slice-sd-mm 0 reads one slice per point, and a negative spread is one line before any work.
+    named = coords["alt_instance_number"].notna()
+    assert not named[coords["condition"] == "Spinal Canal Stenosis"].any() and named.any()
+    assert coords.loc[named, "alt_weight"].between(0.01, 1).all() and (coords.loc[~named, "alt_weight"] == 0).all()
+    one = tmp_path / "one" / "submission.csv"
+    assert infer_script.main(common + ["--out", str(one), "--workers", "1", "--slice-sd-mm", "0"]) == 3
+    plain = load_coordinates(coordinates_path(one))
+    assert plain["alt_instance_number"].isna().all() and (plain["alt_weight"] == 0).all()
+    pd.testing.assert_frame_equal(plain[["instance_number", "x", "y"]], coords[["instance_number", "x", "y"]])
+    assert infer_script.cli.guard(infer_script.main, common + ["--out", str(tmp_path / "n.csv"), "--slice-sd-mm", "-1"]) == 2
 
 
 @pytest.mark.filterwarnings("ignore")

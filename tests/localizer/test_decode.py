@@ -10,9 +10,13 @@ from src.localizer.decode import (
     centre_slice,
     decode_searched,
     decode_slice,
+    neighbour_weight,
+    plane_alternative,
     read_searched,
     refine_peak,
     side_of_slices,
+    slice_alternative,
+    structure_centre,
 )
 from src.localizer.frame import frame_of
 from src.localizer.plan import PARTS
@@ -238,3 +242,56 @@ def test_read_searched_with_anchors_takes_the_discs_another_series_found():
     # Anchors off (level_sd_mm 0): the series on its own.
     off = read_searched(part, src, heat, np.arange(5), midline=np.zeros(3), anchors=anchors, search=Search(level_sd_mm=0.0))
     assert off["Left Neural Foraminal Narrowing"].heights == left.heights
+
+
+def test_a_point_between_two_slices_names_the_neighbour_with_its_chance():
+    """A foramen seen about equally on two slices is read on the one its centre is nearer, and names the other
+    with the chance (depth error sd 1 mm) that the centre lies nearer that one."""
+    depth = np.array([0.0, 4.0, 8.0, 12.0])
+    profile = np.array([0.1, 0.9, 0.85, 0.1])
+    j, centre = structure_centre(profile, depth)
+    assert j == 1 and centre == pytest.approx((0.45 * 4 + 0.4 * 8) / 0.85)
+    k, w = slice_alternative(depth, j, centre, 1.0)
+    assert k == 2 and w == pytest.approx(0.4527, abs=1e-3)  # Phi((1.882 - 2) / 1)
+    assert neighbour_weight(2.0, 4.0, 1.0) == pytest.approx(0.5)  # half way: either slice
+    assert neighbour_weight(-1.0, -4.0, 1.0) == pytest.approx(neighbour_weight(1.0, 4.0, 1.0))
+    assert neighbour_weight(-1.0, 4.0, 1.0) < 0.002 and neighbour_weight(1.9, 4.0, 0.0) == 0.0  # the far side
+    assert slice_alternative(depth, 1, 4.0, 0.5) is None  # on the slice, sd 0.5 mm: the neighbour under 1%
+    assert slice_alternative(depth, 3, 13.0, 1.0) is None  # no slice beyond the last
+    assert slice_alternative(depth, 1, centre, 0.0) is None  # sd 0: one slice per point
+
+
+def test_an_axial_level_names_the_neighbouring_slice_on_its_side():
+    s = _axial([0.0, 4.0, 8.0])
+    k, w = plane_alternative(s, 1, np.array([0.0, 0.0, 2.1]), 1.0)
+    assert k == 0 and w == pytest.approx(0.4602, abs=1e-3)  # 1.9 mm from slice 1, 2.1 from slice 0
+    assert plane_alternative(s, 1, np.array([0.0, 0.0, 4.2]), 0.5) is None
+    assert plane_alternative(s, 2, np.array([0.0, 0.0, 9.0]), 1.0) is None
+    # The next slice of the series in another stack, tilted 30 degrees: not this stack's neighbour.
+    c, sn = np.cos(np.radians(30)), np.sin(np.radians(30))
+    tilted = Series(None, s.volume, s.instance_numbers, s.positions,
+                    np.array([s.orientations[0], s.orientations[1], [1.0, 0, 0, 0, c, sn]]), s.spacings)
+    assert plane_alternative(tilted, 1, np.array([0.0, 0.0, 5.9]), 1.0) is None
+    assert plane_alternative(s, 1, np.array([0.0, 0.0, 5.9]), 1.0)[0] == 2
+    # Nor a parallel slice whose image does not hold the point (a stack beside this one).
+    beside = Series(None, s.volume, s.instance_numbers, s.positions + np.array([[0, 0, 0], [0, 0, 0], [200.0, 0, 0]]),
+                    s.orientations, s.spacings)
+    assert plane_alternative(beside, 1, np.array([0.0, 0.0, 5.9]), 1.0) is None
+
+
+def test_lateral_rows_name_their_neighbouring_slice_and_the_canal_does_not():
+    s = _sagittal(n=7)  # slices at patient x = 12, 8, 4, 0, -4, -8, -12 mm
+    canal, heat = np.zeros((7, 5, 50, 50), np.float32), np.zeros((7, 5, 50, 50), np.float32)
+    for c, r in enumerate([5, 14, 23, 32, 41]):
+        canal[2:5, c, r, 20] = 0.9
+        heat[0, c, r, 30], heat[1, c, r, 30] = 0.84, 0.9  # a left foramen between x = 12 and 8, nearer 8
+    t2 = decode_searched(PARTS["sagittal_t2"], HeatSource(1, 2, s, 100), with_every_level(canal), np.arange(7))
+    assert all(r["alt_instance_number"] is None and r["alt_weight"] == 0.0 for r in t2)
+    t1 = decode_searched(PARTS["sagittal_t1"], HeatSource(1, 2, s, 100), with_every_level(heat), np.arange(7),
+                         midline=np.zeros(3))
+    left = [r for r in t1 if r["condition"] == "Left Neural Foraminal Narrowing"]
+    assert [(r["instance_number"], r["alt_instance_number"]) for r in left] == [(2, 1)] * 5
+    assert all(0.3 < r["alt_weight"] < 0.5 for r in left)
+    no_sd = decode_searched(PARTS["sagittal_t1"], HeatSource(1, 2, s, 100), with_every_level(heat), np.arange(7),
+                            midline=np.zeros(3), search=Search(slice_sd_mm=0.0))
+    assert all(r["alt_instance_number"] is None for r in no_sd)
