@@ -264,10 +264,13 @@ def read_searched(part: Part, src: HeatSource, heat: np.ndarray, ks: np.ndarray,
                   search: Search = Search(), anchors: dict[str, float] | None = None) -> dict[str, Reading]:
     """Each condition's reading of a searched (sagittal) series from per-slice heatmaps (len(ks), C, h, w).
 
-    A midline condition looks at every slice, a lateral one only at the slices on its side of the
-    mid-sagittal plane (through `midline`, or the series centre); each is read on the slice nearest the
-    structure's centre (structure_centre), a lateral one also naming its neighbouring slice on the
-    centre's side with that slice's weight (slice_alternative, search.slice_sd_mm). The candidate discs are the peaks of the
+    A midline condition looks at every slice and is read on the slice nearest the structure's centre
+    (structure_centre); a lateral one only at the slices on its side of the mid-sagittal plane (through
+    `midline`, or the series centre), on the slice where its heat peaks, naming its neighbouring slice
+    toward the structure's centre with the chance that the centre is nearer that one (slice_alternative,
+    search.slice_sd_mm; above a half where the centre is nearer the neighbour). The peak slice stays the
+    row's own: the localizer's out-of-fold errors there are what jitter trains attn_resnext on
+    (docs/BENCHMARKS.md, tenth session). The candidate discs are the peaks of the
     every-level channel (where the discs are, whichever they are: those above L1/L2 and below L5/S1 too) and
     each level's own strongest peaks; levels are then assigned to those peaks jointly, in head-to-feet order
     with a plausible spacing (assign_levels), so the levels come from what each level's channel sees (the
@@ -324,8 +327,10 @@ def read_searched(part: Part, src: HeatSource, heat: np.ndarray, ks: np.ndarray,
                 y, x = np.unravel_index(int(np.argmax(sub[:, c].max(0))), sub.shape[-2:])
                 sure = 0.1
             j, centre = structure_centre(sub[:, c, y, x], depth[candidates])
-            # The canal's slice may move once the foramina are read (infer.recentre_midline): one slice for it.
-            alt = None if side == 0 else slice_alternative(depth[candidates], j, centre, search.slice_sd_mm)
+            alt = None  # the canal's slice may still move once the foramina are read (infer.recentre_midline)
+            if side != 0:  # a foramen: its peak slice, and the neighbour toward its centre with that one's chance
+                j = int(np.argmax(sub[:, c, y, x]))
+                alt = slice_alternative(depth[candidates], j, centre, search.slice_sd_mm)
             xy = frame.heat_to_image(refine_peak(sub[j, c], y, x))
             rows.append(src.row(ks[candidates[j]], condition, level, xy, float(sub[j, c, y, x]) * sure,
                                 None if alt is None else (ks[candidates[alt[0]]], alt[1])))

@@ -295,3 +295,19 @@ def test_lateral_rows_name_their_neighbouring_slice_and_the_canal_does_not():
     no_sd = decode_searched(PARTS["sagittal_t1"], HeatSource(1, 2, s, 100), with_every_level(heat), np.arange(7),
                             midline=np.zeros(3), search=Search(slice_sd_mm=0.0))
     assert all(r["alt_instance_number"] is None for r in no_sd)
+
+
+def test_a_foramen_keeps_its_peak_slice_and_leans_toward_its_centre():
+    """A foramen that peaks by a hair on one slice of a run whose centre is nearer the next keeps the peak
+    slice as its row's (the localizer's errors there jitter attn_resnext) and gives the next nearly all the
+    weight."""
+    s = _sagittal(n=7)  # left of the midline: slices at x = 12, 8, 4, 0 mm (depth -12, -8, -4, 0)
+    heat = np.zeros((7, 5, 50, 50), np.float32)
+    for c, r in enumerate([5, 14, 23, 32, 41]):
+        heat[1, c, r, 30], heat[2, c, r, 30], heat[3, c, r, 30] = 0.9, 0.88, 0.85
+    t1 = decode_searched(PARTS["sagittal_t1"], HeatSource(1, 2, s, 100), with_every_level(heat), np.arange(7),
+                         midline=np.zeros(3))
+    left = [r for r in t1 if r["condition"] == "Left Neural Foraminal Narrowing"]
+    centre = (-8 * 0.45 - 4 * 0.43 + 0 * 0.40) / 1.28  # the run's heat over half its peak, weighted
+    assert [(r["instance_number"], r["alt_instance_number"]) for r in left] == [(2, 3)] * 5
+    assert left[0]["alt_weight"] == pytest.approx(neighbour_weight(centre + 8, 4.0, 1.0)) and left[0]["alt_weight"] > 0.95
