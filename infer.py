@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slice-sd-mm", type=float, default=None, metavar="MM",
                     help="how far (sd, mm) a foramen's or an axial level's depth may be from where it was read: its "
                          "crop is also cut on the neighbouring slice on that side and the two predictions averaged by "
-                         "the chance that the point lies nearer it (default 1.0; 0: one slice per point, half the "
-                         "classification work)")
+                         "the chance that the point lies nearer it (default 1.0; 0: one slice per point, about 0.6x the "
+                         "classification time)")
     ap.add_argument("--strict", action="store_true",
                     help=f"exit {MODEL_DROPPED_EXIT} (submission still written) when any fold, member or localizer was "
                          "dropped, an ensemble entry or a series' geometry fell back, or no model was used")

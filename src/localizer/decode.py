@@ -70,8 +70,9 @@ def structure_centre(profile: np.ndarray, depth: np.ndarray) -> tuple[int, float
     profile is one cell's heat on each slice and depth each slice's position along the normal (mm). The
     centre is the heat-weighted mean depth of the run of neighbouring slices around the maximum whose heat
     exceeds half of it, each weighted by its excess over half: a wide structure (the spinal canal spans
-    four or five sagittal slices) is read at its middle, and a foramen between two slices on the one its
-    centre is nearer, not on whichever of its slices happens to peak.
+    four or five sagittal slices) is read at its middle, not on whichever of its slices happens to peak;
+    for one about as wide as the slice gap (a foramen) the centre says how near each of two slices it lies
+    (slice_alternative).
     """
     order = np.argsort(depth)
     p, d = np.asarray(profile, float)[order], np.asarray(depth, float)[order]
@@ -87,11 +88,6 @@ def structure_centre(profile: np.ndarray, depth: np.ndarray) -> tuple[int, float
         return int(order[top]), float(d[top])
     centre = float((w * d[lo : hi + 1]).sum() / w.sum())
     return int(order[lo + int(np.argmin(np.abs(d[lo : hi + 1] - centre)))]), centre
-
-
-def centre_slice(profile: np.ndarray, depth: np.ndarray) -> int:
-    """The slice nearest the centre of a structure seen on several slices (structure_centre)."""
-    return structure_centre(profile, depth)[0]
 
 
 MIN_ALTERNATIVE_WEIGHT = 0.01  # a neighbouring slice less likely than this is not cut

@@ -7,7 +7,6 @@ from src.localizer.decode import (
     HeatSource,
     Search,
     assign_levels,
-    centre_slice,
     decode_searched,
     decode_slice,
     neighbour_weight,
@@ -171,16 +170,18 @@ def test_decode_searched_takes_discs_from_the_every_level_channel():
     assert [r["y"] for r in out] == pytest.approx(expected, abs=1.0)
 
 
-def test_centre_slice_reads_a_wide_structure_at_its_middle():
+def test_structure_centre_reads_a_wide_structure_at_its_middle():
     """A canal seen on five neighbouring slices that peaks, by a hair, on the first of them is read on the
     middle one; a separate bump further on does not pull it, and slices given in any order are sorted by depth."""
     profile = np.array([0.05, 0.80, 0.78, 0.77, 0.76, 0.75, 0.05, 0.70])
     depth = np.arange(8) * 4.0
-    assert int(np.argmax(profile)) == 1 and centre_slice(profile, depth) == 3
+    j, centre = structure_centre(profile, depth)
+    assert int(np.argmax(profile)) == 1 and j == 3
+    assert centre == pytest.approx((0.40 * 4 + 0.38 * 8 + 0.37 * 12 + 0.36 * 16 + 0.35 * 20) / 1.86)  # excess over half
     shuffled = np.array([5, 0, 7, 2, 6, 1, 4, 3])
-    assert shuffled[centre_slice(profile[shuffled], depth[shuffled])] == 3
-    assert centre_slice(np.array([0.1, 0.9, 0.1]), np.array([0.0, 4.0, 8.0])) == 1  # a narrow peak stays put
-    assert centre_slice(np.zeros(3), np.array([0.0, 4.0, 8.0])) == 0  # no heat: the arg-max (the first)
+    assert shuffled[structure_centre(profile[shuffled], depth[shuffled])[0]] == 3
+    assert structure_centre(np.array([0.1, 0.9, 0.1]), np.array([0.0, 4.0, 8.0])) == (1, 4.0)  # a narrow peak stays put
+    assert structure_centre(np.zeros(3), np.array([0.0, 4.0, 8.0]))[0] == 0  # no heat: the arg-max (the first)
 
 
 def test_decode_searched_reads_the_spinal_canal_on_its_middle_slice():
