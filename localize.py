@@ -1,8 +1,10 @@
 """Predict level coordinates for studies without labels (stage 1):
 python localize.py --data-dir DIR --split test|train [--runs runs/<data-dir name>] --out PATH
 
-Writes the train_label_coordinates.csv format (plus a confidence column): one row per study, condition
-and level where the needed series exists, so stage 2 cuts crops from it exactly as from labelled points.
+Writes the train_label_coordinates.csv format (plus a confidence column, and alt_instance_number and
+alt_weight: the neighbouring slice of a point that lies between two, and its weight): one row per study,
+condition and level where the needed series exists, so stage 2 cuts crops from it exactly as from
+labelled points (and on both slices where a second is named).
 Exit codes: 0 written; 2 bad command line or a missing data or runs folder; 3 written, but no localizer
 could be used (no point).
 """

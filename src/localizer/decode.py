@@ -1,4 +1,5 @@
-"""From heatmaps to coordinate rows in the train_label_coordinates.csv format (plus a confidence).
+"""From heatmaps to coordinate rows in the train_label_coordinates.csv format (plus a confidence, and the
+neighbouring slice of a point between two with its weight).
 
 Levels on a searched (sagittal) series are assigned jointly, head to feet; the patient's left and right
 always come from 3D geometry (+x is the patient's left in DICOM's LPS space), never from the network, since
