@@ -45,6 +45,14 @@ def patient_to_pixel(
     return x, y, dist
 
 
+def holds_point(point: np.ndarray, positions: np.ndarray, orientations: np.ndarray, spacings: np.ndarray,
+                shapes: np.ndarray) -> np.ndarray:
+    """Per slice ((N, 2) shapes: rows, columns), whether its image contains the point's projection."""
+    x, y, _ = patient_to_pixel(point, np.asarray(positions, dtype=float), np.asarray(orientations, dtype=float), spacings)
+    shapes = np.asarray(shapes)
+    return (x >= -0.5) & (y >= -0.5) & (x <= shapes[:, 1] - 0.5) & (y <= shapes[:, 0] - 0.5)
+
+
 def nearest_slice(
     point: np.ndarray,
     positions: np.ndarray,
@@ -62,10 +70,7 @@ def nearest_slice(
     orientations = np.asarray(orientations, dtype=float)
     dist = np.abs(((np.asarray(point, dtype=float) - positions) * slice_normal(orientations)).sum(-1))
     if spacings is not None and shapes is not None:
-        x, y, _ = patient_to_pixel(point, positions, orientations, spacings)
-        shapes = np.asarray(shapes)
-        inside = (x >= -0.5) & (y >= -0.5) & (x <= shapes[:, 1] - 0.5) & (y <= shapes[:, 0] - 0.5)
-        dist = np.where(inside, dist, np.inf)
+        dist = np.where(holds_point(point, positions, orientations, spacings, shapes), dist, np.inf)
     if len(dist) == 0 or not np.isfinite(dist).any():
         return -1, float("inf")
     i = int(np.argmin(dist))

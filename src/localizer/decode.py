@@ -16,7 +16,7 @@ from scipy.special import ndtr
 
 from ..core.constants import PREDICTED_COORDINATE_COLUMNS
 from ..data.dicom import Series
-from ..data.geometry import slice_normal
+from ..data.geometry import holds_point, slice_normal
 from .frame import Frame, frame_of
 from .plan import STRIDE, Part
 
@@ -127,14 +127,11 @@ def plane_alternative(series: Series, k: int, point: np.ndarray, sd: float) -> t
     and whose image holds the point (an axial series may be several stacks at different angles, and the
     next slice another stack's), with the point measured along slice k's normal."""
     normal = slice_normal(series.orientations[k])
-    h, w = series.shape
-
-    def same_stack(j: int) -> bool:
-        x, y, _ = series.patient_to_pixel(j, np.asarray(point, float))
-        return (abs(float(slice_normal(series.orientations[j]) @ normal)) >= PARALLEL_COS
-                and -0.5 <= float(x) <= w - 0.5 and -0.5 <= float(y) <= h - 0.5)
-
-    near = [j for j in (k - 1, k, k + 1) if 0 <= j < len(series) and (j == k or same_stack(j))]
+    around = np.array([j for j in (k - 1, k, k + 1) if 0 <= j < len(series)])
+    parallel = np.abs(slice_normal(series.orientations[around]) @ normal) >= PARALLEL_COS
+    holds = holds_point(point, series.positions[around], series.orientations[around], series.spacings[around],
+                        np.tile(series.shape, (len(around), 1)))
+    near = [int(j) for j, same in zip(around, parallel & holds) if j == k or same]
     depth = (series.positions[near] - series.positions[k]) @ normal
     alt = slice_alternative(depth, near.index(k), float((np.asarray(point, float) - series.positions[k]) @ normal), sd)
     return None if alt is None else (near[alt[0]], alt[1])
