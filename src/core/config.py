@@ -387,6 +387,10 @@ MINIMUM = {"epochs": 1, "batch_size": 1, "patience": 1, "crop.n_slices": 1, "cro
            "lr": 0.0, "jitter.copies": 0, "log_every": 1, "prefetch": 1, "warmup_epochs": 0.0,
            "ensemble.nested_folds": 2, "ensemble.shrink": 0.0, "aug.contrast": 0.0, "aug.brightness": 0.0,
            "aug.intensity_p": 0.0}
+# Keys that draw uniformly in [low, high]: two numbers, low <= high, above this (`True`: 0 itself allowed).
+RANGES = {"aug.gamma": False, "aug.scale": False, "aug.noise_std": True}
+# Keys that are probabilities.
+PROBABILITIES = ("aug.hflip", "aug.vflip", "aug.noise_p", "aug.affine_p", "aug.intensity_p")
 # Keys whose default is null, and what they take instead.
 NULLABLE = {"pretrained": (bool, str), "name": (str,), "preset": (str,), "dataset": (str,), "cache_dir": (str,),
             "folds": (str,), "runs": (str,), "coords": (str,), "series_type": (str,), "backbone": (str,),
@@ -444,6 +448,11 @@ def _bad_value(key: str, value: Any, default: Any) -> str | None:
         return f"expected one of {', '.join(choices)}, got {value!r}"
     if key in MINIMUM and (value < MINIMUM[key] or (key == "lr" and value <= 0)):
         return f"expected {'more than' if key == 'lr' else 'at least'} {MINIMUM[key]}, got {value!r}"
+    if key in RANGES and not (len(value) == 2 and value[0] <= value[1]
+                              and (value[0] >= 0 if RANGES[key] else value[0] > 0)):
+        return f"expected [low, high] with {'0 <=' if RANGES[key] else '0 <'} low <= high, got {value!r}"
+    if key in PROBABILITIES and not 0 <= value <= 1:
+        return f"expected a probability between 0 and 1, got {value!r}"
     return None
 
 

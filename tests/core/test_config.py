@@ -205,11 +205,21 @@ def test_scientific_notation_on_the_command_line_is_a_number():
     ({"class_weights": [1.0, "x", 4.0]}, "command line: --class_weights: expected a list of numbers"),
     ({"pretrained": 3}, "command line: --pretrained: expected true/false or a string (or null), got 3"),
     ({"workers": -1}, "command line: --workers: expected 'auto' or a count, got -1"),
+    ({"aug": {"gamma": [1.4, 0.7]}}, "command line: --aug.gamma: expected [low, high] with 0 < low <= high, got [1.4, 0.7]"),
+    ({"aug": {"scale": [0.0, 1.0]}}, "command line: --aug.scale: expected [low, high] with 0 < low <= high"),
+    ({"aug": {"noise_std": [0.01]}}, "command line: --aug.noise_std: expected [low, high] with 0 <= low <= high"),
+    ({"aug": {"hflip": 1.5}}, "command line: --aug.hflip: expected a probability between 0 and 1, got 1.5"),
 ])
 def test_values_are_checked_against_their_defaults(overrides, says):
     with pytest.raises(config_lib.ConfigError) as err:
         config_lib.resolve("attn_resnext", "tiny", None, overrides)
     assert str(err.value).startswith(says), str(err.value)
+
+
+def test_ranges_and_probabilities_at_their_edges_are_accepted():
+    cfg = config_lib.resolve("attn_resnext", "tiny", None, {"aug": {"gamma": [1.0, 1.0], "noise_std": [0.0, 0.0],
+                                                                   "scale": [0.5, 1.2], "vflip": 1.0}})
+    assert (cfg["aug"]["gamma"], cfg["aug"]["noise_std"], cfg["aug"]["vflip"]) == ([1.0, 1.0], [0.0, 0.0], 1.0)
 
 
 def test_a_bad_value_in_a_recipe_names_the_file_and_section(tmp_path):
