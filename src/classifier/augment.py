@@ -136,7 +136,8 @@ class DeviceAugment:
         return params
 
     def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Crops (B, S, P, P), 8-bit or float in [0, 1] -> float32 (B, S, size_px, size_px) with the given parameters."""
+        """Crops (B, S, P, P), 8-bit or float in [0, 1] -> float32 (B, S, size_px, size_px) with the given parameters
+        (the intensity and the noise where the settings ask for them)."""
         b, s, h, w = images.shape
         if h != w:
             raise ValueError(f"crops must be square, got {h} x {w}")
@@ -160,11 +161,13 @@ class DeviceAugment:
         grid = F.affine_grid(theta, (b, s, self.size_px, self.size_px), align_corners=False)
         unit = to_unit(images)  # 8-bit crops from the store
         out = F.grid_sample(unit, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        if bool(((params["gamma"] != 1) | (params["alpha"] != 1) | (params["beta"] != 0)).any()):
+        # Branches decided by the settings, never by the draws: a test on a device tensor would make the host
+        # wait for the device every batch.
+        if any(_intensity_on(self.aug)):
             view = lambda t: t.float().view(b, 1, 1, 1)  # noqa: E731
             out = (out.clamp(0.0, 1.0) ** view(params["gamma"]) * view(params["alpha"]) + view(params["beta"])).clamp(0.0, 1.0)
         sigma = params["sigma"].float().view(b, 1, 1, 1)
-        if bool((sigma > 0).any()):
+        if self.aug["noise_p"] > 0 and self.aug["noise_std"][1] > 0:
             noise = torch.randn(out.shape, device=images.device)
             out = (out + sigma * noise).clamp(0.0, 1.0)
         return out

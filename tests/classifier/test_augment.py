@@ -38,9 +38,16 @@ def test_known_parameters_give_the_expected_geometry():
     # Translation by 0.1 of the 10 px crop moves the content one pixel right (down for ty).
     assert torch.allclose(aug.apply(x, _params(2, tx=0.1)), x[..., 1:9, 0:8], atol=1e-5)
     assert torch.allclose(aug.apply(x, _params(2, ty=0.1)), x[..., 0:8, 1:9], atol=1e-5)
-    # The intensity: x ** gamma, then x * alpha + beta, clipped to [0, 1].
-    assert torch.allclose(aug.apply(x, _params(2, gamma=2.0)), centre ** 2, atol=1e-5)
-    assert torch.allclose(aug.apply(x, _params(2, alpha=1.5, beta=-0.1)), (centre * 1.5 - 0.1).clamp(0, 1), atol=1e-5)
+    # The intensity where the settings ask for it: x ** gamma, then x * alpha + beta, clipped to [0, 1]; where
+    # they do not, apply never looks at the draws (a test on them would wait for the device every batch).
+    lit = DeviceAugment(INTENSITY, 8)
+    assert torch.allclose(lit.apply(x, _params(2, gamma=2.0)), centre ** 2, atol=1e-5)
+    assert torch.allclose(lit.apply(x, _params(2, alpha=1.5, beta=-0.1)), (centre * 1.5 - 0.1).clamp(0, 1), atol=1e-5)
+    assert torch.allclose(lit.apply(x, _params(2)), centre, atol=1e-5)
+    assert torch.equal(aug.apply(x, _params(2, gamma=2.0)), aug.apply(x, _params(2)))
+    # Noise where asked; none where noise_p is 0, whatever sigma says.
+    assert not torch.allclose(aug.apply(x, _params(2, sigma=0.05)), centre, atol=1e-3)
+    assert torch.equal(DeviceAugment(dict(AUG, noise_p=0.0), 8).apply(x, _params(2, sigma=0.05)), aug.apply(x, _params(2)))
     # Scale 0.5 shrinks: a 4 px square in the middle of a 16 px crop becomes 2 px.
     sq = torch.zeros(1, 1, 16, 16)
     sq[..., 6:10, 6:10] = 1
