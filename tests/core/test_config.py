@@ -155,6 +155,10 @@ def test_recipes_train_the_localizer_before_the_classifiers_that_jitter_by_its_e
     # cnn_lstm: in-plane jitter only on issue 31's sets (a slice off cost it there); real.yaml as before
     assert variety["cnn_lstm"]["jitter"] == {"copies": 2, "errors": None, "mm": 1.5, "slices": 0}
     assert _parts(REPO / "configs" / "real.yaml")["cnn_lstm"]["jitter"]["copies"] == 0
+    # attn_resnext at a second training seed, a fourth member, on issue 31's sets only
+    assert config_lib.pipeline_runs(REPO / "configs" / "variety.yaml") == [
+        ("localizer", None), ("attn_resnext", None), ("attn_resnext", 7), ("cnn_lstm", None), ("study", None)]
+    assert ("attn_resnext", 7) not in config_lib.pipeline_runs(REPO / "configs" / "real.yaml")
 
 
 def test_per_type_values_reach_each_runs_saved_config(tmp_path, monkeypatch, capsys, synth_dir):
