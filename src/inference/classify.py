@@ -46,6 +46,11 @@ class Member:
         return float(self.cfg["aug"]["hflip"]) > 0
 
     @property
+    def whole_study(self) -> bool:
+        """Whether it predicts a study's crops together (the study model), so every row of a study is its input."""
+        return self.cfg.get("task") == "study"
+
+    @property
     def spec_key(self) -> str:
         """Members with the same key cut the same crops."""
         return json.dumps(self.cfg["crop"], sort_keys=True)
@@ -79,15 +84,16 @@ def crops_none(spec: CropSpec) -> np.ndarray:
 
 @torch.no_grad()
 def batch_probabilities(members: list[Member], crops: np.ndarray, condition: np.ndarray, level: np.ndarray,
-                        device: torch.device, hflip_tta: bool = False,
-                        study: np.ndarray | None = None) -> dict[int, np.ndarray | Exception]:
+                        device: torch.device, hflip_tta: bool = False, study: np.ndarray | None = None,
+                        needed: np.ndarray | None = None) -> dict[int, np.ndarray | Exception]:
     """Each member's severity probabilities (N, 3) for one batch of stored crops, in one forward call per member;
     with hflip_tta the flipped crops (with their mirrored condition where the flip swaps sides, as in
     training augmentation) go in the same call and the two views are averaged, for the members that trained
     on flipped crops (Member.flips; the others see one view). Every member predicts through
     row_logits (models.CropClassifier, models.StudyModel): a study-level member sees each study's crops
-    together (`study`: each crop's study id; the flipped view as studies of its own). A member that fails
-    gets its exception instead."""
+    together (`study`: each crop's study id; the flipped view as studies of its own). `needed` (a mask over
+    the crops): the rows a per-crop member must predict; it skips the others, which get 1/3 each (rows that
+    only complete a study for a study-level member). A member that fails gets its exception instead."""
     dtype = inference_dtype(device)
     n = len(crops)
     x = torch.from_numpy(np.ascontiguousarray(crops)).to(device)
@@ -99,16 +105,30 @@ def batch_probabilities(members: list[Member], crops: np.ndarray, condition: np.
         mirrored = torch.tensor(FLIPPED_CONDITION, device=device)
         x, cond, lev = torch.cat([x, x.flip(-1)]), torch.cat([cond, mirrored[cond]]), torch.cat([lev, lev])
         group = torch.cat([group, group + int(which.max(initial=-1)) + 1])
+    some = np.flatnonzero(needed) if needed is not None and not bool(np.all(needed)) else None
+    rows = None if some is None else torch.from_numpy(some).to(device)
     out: dict[int, np.ndarray | Exception] = {}
     for j, m in enumerate(members):
         both = hflip_tta and m.flips  # a member trained without flips sees the crops as they are
-        views = slice(None) if both else slice(0, n)
+        mine = None if rows is None or m.whole_study else rows
+        if mine is None:
+            k, views = n, slice(None) if both else slice(0, n)
+        else:
+            k, views = len(mine), torch.cat([mine, mine + n]) if both else mine
+        if k == 0:
+            out[j] = np.full((n, 3), 1 / 3, np.float32)
+            continue
         try:
             with autocast(device, dtype):
                 images = centre_unit(x[views], m.spec.size_px)
                 logits = m.model.row_logits(images, cond[views], lev[views], group[views])
                 p = torch.softmax(logits.float(), 1)
-            out[j] = ((p[:n] + p[n:]) / 2 if both else p).cpu().numpy()
+            probs = ((p[:k] + p[k:]) / 2 if both else p).cpu().numpy()
+            if mine is not None:
+                full = np.full((n, 3), 1 / 3, probs.dtype)
+                full[some] = probs
+                probs = full
+            out[j] = probs
         except Exception as err:  # noqa: BLE001 - a fold that cannot predict costs that fold only
             out[j] = err
     return out
@@ -166,7 +186,8 @@ def predict_members(coords: pd.DataFrame, members: list[Member], ctx: InferenceC
             live = [m for m in group if m not in failed]
             probs = batch_probabilities(live, crops, rows["condition_idx"].to_numpy(), rows["level_idx"].to_numpy(),
                                         device, hflip_tta=ctx.tta,
-                                        study=rows["study_id"].to_numpy() * 2 + rows["variant"].to_numpy())
+                                        study=rows["study_id"].to_numpy() * 2 + rows["variant"].to_numpy(),
+                                        needed=rows["weight"].to_numpy() > 0)
             for j, m in enumerate(live):
                 if isinstance(probs[j], Exception):
                     failed.add(m)

@@ -83,6 +83,26 @@ def test_a_member_trained_without_flips_sees_only_the_crops_as_they_are():
     assert only.calls[0][0].shape[0] == 3
 
 
+def test_a_per_crop_member_predicts_only_the_rows_needed_and_a_study_member_sees_them_all():
+    rng = np.random.default_rng(2)
+    crops = rng.integers(0, 256, (4, 2, 6, 6), dtype=np.uint8)
+    condition, level = np.array([0, 3, 4, 1]), np.array([1, 2, 3, 4])
+    needed = np.array([True, False, True, False])
+    crop, study = _Recorder(), _Recorder()
+    whole = Member("s", 0, study, {**_member(study).cfg, "task": "study"})
+    out = batch_probabilities([_member(crop), whole], crops, condition, level, torch.device("cpu"),
+                              hflip_tta=True, needed=needed)
+    x = centre_unit(torch.from_numpy(crops), 4)
+    assert torch.equal(crop.calls[0][0], torch.cat([x[[0, 2]], x[[0, 2]].flip(-1)]))  # both views of rows 0 and 2
+    assert study.calls[0][0].shape[0] == 8  # both views of every row
+    full = batch_probabilities([_member(_Recorder())], crops, condition, level, torch.device("cpu"), hflip_tta=True)[0]
+    assert np.allclose(out[0][needed], full[needed], atol=1e-6) and np.allclose(out[0][~needed], 1 / 3)
+    assert np.allclose(out[1], full, atol=1e-6)
+    none = _Recorder()
+    assert np.allclose(batch_probabilities([_member(none)], crops, condition, level, torch.device("cpu"),
+                                           needed=np.zeros(4, bool))[0], 1 / 3) and not none.calls
+
+
 def _two_fold_members(synth_dir, tmp_path, names):
     """The cache and labelled coordinates of the tiny train split, and folds 0 and 1 of random-weight runs."""
     cache = tmp_path / "cache"
