@@ -96,7 +96,8 @@ class ClassifierTask:
         if jitter["copies"]:
             if self._jittered is None:  # drawn once: prepare and load cut and read the same crops
                 self._jittered = jittered(coords, jitter["copies"], jitter_errors(self.cfg, coords, cache_dir),
-                                          jitter["mm"], jitter["slices"], self.cfg["seed"])
+                                          jitter["mm"], jitter["slices"],
+                                          self.cfg["seed"] if jitter["seed"] is None else jitter["seed"])
             coords = self._jittered
         return build_crops(coords, cache_dir, "train", self.spec, cache_dir / "crops", self.cfg["workers"])
 

@@ -90,8 +90,9 @@ DEFAULTS: dict[str, Any] = {
     # Training crops also cut where a localizer would put them (crops.jittered): `copies` moved variants of every
     # training point, one drawn per item. errors: null = normal offsets (sd `mm` in-plane, `slices`); 'localizer'
     # = the signed errors of this fold's localizer runs (their oof.csv) against the labels; or an errors CSV
-    # (evaluate_localization.py's <report>_errors.csv).
-    "jitter": {"copies": 0, "errors": None, "mm": 2.0, "slices": 0.5},
+    # (evaluate_localization.py's <report>_errors.csv). seed: the draw's (null: the run's seed); the runs of a
+    # training-seed ensemble (MODEL@SEED) that set it share one jittered crop store.
+    "jitter": {"copies": 0, "errors": None, "mm": 2.0, "slices": 0.5, "seed": None},
     # Labels that out-of-fold predictions strongly contradict are left out of training (noisy readers):
     # oof = predictions of the training studies by models that did not train on them (row_id + the three
     # targets, e.g. every other fold's oof.csv together); a training label whose class gets less than
@@ -394,7 +395,7 @@ PROBABILITIES = ("aug.hflip", "aug.vflip", "aug.noise_p", "aug.affine_p", "aug.i
 # Keys whose default is null, and what they take instead.
 NULLABLE = {"pretrained": (bool, str), "name": (str,), "preset": (str,), "dataset": (str,), "cache_dir": (str,),
             "folds": (str,), "runs": (str,), "coords": (str,), "series_type": (str,), "backbone": (str,),
-            "study.init_from": (str,), "jitter.errors": (str,), "label_filter.oof": (str,)}
+            "study.init_from": (str,), "jitter.errors": (str,), "jitter.seed": (int,), "label_filter.oof": (str,)}
 
 
 def _kind(default: Any) -> tuple[tuple[type, ...], str]:
@@ -431,7 +432,8 @@ def _bad_value(key: str, value: Any, default: Any) -> str | None:
         kinds = NULLABLE.get(key)
         if value is None or kinds is None or (isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)):
             return None
-        return f"expected {' or '.join('true/false' if k is bool else 'a string' for k in kinds)} (or null), got {value!r}"
+        names = {bool: "true/false", int: "a whole number", str: "a string"}
+        return f"expected {' or '.join(names[k] for k in kinds)} (or null), got {value!r}"
     if key in ("workers", "loader_workers"):
         if key == "loader_workers" and value == "auto":
             return None

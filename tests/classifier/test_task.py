@@ -72,6 +72,19 @@ def test_jittered_training_crops_are_variants_of_the_training_rows_only(override
         ready(ClassifierTask(resolve("attn_resnext", "tiny", None, {**overrides, "jitter": missing, "runs": str(tmp_path)})))
 
 
+@pytest.mark.filterwarnings("ignore")
+def test_a_jitter_seed_makes_two_training_seeds_share_one_crop_store(overrides):
+    jitter = {"copies": 1, "errors": None, "mm": 2.0, "slices": 0.5}
+
+    def store(seed: int, draw: int | None) -> str:
+        cfg = resolve("attn_resnext", "tiny", None, {**overrides, "seed": seed, "jitter": {**jitter, "seed": draw}})
+        return ready(ClassifierTask(cfg)).crops.filename
+
+    own = store(42, None)
+    assert store(7, None) != own  # each run draws by its own seed
+    assert store(7, 42) == store(42, 42) == own  # the draw's seed set: the same offsets, one store
+
+
 def test_jitter_errors_come_from_this_folds_localizer_predictions(overrides, tmp_path):
     from src.classifier.task import jitter_errors
     from src.core.atomic import write_csv
