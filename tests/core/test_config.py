@@ -152,9 +152,8 @@ def test_recipes_train_the_localizer_before_the_classifiers_that_jitter_by_its_e
         assert order.index("cnn_lstm") < order.index("study")
     variety = _parts(REPO / "configs" / "variety.yaml")  # 30 epochs held out better on both of issue 31's sets
     assert variety["attn_resnext"]["epochs"] == variety["cnn_lstm"]["epochs"] == 30
-    # cnn_lstm: in-plane jitter only on issue 31's sets (a slice off cost it there); real.yaml as before
-    assert variety["cnn_lstm"]["jitter"] == {"copies": 2, "errors": None, "mm": 1.5, "slices": 0, "seed": None}
-    assert _parts(REPO / "configs" / "real.yaml")["cnn_lstm"]["jitter"]["copies"] == 0
+    for recipe in ("variety.yaml", "real.yaml"):  # cnn_lstm on the labelled crops (its jitter did not hold)
+        assert _parts(REPO / "configs" / recipe)["cnn_lstm"]["jitter"]["copies"] == 0
     # attn_resnext at a second training seed, a fourth member; at full size its jitter drawn as the first's
     for recipe in ("variety.yaml", "real.yaml"):
         assert config_lib.pipeline_runs(REPO / "configs" / recipe) == [
