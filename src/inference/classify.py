@@ -115,22 +115,17 @@ def batch_probabilities(members: list[Member], crops: np.ndarray, condition: np.
             k, views = n, slice(None) if both else slice(0, n)
         else:
             k, views = len(mine), torch.cat([mine, mine + n]) if both else mine
-        if k == 0:
-            out[j] = np.full((n, 3), 1 / 3, np.float32)
-            continue
-        try:
-            with autocast(device, dtype):
-                images = centre_unit(x[views], m.spec.size_px)
-                logits = m.model.row_logits(images, cond[views], lev[views], group[views])
-                p = torch.softmax(logits.float(), 1)
-            probs = ((p[:k] + p[k:]) / 2 if both else p).cpu().numpy()
-            if mine is not None:
-                full = np.full((n, 3), 1 / 3, probs.dtype)
-                full[some] = probs
-                probs = full
-            out[j] = probs
-        except Exception as err:  # noqa: BLE001 - a fold that cannot predict costs that fold only
-            out[j] = err
+        probs: np.ndarray | Exception = np.full((n, 3), 1 / 3, np.float32)  # a skipped row's
+        if k:
+            try:
+                with autocast(device, dtype):
+                    images = centre_unit(x[views], m.spec.size_px)
+                    logits = m.model.row_logits(images, cond[views], lev[views], group[views])
+                    p = torch.softmax(logits.float(), 1)
+                probs[slice(None) if mine is None else some] = ((p[:k] + p[k:]) / 2 if both else p).cpu().numpy()
+            except Exception as err:  # noqa: BLE001 - a fold that cannot predict costs that fold only
+                probs = err
+        out[j] = probs
     return out
 
 
