@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_cache_dir(ap)
     ap.add_argument("--ensemble", type=Path, default=None, help="the ensemble file; default: <runs>/ensemble.json if present")
     ap.add_argument("--no-tta", action="store_true", help="no horizontal-flip test-time augmentation")
+    ap.add_argument("--no-test-views", action="store_true",
+                    help="each point read on its own series only, whatever the members' test_views say")
     cli.add_workers(ap)
     ap.add_argument("--batch-studies", type=int, default=8,
                     help="studies per batch through the models (lower it if the GPU or RAM runs out)")
@@ -91,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         ctx = InferenceContext(a.data_dir, a.runs, cache_dir_for(a.data_dir, a.cache_dir), a.split, a.out,
-                               tta=not a.no_tta, workers=a.workers, studies_per_batch=a.batch_studies,
-                               ensemble_path=a.ensemble, per_model=a.per_model, faults=faults, points=a.at_points,
-                               slice_sd_mm=a.slice_sd_mm)
+                               tta=not a.no_tta, test_views=not a.no_test_views, workers=a.workers,
+                               studies_per_batch=a.batch_studies, ensemble_path=a.ensemble, per_model=a.per_model,
+                               faults=faults, points=a.at_points, slice_sd_mm=a.slice_sd_mm)
         submission = make_submission(ctx, studies=a.studies)
     except Exception as err:  # only when not even the prior could be written, or a file after it failed
         if a.debug:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..core.atomic import atomic_path, cache_lock, write_csv, write_text
 from ..core.config import DEFAULTS
-from ..core.constants import CONDITIONS, LEVELS, group_of, label_column, row_id
+from ..core.constants import CONDITIONS, LEVELS, SERIES_TYPES, group_of, label_column, row_id
 from ..core.parallel import progress_map
 from ..data import geometry
 from ..data.cache import entries_signature, load_series, series_cache_path, to_stored, to_unit
@@ -103,8 +103,9 @@ def crop_table(coords: pd.DataFrame) -> pd.DataFrame:
     table["row_id"] = [row_id(s, c, lv) for s, c, lv in zip(table["study_id"], table["condition"], table["level"])]
     table["condition_idx"] = table["condition"].map({c: i for i, c in enumerate(CONDITIONS)}).astype(int)
     table["level_idx"] = table["level"].map({lv: i for i, lv in enumerate(LEVELS)}).astype(int)
-    # A few real studies have the same point twice (or on two series): keep the first per row_id (and variant).
-    variant = ["variant"] if "variant" in table else []
+    # A few real studies have the same point twice (or on two series): keep the first per row_id (and variant
+    # and view: crops.jittered, crops.other_views).
+    variant = [c for c in ("view", "variant") if c in table]
     table = table.drop_duplicates(["row_id", *variant]).sort_values(["study_id", "condition_idx", "level_idx", *variant])
     return table.reset_index(drop=True)
 
@@ -135,6 +136,47 @@ def jittered(coords: pd.DataFrame, copies: int, errors: pd.DataFrame | None = No
         offsets[:, 2] = np.round(offsets[:, 2])
         out.append(coords.assign(variant=v, dx_mm=offsets[:, 0], dy_mm=offsets[:, 1], dslice=offsets[:, 2]))
     return pd.concat(out, ignore_index=True)
+
+
+def other_views(coords: pd.DataFrame, descriptions: pd.DataFrame, cache_dir: Path, split: str,
+                views: dict[str, list[str]]) -> pd.DataFrame:
+    """The points of each condition group `views` names again, on the study's first series of each type listed
+    there (config `views`, series type names as in SERIES_TYPES): the same 3D point on that series' nearest slice
+    whose image holds it, with `view` 1, 2, ... in the listed order. A point whose study lacks the type, whose
+    series is not in the cache, or that lies outside the series' slab (more than half a slice gap from every
+    slice) is left out."""
+    wanted = {g: list(v) for g, v in views.items() if v}
+    columns = [*coords.columns, "view"]
+    if not wanted or coords.empty:
+        return pd.DataFrame(columns=columns)
+    description_of = {name: desc for desc, name in SERIES_TYPES.items()}
+    first = (descriptions.drop_duplicates(["study_id", "series_description"])
+             .set_index(["study_id", "series_description"])["series_id"])
+    geometry_of: dict[tuple[int, int], Series | None] = {}
+
+    def series(study_id: int, series_id: int) -> Series | None:
+        if (study_id, series_id) not in geometry_of:
+            path = series_cache_path(cache_dir, split, study_id, series_id)
+            geometry_of[study_id, series_id] = load_series(path, pixels=False) if path.is_file() else None
+        return geometry_of[study_id, series_id]
+
+    out = []
+    for r in coords.to_dict("records"):
+        names = wanted.get(group_of(label_column(r["condition"], LEVELS[0])), [])
+        source = series(r["study_id"], r["series_id"]) if names else None
+        if source is None or int(r["instance_number"]) not in source.instance_numbers:
+            continue
+        point = source.pixel_to_patient(source.index_of_instance(r["instance_number"]), r["x"], r["y"])
+        for view, name in enumerate(names, 1):
+            series_id = first.get((r["study_id"], description_of[name]))
+            target = None if series_id is None else series(r["study_id"], int(series_id))
+            j, depth = (-1, np.inf) if target is None else target.nearest_slice(point)
+            if j < 0 or depth > target.slice_gap / 2 + 1e-6:  # outside the series' slab: no slice shows it
+                continue
+            x, y, _ = target.patient_to_pixel(j, point)
+            out.append({**r, "series_id": int(series_id), "instance_number": int(target.instance_numbers[j]),
+                        "x": float(x), "y": float(y), "view": view})
+    return pd.DataFrame(out, columns=columns)
 
 
 def cut_study(rows: list[dict], cache_dir: Path, split: str, spec: CropSpec) -> tuple[list[int], np.ndarray, list[str]]:
@@ -185,7 +227,7 @@ def build_crops(
     table = crop_table(coords)
     key = hashlib.md5(
         (pd.util.hash_pandas_object(table[["row_id", "series_id", "instance_number", "x", "y",
-                                           *[c for c in ("variant", *JITTER_COLUMNS) if c in table]]],
+                                           *[c for c in ("variant", *JITTER_COLUMNS, "view") if c in table]]],
                                     index=False).values.tobytes()
          + json.dumps(asdict(spec), sort_keys=True).encode() + split.encode() + str(Path(cache_dir).resolve()).encode()
          + entries_signature(cache_dir, split, zip(table["study_id"], table["series_id"])))

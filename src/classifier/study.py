@@ -61,6 +61,9 @@ class StudyTask(ClassifierTask):
     """Severity of every (condition, level) of a study from all its crops together (models.StudyModel)."""
 
     input_keys = ("image", "condition", "level", "mask")
+    # A study's positions hold its labelled crops alone; with cfg['views'] the store is the per-crop runs' (one
+    # store for both), its other views unread.
+    trains_other_views = False
 
     def __init__(self, cfg: dict, device: torch.device = torch.device("cpu")):
         super().__init__({**cfg, "aug": {**cfg["aug"], "where": "device"}}, device)  # crops augmented there

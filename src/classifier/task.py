@@ -19,11 +19,11 @@ from ..core.registry import build_model, register_task
 from ..core.run_folders import OOF, localizer_run, run_dir
 from ..data.folds import fold_solution
 from ..data.inputs import check_tables, prepare_tables, read_tables
-from ..data.tables import load_coordinates, load_submission
+from ..data.tables import load_coordinates, load_series_descriptions, load_submission
 from ..localizer.errors import point_errors
 from ..localizer.plan import PLAN
 from .augment import DeviceAugment, eval_transform, train_transform, use_device_path
-from .crops import JITTER_COLUMNS, CropSpec, build_crops, jittered
+from .crops import JITTER_COLUMNS, CropSpec, build_crops, jittered, other_views
 from .datasets import CropDataset
 
 
@@ -76,6 +76,7 @@ class ClassifierTask:
     """Severity classification of level-wise crops cut at the labelled coordinates."""
 
     input_keys = ("image", "condition", "level")
+    trains_other_views = True  # cfg['views']' crops are training items (StudyTask: not)
     shown = ("val_loss", "score", "acc")
 
     def __init__(self, cfg: dict, device: torch.device = torch.device("cpu")):
@@ -83,6 +84,7 @@ class ClassifierTask:
         self.device = device
         self.spec = CropSpec(**cfg["crop"])
         self._jittered: pd.DataFrame | None = None
+        self._views: pd.DataFrame | None = None
 
     def check(self) -> None:
         check_tables(self.cfg)
@@ -91,14 +93,21 @@ class ClassifierTask:
         return build_model(self.cfg)
 
     def _crops(self, coords: pd.DataFrame, cache_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
-        """The crops of the coordinates (and of their jittered variants when cfg['jitter'] asks for them)."""
-        jitter = self.cfg["jitter"]
+        """The crops of the coordinates (and of their jittered variants when cfg['jitter'] asks for them, and of
+        their other views, `view` > 0, when cfg['views'] names some)."""
+        jitter, labelled = self.cfg["jitter"], coords
         if jitter["copies"]:
             if self._jittered is None:  # drawn once: prepare and load cut and read the same crops
                 self._jittered = jittered(coords, jitter["copies"], jitter_errors(self.cfg, coords, cache_dir),
                                           jitter["mm"], jitter["slices"],
                                           self.cfg["seed"] if jitter["seed"] is None else jitter["seed"])
             coords = self._jittered
+        if any(self.cfg["views"].values()):
+            if self._views is None:
+                descriptions = load_series_descriptions(Path(self.cfg["data_dir"]) / "train_series_descriptions.csv")
+                self._views = other_views(labelled, descriptions, cache_dir, "train", self.cfg["views"])
+            views = self._views.assign(**{c: 0 for c in ("variant", *JITTER_COLUMNS) if c in coords})
+            coords = pd.concat([coords.assign(view=0), views], ignore_index=True)
         return build_crops(coords, cache_dir, "train", self.spec, cache_dir / "crops", self.cfg["workers"])
 
     def prepare(self) -> None:
@@ -110,6 +119,10 @@ class ClassifierTask:
         cfg = self.cfg
         _, cache_dir, self.train, self.folds, coords = read_tables(cfg)
         self.crops, index = self._crops(coords, cache_dir)
+        views = None
+        if "view" in index:  # other views of a point train beside its own crop; validation reads the labelled one
+            views = index[index["view"] > 0].drop(columns=["view", "variant", *JITTER_COLUMNS], errors="ignore")
+            index = index[index["view"] == 0].drop(columns="view")
         variants = None
         if "variant" in index:  # one row per point (its labelled crop), its variants' crop numbers apart
             variants = index.pivot(index="row_id", columns="variant", values="crop")
@@ -118,13 +131,19 @@ class ClassifierTask:
         index["fold"] = index["study_id"].map(dict(zip(self.folds["study_id"], self.folds["fold"])))
         self.train_index = index[(index["fold"] != cfg["fold"]) & index["label"].notna()].reset_index(drop=True)
         self.train_index = drop_contradicted(self.train_index, cfg["label_filter"])
+        labelled = len(self.train_index)
+        if views is not None and self.trains_other_views:
+            views = views.merge(self.train_index[["row_id", "label", "fold"]], on="row_id")
+            self.train_index = pd.concat([self.train_index, views], ignore_index=True)
         self.val_index = index[index["fold"] == cfg["fold"]].reset_index(drop=True)
         if self.train_index.empty or self.val_index.empty:
             raise ValueError(f"fold {cfg['fold']}: {len(self.train_index)} training and {len(self.val_index)} validation crops")
         self.train_variants = None
         if variants is not None:  # a variant not cut (its slice outside the series) serves the labelled crop
-            wide = variants.loc[self.train_index["row_id"]]
-            self.train_variants = wide.fillna({v: wide[0] for v in wide.columns}).to_numpy(np.int64)
+            wide = variants.loc[self.train_index["row_id"].iloc[:labelled]]
+            own = self.train_index["crop"].to_numpy(np.int64)[labelled:, None]  # another view has no variants
+            self.train_variants = np.concatenate([wide.fillna({v: wide[0] for v in wide.columns}).to_numpy(np.int64),
+                                                  np.repeat(own, wide.shape[1], 1)])
         self.val_solution = fold_solution(self.train, self.folds, cfg["fold"])
         self.prior = fold_prior(self.train, self.folds, self.val_solution)
         self.class_weights = torch.tensor(cfg["class_weights"], dtype=torch.float32)

@@ -20,7 +20,7 @@ import yaml
 
 from . import registry
 from .atomic import write_text
-from .constants import SAMPLE_WEIGHTS, SERIES_TYPES
+from .constants import GROUPS, SAMPLE_WEIGHTS, SERIES_TYPES
 from .faults import InputError
 from .parallel import default_workers
 from .paths import SYNTH_DIR, dataset_name, folds_file_for, runs_dir_for
@@ -93,6 +93,14 @@ DEFAULTS: dict[str, Any] = {
     # (evaluate_localization.py's <report>_errors.csv). seed: the draw's (null: the run's seed); the runs of a
     # training-seed ensemble (MODEL@SEED) that set it share one jittered crop store.
     "jitter": {"copies": 0, "errors": None, "mm": 2.0, "slices": 0.5, "seed": None},
+    # Other series a condition group's training points are cut on as well, the same 3D point on the study's first
+    # series of each type named (sagittal_t1, sagittal_t2, axial): each such crop is one more training item with
+    # the point's label (the per-crop classifiers; validation and the study model read the labelled series' crop
+    # alone, test time too unless `test_views`). E.g. {foraminal: [sagittal_t2]}: the foramina on Sagittal T2/STIR too.
+    "views": {"spinal": [], "foraminal": [], "subarticular": []},
+    # Of those, the series a group's points are read on at test time too (and in oof_predicted.csv), each crop's
+    # prediction averaged with the point's own crop's.
+    "test_views": {"spinal": [], "foraminal": [], "subarticular": []},
     # Labels that out-of-fold predictions strongly contradict are left out of training (noisy readers):
     # oof = predictions of the training studies by models that did not train on them (row_id + the three
     # targets, e.g. every other fold's oof.csv together); a training label whose class gets less than
@@ -376,6 +384,10 @@ def resolve(model: str | None = None, preset: str | None = None, config_file: st
     layers = {"command line": overrides, str(config_file): _apply({}, file_cfg, model, series_type),
               f"preset {preset}": _apply({}, PRESETS.get(preset) or {}, model, series_type)}
     check_values(cfg, merge(DEFAULTS, model_defaults), layers)
+    for group, types in cfg["test_views"].items():
+        if set(types) - set(cfg["views"].get(group, [])):
+            raise ConfigError(f"{_origin(f'test_views.{group}', layers)}: {types} must be among views.{group} "
+                              f"({cfg['views'].get(group, [])}): a model reads at test time only what it trained on")
     return cfg
 
 
@@ -392,6 +404,8 @@ MINIMUM = {"epochs": 1, "batch_size": 1, "patience": 1, "crop.n_slices": 1, "cro
 RANGES = {"aug.gamma": False, "aug.scale": False, "aug.noise_std": True}
 # Keys that are probabilities.
 PROBABILITIES = ("aug.hflip", "aug.vflip", "aug.noise_p", "aug.affine_p", "aug.intensity_p")
+# Keys that list series types (SERIES_TYPES' names).
+SERIES_TYPE_LISTS = tuple(f"{key}.{group}" for key in ("views", "test_views") for group in GROUPS)
 # Keys whose default is null, and what they take instead.
 NULLABLE = {"pretrained": (bool, str), "name": (str,), "preset": (str,), "dataset": (str,), "cache_dir": (str,),
             "folds": (str,), "runs": (str,), "coords": (str,), "series_type": (str,), "backbone": (str,),
@@ -453,6 +467,8 @@ def _bad_value(key: str, value: Any, default: Any) -> str | None:
     if key in RANGES and not (len(value) == 2 and value[0] <= value[1]
                               and (value[0] >= 0 if RANGES[key] else value[0] > 0)):
         return f"expected [low, high] with {'0 <=' if RANGES[key] else '0 <'} low <= high, got {value!r}"
+    if key in SERIES_TYPE_LISTS and not all(v in SERIES_TYPES.values() for v in value):
+        return f"expected a list of series types ({', '.join(SERIES_TYPES.values())}), got {value!r}"
     if key in PROBABILITIES and not 0 <= value <= 1:
         return f"expected a probability between 0 and 1, got {value!r}"
     return None

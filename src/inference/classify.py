@@ -6,6 +6,7 @@ member that cuts crops the same way sees the batch in one call, with both TTA vi
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,16 +15,28 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from ..classifier.crops import CropSpec, centre_unit, crop_table, cut_study
-from ..core.constants import FLIPPED_CONDITION, SLICE_ALTERNATIVE_COLUMNS, TARGETS
+from ..classifier.crops import CropSpec, centre_unit, crop_table, cut_study, other_views
+from ..core.constants import (
+    CONDITIONS,
+    COORDINATE_COLUMNS,
+    FLIPPED_CONDITION,
+    LEVELS,
+    SLICE_ALTERNATIVE_COLUMNS,
+    TARGETS,
+    group_of,
+    label_column,
+)
 from ..core.device import autocast, inference_dtype
 from ..core.faults import FaultLog
 from ..core.memory import keep_freed_cpu_memory
 from ..core.parallel import batches_ahead, loader_workers
 from ..core.progress import first_line
 from ..core.run_folders import BEST, fold_of, trained_folds
+from ..data.tables import load_series_descriptions
 from ..training.checkpoint import load_fold_models
 from .context import InferenceContext
+
+CONDITION_GROUPS = [group_of(label_column(c, LEVELS[0])) for c in CONDITIONS]  # by condition index
 
 
 @dataclass(eq=False)  # hashed by identity: two folds may hold equal configs
@@ -49,6 +62,15 @@ class Member:
     def whole_study(self) -> bool:
         """Whether it predicts a study's crops together (the study model), so every row of a study is its input."""
         return self.cfg.get("task") == "study"
+
+    @property
+    def test_views(self) -> dict[str, list[str]]:
+        """Per condition group, the other series types it reads at test time beside the point's own crop (config
+        `test_views`, of those it trained on: `views`); none for a study-level member, which trained on a
+        study's own crops."""
+        if self.whole_study:
+            return {}
+        return {g: list(types) for g, types in (self.cfg.get("test_views") or {}).items() if types}
 
     @property
     def spec_key(self) -> str:
@@ -150,16 +172,53 @@ def with_alternatives(coords: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([out, alt], ignore_index=True)
 
 
+def with_views(table: pd.DataFrame, coords: pd.DataFrame, members: list[Member], ctx: InferenceContext) -> pd.DataFrame:
+    """A crop table (with_alternatives' rows, `view` 0) plus, for the groups some member reads on other series
+    at test time (Member.test_views), each point again on those series (crops.other_views; `view` >= 1,
+    `view_type` its series type name, weight 1, variant 0)."""
+    wanted: dict[str, list[str]] = {}
+    for m in members if ctx.test_views else []:
+        for group, types in m.test_views.items():
+            wanted[group] = list(dict.fromkeys([*wanted.get(group, []), *types]))
+    table = table.assign(view=0, view_type="")
+    if not wanted or coords.empty:
+        return table
+    # Problems of this file were named when the series were read (pipeline._read_series); here it only maps.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        descriptions = load_series_descriptions(ctx.data_dir / f"{ctx.split}_series_descriptions.csv", strict=False)
+    views = other_views(coords[list(COORDINATE_COLUMNS)], descriptions, ctx.cache_dir, ctx.split, wanted)
+    if views.empty:
+        return table
+    group = [group_of(label_column(c, LEVELS[0])) for c in views["condition"]]
+    views = crop_table(views.assign(variant=0, weight=1.0,
+                                    view_type=[wanted[g][v - 1] for g, v in zip(group, views["view"])]))
+    return pd.concat([table, views], ignore_index=True).sort_values("study_id", kind="stable")
+
+
+def _member_weights(m: Member, keys: pd.DataFrame) -> np.ndarray:
+    """Each row's weight in member m's mean: its own (with_alternatives) on a point's own series; 1 on another
+    series m reads at test time (its point's own crops weigh 1 together), else 0."""
+    w = keys["weight"].to_numpy(float).copy()
+    other = keys["view"].to_numpy() > 0
+    if other.any():
+        reads = m.test_views
+        groups = [CONDITION_GROUPS[c] for c in keys["condition_idx"].to_numpy()[other]]
+        w[other] = [float(t in reads.get(g, ())) for g, t in zip(groups, keys["view_type"].to_numpy()[other])]
+    return w
+
+
 def predict_members(coords: pd.DataFrame, members: list[Member], ctx: InferenceContext) -> dict[str, pd.DataFrame]:
     """Per run name: the mean probabilities (row_id + TARGETS) of its folds that predicted, for the rows with a
     crop at `coords` (on ctx's split, cache and device); a row that names a neighbouring slice gets the
-    weighted mean of its two slices' predictions (with_alternatives). Crops are cut once per crop spec, in
-    batches of studies ahead of the models; a fold that fails is dropped (named in ctx.faults) and its run's
-    other folds carry on."""
+    weighted mean of its two slices' predictions (with_alternatives), and a member that reads other series at
+    test time (Member.test_views) the mean of that and the point's crop on each (with_views). Crops are cut
+    once per crop spec, in batches of studies ahead of the models; a fold that fails is dropped (named in
+    ctx.faults) and its run's other folds carry on."""
     faults, device = ctx.faults, ctx.device
     if device.type == "cpu":
         keep_freed_cpu_memory()  # batched forwards would otherwise fault in fresh pages on every call
-    table = crop_table(with_alternatives(coords))
+    table = with_views(crop_table(with_alternatives(coords)), coords, members, ctx)
     by_spec: dict[str, list[Member]] = {}
     for m in members:
         by_spec.setdefault(m.spec_key, []).append(m)
@@ -181,8 +240,8 @@ def predict_members(coords: pd.DataFrame, members: list[Member], ctx: InferenceC
             live = [m for m in group if m not in failed]
             probs = batch_probabilities(live, crops, rows["condition_idx"].to_numpy(), rows["level_idx"].to_numpy(),
                                         device, hflip_tta=ctx.tta,
-                                        study=rows["study_id"].to_numpy() * 2 + rows["variant"].to_numpy(),
-                                        needed=rows["weight"].to_numpy() > 0)
+                                        study=(rows["study_id"].to_numpy() * 2 + rows["variant"].to_numpy()) * 8
+                                        + rows["view"].to_numpy(), needed=rows["weight"].to_numpy() > 0)
             for j, m in enumerate(live):
                 if isinstance(probs[j], Exception):
                     failed.add(m)
@@ -191,7 +250,7 @@ def predict_members(coords: pd.DataFrame, members: list[Member], ctx: InferenceC
                                f"{where}cannot predict ({first_line(probs[j])}); fold dropped")
                 else:
                     sums[m].append(probs[j])
-            ids[key].append(rows[["row_id", "weight"]])
+            ids[key].append(rows[["row_id", "weight", "view", "view_type", "condition_idx"]])
     out: dict[str, pd.DataFrame] = {}
     for name in dict.fromkeys(m.name for m in members):
         folds = [m for m in members if m.name == name and m not in failed]
@@ -200,9 +259,10 @@ def predict_members(coords: pd.DataFrame, members: list[Member], ctx: InferenceC
             continue
         per_fold = []
         for m in folds:
-            keys = pd.concat(ids[m.spec_key]) if ids[m.spec_key] else pd.DataFrame(columns=["row_id", "weight"])
+            keys = (pd.concat(ids[m.spec_key]) if ids[m.spec_key]
+                    else pd.DataFrame(columns=["row_id", "weight", "view", "view_type", "condition_idx"]))
             p = np.concatenate(sums[m]) if sums[m] else np.zeros((0, 3))
-            w = keys["weight"].to_numpy(float)
+            w = _member_weights(m, keys)
             weighted = pd.DataFrame(p * w[:, None], columns=list(TARGETS)).assign(row_id=keys["row_id"].to_numpy(), w=w)
             total = weighted.groupby("row_id").sum()
             per_fold.append(total[list(TARGETS)].div(total["w"], axis=0))  # no weight left: NaN, dropped below

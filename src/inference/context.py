@@ -27,6 +27,7 @@ class InferenceContext:
     workers: int = 2  # loader processes that decode and cut ahead of the models
     studies_per_batch: int = 8  # studies per batch through the models (localize, classify)
     tta: bool = True  # average each crop with its horizontal flip
+    test_views: bool = True  # read points on the other series the members' test_views name (classify.with_views)
     ensemble_path: Path | None = None  # default: runs/ensemble.json
     per_model: bool = False
     faults: FaultLog = field(default_factory=FaultLog)

@@ -253,3 +253,34 @@ def test_a_jittered_variant_is_the_crop_of_the_moved_point(synth_dir, tmp_path):
     assert list(index["variant"]) == [0, 1]
     assert np.array_equal(crops[index["crop"][1]], expected[0]) and np.array_equal(crops[index["crop"][0]], plain[0])
     assert not np.array_equal(crops[index["crop"][1]], plain[0])
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_other_views_put_each_point_on_the_nearest_slice_of_the_other_series(variety_dir, tmp_path):
+    from src.classifier.crops import other_views
+    from src.core.constants import SAGITTAL_T2
+
+    prepare(variety_dir, tmp_path, "train", workers=1)
+    coords = load_coordinates(variety_dir / "train_label_coordinates.csv")
+    descriptions = load_series_descriptions(variety_dir / "train_series_descriptions.csv")
+    views = other_views(coords, descriptions, tmp_path, "train", {"foraminal": ["sagittal_t2"], "spinal": []})
+    foramina = coords[coords["condition"].str.contains("Foraminal")]
+    t2 = descriptions[descriptions["series_description"] == SAGITTAL_T2].drop_duplicates("study_id")
+    assert 0.5 * foramina["study_id"].isin(t2["study_id"]).sum() < len(views) <= foramina["study_id"].isin(t2["study_id"]).sum()
+    assert set(views["condition"]) <= set(foramina["condition"]) and (views["view"] == 1).all()
+    assert (views["series_id"].to_numpy() == views["study_id"].map(dict(zip(t2["study_id"], t2["series_id"]))).to_numpy()).all()
+    merged = foramina.merge(views, on=["study_id", "condition", "level"], suffixes=("", "_view"))
+    for r in merged.itertuples():
+        source = load_series(series_cache_path(tmp_path, "train", r.study_id, r.series_id), pixels=False)
+        target = load_series(series_cache_path(tmp_path, "train", r.study_id, r.series_id_view), pixels=False)
+        point = source.pixel_to_patient(source.index_of_instance(r.instance_number), r.x, r.y)
+        j = target.index_of_instance(r.instance_number_view)
+        x, y, depth = target.patient_to_pixel(j, point)
+        assert np.allclose([x, y], [r.x_view, r.y_view]) and abs(float(depth)) <= 0.5 * target.slice_gap + 1e-6
+        assert abs(float(depth)) == pytest.approx(target.nearest_slice(point)[1], abs=1e-6)
+    # A study without the other type keeps only its own crops; nothing named, nothing added.
+    lacking = int(t2["study_id"].iloc[0])
+    fewer = other_views(coords, descriptions[~descriptions["series_id"].isin(t2["series_id"].iloc[:1])], tmp_path,
+                        "train", {"foraminal": ["sagittal_t2"]})
+    assert lacking not in set(fewer["study_id"]) and len(fewer) == len(views) - (views["study_id"] == lacking).sum()
+    assert other_views(coords, descriptions, tmp_path, "train", {"foraminal": []}).empty

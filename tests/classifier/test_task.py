@@ -187,3 +187,29 @@ def test_both_loss_weightings_fit_the_metrics_weighted_optimum(weighting):
     at_zero = float(task.loss(torch.zeros(3, 3), {"label": torch.tensor([0, 1, 2])}))
     shifted = float(-torch.log_softmax(-task.class_weights.log(), 0).mean())
     assert at_zero == pytest.approx(np.log(3) if weighting == "weights" else shifted, abs=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_other_views_are_more_training_items_of_the_same_training_rows(overrides):
+    from src.classifier.study import StudyTask
+
+    views = {"foraminal": ["sagittal_t2"]}
+    plain = ready(ClassifierTask(resolve("attn_resnext", "tiny", None, overrides)))
+    task = ready(ClassifierTask(resolve("attn_resnext", "tiny", None, {**overrides, "views": views})))
+    n = len(plain.train_index)
+    extra = task.train_index.iloc[n:]
+    assert task.train_index.iloc[:n].drop(columns="crop").equals(plain.train_index.drop(columns="crop"))
+    assert len(extra) > 0 and extra["condition"].str.contains("Foraminal").all()
+    assert extra["row_id"].is_unique and set(extra["row_id"]) <= set(plain.train_index["row_id"])
+    labels = dict(zip(plain.train_index["row_id"], plain.train_index["label"]))
+    assert (extra["label"].to_numpy() == extra["row_id"].map(labels).to_numpy()).all()
+    assert not set(extra["crop"]) & set(task.train_index["crop"].iloc[:n])  # crops of their own, of the other series
+    assert task.val_index.drop(columns="crop").equals(plain.val_index.drop(columns="crop"))  # validation: its own crop
+    jitter = {"copies": 1, "errors": None, "mm": 2.0, "slices": 0.5}
+    both = ready(ClassifierTask(resolve("attn_resnext", "tiny", None, {**overrides, "views": views, "jitter": jitter})))
+    assert len(both.train_index) == len(task.train_index) and both.train_variants.shape == (len(both.train_index), 2)
+    own = both.train_variants[n:]
+    assert (own[:, 0] == own[:, 1]).all() and (own[:, 0] == both.train_index["crop"].iloc[n:]).all()
+    study = ready(StudyTask(resolve("study", "tiny", None, {**overrides, "views": views})))
+    assert len(study.train_index) == n and study.train_variants is None  # a study's positions hold its own crops
+    assert study.crops.filename == task.crops.filename  # one store for both

@@ -292,3 +292,19 @@ def test_a_recipe_trains_extra_seeds_of_a_model_under_their_own_names(tmp_path, 
         recipe.write_text(f"pipeline: [{bad}]\n")
         with pytest.raises(config_lib.ConfigError, match=f"{recipe}: pipeline: "):
             config_lib.pipeline_runs(recipe)
+
+
+@pytest.mark.parametrize("value", [["sagittal_t3"], "sagittal_t2", [1]])
+def test_views_name_series_types(value):
+    with pytest.raises(config_lib.ConfigError, match="views.foraminal: expected a list"):
+        resolve("attn_resnext", "tiny", None, {"views": {"foraminal": value}})
+    views = resolve("attn_resnext", "tiny", None, {"views": {"foraminal": ["sagittal_t2"]}})["views"]
+    assert views == {"spinal": [], "foraminal": ["sagittal_t2"], "subarticular": []}
+
+
+def test_test_views_must_be_among_the_trained_views():
+    with pytest.raises(config_lib.ConfigError, match="test_views.subarticular"):
+        resolve("attn_resnext", "tiny", None, {"test_views": {"subarticular": ["sagittal_t2"]}})
+    cfg = resolve("attn_resnext", "tiny", None, {"views": {"subarticular": ["sagittal_t2"]},
+                                                 "test_views": {"subarticular": ["sagittal_t2"]}})
+    assert cfg["test_views"]["subarticular"] == ["sagittal_t2"]

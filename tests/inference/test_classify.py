@@ -185,3 +185,33 @@ def test_with_alternatives_repeats_each_study_that_names_a_slice():
     assert np.allclose(out["weight"], [1.0, 0.7, 1.0, 0.0, 0.3])
     plain = with_alternatives(coords.drop(columns=["alt_instance_number", "alt_weight"]))
     assert plain["variant"].tolist() == [0, 0, 0] and plain["weight"].tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_member_reads_its_test_views_as_the_mean_with_the_points_own_crop(synth_dir, tmp_path):
+    from src.classifier.crops import other_views
+    from src.data.tables import load_series_descriptions
+
+    cache, coords, members = _two_fold_members(synth_dir, tmp_path, ["attn_resnext", "cnn_lstm"])
+    attn, cnn = members[0], members[2]
+    ctx = InferenceContext(synth_dir, cache, cache, "train", device=torch.device("cpu"), workers=1)
+    plain = predict_members(coords, [attn, cnn], ctx)
+    wanted = {"subarticular": ["sagittal_t2"]}
+    views = other_views(coords, load_series_descriptions(synth_dir / "train_series_descriptions.csv"), cache, "train", wanted)
+    assert len(views) and set(views["condition"]) <= {"Left Subarticular Stenosis", "Right Subarticular Stenosis"}
+    alone = predict_members(views.drop(columns="view"), [attn], ctx)["attn_resnext"].set_index("row_id")
+    attn.cfg = {**attn.cfg, "test_views": wanted}
+    both = predict_members(coords, [attn, cnn], ctx)
+    a, b = both["attn_resnext"].set_index("row_id"), plain["attn_resnext"].set_index("row_id")
+    assert a.index.equals(b.index)
+    viewed = alone.index
+    assert np.allclose(a.loc[viewed], (b.loc[viewed] + alone) / 2, atol=1e-6)  # the two crops' mean
+    rest = a.index.difference(viewed)
+    assert len(rest) and np.allclose(a.loc[rest], b.loc[rest], atol=1e-6)  # every other row as before
+    assert np.allclose(both["cnn_lstm"].set_index("row_id"), plain["cnn_lstm"].set_index("row_id"), atol=1e-6)
+    ctx.test_views = False  # infer.py --no-test-views: each point on its own series
+    own = predict_members(coords, [attn], ctx)["attn_resnext"].set_index("row_id")
+    assert np.allclose(own, b.loc[own.index], atol=1e-6)
+    cnn.cfg = {**cnn.cfg, "task": "study", "test_views": wanted}
+    assert cnn.test_views == {}  # a study-level member reads a study's own crops
+
