@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..core.atomic import atomic_path, cache_lock, write_csv, write_text
 from ..core.config import DEFAULTS
-from ..core.constants import CONDITIONS, LEVELS, SERIES_TYPES, group_of, label_column, row_id
+from ..core.constants import CONDITIONS, LEVELS, SERIES_TYPES, condition_group, row_id
 from ..core.parallel import progress_map
 from ..data import geometry
 from ..data.cache import entries_signature, load_series, series_cache_path, to_stored, to_unit
@@ -45,7 +45,7 @@ class CropSpec:
         return int(round(self.size_px * self.context))
 
     def mm(self, condition: str) -> float:
-        return float(self.size_mm[group_of(label_column(condition, LEVELS[0]))])
+        return float(self.size_mm[condition_group(condition)])
 
 
 def neighbour_slices(series: Series, index: int, n_slices: int, centre: np.ndarray | None = None) -> list[int]:
@@ -162,7 +162,7 @@ def other_views(coords: pd.DataFrame, descriptions: pd.DataFrame, cache_dir: Pat
 
     out = []
     for r in coords.to_dict("records"):
-        names = wanted.get(group_of(label_column(r["condition"], LEVELS[0])), [])
+        names = wanted.get(condition_group(r["condition"]), [])
         source = series(r["study_id"], r["series_id"]) if names else None
         if source is None or int(r["instance_number"]) not in source.instance_numbers:
             continue

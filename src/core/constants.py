@@ -151,6 +151,11 @@ def row_study_ids(row_ids: Iterable[str]) -> np.ndarray:
     return np.array([split_row_id(r)[0] for r in row_ids], dtype=np.int64)
 
 
+def condition_group(condition: str) -> str:
+    """Metric group of a condition ('Left Neural Foraminal Narrowing' -> 'foraminal')."""
+    return group_of(label_column(condition, LEVELS[0]))
+
+
 def group_of(column_or_row_id: str, strict: bool = True) -> str | None:
     """Metric group ('spinal', 'foraminal' or 'subarticular') of a label column or row_id; without one,
     ValueError (strict) or None."""

@@ -20,11 +20,9 @@ from ..core.constants import (
     CONDITIONS,
     COORDINATE_COLUMNS,
     FLIPPED_CONDITION,
-    LEVELS,
     SLICE_ALTERNATIVE_COLUMNS,
     TARGETS,
-    group_of,
-    label_column,
+    condition_group,
 )
 from ..core.device import autocast, inference_dtype
 from ..core.faults import FaultLog
@@ -36,7 +34,7 @@ from ..data.tables import load_series_descriptions
 from ..training.checkpoint import load_fold_models
 from .context import InferenceContext
 
-CONDITION_GROUPS = [group_of(label_column(c, LEVELS[0])) for c in CONDITIONS]  # by condition index
+CONDITION_GROUPS = [condition_group(c) for c in CONDITIONS]  # by condition index
 
 
 @dataclass(eq=False)  # hashed by identity: two folds may hold equal configs
@@ -190,7 +188,7 @@ def with_views(table: pd.DataFrame, coords: pd.DataFrame, members: list[Member],
     views = other_views(coords[list(COORDINATE_COLUMNS)], descriptions, ctx.cache_dir, ctx.split, wanted)
     if views.empty:
         return table
-    group = [group_of(label_column(c, LEVELS[0])) for c in views["condition"]]
+    group = [condition_group(c) for c in views["condition"]]
     views = crop_table(views.assign(variant=0, weight=1.0,
                                     view_type=[wanted[g][v - 1] for g, v in zip(group, views["view"])]))
     return pd.concat([table, views], ignore_index=True).sort_values("study_id", kind="stable")

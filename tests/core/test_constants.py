@@ -40,3 +40,9 @@ def test_condition_series_agree_with_real_coordinates(shared):
     majority = merged.groupby("condition")["series_description"].agg(lambda s: s.value_counts().index[0])
     assert majority.to_dict() == CONDITION_SERIES
     assert set(series["series_description"]) == set(SERIES_DESCRIPTIONS)
+
+
+def test_condition_group_names_each_conditions_metric_group():
+    from src.core.constants import CONDITIONS, condition_group
+
+    assert [condition_group(c) for c in CONDITIONS] == ["spinal", "foraminal", "foraminal", "subarticular", "subarticular"]
