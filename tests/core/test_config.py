@@ -158,6 +158,16 @@ def test_recipes_train_the_localizer_before_the_classifiers_that_jitter_by_its_e
     for recipe in ("variety.yaml", "real.yaml"):
         assert config_lib.pipeline_runs(REPO / "configs" / recipe) == [
             ("localizer", None), ("attn_resnext", None), ("attn_resnext", 7), ("cnn_lstm", None), ("study", None)]
+    # the foramina and recesses on Sagittal T2/STIR too, the recess read there at test time as well; the study
+    # model names the views to share cnn_lstm's crop store; the localizers know none
+    views = {"spinal": [], "foraminal": ["sagittal_t2"], "subarticular": ["sagittal_t2"]}
+    for recipe in ("variety.yaml", "real.yaml"):
+        parts = _parts(REPO / "configs" / recipe)
+        for name in ("attn_resnext", "cnn_lstm", "study"):
+            assert parts[name]["views"] == views, (recipe, name)
+        for name in ("attn_resnext", "cnn_lstm"):
+            assert parts[name]["test_views"] == {"spinal": [], "foraminal": [], "subarticular": ["sagittal_t2"]}
+        assert not any(v for t in TYPES for v in parts[f"localizer_{t}"]["views"].values())
 
 
 def test_per_type_values_reach_each_runs_saved_config(tmp_path, monkeypatch, capsys, synth_dir):
