@@ -181,11 +181,16 @@ def with_views(table: pd.DataFrame, coords: pd.DataFrame, members: list[Member],
     table = table.assign(view=0, view_type="")
     if not wanted or coords.empty:
         return table
-    # Problems of this file were named when the series were read (pipeline._read_series); here it only maps.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        descriptions = load_series_descriptions(ctx.data_dir / f"{ctx.split}_series_descriptions.csv", strict=False)
-    views = other_views(coords[list(COORDINATE_COLUMNS)], descriptions, ctx.cache_dir, ctx.split, wanted)
+    try:
+        # Problems of this file were named when the series were read (pipeline._read_series); here it only maps.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            descriptions = load_series_descriptions(ctx.data_dir / f"{ctx.split}_series_descriptions.csv", strict=False)
+        views = other_views(coords[list(COORDINATE_COLUMNS)], descriptions, ctx.cache_dir, ctx.split, wanted)
+    except Exception as err:  # noqa: BLE001 - costs the other views only
+        ctx.faults.add("models", "test views", f"not read ({type(err).__name__}: {first_line(err)}); each point on "
+                       "its own series")
+        return table
     if views.empty:
         return table
     group = [condition_group(c) for c in views["condition"]]

@@ -209,6 +209,10 @@ def test_a_member_reads_its_test_views_as_the_mean_with_the_points_own_crop(synt
     rest = a.index.difference(viewed)
     assert len(rest) and np.allclose(a.loc[rest], b.loc[rest], atol=1e-6)  # every other row as before
     assert np.allclose(both["cnn_lstm"].set_index("row_id"), plain["cnn_lstm"].set_index("row_id"), atol=1e-6)
+    broken = InferenceContext(tmp_path / "nowhere", cache, cache, "train", device=torch.device("cpu"), workers=1)
+    fallen = predict_members(coords, [attn], broken)["attn_resnext"].set_index("row_id")  # no descriptions file
+    assert np.allclose(fallen, b.loc[fallen.index], atol=1e-6)
+    assert [f.name for f in broken.faults.of("models")] == ["test views"]  # named once; the rest as without views
     ctx.test_views = False  # infer.py --no-test-views: each point on its own series
     own = predict_members(coords, [attn], ctx)["attn_resnext"].set_index("row_id")
     assert np.allclose(own, b.loc[own.index], atol=1e-6)
