@@ -241,6 +241,8 @@ def predict_members(coords: pd.DataFrame, members: list[Member], ctx: InferenceC
                 continue
             crops = np.concatenate([c for _, _, c, _ in batch])
             live = [m for m in group if m not in failed]
+            # A study-level member sees each (study, variant, view) as a study of its own (a point has two other
+            # series at most, so views fit in the factor 8); it never reads the views (weight 0, _member_weights).
             probs = batch_probabilities(live, crops, rows["condition_idx"].to_numpy(), rows["level_idx"].to_numpy(),
                                         device, hflip_tta=ctx.tta,
                                         study=(rows["study_id"].to_numpy() * 2 + rows["variant"].to_numpy()) * 8
