@@ -142,11 +142,11 @@ def other_views(coords: pd.DataFrame, descriptions: pd.DataFrame, cache_dir: Pat
                 views: dict[str, list[str]]) -> pd.DataFrame:
     """The points of each condition group `views` names again, on the study's first series of each type listed
     there (config `views`, series type names as in SERIES_TYPES): the same 3D point on that series' nearest slice
-    whose image holds it, with `view` 1, 2, ... in the listed order. A point whose study lacks the type, whose
-    series is not in the cache, or that lies outside the series' slab (more than half a slice gap from every
-    slice) is left out."""
+    whose image holds it, with `view` 1, 2, ... in the listed order and `view_type` that type's name. A point
+    whose study lacks the type, whose series is not in the cache, or that lies outside the series' slab (more
+    than half a slice gap from every slice) is left out."""
     wanted = {g: list(v) for g, v in views.items() if v}
-    columns = [*coords.columns, "view"]
+    columns = [*coords.columns, "view", "view_type"]
     if not wanted or coords.empty:
         return pd.DataFrame(columns=columns)
     description_of = {name: desc for desc, name in SERIES_TYPES.items()}
@@ -175,7 +175,7 @@ def other_views(coords: pd.DataFrame, descriptions: pd.DataFrame, cache_dir: Pat
                 continue
             x, y, _ = target.patient_to_pixel(j, point)
             out.append({**r, "series_id": int(series_id), "instance_number": int(target.instance_numbers[j]),
-                        "x": float(x), "y": float(y), "view": view})
+                        "x": float(x), "y": float(y), "view": view, "view_type": name})
     return pd.DataFrame(out, columns=columns)
 
 

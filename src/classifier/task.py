@@ -121,8 +121,9 @@ class ClassifierTask:
         self.crops, index = self._crops(coords, cache_dir)
         views = None
         if "view" in index:  # other views of a point train beside its own crop; validation reads the labelled one
-            views = index[index["view"] > 0].drop(columns=["view", "variant", *JITTER_COLUMNS], errors="ignore")
-            index = index[index["view"] == 0].drop(columns="view")
+            views = index[index["view"] > 0].drop(columns=["view", "view_type", "variant", *JITTER_COLUMNS],
+                                                   errors="ignore")
+            index = index[index["view"] == 0].drop(columns=["view", "view_type"], errors="ignore")
         variants = None
         if "variant" in index:  # one row per point (its labelled crop), its variants' crop numbers apart
             variants = index.pivot(index="row_id", columns="variant", values="crop")

@@ -193,9 +193,7 @@ def with_views(table: pd.DataFrame, coords: pd.DataFrame, members: list[Member],
         return table
     if views.empty:
         return table
-    group = [condition_group(c) for c in views["condition"]]
-    views = crop_table(views.assign(variant=0, weight=1.0,
-                                    view_type=[wanted[g][v - 1] for g, v in zip(group, views["view"])]))
+    views = crop_table(views.assign(variant=0, weight=1.0))
     return pd.concat([table, views], ignore_index=True).sort_values("study_id", kind="stable")
 
 

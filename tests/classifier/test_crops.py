@@ -268,6 +268,7 @@ def test_other_views_put_each_point_on_the_nearest_slice_of_the_other_series(var
     t2 = descriptions[descriptions["series_description"] == SAGITTAL_T2].drop_duplicates("study_id")
     assert 0.5 * foramina["study_id"].isin(t2["study_id"]).sum() < len(views) <= foramina["study_id"].isin(t2["study_id"]).sum()
     assert set(views["condition"]) <= set(foramina["condition"]) and (views["view"] == 1).all()
+    assert (views["view_type"] == "sagittal_t2").all()
     assert (views["series_id"].to_numpy() == views["study_id"].map(dict(zip(t2["study_id"], t2["series_id"]))).to_numpy()).all()
     merged = foramina.merge(views, on=["study_id", "condition", "level"], suffixes=("", "_view"))
     for r in merged.itertuples():
