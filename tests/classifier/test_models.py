@@ -266,28 +266,3 @@ def test_fetch_weights_writes_each_backbone_of_a_recipe_and_a_folder_serves_them
     cfg = resolve("cnn_lstm", None, recipe, {"pretrained": str(tmp_path / "weights")})
     model = build_model(cfg)
     assert torch.equal(model.encoder.layer4[0].conv1.weight, state["layer4.0.conv1.weight"])
-
-
-def test_the_variety_recipe_gives_cnn_lstm_and_the_study_stochastic_depth():
-    """configs/variety.yaml's drop_path_rate reaches the residual blocks of cnn_lstm's backbone and of the study
-    model's per-crop cnn_lstm (the preset's channels kept), not attn_resnext's; in training two forward passes
-    differ, in eval they agree."""
-    from pathlib import Path
-
-    from timm.layers import DropPath
-
-    recipe = Path(__file__).resolve().parents[2] / "configs" / "variety.yaml"
-    for name, rate in (("cnn_lstm", 0.1), ("study", 0.1), ("attn_resnext", None)):
-        # the study built without its start from a trained cnn_lstm run
-        cfg = resolve(name, None, recipe, {"study": {"init_from": None}} if name == "study" else None)
-        assert cfg["model_kwargs"]["channels"] == [16, 32, 64, 128]
-        # timm's stochastic-depth schedule: the rate grows block by block up to drop_path_rate
-        rates = [m.drop_prob for m in build_model(cfg).modules() if isinstance(m, DropPath)]
-        assert (max(rates) == pytest.approx(rate) and min(rates) > 0) if rate else not rates, name
-    cfg = resolve("cnn_lstm", None, recipe)
-    model, batch = build_model(cfg), _batch(cfg)
-    torch.manual_seed(0)
-    model.train()
-    assert not torch.allclose(model(*batch), model(*batch))
-    model.eval()
-    assert torch.equal(model(*batch), model(*batch))
