@@ -140,18 +140,17 @@ def jittered(coords: pd.DataFrame, copies: int, errors: pd.DataFrame | None = No
 
 def other_views(coords: pd.DataFrame, descriptions: pd.DataFrame, cache_dir: Path, split: str,
                 views: dict[str, list[str]]) -> pd.DataFrame:
-    """The points of each condition group `views` names again, on the study's first series of each type listed
-    there (config `views`, series type names as in SERIES_TYPES): the same 3D point on that series' nearest slice
-    whose image holds it, with `view` 1, 2, ... in the listed order and `view_type` that type's name. A point
-    whose study lacks the type, whose series is not in the cache, or that lies outside the series' slab (more
-    than half a slice gap from every slice) is left out."""
+    """The points of each condition group `views` names again, on each series type listed there (config `views`,
+    series type names as in SERIES_TYPES): the same 3D point on the nearest slice over every series of that type
+    in the study (an axial study is often several stacks), with `view` 1, 2, ... in the listed order and
+    `view_type` that type's name. A point whose study lacks the type, whose series are not in the cache, or that
+    lies outside every such series' slab (more than half a slice gap from every slice) is left out."""
     wanted = {g: list(v) for g, v in views.items() if v}
     columns = [*coords.columns, "view", "view_type"]
     if not wanted or coords.empty:
         return pd.DataFrame(columns=columns)
     description_of = {name: desc for desc, name in SERIES_TYPES.items()}
-    first = (descriptions.drop_duplicates(["study_id", "series_description"])
-             .set_index(["study_id", "series_description"])["series_id"])
+    series_ids = descriptions.groupby(["study_id", "series_description"])["series_id"].agg(list).to_dict()
     geometry_of: dict[tuple[int, int], Series | None] = {}
 
     def series(study_id: int, series_id: int) -> Series | None:
@@ -168,11 +167,18 @@ def other_views(coords: pd.DataFrame, descriptions: pd.DataFrame, cache_dir: Pat
             continue
         point = source.pixel_to_patient(source.index_of_instance(r["instance_number"]), r["x"], r["y"])
         for view, name in enumerate(names, 1):
-            series_id = first.get((r["study_id"], description_of[name]))
-            target = None if series_id is None else series(r["study_id"], int(series_id))
-            j, depth = (-1, np.inf) if target is None else target.nearest_slice(point)
-            if j < 0 or depth > target.slice_gap / 2 + 1e-6:  # outside the series' slab: no slice shows it
+            best = None  # (depth, series_id, series, slice index): the nearest slice over the type's series
+            for series_id in dict.fromkeys(series_ids.get((r["study_id"], description_of[name]), [])):
+                target = series(r["study_id"], int(series_id))
+                if target is None:
+                    continue
+                j, depth = target.nearest_slice(point)
+                # Outside the series' slab (no slice shows it) unless within half a gap of a slice.
+                if j >= 0 and depth <= target.slice_gap / 2 + 1e-6 and (best is None or depth < best[0]):
+                    best = (depth, int(series_id), target, j)
+            if best is None:
                 continue
+            _, series_id, target, j = best
             x, y, _ = target.patient_to_pixel(j, point)
             out.append({**r, "series_id": int(series_id), "instance_number": int(target.instance_numbers[j]),
                         "x": float(x), "y": float(y), "view": view, "view_type": name})

@@ -285,3 +285,29 @@ def test_other_views_put_each_point_on_the_nearest_slice_of_the_other_series(var
                         "train", {"foraminal": ["sagittal_t2"]})
     assert lacking not in set(fewer["study_id"]) and len(fewer) == len(views) - (views["study_id"] == lacking).sum()
     assert other_views(coords, descriptions, tmp_path, "train", {"foraminal": []}).empty
+
+
+def test_other_views_take_the_nearest_slice_over_every_series_of_the_type(variety_dir, tmp_path):
+    """An axial study is often several stacks: a spinal point goes to whichever stack holds it nearest."""
+    from src.classifier.crops import other_views
+    from src.core.constants import AXIAL_T2
+
+    prepare(variety_dir, tmp_path, "train", workers=1)
+    coords = load_coordinates(variety_dir / "train_label_coordinates.csv")
+    descriptions = load_series_descriptions(variety_dir / "train_series_descriptions.csv")
+    views = other_views(coords, descriptions, tmp_path, "train", {"spinal": ["axial"]})
+    axial = descriptions[descriptions["series_description"] == AXIAL_T2].groupby("study_id")["series_id"].agg(list)
+    assert len(views) and (views["view_type"] == "axial").all() and views["condition"].str.startswith("Spinal").all()
+    spinal = coords[coords["condition"].str.startswith("Spinal")].set_index(["study_id", "level"])
+    later_stack = 0
+    for r in views.itertuples():
+        o = spinal.loc[(r.study_id, r.level)]
+        source = load_series(series_cache_path(tmp_path, "train", r.study_id, o.series_id), pixels=False)
+        point = source.pixel_to_patient(source.index_of_instance(o.instance_number), o.x, o.y)
+        depths = {}
+        for series_id in axial[r.study_id]:
+            stack = load_series(series_cache_path(tmp_path, "train", r.study_id, series_id), pixels=False)
+            depths[series_id] = stack.nearest_slice(point)[1]
+        assert r.series_id in depths and depths[r.series_id] == pytest.approx(min(depths.values()), abs=1e-6)
+        later_stack += r.series_id != axial[r.study_id][0]
+    assert later_stack > 0  # the fixture's several-stack studies put some points on a stack after the first
