@@ -242,9 +242,12 @@ class StudyModel(nn.Module):
     adds a correction to each crop's own logits. The correction starts at zero, so training starts from
     the per-crop model. Input (B, 25, S, P, P) with mask (B, 25); output logits (B, 25, 3)."""
 
-    def __init__(self, crop_model: nn.Module, dim: int = 128, heads: int = 4, layers: int = 2, drop: float = 0.1):
+    def __init__(self, crop_model: nn.Module, dim: int = 128, heads: int = 4, layers: int = 2, drop: float = 0.1,
+                 freeze_crop: bool = False):
         super().__init__()
         self.crop = crop_model
+        self.freeze_crop = freeze_crop
+        self.crop.requires_grad_(not freeze_crop)
         in_features = crop_model.head[0].in_features
         self.project = nn.Linear(in_features, dim)
         layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, drop, batch_first=True, norm_first=True)
@@ -252,6 +255,12 @@ class StudyModel(nn.Module):
         self.out = nn.Linear(dim, 3)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+
+    def train(self, mode: bool = True) -> "StudyModel":
+        super().train(mode)
+        if self.freeze_crop:  # a frozen per-crop model keeps its batch-norm statistics and has no dropout
+            self.crop.eval()
+        return self
 
     def forward(self, image: torch.Tensor, condition: torch.Tensor, level: torch.Tensor,
                 mask: torch.Tensor) -> torch.Tensor:
@@ -283,4 +292,5 @@ def study(cfg: dict) -> nn.Module:
     crop = build_model({**cfg, "model": cfg["study"]["crop_model"]})
     if cfg["study"].get("init_from"):  # warm start from a trained per-crop run of the same fold
         crop.load_state_dict(torch.load(cfg["study"]["init_from"], map_location="cpu", weights_only=True)["model"])
-    return StudyModel(crop, cfg["study"]["dim"], cfg["study"]["heads"], cfg["study"]["layers"], cfg["drop"])
+    return StudyModel(crop, cfg["study"]["dim"], cfg["study"]["heads"], cfg["study"]["layers"], cfg["drop"],
+                      cfg["study"]["freeze_crop"])

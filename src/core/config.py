@@ -83,8 +83,10 @@ DEFAULTS: dict[str, Any] = {
     # init_from: a trained per-crop run's best.pt (the same fold's) to start the per-crop model from, or the name
     # of a run in the same runs folder (`cnn_lstm`: its best.pt of the same fold, trained first by --pipeline).
     # any_severe_weight: the metric's any-severe-spinal term added to the loss, with this weight.
+    # freeze_crop: the per-crop model's weights (and its normalisation statistics) stay as init_from left them;
+    # only the transformer across the crops learns.
     "study": {"crop_model": "attn_resnext", "dim": 128, "heads": 4, "layers": 2, "init_from": None,
-              "any_severe_weight": 0.0},
+              "any_severe_weight": 0.0, "freeze_crop": False},
     "ema_decay": 0.0,  # > 0: an EMA of the weights (timm ModelEmaV3, with warm-up) is validated and saved as best.pt
     "label_smoothing": 0.0,  # classifier: cross-entropy against (1 - e) one-hot + e/3 (noisy readers' labels)
     # Training crops also cut where a localizer would put them (crops.jittered): `copies` moved variants of every

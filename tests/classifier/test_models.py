@@ -202,6 +202,30 @@ def test_study_model_starts_from_a_trained_per_crop_run(tmp_path):
         assert torch.allclose(study.eval()(x, c, lv, torch.ones(1, 25, dtype=torch.bool))[0], same, atol=1e-5)
 
 
+
+def test_study_model_with_a_frozen_crop_model_trains_only_the_transformer():
+    from src.classifier.models import positions
+
+    study = build_model(resolve("study", "tiny", overrides={"study": {"freeze_crop": True}, "crop": {"size_px": 32}}))
+    crop_before = {k: v.clone() for k, v in study.crop.state_dict().items()}
+    rest_before = {k: v.clone() for k, v in study.state_dict().items() if not k.startswith("crop.")}
+    study.train()
+    assert not study.crop.training and study.context.training  # batch norm of the crop model keeps its statistics
+    optimizer = torch.optim.AdamW([p for p in study.parameters() if p.requires_grad], lr=1e-2)
+    c, lv = (t.repeat(2).view(2, -1) for t in positions())
+    for _ in range(2):  # the zero-initialised output layer moves first, then what feeds it
+        loss = study(torch.rand(2, 25, 3, 32, 32), c, lv, torch.ones(2, 25, dtype=torch.bool)).square().mean()
+        optimizer.zero_grad()
+        (loss - 1.0).abs().backward()
+        optimizer.step()
+    assert all(torch.equal(v, crop_before[k]) for k, v in study.crop.state_dict().items())
+    moved = [k for k, v in study.state_dict().items() if k in rest_before and not torch.equal(v, rest_before[k])]
+    assert any(k.startswith("context.") for k in moved) and any(k.startswith("out.") for k in moved)
+    # Without the key the crop model learns too.
+    free = build_model(resolve("study", "tiny", overrides={"crop": {"size_px": 32}}))
+    assert all(p.requires_grad for p in free.crop.parameters()) and free.train().crop.training
+
+
 TINY_BACKBONE = {"channels": (16, 32, 64, 128), "stem_width": 16}
 
 
