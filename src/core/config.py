@@ -95,8 +95,8 @@ DEFAULTS: dict[str, Any] = {
     # (evaluate_localization.py's <report>_errors.csv). seed: the draw's (null: the run's seed); the runs of a
     # training-seed ensemble (MODEL@SEED) that set it share one jittered crop store.
     "jitter": {"copies": 0, "errors": None, "mm": 2.0, "slices": 0.5, "seed": None},
-    # Other series a condition group's training points are cut on as well, the same 3D point on the study's first
-    # series of each type named (sagittal_t1, sagittal_t2, axial): each such crop is one more training item with
+    # Other series a condition group's training points are cut on as well, the same 3D point on the nearest slice
+    # over the study's series of each type named (sagittal_t1, sagittal_t2, axial): each such crop is one more training item with
     # the point's label (the per-crop classifiers; validation and the study model read the labelled series' crop
     # alone, test time too unless `test_views`). E.g. {foraminal: [sagittal_t2]}: the foramina on Sagittal T2/STIR too.
     "views": {"spinal": [], "foraminal": [], "subarticular": []},
