@@ -173,7 +173,7 @@ def other_views(coords: pd.DataFrame, descriptions: pd.DataFrame, cache_dir: Pat
                 if target is None:
                     continue
                 j, depth = target.nearest_slice(point)
-                # Outside the series' slab (no slice shows it) unless within half a gap of a slice.
+                # A slice shows the point if it lies within half a slice gap of it; the nearest such slice wins.
                 if j >= 0 and depth <= target.slice_gap / 2 + 1e-6 and (best is None or depth < best[0]):
                     best = (depth, int(series_id), target, j)
             if best is None:

@@ -96,9 +96,10 @@ DEFAULTS: dict[str, Any] = {
     # training-seed ensemble (MODEL@SEED) that set it share one jittered crop store.
     "jitter": {"copies": 0, "errors": None, "mm": 2.0, "slices": 0.5, "seed": None},
     # Other series a condition group's training points are cut on as well, the same 3D point on the nearest slice
-    # over the study's series of each type named (sagittal_t1, sagittal_t2, axial): each such crop is one more training item with
-    # the point's label (the per-crop classifiers; validation and the study model read the labelled series' crop
-    # alone, test time too unless `test_views`). E.g. {foraminal: [sagittal_t2]}: the foramina on Sagittal T2/STIR too.
+    # over the study's series of each type named (sagittal_t1, sagittal_t2, axial): each such crop is one more
+    # training item with the point's label (the per-crop classifiers; validation and the study model read the
+    # labelled series' crop alone, test time too unless `test_views`). E.g. {foraminal: [sagittal_t2]}: the
+    # foramina on Sagittal T2/STIR too.
     "views": {"spinal": [], "foraminal": [], "subarticular": []},
     # Of those, the series a group's points are read on at test time too (and in oof_predicted.csv), each crop's
     # prediction averaged with the point's own crop's.
