@@ -21,7 +21,7 @@ from ..core.constants import CONDITIONS, LEVELS, SERIES_TYPES, condition_group, 
 from ..core.parallel import progress_map
 from ..data import geometry
 from ..data.cache import entries_signature, load_series, series_cache_path, to_stored, to_unit
-from ..data.dicom import Series, normalize_intensity
+from ..data.dicom import Series, nearest_of, normalize_intensity
 
 if TYPE_CHECKING:
     import torch
@@ -167,18 +167,12 @@ def other_views(coords: pd.DataFrame, descriptions: pd.DataFrame, cache_dir: Pat
             continue
         point = source.pixel_to_patient(source.index_of_instance(r["instance_number"]), r["x"], r["y"])
         for view, name in enumerate(names, 1):
-            best = None  # (depth, series_id, series, slice index): the nearest slice over the type's series
-            for series_id in dict.fromkeys(series_ids.get((r["study_id"], description_of[name]), [])):
-                target = series(r["study_id"], int(series_id))
-                if target is None:
-                    continue
-                j, depth = target.nearest_slice(point)
-                # A slice shows the point if it lies within half a slice gap of it; the nearest such slice wins.
-                if j >= 0 and depth <= target.slice_gap / 2 + 1e-6 and (best is None or depth < best[0]):
-                    best = (depth, int(series_id), target, j)
+            ids = series_ids.get((r["study_id"], description_of[name]), [])
+            stacks = [(int(i), s) for i in ids if (s := series(r["study_id"], int(i))) is not None]
+            best = nearest_of(stacks, point, within_slab=True)
             if best is None:
                 continue
-            _, series_id, target, j = best
+            series_id, target, j, _ = best
             x, y, _ = target.patient_to_pixel(j, point)
             out.append({**r, "series_id": int(series_id), "instance_number": int(target.instance_numbers[j]),
                         "x": float(x), "y": float(y), "view": view, "view_type": name})

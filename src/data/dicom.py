@@ -92,6 +92,20 @@ class Series:
         return geometry.nearest_slice(point, self.positions, self.orientations, self.spacings, shapes)
 
 
+def nearest_of(series: list[tuple[int, Series]], point: np.ndarray,
+               within_slab: bool = False) -> tuple[int, Series, int, float] | None:
+    """Over several series of a study (series id, Series), e.g. its axial stacks: (series id, series, slice index,
+    distance in mm) of the slice nearest a patient point whose image contains it; None when none does. With
+    within_slab a slice counts only within half its series' slice gap of the point (inside the slab)."""
+    best = None
+    for series_id, s in series:
+        index, depth = s.nearest_slice(point)
+        if index < 0 or (within_slab and depth > s.slice_gap / 2 + 1e-6):
+            continue
+        if best is None or depth < best[3]:
+            best = (series_id, s, index, depth)
+    return best
+
 # Marks a series note whose geometry was replaced by a fallback: its crops may not sit where the tags say, so
 # the study counts as degraded (unit 'geometry') rather than only repaired.
 GEOMETRY_FALLBACK = "geometry fallback:"

@@ -29,7 +29,7 @@ from ..core.parallel import batches_ahead
 from ..core.progress import first_line
 from ..core.run_folders import fold_of, localizer_run
 from ..data.cache import load_series, series_cache_path, to_stored
-from ..data.dicom import Series
+from ..data.dicom import Series, nearest_of
 from ..training.checkpoint import load_fold_models
 from .decode import HeatSource, Reading, Search, coordinate_frame, decode_slice, plane_alternative, read_searched, reading_rows
 from .frame import series_stacks, stack_of
@@ -285,13 +285,9 @@ class Localizer:
         for i, inp in enumerate(inputs):
             try:
                 for level, point in points[i].items():
-                    best = None
-                    for sid, s in inp.series.get(part.description, []):
-                        k, dist = s.nearest_slice(point)
-                        if k >= 0 and (best is None or dist < best[0]):
-                            best = (dist, sid, s, k)
+                    best = nearest_of(inp.series.get(part.description, []), point)
                     if best is not None:
-                        todo.append((i, level, *best[1:]))
+                        todo.append((i, level, *best[:3]))
             except Exception as err:  # noqa: BLE001
                 self._failed(faults, part, inp.study_id, err)
                 todo = [t for t in todo if t[0] != i]
