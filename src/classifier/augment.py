@@ -177,31 +177,3 @@ class DeviceAugment:
         params = self.draw(len(images), images.device)
         table = torch.tensor(FLIPPED_CONDITION, device=condition.device)
         return self.apply(images, params), torch.where(params["flip"].to(condition.device), table[condition], condition)
-
-
-def mix_partners(condition: torch.Tensor) -> torch.Tensor:
-    """A random partner for each item among the batch's items of the same condition (itself when it is the
-    only one): the items are shuffled within each condition and each takes the next one round its group."""
-    n = len(condition)
-    order = torch.argsort(condition.float() * 2 + torch.rand(n, device=condition.device))
-    ranked = condition[order]
-    pos = torch.arange(n, device=condition.device)
-    new = torch.ones(n, dtype=torch.bool, device=condition.device)
-    new[1:] = ranked[1:] != ranked[:-1]
-    start = torch.cummax(torch.where(new, pos, torch.zeros_like(pos)), 0).values
-    last = torch.ones(n, dtype=torch.bool, device=condition.device)
-    last[:-1] = new[1:]
-    partner = torch.empty_like(pos)
-    partner[order] = order[torch.where(last, start, pos + 1)]
-    return partner
-
-
-def mixup(image: torch.Tensor, condition: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mixup within a condition: each crop blended with a partner crop of the same condition (mix_partners), by
-    a weight drawn per item from Beta(alpha, alpha). Returns the blended images, the partners and the weights;
-    the loss takes each item's label at its weight and its partner's at the rest. (timm's Mixup blends across
-    the whole batch, so a canal crop would take a foramen's label under the canal's condition embedding.)"""
-    partner = mix_partners(condition)
-    lam = torch.distributions.Beta(alpha, alpha).sample((len(image),)).to(image.device)
-    shape = (-1,) + (1,) * (image.dim() - 1)
-    return lam.view(shape) * image + (1 - lam.view(shape)) * image[partner], partner, lam

@@ -22,7 +22,7 @@ from ..data.inputs import check_tables, prepare_tables, read_tables
 from ..data.tables import load_coordinates, load_series_descriptions, load_submission
 from ..localizer.errors import point_errors
 from ..localizer.plan import PLAN
-from .augment import DeviceAugment, eval_transform, mixup, train_transform, use_device_path
+from .augment import DeviceAugment, eval_transform, train_transform, use_device_path
 from .crops import JITTER_COLUMNS, CropSpec, build_crops, jittered, other_views
 from .datasets import CropDataset
 
@@ -161,8 +161,6 @@ class ClassifierTask:
         inputs = {k: batch[k].to(device, non_blocking=True) for k in self.input_keys}
         if train and self.device_augment is not None:
             inputs["image"], inputs["condition"] = self.device_augment(inputs["image"], inputs["condition"])
-        if train and self.cfg["mixup"] > 0:  # the partners and weights ride in the batch to the loss
-            inputs["image"], *batch["mix"] = mixup(inputs["image"], inputs["condition"], self.cfg["mixup"])
         return inputs
 
     def references(self) -> dict[str, float]:
@@ -184,26 +182,15 @@ class ClassifierTask:
     def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         """Cross-entropy with the metric's class weights 1/2/4 (as `loss_weighting` says: item weights, or the
         logits shifted by -log of them) and label_smoothing; unknown labels (-1) are ignored. Either way the
-        softmax of the logits is fitted to the metric's weighted optimum. Under mixup (batch['mix']: partners
-        and weights) each item's loss is its label's at its weight plus its partner's label's at the rest."""
+        softmax of the logits is fitted to the metric's weighted optimum."""
         label = batch["label"].to(logits.device, non_blocking=True)
         if self.class_weights.device != logits.device:  # moved once, not every step
             self.class_weights = self.class_weights.to(logits.device)
-        adjusted = self.cfg["loss_weighting"] == "logit_adjusted"
-        logits = logits.float() - self.class_weights.log() if adjusted else logits.float()
-        weight = None if adjusted else self.class_weights
-        smoothing = self.cfg["label_smoothing"]
-        if "mix" not in batch:
-            return F.cross_entropy(logits, label, weight=weight, ignore_index=-1, label_smoothing=smoothing)
-        partner, lam = batch["mix"]
-        loss, total = 0.0, 0.0
-        for target, share in ((label, lam), (label[partner], 1 - lam)):
-            known = target >= 0  # an unknown label (-1) counts for nothing, as ignore_index does
-            safe = target.clamp(min=0)
-            item = share * known * (self.class_weights[safe] if weight is not None else 1.0)
-            loss = loss + (item * F.cross_entropy(logits, safe, reduction="none", label_smoothing=smoothing)).sum()
-            total = total + item.sum()
-        return loss / total.clamp(min=1e-12)
+        if self.cfg["loss_weighting"] == "logit_adjusted":
+            return F.cross_entropy(logits.float() - self.class_weights.log(), label, ignore_index=-1,
+                                   label_smoothing=self.cfg["label_smoothing"])
+        return F.cross_entropy(logits.float(), label, weight=self.class_weights, ignore_index=-1,
+                               label_smoothing=self.cfg["label_smoothing"])
 
     def evaluate(self, logits: torch.Tensor, rows: torch.Tensor) -> tuple[dict, pd.DataFrame]:
         """Validation loss, competition score and accuracy of one pass; returns them and the oof frame.

@@ -89,9 +89,6 @@ DEFAULTS: dict[str, Any] = {
               "any_severe_weight": 0.0, "freeze_crop": False},
     "ema_decay": 0.0,  # > 0: an EMA of the weights (timm ModelEmaV3, with warm-up) is validated and saved as best.pt
     "label_smoothing": 0.0,  # classifier: cross-entropy against (1 - e) one-hot + e/3 (noisy readers' labels)
-    # classifier: > 0 blends each training crop with another crop of its condition in the batch by a weight drawn
-    # from Beta(mixup, mixup), the loss taking both labels at those weights (augment.mixup).
-    "mixup": 0.0,
     # Training crops also cut where a localizer would put them (crops.jittered): `copies` moved variants of every
     # training point, one drawn per item. errors: null = normal offsets (sd `mm` in-plane, `slices`); 'localizer'
     # = the signed errors of this fold's localizer runs (their oof.csv) against the labels; or an errors CSV

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.classifier.augment import DeviceAugment, mix_partners, mixup, train_transform, use_device_path
+from src.classifier.augment import DeviceAugment, train_transform, use_device_path
 from src.core.config import DEFAULTS
 from src.core.constants import CONDITIONS
 
@@ -120,19 +120,3 @@ def test_where_the_augmentation_runs():
     assert use_device_path({"where": "device"}, cpu) and not use_device_path({"where": "cpu"}, cuda)
     with pytest.raises(ValueError, match="aug.where"):
         use_device_path({"where": "gpu"}, torch.device("cpu"))
-
-
-def test_mixup_blends_each_crop_with_another_of_its_condition():
-    torch.manual_seed(0)
-    condition = torch.tensor([0, 3, 0, 3, 3, 7, 0, 1, 1])
-    for _ in range(20):
-        partner = mix_partners(condition)
-        assert torch.equal(condition[partner], condition)
-        # every item of a condition with company is some other item's partner and never its own
-        assert torch.equal(torch.sort(partner).values, torch.arange(len(condition)))
-        assert partner[5] == 5 and (partner[[0, 1, 2, 3, 4, 6, 7, 8]] != torch.tensor([0, 1, 2, 3, 4, 6, 7, 8])).all()
-    image = torch.arange(len(condition), dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 3, 4, 4)
-    mixed, partner, lam = mixup(image, condition, 0.4)
-    assert mixed.shape == image.shape and ((lam >= 0) & (lam <= 1)).all()
-    expected = lam * torch.arange(len(condition)) + (1 - lam) * partner.float()
-    assert torch.allclose(mixed[:, 0, 0, 0], expected)

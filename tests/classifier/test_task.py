@@ -213,24 +213,3 @@ def test_other_views_are_more_training_items_of_the_same_training_rows(overrides
     study = ready(StudyTask(resolve("study", "tiny", None, {**overrides, "views": views})))
     assert len(study.train_index) == n and study.train_variants is None  # a study's positions hold its own crops
     assert study.crops.filename == task.crops.filename  # one store for both
-
-
-@pytest.mark.parametrize("weighting", ["weights", "logit_adjusted"])
-def test_mixup_loss_takes_both_labels_at_their_weights(weighting):
-    """Weight 1 is the plain loss; weight 1/2 with a partner of another grade is the mean of the two grades'
-    losses, each item counted by its class weights as the plain loss counts it."""
-    task = ClassifierTask.__new__(ClassifierTask)
-    task.cfg = {"loss_weighting": weighting, "label_smoothing": 0.0}
-    task.class_weights = torch.tensor([1.0, 2.0, 4.0])
-    logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
-    label, partner = torch.tensor([0, 2, 1, 0]), torch.tensor([1, 0, 3, 2])
-    plain = task.loss(logits, {"label": label})
-    assert float(task.loss(logits, {"label": label, "mix": [partner, torch.ones(4)]})) == pytest.approx(float(plain))
-    half = float(task.loss(logits, {"label": label, "mix": [partner, torch.full((4,), 0.5)]}))
-    shift = task.class_weights.log() if weighting == "logit_adjusted" else torch.zeros(3)
-    nll = -torch.log_softmax(logits - shift, 1)
-    w = task.class_weights if weighting == "weights" else torch.ones(3)
-    rows = torch.arange(4)
-    expected = ((w[label] * nll[rows, label]).sum() + (w[label[partner]] * nll[rows, label[partner]]).sum()) / \
-        (w[label].sum() + w[label[partner]].sum())
-    assert half == pytest.approx(float(expected), rel=1e-5)
