@@ -113,6 +113,27 @@ def score_parts(
     return parts
 
 
+def expected_score_parts(label_probs: pd.DataFrame, submission: pd.DataFrame, draws: int = 200,
+                         seed: int = 0) -> dict[str, float]:
+    """score_parts averaged over `draws` label sets drawn from label_probs (row_id and, per row, the probability
+    of each written label in TARGETS' columns; a synthetic set's p(label | latent severity)). On a set whose
+    labels are noisy reads of a known truth this is the score with the readers' noise averaged out: two models
+    that read the images alike score alike, where the one drawn label set can move them apart (a few severe
+    canal levels a reader called severe below the threshold weigh 4 each)."""
+    probs = _check_predictions(label_probs, "label probabilities")
+    cumulative = np.cumsum(probs / probs.sum(1, keepdims=True), 1)
+    rng = np.random.default_rng(seed)
+    solution = label_probs[["row_id"]].copy()
+    totals: dict[str, float] = {}
+    for _ in range(draws):
+        label = (rng.random((len(probs), 1)) > cumulative[:, :-1]).sum(1)
+        solution[list(TARGETS)] = np.eye(len(TARGETS))[label]
+        solution["sample_weight"] = np.asarray(SAMPLE_WEIGHTS)[label]
+        for part, value in score_parts(solution, submission).items():
+            totals[part] = totals.get(part, 0.0) + value / draws
+    return totals
+
+
 def score(solution: pd.DataFrame, submission: pd.DataFrame, *args, **kwargs) -> float:
     """The competition score (lower is better), with Kaggle's signature; see score_parts for the pieces."""
     return score_parts(solution, submission, *args, **kwargs)["score"]

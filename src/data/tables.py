@@ -240,6 +240,21 @@ def load_solution(path: str | Path) -> pd.DataFrame:
     return out
 
 
+def load_label_probabilities(path: str | Path) -> pd.DataFrame:
+    """A synthetic split's latent table ({split}_latent.csv: p_normal_mild, p_moderate, p_severe per row, the
+    probability of each written label given the latent severity) -> row_id plus TARGETS' columns."""
+    path = Path(path)
+    raw = _read(path)
+    columns = [f"p_{t}" for t in TARGETS]
+    _require_columns(raw, ["row_id", *columns], path)
+    _check_row_ids(raw, path)
+    out = pd.DataFrame({"row_id": raw["row_id"]})
+    for col, target in zip(columns, TARGETS):
+        out[target] = _to_float(raw, col, path)
+    _check_unique(out, ["row_id"], path)
+    return out
+
+
 def submission_row_ids(study_ids: list[int] | np.ndarray) -> list[str]:
     """All 25 row_ids of each study, in sample_submission's order (row_id sorted within a study)."""
     out = []

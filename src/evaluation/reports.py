@@ -24,9 +24,9 @@ from sklearn.metrics import (
 
 from ..core.atomic import write_json, write_text
 from ..core.constants import CONDITIONS, GROUPS, SEVERITIES, TARGETS, group_of, level_of, row_study_ids
-from ..core.metric import fold_prior, prior_submission, row_folds, score, score_parts, solution_frame
+from ..core.metric import expected_score_parts, fold_prior, prior_submission, row_folds, score, score_parts, solution_frame
 from ..core.run_folders import LOG, OOF_PREDICTED, ensemble_file, trained_folds
-from ..data.tables import DataError, load_solution, load_submission, load_train
+from ..data.tables import DataError, load_label_probabilities, load_solution, load_submission, load_train
 from ..inference import ensemble as ensemble_lib
 from ..inference.final_stage import apply_stage
 from .figures import figure, save_figure
@@ -352,9 +352,11 @@ def render(metrics: dict, reports: dict, pictures: list[str]) -> str:
 
 def held_out_lines(rows: list[dict]) -> list[str]:
     """The held-out table as Markdown lines (a heading, then one row per submission)."""
-    lines = ["## Held-out test split", "", "| submission | score | share of learnable signal |", "| --- | --- | --- |"]
+    expected = any("expected_score" in r for r in rows)
+    lines = ["## Held-out test split", "", "| submission | score | share of learnable signal |"
+             + (" expected score (labels drawn again) |" if expected else ""), "| --- " * (3 + expected) + "|"]
     return lines + [f"| {r['submission']} | {r['score']:.4f} | {100 * r.get('signal_captured', float('nan')):.0f}% |"
-                    for r in rows]
+                    + (f" {r.get('expected_score', float('nan')):.4f} |" if expected else "") for r in rows]
 
 
 def across_reports(report_dirs: list[Path]) -> pd.DataFrame:
@@ -408,19 +410,24 @@ def across_lines(summary: pd.DataFrame) -> list[str]:
 def held_out_table(submissions: Path, data_dir: Path) -> pd.DataFrame:
     """Scores on a held-out split with an answer key (the synthetic test_solution.csv): the training prior,
     the submissions infer.py writes in a folder (submission.csv, the ensemble, and submission_{model}.csv), the
-    oracle, and the share of signal. Other files there (the coordinates, the faults) are not submissions."""
+    oracle, and the share of signal. Other files there (the coordinates, the faults) are not submissions. On a
+    synthetic set (test_latent.csv beside it) also each one's expected score: the labels drawn again from the
+    generator's label probabilities, the readers' noise averaged out (metric.expected_score_parts)."""
     solution = load_solution(Path(data_dir) / "test_solution.csv")
     ids = solution["row_id"].tolist()
-    rows = [("prior", score_parts(solution, prior_submission(solution_frame(load_train(Path(data_dir) / "train.csv")), ids)))]
+    frames = {"prior": prior_submission(solution_frame(load_train(Path(data_dir) / "train.csv")), ids)}
     folder = Path(submissions)
     for path in [*folder.glob("submission.csv"), *sorted(folder.glob("submission_*.csv"))]:
-        name = "ensemble" if path.stem == "submission" else path.stem.replace("submission_", "")
-        rows.append((name, score_parts(solution, load_submission(path))))
+        frames["ensemble" if path.stem == "submission" else path.stem.replace("submission_", "")] = load_submission(path)
     oracle = Path(data_dir) / "test_oracle.csv"
     if oracle.is_file():
-        rows.append(("oracle", score_parts(solution, load_submission(oracle))))
-    table = pd.DataFrame([{"submission": n, **p} for n, p in rows])
+        frames["oracle"] = load_submission(oracle)
+    table = pd.DataFrame([{"submission": n, **score_parts(solution, f)} for n, f in frames.items()])
     if oracle.is_file():
         prior, best = table["score"].iloc[0], table["score"].iloc[-1]
         table["signal_captured"] = (prior - table["score"]) / (prior - best)
+    latent = Path(data_dir) / "test_latent.csv"
+    if latent.is_file():
+        probs = load_label_probabilities(latent).set_index("row_id").loc[ids].reset_index()
+        table["expected_score"] = [expected_score_parts(probs, f)["score"] for f in frames.values()]
     return table

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from src.core.constants import TARGETS
-from src.core.metric import MetricError, log_loss, prior_submission, score, score_parts
+from src.core.metric import MetricError, expected_score_parts, log_loss, prior_submission, score, score_parts
 
 ROWS = [
     # row_id, true class
@@ -124,3 +124,22 @@ def test_real_prior_scores_about_091(shared):
 
     sol = solution_frame(load_train(shared / "train.csv"))
     assert score(sol, prior_submission(sol, sol["row_id"].tolist())) == pytest.approx(0.911, abs=0.005)
+
+
+def test_expected_score_averages_the_metric_over_label_draws():
+    """Label probabilities that are the solution's own one-hot labels give the realized score to the last bit;
+    a row whose written label is a coin toss between normal/mild and moderate gives, in the subarticular part,
+    the mean of the two label sets' scores, the other parts unmoved."""
+    sol, sub = _frames()
+    probs = sol[["row_id", *TARGETS]].copy()
+    assert expected_score_parts(probs, sub, draws=3) == pytest.approx(score_parts(sol, sub), abs=1e-12)
+    probs.loc[6, list(TARGETS)] = [0.5, 0.5, 0.0]  # 2_right_subarticular_stenosis_l3_l4, labelled normal/mild
+    as_moderate = sol.copy()
+    as_moderate.loc[6, list(TARGETS)] = [0.0, 1.0, 0.0]
+    as_moderate.loc[6, "sample_weight"] = 2.0
+    expected = expected_score_parts(probs, sub, draws=2000)
+    both = [score_parts(s, sub) for s in (sol, as_moderate)]
+    assert expected["subarticular"] == pytest.approx((both[0]["subarticular"] + both[1]["subarticular"]) / 2, abs=0.01)
+    assert both[1]["subarticular"] - both[0]["subarticular"] > 0.1  # the two draws do differ
+    assert expected["spinal"] == pytest.approx(both[0]["spinal"], abs=1e-12)
+    assert expected_score_parts(probs, sub, draws=50, seed=3) == expected_score_parts(probs, sub, draws=50, seed=3)

@@ -7,6 +7,7 @@ from src.core.metric import solution_frame
 from src.data.tables import (
     DataError,
     load_coordinates,
+    load_label_probabilities,
     load_series_descriptions,
     load_solution,
     load_submission,
@@ -147,3 +148,14 @@ def test_solution_frame_and_row_order(tmp_path):
     assert len(ids) == 50 and ids[0].startswith("7_left_neural") and ids[25].startswith("5_")
     sol.to_csv(tmp_path / "sol.csv", index=False)
     assert load_solution(tmp_path / "sol.csv").equals(sol)
+
+
+def test_label_probabilities_from_a_synthetic_latent_table(tmp_path):
+    """{split}_latent.csv's p_* columns become the TARGETS' columns per row_id; a bad cell is named."""
+    header = "row_id,study_id,severity,label,p_normal_mild,p_moderate,p_severe\n"
+    good = header + "1_spinal_canal_stenosis_l1_l2,1,0.5,1,0.1,0.85,0.05\n"
+    table = load_label_probabilities(_write(tmp_path, good, "test_latent.csv"))
+    assert list(table.columns) == ["row_id", *TARGETS]
+    assert table.loc[0, list(TARGETS)].tolist() == [0.1, 0.85, 0.05]
+    with pytest.raises(DataError, match=r"test_latent.csv: line 2, column 'p_severe'"):
+        load_label_probabilities(_write(tmp_path, good.replace("0.05", "x"), "test_latent.csv"))

@@ -90,6 +90,12 @@ def test_held_out_table_scores_every_submission(synth_dir, tmp_path):
     assert table.loc["ensemble", "signal_captured"] == pytest.approx(1.0)
     assert table.loc["prior", "signal_captured"] == pytest.approx(0.0)
     assert table.loc["uniform", "spinal"] == pytest.approx(np.log(3))  # 1/3 everywhere: log 3 per group
+    # a synthetic set: every submission also scored over label sets drawn again from the generator's probabilities
+    # (the same draws for each: a copy of the oracle scores as the oracle does)
+    assert table.loc["ensemble", "expected_score"] == pytest.approx(table.loc["oracle", "expected_score"], abs=1e-12)
+    expected = table["expected_score"]
+    assert expected["oracle"] < min(expected["prior"], expected["uniform"])
+    assert expected.between(0.0, 2.0).all()
 
 
 def test_calibration_error_tells_calibrated_from_overconfident():
