@@ -8,7 +8,7 @@ import evaluate as evaluate_script
 from src.core import config as config_lib
 from src.core.constants import TARGETS
 from src.core.metric import solution_frame
-from src.data.tables import load_train
+from src.data.tables import DataError, load_train
 from src.evaluation.reports import paper_metrics
 
 
@@ -96,6 +96,14 @@ def test_held_out_table_scores_every_submission(synth_dir, tmp_path):
     expected = table["expected_score"]
     assert expected["oracle"] < min(expected["prior"], expected["uniform"])
     assert expected.between(0.0, 2.0).all()
+    latent, first = pd.read_csv(synth_dir / "test_latent.csv"), pd.read_csv(synth_dir / "test_solution.csv").row_id[0]
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("test_solution.csv", "train.csv", "test_oracle.csv"):
+        shutil.copy(synth_dir / name, data / name)
+    latent[latent.row_id != first].to_csv(data / "test_latent.csv", index=False)  # a row of the solution left out
+    with pytest.raises(DataError, match=f"test_latent.csv: no label probabilities for row '{first}'"):
+        held_out_table(tmp_path, data)
 
 
 def test_calibration_error_tells_calibrated_from_overconfident():
