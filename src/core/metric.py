@@ -77,40 +77,49 @@ def score_parts(
         raise MetricError("solution: labels must be at least zero")
     if "sample_weight" not in solution.columns:
         raise MetricError("solution lacks column 'sample_weight'")
-    _check_predictions(submission, "submission")
-    sub = submission.drop_duplicates(row_id_column_name).set_index(row_id_column_name)
-    ids = solution[row_id_column_name].astype(str)
-    missing = ~ids.isin(sub.index)
-    if missing.any():
-        raise MetricError(f"submission lacks {int(missing.sum())} scored row(s), e.g. {ids[missing].iloc[0]!r}")
-    pred = sub.loc[ids, list(TARGETS)].to_numpy(dtype=float)
-    # Renormalise rows as older sklearn's log_loss did (newer releases refuse rows not summing to 1);
-    # an all-zero row becomes uniform. The any-severe term below reads the raw severe column, as upstream.
-    totals = pred.sum(1, keepdims=True)
-    norm = np.where(totals > 0, pred / np.where(totals > 0, totals, 1.0), 1.0 / len(TARGETS))
-    weight = solution["sample_weight"].to_numpy(dtype=float)
-    label = truth.argmax(1)
-    group = ids.map(group_of).to_numpy()
-    study = row_study_ids(ids)
+    rows = _ScoredRows(solution[row_id_column_name].astype(str), submission, row_id_column_name)
+    return rows.parts(truth.argmax(1), solution["sample_weight"].to_numpy(dtype=float), any_severe_scalar)
 
-    parts: dict[str, float] = {}
-    for g in GROUPS:
-        m = group == g
-        if not m.any():
-            raise MetricError(f"solution has no '{g}' rows")
-        parts[g] = log_loss(label[m], norm[m], weight[m])
 
-    # Per study, the maximum of each spinal column (as the official metric's groupby().max()): the raw severe
-    # column, the severe label and the weight.
-    m = group == "spinal"
-    _, which = np.unique(study[m], return_inverse=True)
-    per_study = np.full((which.max() + 1, 3), -np.inf)
-    np.maximum.at(per_study, which, np.stack([pred[m, 2], (label[m] == 2).astype(float), weight[m]], 1))
-    parts[ANY_SEVERE_PART] = log_loss(per_study[:, 1].astype(np.int64), per_study[:, 0].clip(0, 1), per_study[:, 2])
-    weights = [1.0, 1.0, 1.0, any_severe_scalar]
-    values = [parts[g] for g in GROUPS] + [parts[ANY_SEVERE_PART]]
-    parts["score"] = float(np.average(values, weights=weights))
-    return parts
+class _ScoredRows:
+    """A submission's predictions aligned to the solution's rows, with each row's group and study: what the
+    metric needs besides the labels and their weights, worked out once for any number of label sets."""
+
+    def __init__(self, ids: pd.Series, submission: pd.DataFrame, row_id_column_name: str = "row_id"):
+        _check_predictions(submission, "submission")
+        sub = submission.drop_duplicates(row_id_column_name).set_index(row_id_column_name)
+        missing = ~ids.isin(sub.index)
+        if missing.any():
+            raise MetricError(f"submission lacks {int(missing.sum())} scored row(s), e.g. {ids[missing].iloc[0]!r}")
+        self.pred = sub.loc[ids, list(TARGETS)].to_numpy(dtype=float)
+        # Renormalise rows as older sklearn's log_loss did (newer releases refuse rows not summing to 1);
+        # an all-zero row becomes uniform. The any-severe term below reads the raw severe column, as upstream.
+        totals = self.pred.sum(1, keepdims=True)
+        self.norm = np.where(totals > 0, self.pred / np.where(totals > 0, totals, 1.0), 1.0 / len(TARGETS))
+        self.group = ids.map(group_of).to_numpy()
+        self.study = row_study_ids(ids)
+
+    def parts(self, label: np.ndarray, weight: np.ndarray, any_severe_scalar: float = ANY_SEVERE_SCALAR) -> dict[str, float]:
+        """The score and its parts for these labels (class indices) and sample weights."""
+        group, pred = self.group, self.pred
+        parts: dict[str, float] = {}
+        for g in GROUPS:
+            m = group == g
+            if not m.any():
+                raise MetricError(f"solution has no '{g}' rows")
+            parts[g] = log_loss(label[m], self.norm[m], weight[m])
+
+        # Per study, the maximum of each spinal column (as the official metric's groupby().max()): the raw severe
+        # column, the severe label and the weight.
+        m = group == "spinal"
+        _, which = np.unique(self.study[m], return_inverse=True)
+        per_study = np.full((which.max() + 1, 3), -np.inf)
+        np.maximum.at(per_study, which, np.stack([pred[m, 2], (label[m] == 2).astype(float), weight[m]], 1))
+        parts[ANY_SEVERE_PART] = log_loss(per_study[:, 1].astype(np.int64), per_study[:, 0].clip(0, 1), per_study[:, 2])
+        weights = [1.0, 1.0, 1.0, any_severe_scalar]
+        values = [parts[g] for g in GROUPS] + [parts[ANY_SEVERE_PART]]
+        parts["score"] = float(np.average(values, weights=weights))
+        return parts
 
 
 def expected_score_parts(label_probs: pd.DataFrame, submission: pd.DataFrame, draws: int = 200,
@@ -123,13 +132,11 @@ def expected_score_parts(label_probs: pd.DataFrame, submission: pd.DataFrame, dr
     probs = _check_predictions(label_probs, "label probabilities")
     cumulative = np.cumsum(probs / probs.sum(1, keepdims=True), 1)
     rng = np.random.default_rng(seed)
-    solution = label_probs[["row_id"]].copy()
+    rows = _ScoredRows(label_probs["row_id"].astype(str), submission)
     totals: dict[str, float] = {}
     for _ in range(draws):
         label = (rng.random((len(probs), 1)) > cumulative[:, :-1]).sum(1)
-        solution[list(TARGETS)] = np.eye(len(TARGETS))[label]
-        solution["sample_weight"] = np.asarray(SAMPLE_WEIGHTS)[label]
-        for part, value in score_parts(solution, submission).items():
+        for part, value in rows.parts(label, np.asarray(SAMPLE_WEIGHTS, dtype=float)[label]).items():
             totals[part] = totals.get(part, 0.0) + value / draws
     return totals
 
