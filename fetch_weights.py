@@ -24,7 +24,6 @@ from src.core.atomic import save_torch  # noqa: E402
 from src.core.paths import REPO  # noqa: E402
 from src.core.progress import first_line, log  # noqa: E402
 from src.registry import recipe_parts  # noqa: E402
-from src.training.backbone import PLAIN  # noqa: E402
 
 
 def backbones(config_file: str | None) -> dict[str, tuple[dict, list[str]]]:
@@ -32,7 +31,7 @@ def backbones(config_file: str | None) -> dict[str, tuple[dict, list[str]]]:
     found: dict[str, tuple[dict, list[str]]] = {}
     for model, series_type in recipe_parts(config_file):
         cfg = config_lib.resolve(model, None, config_file, {"series_type": series_type} if series_type else {})
-        if not cfg["backbone"] or cfg["backbone"] == PLAIN:  # no weights to fetch
+        if not cfg["backbone"]:
             continue
         part = f"{model} {series_type}" if series_type else model
         kwargs, parts = found.setdefault(cfg["backbone"], (cfg["model_kwargs"], []))

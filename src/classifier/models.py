@@ -15,7 +15,7 @@ from torch import nn
 
 from ..core.constants import CONDITIONS, LEVELS, SAMPLE_WEIGHTS
 from ..core.registry import build_model, register_model
-from ..training.backbone import PLAIN_CHANNELS, create_backbone, plain_blocks
+from ..training.backbone import create_backbone
 
 N_PAIRS = len(CONDITIONS) * len(LEVELS)
 
@@ -155,8 +155,7 @@ class AttnResNeXt(CropClassifier):
 
 class CNNLSTM(CropClassifier):
     """A CNN over every slice (time-distributed, global average pooled), an LSTM over the slices, a dense
-    ReLU layer and 3 logits (softmax gives the severities). The CNN is a timm backbone, or `plain`: the paper's
-    own, blocks of convolutions and max-pooling (training.backbone.PlainEncoder)."""
+    ReLU layer and 3 logits (softmax gives the severities)."""
 
     def __init__(self, backbone: str = "resnet18", pretrained: bool | str | None = None, model_kwargs: dict | None = None,
                  lstm_hidden: int = 128, bidirectional: bool = True, head: HeadSpec = HeadSpec(), stem_pool: bool = True):
@@ -182,11 +181,17 @@ class PlainCNN(CropClassifier):
     """The baseline the papers' models must beat: 4 blocks of conv-BN-ReLU-conv-BN-ReLU-maxpool over the crop's
     slices as channels (widths `channels`), global average pooling, the (condition, level) embedding, MLP head."""
 
-    def __init__(self, in_chans: int = 5, channels: tuple[int, ...] = PLAIN_CHANNELS, head: HeadSpec = HeadSpec()):
+    def __init__(self, in_chans: int = 5, channels: tuple[int, ...] = (32, 64, 128, 256), head: HeadSpec = HeadSpec()):
         super().__init__()
-        self.features = plain_blocks(in_chans, channels)
+        blocks, c_in = [], in_chans
+        for c in channels:
+            blocks += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                       nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+            c_in = c
+        self.features = nn.Sequential(*blocks)
         self.embed = head.embedding()
-        self.head = head.mlp(channels[-1])
+        self.head = head.mlp(c_in)
 
     def forward(self, image: torch.Tensor, condition: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         x = self.features(image).mean((2, 3))
@@ -221,7 +226,7 @@ def cnn_lstm(cfg: dict) -> nn.Module:
 @register_model("plain_cnn", task="classifier", defaults={**SEVERITY_DEFAULTS, "backbone": None})
 def plain_cnn(cfg: dict) -> nn.Module:
     """The baseline the papers' models must beat: 4 plain conv blocks (model_kwargs.channels), no timm backbone."""
-    return PlainCNN(cfg["crop"]["n_slices"], tuple(cfg["model_kwargs"].get("channels", PLAIN_CHANNELS)),
+    return PlainCNN(cfg["crop"]["n_slices"], tuple(cfg["model_kwargs"].get("channels", (32, 64, 128, 256))),
                     HeadSpec.of(cfg))
 
 

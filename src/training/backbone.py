@@ -1,39 +1,12 @@
 """Backbones for every model: a timm model with its first convolution fitted to the input channels, from
-random initialisation, timm's pretrained weights or a local weights file; or `plain`, the stack of plain
-convolution and max-pool blocks (the CNN the CNN-LSTM paper describes, plain_cnn's feature stack)."""
+random initialisation, timm's pretrained weights or a local weights file."""
 from __future__ import annotations
 
 import timm
-import torch
 from torch import nn
 
 from ..core.config import ConfigError, pretrained_file
 from ..core.progress import first_line, log
-
-PLAIN = "plain"  # the backbone name of the plain blocks, no timm model
-PLAIN_CHANNELS = (32, 64, 128, 256)
-
-
-def plain_blocks(in_chans: int, channels: tuple[int, ...] = PLAIN_CHANNELS) -> nn.Sequential:
-    """Blocks of conv-BN-ReLU-conv-BN-ReLU-maxpool (3x3 convolutions), one per width in `channels`."""
-    blocks, c_in = [], in_chans
-    for c in channels:
-        blocks += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-                   nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
-        c_in = c
-    return nn.Sequential(*blocks)
-
-
-class PlainEncoder(nn.Module):
-    """plain_blocks, then global average pooling: (B, C, H, W) -> (B, channels[-1])."""
-
-    def __init__(self, in_chans: int, channels: tuple[int, ...] = PLAIN_CHANNELS):
-        super().__init__()
-        self.blocks = plain_blocks(in_chans, channels)
-        self.num_features = channels[-1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(x).mean((2, 3))
 
 
 def create_backbone(name: str, pretrained: bool | str | None, in_chans: int, stem_pool: bool = True,
@@ -44,14 +17,7 @@ def create_backbone(name: str, pretrained: bool | str | None, in_chans: int, ste
     a local state-dict file, or a folder holding <backbone>.pth. timm adapts the first convolution's RGB
     weights to `in_chans` and drops the ImageNet classifier; one log line says which weights loaded.
     stem_pool=False drops a ResNet's stem max-pool (every stage then sees twice the resolution; the weights
-    are the same, so pretrained ones still load). name `plain`: a PlainEncoder over kwargs' `channels` (it has
-    no pretrained weights and no stem max-pool; the other kwargs, timm's, do not apply)."""
-    if name == PLAIN:
-        if pretrained:
-            raise ConfigError(f"pretrained: backbone '{PLAIN}' has no pretrained weights; set pretrained: null")
-        if not stem_pool:
-            raise ConfigError(f"stem_pool: false: backbone '{PLAIN}' has no stem max-pool (a timm ResNet has)")
-        return PlainEncoder(in_chans, tuple(kwargs.get("channels", PLAIN_CHANNELS)))
+    are the same, so pretrained ones still load)."""
     model = _create(name, pretrained, in_chans, **kwargs)
     if not stem_pool:
         if not isinstance(getattr(model, "maxpool", None), nn.Module):

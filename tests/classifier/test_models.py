@@ -89,8 +89,8 @@ def test_attention_maps_on_request_and_in_unit_range():
 
 def test_tiny_batch_overfits():
     torch.manual_seed(0)
-    for name, backbone in (("attn_resnext", "resnet10t"), ("cnn_lstm", "resnet10t"), ("cnn_lstm", "plain")):
-        cfg = resolve(name, "tiny", overrides={"drop": 0.0, "backbone": backbone})
+    for name in ("attn_resnext", "cnn_lstm"):
+        cfg = resolve(name, "tiny", overrides={"drop": 0.0})
         model = build_model(cfg)
         x, c, lv = _batch(cfg)
         y = torch.tensor([0, 1, 2, 1])
@@ -151,29 +151,6 @@ def test_plain_cnn_baseline_is_four_conv_blocks():
     pools = [m for m in model.features if isinstance(m, torch.nn.MaxPool2d)]
     assert len(convs) == 8 and len(pools) == 4 and [c.out_channels for c in convs[1::2]] == [16, 32, 64, 128]
     assert convs[0].in_channels == cfg["crop"]["n_slices"] and cfg["task"] == "classifier"
-
-
-def test_cnn_lstm_over_the_plain_blocks_reads_each_slice_alone():
-    """backbone plain: the CNN-LSTM paper's CNN, plain_cnn's blocks over one slice at a time, before the LSTM."""
-    from src.core.config import ConfigError
-    from src.training.backbone import PlainEncoder
-
-    cfg = resolve("cnn_lstm", "tiny", overrides={"backbone": "plain"})
-    model = build_model(cfg).eval()
-    convs = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert isinstance(model.encoder, PlainEncoder) and len(convs) == 8 and convs[0].in_channels == 1
-    assert [c.out_channels for c in convs[1::2]] == [16, 32, 64, 128] and model.lstm.input_size == 128
-    x, c, lv = _batch(cfg)
-    with torch.no_grad():
-        per_slice = model.encoder(x[:, 1:2])
-        changed = x.clone()
-        changed[:, 0] = 0  # another first slice leaves the second slice's features alone
-        assert torch.allclose(model.encoder(changed[:, 1:2]), per_slice)
-        assert model(x, c, lv).shape == (4, 3) and not torch.allclose(model(changed, c, lv), model(x, c, lv))
-    with pytest.raises(ConfigError, match="pretrained: backbone 'plain' has no pretrained weights"):
-        build_model(resolve("cnn_lstm", "tiny", overrides={"backbone": "plain", "pretrained": True}))
-    with pytest.raises(ConfigError, match="stem_pool: false: backbone 'plain' has no stem max-pool"):
-        build_model(resolve("cnn_lstm", "tiny", overrides={"backbone": "plain", "stem_pool": False}))
 
 
 def test_study_model_sees_a_study_at_once_and_masks_missing_crops():
@@ -305,8 +282,6 @@ def test_fetch_weights_writes_each_backbone_of_a_recipe_and_a_folder_serves_them
     state = fake_hub_cache(tmp_path / "hub")
     offline_hub(monkeypatch, tmp_path / "hub")
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("preset: tiny\npipeline: [attn_resnext, cnn_lstm]\nper_model:\n  cnn_lstm: {backbone: plain}\n")
-    assert {k: v[1] for k, v in fetch_weights.backbones(str(recipe)).items()} == {"resnet10t": ["attn_resnext"]}
     recipe.write_text("preset: tiny\npipeline: [attn_resnext, cnn_lstm]\nper_model:\n  cnn_lstm: {backbone: resnet10t}\n")
     assert fetch_weights.main(["--config", str(recipe), "--out", str(tmp_path / "weights")]) == 0
     assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["resnet10t.pth"]
