@@ -82,8 +82,8 @@ def score_parts(
 
 
 class _ScoredRows:
-    """A submission's predictions aligned to the solution's rows, with each row's group and study: what the
-    metric needs besides the labels and their weights, worked out once for any number of label sets."""
+    """A submission's predictions aligned to the solution's rows, each group's rows and the spinal rows' studies:
+    what the metric needs besides the labels and their weights, worked out once for any number of label sets."""
 
     def __init__(self, ids: pd.Series, submission: pd.DataFrame, row_id_column_name: str = "row_id"):
         _check_predictions(submission, "submission")
@@ -96,25 +96,22 @@ class _ScoredRows:
         # an all-zero row becomes uniform. The any-severe term below reads the raw severe column, as upstream.
         totals = self.pred.sum(1, keepdims=True)
         self.norm = np.where(totals > 0, self.pred / np.where(totals > 0, totals, 1.0), 1.0 / len(TARGETS))
-        self.group = ids.map(group_of).to_numpy()
-        self.study = row_study_ids(ids)
+        group = ids.map(group_of).to_numpy()
+        self.masks = {g: group == g for g in GROUPS}
+        for g, m in self.masks.items():
+            if not m.any():
+                raise MetricError(f"solution has no '{g}' rows")
+        # Each spinal row's study, as an index 0..n-1: the any-severe term takes a maximum per study.
+        self.spinal_study = np.unique(row_study_ids(ids)[self.masks["spinal"]], return_inverse=True)[1]
 
     def parts(self, label: np.ndarray, weight: np.ndarray, any_severe_scalar: float = ANY_SEVERE_SCALAR) -> dict[str, float]:
         """The score and its parts for these labels (class indices) and sample weights."""
-        group, pred = self.group, self.pred
-        parts: dict[str, float] = {}
-        for g in GROUPS:
-            m = group == g
-            if not m.any():
-                raise MetricError(f"solution has no '{g}' rows")
-            parts[g] = log_loss(label[m], self.norm[m], weight[m])
-
+        parts = {g: log_loss(label[m], self.norm[m], weight[m]) for g, m in self.masks.items()}
         # Per study, the maximum of each spinal column (as the official metric's groupby().max()): the raw severe
         # column, the severe label and the weight.
-        m = group == "spinal"
-        _, which = np.unique(self.study[m], return_inverse=True)
+        m, which = self.masks["spinal"], self.spinal_study
         per_study = np.full((which.max() + 1, 3), -np.inf)
-        np.maximum.at(per_study, which, np.stack([pred[m, 2], (label[m] == 2).astype(float), weight[m]], 1))
+        np.maximum.at(per_study, which, np.stack([self.pred[m, 2], (label[m] == 2).astype(float), weight[m]], 1))
         parts[ANY_SEVERE_PART] = log_loss(per_study[:, 1].astype(np.int64), per_study[:, 0].clip(0, 1), per_study[:, 2])
         weights = [1.0, 1.0, 1.0, any_severe_scalar]
         values = [parts[g] for g in GROUPS] + [parts[ANY_SEVERE_PART]]
@@ -133,10 +130,11 @@ def expected_score_parts(label_probs: pd.DataFrame, submission: pd.DataFrame, dr
     cumulative = np.cumsum(probs / probs.sum(1, keepdims=True), 1)
     rng = np.random.default_rng(seed)
     rows = _ScoredRows(label_probs["row_id"].astype(str), submission)
+    class_weights = np.asarray(SAMPLE_WEIGHTS, dtype=float)
     totals: dict[str, float] = {}
     for _ in range(draws):
         label = (rng.random((len(probs), 1)) > cumulative[:, :-1]).sum(1)
-        for part, value in rows.parts(label, np.asarray(SAMPLE_WEIGHTS, dtype=float)[label]).items():
+        for part, value in rows.parts(label, class_weights[label]).items():
             totals[part] = totals.get(part, 0.0) + value / draws
     return totals
 

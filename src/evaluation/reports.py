@@ -429,9 +429,9 @@ def held_out_table(submissions: Path, data_dir: Path) -> pd.DataFrame:
     latent = Path(data_dir) / "test_latent.csv"
     if latent.is_file():
         probs = load_label_probabilities(latent).set_index("row_id").reindex(ids)
-        if probs.isna().any(axis=None):
-            raise DataError(f"{latent}: no label probabilities for row {probs.index[probs.isna().any(axis=1)][0]!r} "
-                            "of test_solution.csv")
+        missing = probs.index[probs.isna().any(axis=1)]
+        if len(missing):
+            raise DataError(f"{latent}: no label probabilities for row {missing[0]!r} of test_solution.csv")
         probs = probs.rename_axis("row_id").reset_index()
         table["expected_score"] = [expected_score_parts(probs, f)["score"] for f in frames.values()]
     return table

@@ -108,6 +108,16 @@ def test_missing_row_raises_extra_row_ignored():
     assert score(sol, extra) == pytest.approx(score(sol, sub))
 
 
+def test_a_group_without_rows_raises():
+    sol, sub = _frames()
+    no_recess = ~sol.row_id.str.contains("subarticular")
+    with pytest.raises(MetricError, match="solution has no 'subarticular' rows"):
+        score(sol[no_recess], sub)
+    probs = sol[no_recess][["row_id", *TARGETS]]
+    with pytest.raises(MetricError, match="solution has no 'subarticular' rows"):
+        expected_score_parts(probs, sub, draws=1)
+
+
 def test_prior_is_weighted_frequency_and_beats_uniform():
     sol, _ = _frames()
     prior = prior_submission(sol, sol["row_id"].tolist())
