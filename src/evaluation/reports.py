@@ -364,8 +364,9 @@ def across_reports(report_dirs: list[Path]) -> pd.DataFrame:
     mean and the spread (max - min) of the score, its parts and the share of signal over the reports, and
     whether the ensemble is at least as good as its best member in every one. Each report's test-split
     localization (localization_test.json, where there is one) adds the share of points within 5 mm and of
-    studies with a point a level off."""
-    rows = []
+    studies with a point a level off. A number or a submission that some report lacks gets no mean (NaN) and is
+    named in `summary.attrs["missing"]` with the reports that lack it."""
+    rows, names = [], [str(folder) for folder in report_dirs]
     for folder in report_dirs:
         metrics_file = Path(folder) / "metrics.json"
         if not metrics_file.is_file():
@@ -383,15 +384,27 @@ def across_reports(report_dirs: list[Path]) -> pd.DataFrame:
         rows += [{"report": str(folder), **r, **located} for r in test]
     table = pd.DataFrame(rows)
     parts = [c for c in table.columns if c not in ("report", "submission")]
-    summary = table.groupby("submission", sort=False)[parts].agg(["mean", lambda x: x.max() - x.min()])
-    summary.columns = [f"{part}_{'mean' if stat == 'mean' else 'spread'}" for part, stat in summary.columns]
+
+    # A number that some report lacks (an older metrics.json, a member trained on one set only) has no mean over
+    # the reports: a mean of the others would read as one over all of them.
+    def over_all(values: pd.Series, stat) -> float:
+        return stat(values) if values.notna().sum() == len(names) else float("nan")
+
+    summary = table.groupby("submission", sort=False)[parts].agg(
+        [lambda x: over_all(x, pd.Series.mean), lambda x: over_all(x, lambda v: v.max() - v.min())])
+    summary.columns = [f"{part}_{'mean' if i % 2 == 0 else 'spread'}" for i, (part, _) in enumerate(summary.columns)]
     members = [n for n in table["submission"].unique() if n not in ("prior", "oracle", "ensemble")]
     if "ensemble" in set(table["submission"]) and members:
         scores = table.pivot(index="report", columns="submission", values="score")
         summary["ensemble_at_least_best_member"] = None
         summary.loc["ensemble", "ensemble_at_least_best_member"] = bool(
             (scores["ensemble"] <= scores[members].min(axis=1)).all())
-    return summary.reset_index()
+    summary = summary.reset_index()
+    present = table.groupby("submission", sort=False)["report"].agg(set)
+    lacking = {**{s: [n for n in names if n not in present[s]] for s in present.index},
+               **{p: [n for n in names if table.loc[table["report"] == n, p].isna().any()] for p in parts}}
+    summary.attrs["missing"] = {k: v for k, v in lacking.items() if v}
+    return summary
 
 
 def across_lines(summary: pd.DataFrame) -> list[str]:
@@ -399,8 +412,11 @@ def across_lines(summary: pd.DataFrame) -> list[str]:
     parts = [c[:-5] for c in summary.columns if c.endswith("_mean")]
     lines = ["| submission | " + " | ".join(parts) + " |", "| --- " * (len(parts) + 1) + "|"]
     for r in summary.to_dict("records"):
-        cells = [f"{r[p + '_mean']:.4f} ({r[p + '_spread']:.4f})" for p in parts]
+        cells = ["-" if pd.isna(r[p + "_mean"]) else f"{r[p + '_mean']:.4f} ({r[p + '_spread']:.4f})" for p in parts]
         lines.append(f"| {r['submission']} | " + " | ".join(cells) + " |")
+    missing = summary.attrs.get("missing", {})
+    if missing:
+        lines += ["", "- (not in every report): " + "; ".join(f"{k} missing from {', '.join(v)}" for k, v in missing.items())]
     if "ensemble_at_least_best_member" in summary:
         verdict = summary.set_index("submission").loc["ensemble", "ensemble_at_least_best_member"]
         lines += ["", f"ensemble at least as good as its best member in every report: {'yes' if verdict else 'no'}"]

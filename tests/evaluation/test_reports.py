@@ -146,3 +146,26 @@ def test_across_reports_gives_mean_spread_and_the_ensemble_verdict(tmp_path, cap
     assert "ensemble at least as good as its best member in every report: no" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="no metrics.json"):
         evaluate_script.main(["--across", str(tmp_path / "out")])
+
+
+def test_across_reports_gives_no_mean_for_a_number_some_report_lacks(tmp_path, capsys):
+    """An older report without the expected score, and a member in one report only: no mean over the reports
+    that have them (which would read as one over all), and the lines name what is missing where."""
+    def report(name, rows):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "metrics.json").write_text(json.dumps({"test": rows}))
+        return folder
+
+    old = report("old", [{"submission": "ensemble", "score": 0.30}, {"submission": "cnn_lstm", "score": 0.31}])
+    new = report("new", [{"submission": "ensemble", "score": 0.34, "expected_score": 0.35},
+                         {"submission": "cnn_lstm", "score": 0.36, "expected_score": 0.37},
+                         {"submission": "study", "score": 0.33, "expected_score": 0.34}])
+    out = evaluate_script.main(["--across", str(old), str(new), "--out-dir", str(tmp_path / "out")])["across"]
+    rows = {r["submission"]: r for r in out}
+    assert rows["ensemble"]["score_mean"] == pytest.approx(0.32)
+    assert np.isnan(rows["ensemble"]["expected_score_mean"]) and np.isnan(rows["study"]["score_mean"])
+    printed = capsys.readouterr().out
+    assert "| ensemble | 0.3200 (0.0400) | - |" in printed
+    assert f"study missing from {old}; expected_score missing from {old}" in printed
+    assert rows["ensemble"]["ensemble_at_least_best_member"] is False  # 0.34 against the study's 0.33
