@@ -87,7 +87,7 @@ def test_localizer_defaults_are_the_variety_recipe():
     """Without a recipe the localizers train what held on --variety real: the level loss on the sagittal types,
     each type's schedule and batches of 16 slices under every preset, at the preset's size; --preset tiny alone
     is what configs/variety.yaml trains."""
-    for t, (epochs, weight) in {"sagittal_t2": (20, 0.5), "sagittal_t1": (10, 0.5), "axial": (8, 0.0)}.items():
+    for t, (epochs, weight) in {"sagittal_t2": (20, 0.5), "sagittal_t1": (20, 0.5), "axial": (8, 0.0)}.items():
         full = resolve("localizer", overrides={"series_type": t})
         full_values = (full["epochs"], full["loc"]["level_weight"], full["loc"]["size_px"], full["batch_size"])
         assert full_values == (epochs, weight, 256, 16)
@@ -188,7 +188,7 @@ def test_per_type_values_reach_each_runs_saved_config(tmp_path, monkeypatch, cap
     train.main(["--model", "localizer", "--config", str(recipe), "--runs", str(runs), "--fold", "1",
                 "--data-dir", str(synth_dir)])
     saved = {t: config_lib.load(runs / f"localizer_{t}" / "fold1" / "config.yaml") for t in TYPES}
-    assert saved["sagittal_t2"]["epochs"] == 7 and saved["sagittal_t1"]["epochs"] == 10
+    assert saved["sagittal_t2"]["epochs"] == 7 and saved["sagittal_t1"]["epochs"] == 20
     assert saved["axial"]["loc"]["sigma"] == 4.0 and saved["sagittal_t2"]["loc"]["sigma"] == 2.0
     assert {c["preset"] for c in saved.values()} == {"tiny"}
     capsys.readouterr()
