@@ -387,22 +387,20 @@ def across_reports(report_dirs: list[Path]) -> pd.DataFrame:
 
     # A number that some report lacks (an older metrics.json, a member trained on one set only) has no mean over
     # the reports: a mean of the others would read as one over all of them.
-    def over_all(values: pd.Series, stat) -> float:
-        return stat(values) if values.notna().sum() == len(names) else float("nan")
-
-    summary = table.groupby("submission", sort=False)[parts].agg(
-        [lambda x: over_all(x, pd.Series.mean), lambda x: over_all(x, lambda v: v.max() - v.min())])
-    summary.columns = [f"{part}_{'mean' if i % 2 == 0 else 'spread'}" for i, (part, _) in enumerate(summary.columns)]
+    grouped = table.groupby("submission", sort=False)[parts]
+    complete = grouped.count() == len(names)
+    mean, spread = grouped.mean().where(complete), (grouped.max() - grouped.min()).where(complete)
+    summary = pd.DataFrame({f"{p}_{stat}": frame[p] for p in parts for stat, frame in (("mean", mean), ("spread", spread))})
+    scores = table.pivot(index="report", columns="submission", values="score")
     members = [n for n in table["submission"].unique() if n not in ("prior", "oracle", "ensemble")]
     if "ensemble" in set(table["submission"]) and members:
-        scores = table.pivot(index="report", columns="submission", values="score")
         summary["ensemble_at_least_best_member"] = None
         summary.loc["ensemble", "ensemble_at_least_best_member"] = bool(
             (scores["ensemble"] <= scores[members].min(axis=1)).all())
     summary = summary.reset_index()
-    present = table.groupby("submission", sort=False)["report"].agg(set)
-    lacking = {**{s: [n for n in names if n not in present[s]] for s in present.index},
-               **{p: [n for n in names if table.loc[table["report"] == n, p].isna().any()] for p in parts}}
+    lacks = table[parts].isna().groupby(table["report"]).any()
+    lacking = {**{s: [n for n in names if pd.isna(scores.at[n, s])] for s in table["submission"].unique()},
+               **{p: [n for n in names if lacks.at[n, p]] for p in parts}}
     summary.attrs["missing"] = {k: v for k, v in lacking.items() if v}
     return summary
 
